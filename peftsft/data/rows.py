@@ -1,0 +1,69 @@
+"""Read dataset files row by row, keeping file:line for every row so errors can point at it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Row:
+    data: dict[str, Any]
+    where: str  # "file.jsonl:12"
+
+
+def read_rows(path: str | Path, on_bad_row: str = "fail", bad: list[str] | None = None) -> Iterator[Row]:
+    """Rows of a .jsonl or .json file. A malformed row fails, or is skipped and noted in `bad`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"dataset not found: {path}", hint="check [data] datasets.path in the recipe")
+    if path.suffix == ".jsonl":
+        yield from _jsonl_rows(path, on_bad_row, bad if bad is not None else [])
+    elif path.suffix == ".json":
+        yield from _json_rows(path)
+    else:
+        raise UserError(f"{path}: unsupported dataset file type {path.suffix!r}", hint="use .jsonl or .json")
+
+
+def _jsonl_rows(path: Path, on_bad_row: str, bad: list[str]) -> Iterator[Row]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read dataset: {exc}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise ValueError("a row must be a JSON object")
+        except ValueError as exc:
+            report_bad_row(where, f"malformed JSON: {exc}", on_bad_row, bad)
+            continue
+        yield Row(data, where)
+
+
+def _json_rows(path: Path) -> Iterator[Row]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read dataset: {exc}", hint="a .json dataset is a list of objects") from None
+    if not isinstance(data, list):
+        raise UserError(f"{path}: a .json dataset must be a list of objects", hint="or use .jsonl, one per line")
+    for index, item in enumerate(data):
+        yield Row(item if isinstance(item, dict) else {"_invalid": item}, f"{path}[{index}]")
+
+
+def report_bad_row(where: str, problem: str, on_bad_row: str, bad: list[str]) -> None:
+    if on_bad_row == "fail":
+        raise UserError(
+            f"{where}: {problem}",
+            hint="fix the row, or set [data] on_bad_row = \"skip\" to skip and count bad rows",
+        )
+    bad.append(f"{where}: {problem}")

@@ -1,0 +1,50 @@
+"""The strategy interface: what every adapter method (built-in or plugin) provides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from pydantic import BaseModel
+
+
+def _no_problems(params: BaseModel, recipe: Any) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A named way of making a model trainable.
+
+    `apply(model, params, quantized) -> model` returns the model ready to train (`params` is a validated
+    instance of `Config`); `merge(model) -> model` folds the adapter into plain weights when `can_merge`.
+    `problems(params, recipe)` lists combinations this strategy cannot train (checked at validate time).
+    """
+
+    name: str
+    description: str
+    Config: type[BaseModel]
+    apply: Callable[[torch.nn.Module, BaseModel, bool], torch.nn.Module]
+    can_merge: bool = True
+    merge: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    problems: Callable[[BaseModel, Any], list[str]] = _no_problems
+    cannot_merge_reason: str = ""
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit packed weights are counted as their unpacked size."""
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft knows how bitsandbytes packs its weights
+        return model.get_nb_trainable_parameters()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def trainable_summary(model: torch.nn.Module) -> dict[str, Any]:
+    trainable, total = count_parameters(model)
+    return {
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "trainable_percent": round(100.0 * trainable / max(total, 1), 4),
+    }

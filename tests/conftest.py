@@ -1,0 +1,119 @@
+"""Shared fixtures: the embedded SmolLM2 (converted once, cached) and a tiny Llama with its real tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from peftsft.config import DEFAULT_MODEL  # noqa: E402
+from peftsft.models import materialize, resolve_source  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PERSONA_TRAIN = REPO / "recipes" / "data" / "persona_train.jsonl"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    """The embedded SmolLM2, dequantized from its GGUF into the peftsft cache (once per machine)."""
+    return Path(materialize(resolve_source(DEFAULT_MODEL)))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm_dir, tokenizer) -> Path:
+    """A 2-layer, hidden-32 Llama with SmolLM2's real tokenizer and chat template, saved as a local model dir."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, tiny_model_dir):
+    """A fast recipe on the tiny model; returns a writer taking extra TOML text appended to it."""
+
+    def make(extra: str = "", rows: list | None = None) -> Path:
+        data = write_jsonl(tmp_path / "train.jsonl", rows or _persona_rows(24))
+        recipe = tmp_path / "recipe.toml"
+        recipe.write_text(
+            f"""
+[model]
+source = "{tiny_model_dir}"
+
+[strategy]
+name = "lora"
+r = 4
+alpha = 8
+dropout = 0.0
+
+[[data.datasets]]
+path = "{data}"
+
+[data]
+max_length = 128
+
+[training]
+learning_rate = 1e-2
+max_steps = 3
+batch_size = 4
+logging_steps = 1
+seed = 7
+
+[run]
+name = "tiny"
+output_dir = "{tmp_path / 'runs'}"
+{extra}
+""",
+            encoding="utf-8",
+        )
+        return recipe
+
+    return make
+
+
+def _persona_rows(n: int) -> list[str]:
+    return PERSONA_TRAIN.read_text(encoding="utf-8").splitlines()[:n]

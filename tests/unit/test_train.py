@@ -1,0 +1,140 @@
+"""A short run on the tiny Llama: run dir contents, adapter trained, base frozen, save → load identical."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from rich.console import Console
+
+from peftsft.config import load_recipe
+from peftsft.errors import UserError
+from peftsft.train import run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    """One 3-step LoRA run shared by the assertions below."""
+    import tests.conftest as conftest
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    data = conftest.write_jsonl(tmp / "train.jsonl", conftest._persona_rows(24))
+    recipe_path = tmp / "recipe.toml"
+    recipe_path.write_text(
+        f"""
+[model]
+source = "{tiny_model_dir}"
+[strategy]
+name = "lora"
+r = 4
+alpha = 8
+dropout = 0.0
+[[data.datasets]]
+path = "{data}"
+[data]
+eval_fraction = 0.25
+max_length = 128
+[training]
+learning_rate = 1e-2
+max_steps = 3
+batch_size = 4
+seed = 7
+[run]
+name = "tiny"
+output_dir = "{tmp / 'runs'}"
+sample_prompts = ["What is your name?"]
+sample_max_new_tokens = 4
+"""
+    )
+    recipe = load_recipe(recipe_path)
+    summary = run(recipe, Console(quiet=True))
+    return recipe, summary
+
+
+def test_run_dir_has_every_artifact(tiny_run):
+    recipe, summary = tiny_run
+    run_dir = recipe.run_dir
+    for name in ("recipe.resolved.toml", "metrics.jsonl", "loss.png", "summary.json", "samples.md"):
+        assert (run_dir / name).is_file(), name
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"):
+        assert (run_dir / "adapter" / name).is_file(), name
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["steps"] == 3 and saved["trainable_params"] < saved["total_params"]
+    assert saved["train_tokens_per_s"] > 0 and saved["peak_memory_bytes"] > 0
+    assert saved["eval_loss"] is not None and saved["versions"]["trl"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert "**tuned:**" in (run_dir / "samples.md").read_text()
+
+
+def test_adapter_trained_and_base_frozen(tiny_run, tiny_model_dir):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    recipe, _ = tiny_run
+    adapter = load_file(recipe.run_dir / "adapter" / "adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: non-zero means it trained
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tuned = PeftModel.from_pretrained(base, recipe.run_dir / "adapter")
+    for name, param in fresh.named_parameters():
+        tuned_param = tuned.get_base_model().get_parameter(_base_name(name, tuned))
+        assert torch.equal(param, tuned_param), name
+
+
+def _base_name(name: str, tuned) -> str:
+    """Names of the frozen weights inside a peft-wrapped Linear."""
+    module_name, _, leaf = name.rpartition(".")
+    module = tuned.get_base_model().get_submodule(module_name)
+    return f"{module_name}.base_layer.{leaf}" if hasattr(module, "base_layer") else name
+
+
+def test_save_then_load_gives_identical_logits(tiny_run, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe, _ = tiny_run
+    tokenizer = AutoTokenizer.from_pretrained(recipe.run_dir / "adapter")
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Who are you?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    first = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), recipe.run_dir / "adapter")
+    second = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), recipe.run_dir / "adapter")
+    with torch.no_grad():
+        a = first.eval()(**ids).logits
+        b = second.eval()(**ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(**ids).logits
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, base)  # the adapter does change the model
+
+
+def test_existing_run_dir_is_refused(tiny_run):
+    recipe, _ = tiny_run
+    with pytest.raises(UserError, match="run directory already exists"):
+        run(recipe, Console(quiet=True))
+
+
+def test_cli_errors_are_clean(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training]\nlearnig_rate = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "peftsft", "validate", str(bad)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "did you mean 'learning_rate'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    debug = subprocess.run(
+        [sys.executable, "-m", "peftsft", "validate", str(bad), "--debug"], capture_output=True, text=True, timeout=120
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_strategies_command_lists_lora():
+    result = subprocess.run(
+        [sys.executable, "-m", "peftsft", "strategies"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "lora" in result.stdout
