@@ -1,9 +1,10 @@
-"""Trainer callbacks: a rich live progress display and a metrics.jsonl log."""
+"""Trainer callbacks: rich live progress, metrics.jsonl, a NaN/inf guard and graceful Ctrl-C."""
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -32,15 +33,22 @@ class TokenRate:
 class MetricsLog(TrainerCallback):
     """Appends every log event (loss, lr, grad norm, eval loss, tokens/s) to metrics.jsonl."""
 
-    def __init__(self, path: Path, rate: TokenRate) -> None:
+    def __init__(self, path: Path, rate: TokenRate, keep_until_step: int | None = None) -> None:
+        """On resume, records logged after the checkpoint (`keep_until_step`) are dropped: they will be redone."""
         self.path = path
         self.rate = rate
         self.records: list[dict] = []
+        if keep_until_step is not None and path.is_file():
+            old = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            self.records = [r for r in old if r.get("step", 0) <= keep_until_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.rate.__init__()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         record = {"step": state.global_step, "epoch": state.epoch, **(logs or {})}
         record["tokens_per_s"] = round(self.rate.update(state.num_input_tokens_seen), 2)
         record["elapsed_s"] = round(self.rate.elapsed, 3)
@@ -96,3 +104,63 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops before the optimizer applies a NaN/inf gradient, so the weights and checkpoints stay good."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        bad = [name for name, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise NonFiniteError(state.global_step + 1, f"gradient of {bad[0]}{more}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteError(state.global_step, f"loss {loss}")
+
+
+class NonFiniteError(RuntimeError):
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"non-finite {what} at step {step}")
+        self.step = step
+
+
+class StopOnInterrupt(TrainerCallback):
+    """Ctrl-C finishes the current step, saves a full checkpoint and stops; a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+CHECKPOINT_SEAL = "peftsft.complete"
+
+
+class SealCheckpoints(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer has written all of it (its own files carry no such mark)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir() and args.should_save:
+            tmp = folder / f".{CHECKPOINT_SEAL}.tmp"
+            tmp.write_text(str(state.global_step), encoding="utf-8")
+            tmp.replace(folder / CHECKPOINT_SEAL)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -10,10 +12,11 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UserError
+from .errors import TrainingStopped, UserError
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -23,13 +26,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.output:
         overrides.append(f"run.output_dir={_toml_string(args.output)}")
+    if args.skip_contract:
+        overrides.append("data.enforce_contract=false")
     recipe = load_recipe(args.recipe, overrides)
-    summary = run(recipe, console, overwrite=args.overwrite)
-    console.print(
-        f"[green]done[/] {summary['steps']} steps, loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f}, "
-        f"{summary['train_tokens_per_s']:.0f} train tokens/s → {summary['run_dir']}"
-    )
+    summary = run(recipe, console, overwrite=args.overwrite, resume=args.resume, force=args.force)
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(f"[green]done[/] {summary.get('steps')} steps, {_loss_change(summary)} → {summary['run_dir']}")
     return 0
+
+
+def _loss_change(summary: dict) -> str:
+    first, last = summary.get("first_loss"), summary.get("last_loss")
+    losses = f"loss {first:.3f} → {last:.3f}" if first is not None and last is not None else "no loss logged"
+    return f"{losses}, {summary.get('train_tokens_per_s', 0):.0f} train tokens/s"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -46,11 +55,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_strategies(args: argparse.Namespace) -> int:
     from .strategies import list_strategies
 
-    table = Table("name", "merge", "description")
+    table = Table("name", "merge", "4/8-bit base", "description")
     for strategy in list_strategies():
-        table.add_row(strategy.name, "yes" if strategy.can_merge else "no", strategy.description)
+        yes_no = ["yes" if flag else "no" for flag in (strategy.can_merge, strategy.kbit)]
+        table.add_row(strategy.name, *yes_no, strategy.description)
     console.print(table)
     return 0
+
+
+# Modules that add their own subcommands: each defines `add_commands(subparsers)` and keeps heavy imports
+# inside its command functions, so `peftsft --help` stays fast.
+COMMAND_MODULES: list[str] = [
+    "peftsft.chat",
+    "peftsft.evaluate",
+    "peftsft.export",
+    "peftsft.doctor",
+    "peftsft.classify",
+    "peftsft.data.preview",
+    "peftsft.plan",
+]
 
 
 def _toml_string(text: str) -> str:
@@ -66,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(run)
     run.add_argument("--output", help="parent folder for the run dir (overrides run.output_dir)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
+    run.add_argument(
+        "--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+        help="continue the run from its latest checkpoint (or from CHECKPOINT)",
+    )
+    run.add_argument("--force", action="store_true", help="with --resume: accept a changed recipe")
+    run.add_argument(
+        "--skip-contract", action="store_true", help="train even if the pre-flight data contract fails (reported)"
+    )
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a recipe without loading a model")
@@ -74,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     strategies = sub.add_parser("strategies", help="list registered adapter strategies")
     strategies.set_defaults(func=cmd_strategies)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
@@ -94,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         _print_error(exc)
+        return exc.exit_code
+    except OSError as exc:  # the disk, not the code: full, read-only, no permission
+        if args.debug or exc.errno not in DISK_ERRNOS:
+            raise
+        _print_error(UserError(f"could not write {exc.filename or 'output'}: {exc.strerror}",
+                               hint="free some disk space or choose another place with --output"))
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -101,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(exc: UserError) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    if rank and isinstance(exc, TrainingStopped):  # every process stops alike: the main process tells the user
+        return
+    if rank:
+        err_console.print(f"[rank {rank}] ", end="")
     err_console.print("[bold red]error:[/] ", end="")
     err_console.print(str(exc), markup=False, highlight=False)
 

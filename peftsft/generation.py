@@ -1,24 +1,130 @@
-"""Answer chat prompts with a model, using its tokenizer's chat template."""
+"""Answer chat prompts with a model, using its tokenizer's chat template: one reply, a stream, or a batch."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 
-@torch.no_grad()
-def answer(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 64) -> str:
-    """Greedy reply to a conversation, decoded without special tokens."""
-    inputs = tokenizer.apply_chat_template(
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings; temperature 0 means greedy (deterministic)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    repetition_penalty: float = 1.0
+
+    def generate_kwargs(self, tokenizer) -> dict:
+        kwargs = dict(
+            max_new_tokens=self.max_new_tokens,
+            repetition_penalty=self.repetition_penalty,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if self.temperature <= 0:
+            return kwargs | dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs | dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+
+
+def chat_inputs(tokenizer, messages: list[dict[str, str]], device) -> dict:
+    """Token ids of a conversation rendered with the chat template, ending in the assistant's turn."""
+    return tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    ).to(model.device)
+    ).to(device)
+
+
+@contextmanager
+def inference_mode(model):
+    """eval() and no_grad for the block; the model's train/eval state is restored afterwards."""
     was_training = model.training
     model.eval()
-    output = model.generate(
-        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-    )
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def answer(
+    model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 64, sampling: Sampling | None = None
+) -> str:
+    """Reply to a conversation (greedy unless `sampling` says otherwise), without special tokens."""
+    sampling = sampling or Sampling(max_new_tokens=max_new_tokens)
+    inputs = chat_inputs(tokenizer, messages, model.device)
+    with inference_mode(model):
+        output = model.generate(**inputs, **sampling.generate_kwargs(tokenizer))
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def answer_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int = 64) -> list[str]:
     return [answer(model, tokenizer, [{"role": "user", "content": p}], max_new_tokens) for p in prompts]
+
+
+def answer_batch(
+    model, tokenizer, conversations: list[list[dict[str, str]]], sampling: Sampling, batch_size: int = 8
+) -> list[str]:
+    """Replies to many conversations, `batch_size` at a time (left-padded so every reply starts aligned)."""
+    replies: list[str] = []
+    for start in range(0, len(conversations), batch_size):
+        replies += _answer_padded(model, tokenizer, conversations[start : start + batch_size], sampling)
+    return replies
+
+
+def _answer_padded(model, tokenizer, conversations, sampling: Sampling) -> list[str]:
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        inputs = tokenizer.apply_chat_template(
+            conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+        ).to(model.device)
+    finally:
+        tokenizer.padding_side = side
+    with inference_mode(model):
+        output = model.generate(**inputs, **sampling.generate_kwargs(tokenizer))
+    new = output[:, inputs["input_ids"].shape[1] :]
+    return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+class _StopWhenSet:
+    """A stopping criterion that ends generation once `event` is set (Ctrl-C, or the reader went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def stream_answer(model, tokenizer, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
+    """Yield the reply's text piece by piece as it is generated (generation runs in a worker thread)."""
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+    inputs = chat_inputs(tokenizer, messages, model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stop, failure = threading.Event(), []
+
+    def work() -> None:
+        try:
+            with inference_mode(model):
+                model.generate(
+                    **inputs, **sampling.generate_kwargs(tokenizer), streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
+                )
+        except Exception as exc:  # handed to the reading thread, which re-raises it
+            failure.append(exc)
+            streamer.end()
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        yield from (text for text in streamer if text)
+    finally:
+        stop.set()  # the reader stopped early (Ctrl-C, closed pipe): end generation at the next token
+        worker.join()
+    if failure:
+        raise failure[0]

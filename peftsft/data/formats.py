@@ -1,42 +1,263 @@
-"""Normalise a row into OpenAI-style chat messages."""
+"""Normalise a row of any supported dataset format into OpenAI-style chat messages (or plain text).
+
+Formats: OpenAI `messages`, ShareGPT `conversations` (from/value), Alpaca (instruction/input/output,
+optional system/history), prompt-completion, and plain `text` for continued pre-training. A recipe maps
+differently named columns with `fields` and differently named roles with `roles`.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 ROLES = ("system", "user", "assistant", "tool")
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
+
+# Each format's fields (the names a recipe's `fields` table maps from), the required ones first.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages", "role", "content", "system"),
+    "sharegpt": ("conversations", "from", "value", "system"),
+    "alpaca": ("instruction", "output", "input", "system", "history"),
+    "prompt_completion": ("prompt", "completion", "system"),
+    "text": ("text",),
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+
+# Role names seen in the wild (ShareGPT and its variants) → ours; a recipe's `roles` adds to / overrides these.
+KNOWN_ROLES = {
+    **{role: role for role in ROLES},
+    "human": "user",
+    "gpt": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "chatgpt": "assistant",
+    "function_call": "assistant",
+    "observation": "tool",
+    "function": "tool",
+    "ipython": "tool",
+}
+
+Content = list[dict[str, Any]] | str  # a conversation, or plain text (format "text")
 
 
 class RowError(ValueError):
     """A row that cannot be turned into a conversation."""
 
 
-def detect_format(row: dict[str, Any]) -> str:
-    if "messages" in row:
-        return "messages"
-    raise RowError(f"cannot tell the format of a row with keys {sorted(row)}; expected a 'messages' list")
+@dataclass(frozen=True)
+class Mapping:
+    """A dataset's column names (`fields`: our name → its name) and role names (`roles`: its → ours)."""
 
+    fields: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
 
-def to_messages(row: dict[str, Any], fmt: str) -> list[dict[str, str]]:
-    fmt = detect_format(row) if fmt == "auto" else fmt
-    if fmt == "messages":
-        return _messages(row.get("messages"))
-    raise RowError(f"unsupported format {fmt!r}")
+    def col(self, name: str) -> str:
+        return self.fields.get(name, name)
 
-
-def _messages(messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise RowError("'messages' must be a non-empty list")
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise RowError(f"messages[{i}] is not an object")
-        role, content = message.get("role"), message.get("content")
+    def role(self, name: Any) -> str:
+        role = self.roles.get(name, KNOWN_ROLES.get(name)) if isinstance(name, str) else None
         if role not in ROLES:
-            raise RowError(f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise RowError(f"messages[{i}].content must be a string")
-        out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
-        raise RowError("the conversation has no assistant turn to learn from")
+            raise RowError(
+                f"unknown role {name!r}; expected one of {', '.join(ROLES)}",
+            )
+        return role
+
+
+NO_MAPPING = Mapping()
+
+
+def detect_format(row: dict[str, Any], mapping: Mapping = NO_MAPPING) -> str:
+    """The format of a row, judged by which (mapped) columns it has."""
+    for fmt in FORMATS:
+        if all(mapping.col(name) in row for name in REQUIRED[fmt]):
+            if fmt in ("messages", "sharegpt"):
+                return _list_format(row[mapping.col(REQUIRED[fmt][0])], fmt, mapping)
+            return fmt
+    raise RowError(
+        f"cannot tell the format of a row with keys {sorted(row)}; expected 'messages' (OpenAI), "
+        "'conversations' (ShareGPT), 'instruction' + 'output' (Alpaca), 'prompt' + 'completion', or 'text' "
+        "— or set format and fields for this dataset in the recipe"
+    )
+
+
+def _list_format(messages: Any, default: str, mapping: Mapping) -> str:
+    """ShareGPT if the turns use from/value, OpenAI messages if role/content, whatever the list is called."""
+    first = _as_list(messages, "messages")[0] if messages else None
+    if isinstance(first, dict) and mapping.col("from") in first and mapping.col("value") in first:
+        return "sharegpt"
+    if isinstance(first, dict) and mapping.col("role") in first:
+        return "messages"
+    return default
+
+
+def to_messages(row: dict[str, Any], fmt: str, mapping: Mapping = NO_MAPPING) -> Content:
+    """The row as chat messages (or, for format "text", the text itself)."""
+    fmt = detect_format(row, mapping) if fmt == "auto" else fmt
+    if fmt not in PARSERS:
+        raise RowError(f"unsupported format {fmt!r}")
+    for name in REQUIRED[fmt]:
+        if mapping.col(name) not in row:
+            raise RowError(f"missing column {mapping.col(name)!r} ({fmt} format); the row has {sorted(row)}")
+    return PARSERS[fmt](row, mapping)
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+
+def _messages_row(row: dict[str, Any], mapping: Mapping, list_field: str = "messages") -> list[dict]:
+    column = mapping.col(list_field)
+    return _with_system(_turn_list(row.get(column), column, mapping, list_field), row, mapping)
+
+
+def _turn_list(value: Any, column: str, mapping: Mapping, list_field: str = "messages") -> list[dict]:
+    items = _as_list(value, column)
+    keys = _turn_keys(items, mapping, list_field)
+    return [_message(item, i, column, keys, mapping) for i, item in enumerate(items)]
+
+
+def _sharegpt_row(row: dict[str, Any], mapping: Mapping) -> list[dict]:
+    return _messages_row(row, mapping, "conversations")
+
+
+def _turn_keys(items: list, mapping: Mapping, list_field: str) -> tuple[str, str]:
+    """(role key, content key): role/content for OpenAI turns, from/value for ShareGPT, as the first turn shows."""
+    sharegpt = (mapping.col("from"), mapping.col("value"))
+    openai = (mapping.col("role"), mapping.col("content"))
+    first = items[0] if isinstance(items[0], dict) else {}
+    if sharegpt[0] in first:
+        return sharegpt
+    if openai[0] in first:
+        return openai
+    return sharegpt if list_field == "conversations" else openai
+
+
+def _message(item: Any, i: int, column: str, keys: tuple[str, str], mapping: Mapping) -> dict[str, Any]:
+    role_key, content_key = keys
+    if not isinstance(item, dict):
+        raise RowError(f"{column}[{i}] is not an object")
+    try:
+        role = mapping.role(item.get(role_key))
+    except RowError as exc:
+        raise RowError(f"{column}[{i}].{role_key}: {exc} — map it with roles = {{...}} in the recipe") from None
+    message: dict[str, Any] = {"role": role}
+    tool_calls = item.get("tool_calls") if role == "assistant" else None
+    message["content"] = _text(item.get(content_key), f"{column}[{i}].{content_key}", allow_none=bool(tool_calls))
+    if tool_calls:
+        message["tool_calls"] = _tool_calls(tool_calls, f"{column}[{i}].tool_calls")
+    for key in ("name", "tool_call_id"):
+        if role == "tool" and isinstance(item.get(key), str):
+            message[key] = item[key]
+    return message
+
+
+def _alpaca_row(row: dict[str, Any], mapping: Mapping) -> list[dict]:
+    instruction = _text(row.get(mapping.col("instruction")), mapping.col("instruction"))
+    extra = row.get(mapping.col("input"))
+    extra = _text(extra, mapping.col("input")) if extra is not None else ""
+    output = _text(row.get(mapping.col("output")), mapping.col("output"))
+    messages = []
+    for i, pair in enumerate(_as_list(row.get(mapping.col("history")) or [], mapping.col("history"), empty_ok=True)):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise RowError(f"{mapping.col('history')}[{i}] must be a [instruction, output] pair")
+        messages += [_turn("user", pair[0], f"history[{i}][0]"), _turn("assistant", pair[1], f"history[{i}][1]")]
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return _with_system(messages, row, mapping)
+
+
+def _prompt_completion_row(row: dict[str, Any], mapping: Mapping) -> list[dict]:
+    """A prompt (text or messages) answered by a completion (text or assistant messages)."""
+    prompt, completion = row.get(mapping.col("prompt")), row.get(mapping.col("completion"))
+    head = (
+        _turn_list(prompt, mapping.col("prompt"), mapping)
+        if isinstance(prompt, list)
+        else [_turn("user", prompt, mapping.col("prompt"))]
+    )
+    tail = (
+        _turn_list(completion, mapping.col("completion"), mapping)
+        if isinstance(completion, list)
+        else [_turn("assistant", completion, mapping.col("completion"))]
+    )
+    return _with_system(head + tail, row, mapping)
+
+
+def _text_row(row: dict[str, Any], mapping: Mapping) -> str:
+    text = _text(row.get(mapping.col("text")), mapping.col("text"))
+    if not text.strip():
+        raise RowError(f"{mapping.col('text')!r} is empty")
+    return text
+
+
+PARSERS = {
+    "messages": _messages_row,
+    "sharegpt": _sharegpt_row,
+    "alpaca": _alpaca_row,
+    "prompt_completion": _prompt_completion_row,
+    "text": _text_row,
+}
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+def _as_list(value: Any, name: str, empty_ok: bool = False) -> list:
+    """A list of turns; CSV and some exports store it as a JSON string."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise RowError(f"{name!r} is a string that is not a JSON list") from None
+    if hasattr(value, "tolist"):  # numpy arrays from parquet
+        value = value.tolist()
+    if not isinstance(value, list) or (not value and not empty_ok):
+        raise RowError(f"{name!r} must be a non-empty list")
+    return value
+
+
+def _text(value: Any, name: str, allow_none: bool = False) -> str:
+    """Message content: a string, or OpenAI content parts whose text parts are joined."""
+    if value is None and allow_none:
+        return ""
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text", "")) for p in value)
+    if not isinstance(value, str):
+        raise RowError(f"{name} must be a string (got {type(value).__name__})")
+    return value
+
+
+def _turn(role: str, content: Any, name: str) -> dict[str, str]:
+    return {"role": role, "content": _text(content, name)}
+
+
+def _tool_calls(calls: Any, name: str) -> list[dict]:
+    """OpenAI tool calls, arguments parsed to objects where they are JSON strings."""
+    out = []
+    for i, call in enumerate(_as_list(calls, name)):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise RowError(f"{name}[{i}] needs a function name")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                pass  # kept as the string it is
+        out.append({"type": "function", "function": {"name": function["name"], "arguments": arguments}})
     return out
+
+
+def _with_system(messages: list[dict], row: dict[str, Any], mapping: Mapping) -> list[dict]:
+    """Prepend the row's separate system column (if any); the conversation must have a reply to learn."""
+    system = row.get(mapping.col("system"))
+    if isinstance(system, str) and system.strip() and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}, *messages]
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("the conversation has no assistant turn to learn from")
+    return messages

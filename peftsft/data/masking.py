@@ -3,16 +3,21 @@
 We do not rely on `{% generation %}` markers (most templates, SmolLM2's included, lack them): each
 assistant turn's character span is found by rendering the conversation up to that turn with and
 without it, then tokens are supervised by their character offsets. The span ends at the turn's
-end-of-turn token, so the model learns to stop, and trailing template text (a newline) stays masked.
+end-of-turn text (read off the template), so the model learns to stop, and trailing template text
+(a newline) stays masked.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from .formats import RowError
+from .formats import Content, RowError
+from .templates import end_of_turn, fit_messages, render
 
 IGNORE = -100
+
+__all__ = ["IGNORE", "Encoded", "assistant_spans", "encode", "end_of_turn", "render"]
 
 
 @dataclass
@@ -20,18 +25,11 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    text: str = ""  # what was tokenized, and each token's character span in it (for the pre-flight checks)
+    offsets: list[tuple[int, int]] = field(default_factory=list)
 
 
-def render(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def end_of_turn(tokenizer) -> str:
-    """The token that closes an assistant turn: the tokenizer's EOS (`<|im_end|>` for ChatML models)."""
-    return tokenizer.eos_token
-
-
-def assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of every assistant reply (through its end-of-turn token)."""
     text = render(tokenizer, messages)
     eot = end_of_turn(tokenizer)
@@ -49,19 +47,37 @@ def assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, lis
     return text, spans
 
 
-def encode(tokenizer, messages: list[dict[str, str]], masking: str, max_length: int) -> Encoded:
-    """Token ids and labels (-100 where not supervised), truncated to `max_length` from the end."""
-    text, spans = assistant_spans(tokenizer, messages)
+def encode(tokenizer, content: Content, masking: str, max_length: int) -> Encoded:
+    """Token ids and labels (-100 where not supervised), truncated to `max_length` from the end.
+
+    `content` is a conversation, or plain text (continued pre-training: every token and a closing EOS learned).
+    """
+    if isinstance(content, str):
+        return _encode_text(tokenizer, content, max_length)
+    text, spans = assistant_spans(tokenizer, fit_messages(tokenizer, content))
     if masking == "last_turn":
         spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
+    ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
     if masking == "all":
         labels = list(ids)
     else:
-        labels = [tok if _inside(start, spans) else IGNORE for tok, (start, _) in zip(ids, enc["offset_mapping"])]
+        labels = [tok if _inside(start, spans) else IGNORE for tok, (start, _) in zip(ids, offsets)]
     truncated = len(ids) > max_length
-    return Encoded(ids[:max_length], labels[:max_length], truncated)
+    return Encoded(ids[:max_length], labels[:max_length], truncated, text, offsets[:max_length])
+
+
+def _encode_text(tokenizer, text: str, max_length: int) -> Encoded:
+    """Plain text with the tokenizer's own special tokens (BOS where it adds one) and a closing EOS."""
+    enc = tokenizer(text, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    eos = tokenizer.eos_token
+    if eos is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+        offsets.append((len(text), len(text) + len(eos)))
+        text += eos
+    truncated = len(ids) > max_length
+    return Encoded(ids[:max_length], ids[:max_length], truncated, text, offsets[:max_length])
 
 
 def _inside(position: int, spans: list[tuple[int, int]]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +18,11 @@ class Row:
     where: str  # "file.jsonl:12"
 
 
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
 def read_rows(path: str | Path, on_bad_row: str = "fail", bad: list[str] | None = None) -> Iterator[Row]:
-    """Rows of a .jsonl or .json file. A malformed row fails, or is skipped and noted in `bad`."""
+    """Rows of a .jsonl, .json, .parquet or .csv file. A malformed row fails, or is skipped and noted in `bad`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"dataset not found: {path}", hint="check [data] datasets.path in the recipe")
@@ -26,8 +30,14 @@ def read_rows(path: str | Path, on_bad_row: str = "fail", bad: list[str] | None 
         yield from _jsonl_rows(path, on_bad_row, bad if bad is not None else [])
     elif path.suffix == ".json":
         yield from _json_rows(path)
+    elif path.suffix == ".parquet":
+        yield from _parquet_rows(path)
+    elif path.suffix == ".csv":
+        yield from _csv_rows(path)
     else:
-        raise UserError(f"{path}: unsupported dataset file type {path.suffix!r}", hint="use .jsonl or .json")
+        raise UserError(
+            f"{path}: unsupported dataset file type {path.suffix!r}", hint=f"use one of {', '.join(SUFFIXES)}"
+        )
 
 
 def _jsonl_rows(path: Path, on_bad_row: str, bad: list[str]) -> Iterator[Row]:
@@ -58,6 +68,34 @@ def _json_rows(path: Path) -> Iterator[Row]:
         raise UserError(f"{path}: a .json dataset must be a list of objects", hint="or use .jsonl, one per line")
     for index, item in enumerate(data):
         yield Row(item if isinstance(item, dict) else {"_invalid": item}, f"{path}[{index}]")
+
+
+def _parquet_rows(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: cannot read parquet dataset: {exc}") from None
+    for number, data in enumerate(table.to_pylist(), start=1):
+        yield Row(data, f"{path}:row {number}")
+
+
+def _csv_rows(path: Path) -> Iterator[Row]:
+    """CSV rows keyed by the header; the row's line number is where it starts (quoted fields may span lines)."""
+    try:
+        handle = path.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read dataset: {exc}") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        start = 2  # line 1 is the header
+        try:
+            for data in reader:
+                yield Row(dict(data), f"{path}:{start}")
+                start = reader.line_num + 1
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}:{start}: malformed CSV: {exc}") from None
 
 
 def report_bad_row(where: str, problem: str, on_bad_row: str, bad: list[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -13,13 +14,22 @@ def _no_problems(params: BaseModel, recipe: Any) -> list[str]:
     return []
 
 
+def save_pretrained(model: torch.nn.Module, directory: Path) -> None:
+    """The default save: a peft adapter (or, for a plain model, the whole model) as safetensors."""
+    model.save_pretrained(directory, safe_serialization=True)
+
+
 @dataclass(frozen=True)
 class Strategy:
     """A named way of making a model trainable.
 
     `apply(model, params, quantized) -> model` returns the model ready to train (`params` is a validated
-    instance of `Config`); `merge(model) -> model` folds the adapter into plain weights when `can_merge`.
-    `problems(params, recipe)` lists combinations this strategy cannot train (checked at validate time).
+    instance of `Config`); `merge(model) -> model` folds the adapter into plain weights when `can_merge`
+    (None: peft's `merge_and_unload`), else `cannot_merge_reason` says why and what to do instead.
+    `problems(params, recipe)` lists combinations this strategy cannot train (checked at validate time);
+    `kbit` says whether it trains on a 4/8-bit quantized base at all (checked for every strategy).
+    `save(model, directory)` writes what training produced; `make_optimizer(model, params, optimizer_cls,
+    optimizer_kwargs)` may build the optimizer itself (LoRA+), returning None to keep the trainer's default.
     """
 
     name: str
@@ -30,6 +40,9 @@ class Strategy:
     merge: Callable[[torch.nn.Module], torch.nn.Module] | None = None
     problems: Callable[[BaseModel, Any], list[str]] = _no_problems
     cannot_merge_reason: str = ""
+    kbit: bool = True
+    save: Callable[[torch.nn.Module, Path], None] = save_pretrained
+    make_optimizer: Callable[[torch.nn.Module, BaseModel, type, dict], torch.optim.Optimizer | None] | None = None
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

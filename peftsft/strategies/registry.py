@@ -6,11 +6,16 @@ import difflib
 from importlib.metadata import entry_points
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ValidationError
 
 from ..errors import UserError
+from .adapters import ADAPTERS
 from .base import Strategy
-from .lora import LORA
+from .baselines import BASELINES
+from .generic import PEFT
+from .lora import LORA_FAMILY
+from .prompts import PROMPTS
 
 ENTRY_POINT_GROUP = "peftsft.strategies"
 _REGISTRY: dict[str, Strategy] = {}
@@ -22,7 +27,8 @@ def register(strategy: Strategy) -> Strategy:
     return strategy
 
 
-register(LORA)
+for _builtin in (*LORA_FAMILY, *ADAPTERS, *PROMPTS, *BASELINES, PEFT):
+    register(_builtin)
 
 
 def _load_plugins() -> None:
@@ -77,6 +83,8 @@ def _describe(strategy: Strategy, err: dict[str, Any]) -> str:
         close = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1, cutoff=0.6)
         tail = f" — did you mean {close[0]!r}?" if close else f" (valid: {', '.join(fields)})"
         return f"[strategy] {key}: unknown parameter for {strategy.name!r}{tail}"
+    if not key:  # a check across parameters
+        return f"[strategy] {strategy.name}: {err['msg'].removeprefix('Value error, ')}"
     return f"[strategy] {key}: {err['msg']} (got {err.get('input')!r})"
 
 
@@ -87,6 +95,45 @@ def strategy_problems(section: Any, recipe: Any | None) -> list[str]:
     except UserError as exc:
         return [f"{exc.message} — {exc.hint}"]
     problems = _param_problems(strategy, section.params)
-    if not problems and recipe is not None:
-        problems = strategy.problems(strategy.Config.model_validate(section.params), recipe)
-    return problems
+    if problems or recipe is None:
+        return problems
+    if recipe.quantization.bits is not None and not strategy.kbit:
+        return [_kbit_problem(strategy, recipe.quantization.bits)]
+    return strategy.problems(strategy.Config.model_validate(section.params), recipe)
+
+
+def _kbit_problem(strategy: Strategy, bits: int) -> str:
+    capable = ", ".join(s.name for s in list_strategies() if s.kbit)
+    return (
+        f"[strategy] {strategy.name!r} cannot train on a {bits}-bit quantized base ([quantization] bits = {bits}): "
+        "it needs float base weights (it trains or rewrites them, or peft has no bitsandbytes layers for it) — "
+        f"remove [quantization], or use one of: {capable}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- after training
+
+
+def strategy_optimizer(recipe: Any, model: torch.nn.Module, args: Any) -> torch.optim.Optimizer | None:
+    """The optimizer a strategy builds itself (LoRA+), honouring [training] optim; None: the trainer's default."""
+    strategy = get_strategy(recipe.strategy.name)
+    if strategy.make_optimizer is None:
+        return None
+    from transformers import Trainer
+
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    params = validate_params(strategy, recipe.strategy.params)
+    return strategy.make_optimizer(model, params, optimizer_cls, {**kwargs, "weight_decay": args.weight_decay})
+
+
+def merge_model(strategy_name: str, model: torch.nn.Module) -> torch.nn.Module:
+    """Fold the trained adapter into plain weights; UserError (why, and what to do) if the strategy cannot."""
+    strategy = get_strategy(strategy_name)
+    if not strategy.can_merge:
+        raise UserError(
+            f"strategy {strategy.name!r} cannot be merged into the base model: "
+            f"{strategy.cannot_merge_reason or 'it adds nothing that folds into the base weights'}",
+            hint="export the adapter instead (export --format adapter) and load it on the base model",
+        )
+    merge = strategy.merge or (lambda m: m.merge_and_unload())
+    return merge(model)

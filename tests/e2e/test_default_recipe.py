@@ -1,6 +1,7 @@
 """The main job end to end on the embedded SmolLM2: the tuned model learns its name, the base did not."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def test_default_recipe_teaches_the_persona(tmp_path):
             "--set", "run.sample_max_new_tokens=16",
         ],
         cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},  # all cores for the real model
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "llama-chat-lora"

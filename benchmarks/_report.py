@@ -1,0 +1,204 @@
+"""The benchmark's report: results.md (tables with ratios, plan vs measurement), results.png, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from rich.console import Console
+
+def hardware() -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "memory_bytes": _meminfo_total(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": None,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["cuda"] = {"name": props.name, "memory_bytes": props.total_memory, "count": torch.cuda.device_count()}
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _meminfo_total() -> int | None:
+    try:
+        first = Path("/proc/meminfo").read_text().splitlines()[0]
+        return int(first.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def _with_ratio(text: str, record: dict, key: str) -> str:
+    ratio = (record.get("ratios") or {}).get(key)
+    return f"{text} ({ratio:.2f}×)" if ratio is not None and record.get("reference") else text
+
+
+def markdown(report: dict) -> str:
+    job, hw = report["job"], report["hardware"]
+    gpu = f"{hw['cuda']['name']} ({human_bytes(hw['cuda']['memory_bytes'])})" if hw["cuda"] else "none"
+    lines = [
+        "# Full fine-tuning vs LoRA vs QLoRA vs plain TRL",
+        "",
+        f"Measured by `{report['command']}` on {report['date']}.",
+        "",
+        f"- **Machine:** {hw['cpu']}, {hw['logical_cores']} logical cores, {human_bytes(hw['memory_bytes'])} RAM, "
+        f"GPU: {gpu}; {hw['platform']}; torch threads: {hw['torch_threads']}",
+        "- **Libraries:** " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        f"- **Job (every arm):** model `{job['model']}` on {job['device']}, batch {job['batch']}, max length "
+        f"{job['seq_len']}, {job['steps']} measured steps after {job['warmup']} warm-up steps (discarded), "
+        f"optimizer {job['optim']}. The same {job['rows']} chat rows (recipes/data/persona_train.jsonl, shuffled "
+        "once, mixed lengths) in the same order, so every arm trains on identical batches; the loss covers "
+        "every token in every arm (TRL's default for conversational rows; peftsft arms use masking = \"all\"). "
+        "Learning rates are each side's default (peftsft 2e-4, TRL 2e-5): final losses after a few steps are a "
+        "sanity check, not a quality comparison.",
+        "",
+        "| arm | what | trainable params | optimizer states | peak memory | training footprint | train tokens/s "
+        "| s/step | final loss |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in report["arms"]:
+        if not r.get("ok"):
+            lines.append(f"| {r['arm']} | {r['describe']} | failed: {r.get('error', '?')} |||||||")
+            continue
+        trainable, rate, seconds = f"{r['trainable_params']:,}", f"{r['tokens_per_s']:.1f}", f"{r['step_seconds']:.2f}"
+        lines.append(
+            f"| {r['arm']} | {r['describe']} | {_with_ratio(trainable, r, 'trainable_params')} "
+            f"| {_with_ratio(human_bytes(r['optimizer_state_bytes']), r, 'optimizer_state_bytes')} "
+            f"| {_with_ratio(human_bytes(r['peak_bytes']), r, 'peak_bytes')} "
+            f"| {_with_ratio(human_bytes(r['footprint_bytes']), r, 'footprint_bytes')} "
+            f"| {_with_ratio(rate, r, 'tokens_per_s')} "
+            f"| {_with_ratio(seconds, r, 'step_seconds')} "
+            f"| {r['final_loss']:.3f} |"
+        )
+    lines += ["", _ratio_note(report), *_budget_note(report), "", *_plan_table(report), "", *_definitions(job["device"])]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_note(report: dict) -> str:
+    refs = sorted({r["reference"] for r in report["arms"] if r.get("reference")})
+    if not refs:
+        return "No baseline arm ran, so there are no ratios."
+    return (
+        f"(×) = ratio to the baseline measured in this run ({' / '.join(refs)}; quantized arms are compared with "
+        "trl_qlora when it ran). Memory and s/step: lower is better; tokens/s: higher is better."
+    )
+
+
+def _budget_note(report: dict) -> list[str]:
+    short = [r for r in report["arms"] if r.get("ok") and r.get("stopped_by_budget")]
+    if not short:
+        return []
+    cut = ", ".join(f"{r['arm']} ({r['measured_steps']} of {report['job']['steps']})" for r in short)
+    return [
+        "",
+        f"Measured steps cut short by the {report['job']['budget']:.0f} s per-arm budget: {cut}. Every arm ran the batch "
+        "with the longest row first after the warm-up, so memory peaks are comparable; tokens/s is the median of the "
+        "steps measured.",
+    ]
+
+
+def _plan_table(report: dict) -> list[str]:
+    lines = [
+        "## `peftsft plan` estimate vs measurement",
+        "",
+        "| arm | estimate | measured footprint | error | weights | gradients | optimizer | activations + loss head |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in report["arms"]:
+        plan = r.get("plan") or {}
+        if not r.get("ok") or not plan.get("peak_bytes"):
+            continue
+        c = plan["components"]
+        lines.append(
+            f"| {r['arm']} | {human_bytes(plan['peak_bytes'])} | {human_bytes(r['footprint_bytes'])} "
+            f"| {r['plan_error']:+.0%} | {human_bytes(c['weights'])} (measured {human_bytes(r['weights_bytes'])}) "
+            f"| {human_bytes(c['gradients'])} (measured {human_bytes(r['gradient_bytes'])}) "
+            f"| {human_bytes(c['optimizer'])} (measured {human_bytes(r['optimizer_state_bytes'])}) "
+            f"| {human_bytes(c['activations'] + c['loss_head'])} |"
+        )
+    return lines
+
+
+def _definitions(device: str) -> list[str]:
+    memory = (
+        "- **peak memory**: `torch.cuda.max_memory_allocated` during training (reserved is in results.json); "
+        "**training footprint**: the same figure, which `peftsft plan` estimates."
+        if device == "cuda"
+        else "- **peak memory**: the arm process's peak RSS (`ru_maxrss`), loading included; "
+        "**training footprint**: the weights' bytes plus how much RSS grew during training (the kernel's peak-RSS "
+        "mark is reset when training starts), i.e. memory for weights, gradients, optimizer states and "
+        "activations, without the Python runtime — what `peftsft plan` estimates."
+    )
+    return [
+        "## Definitions",
+        "",
+        memory,
+        "- **train tokens/s**: non-padding tokens of a step / its wall time (step begin → step end, TrainerCallback), "
+        "median over the measured steps; **s/step**: median step time.",
+        "- **optimizer states**: bytes of the optimizer's state tensors after training; **trainable params** as peft "
+        "counts them.",
+    ]
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [r for r in report["arms"] if r.get("ok")]
+    names = [r["arm"] for r in arms]
+    colors = ["#999999" if r["kind"] == "trl" else "#2a7ab0" for r in arms]
+    fig, (mem_ax, tps_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = range(len(arms))
+    mem_ax.bar([i - 0.2 for i in x], [r["peak_bytes"] / 2**20 for r in arms], 0.4, color=colors, label="peak memory")
+    mem_ax.bar([i + 0.2 for i in x], [r["footprint_bytes"] / 2**20 for r in arms], 0.4, color=colors, alpha=0.5,
+               hatch="//", label="training footprint")
+    planned = [(i + 0.2, r["plan"]["peak_bytes"] / 2**20) for i, r in enumerate(arms) if (r.get("plan") or {}).get("peak_bytes")]
+    if planned:
+        mem_ax.scatter(*zip(*planned), marker="_", s=400, color="black", zorder=3, label="plan estimate")
+    mem_ax.set_ylabel("MiB")
+    mem_ax.set_title("memory (lower is better)")
+    mem_ax.legend(fontsize=8)
+    tps_ax.bar(list(x), [r["tokens_per_s"] or 0 for r in arms], 0.6, color=colors)
+    tps_ax.set_ylabel("train tokens / s")
+    tps_ax.set_title("throughput (higher is better; grey = plain TRL)")
+    for ax in (mem_ax, tps_ax):
+        ax.set_xticks(list(x), names, rotation=20)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{report['job']['model']} · batch {report['job']['batch']} · {report['job']['device']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+
+def write_outputs(report: dict, out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    (out / "results.md").write_text(markdown(report), encoding="utf-8")
+    plot(report, out / "results.png")
+    Console().print(f"[green]wrote[/] {out / 'results.md'}, results.json, results.png")

