@@ -50,6 +50,15 @@ def peak_rss() -> int:
     return _status_kib("VmHWM") * 1024
 
 
+@torch.no_grad()
+def touch(model: torch.nn.Module) -> None:
+    """Read one value per page of every weight: weights loaded zero-copy from safetensors are file mappings that
+    count in RSS only once read, and would otherwise show up as memory that training allocated."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        flat = tensor.detach().reshape(-1)
+        flat[:: max(1, 4096 // flat.element_size())].sum()
+
+
 def tensor_bytes(tensors) -> int:
     unique = {t.untyped_storage().data_ptr(): t for t in tensors if t.device.type != "meta"}
     return sum(t.untyped_storage().nbytes() for t in unique.values())
@@ -84,7 +93,8 @@ class StepMeter(TrainerCallback):
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        touch(model)
         self.rss_before_train = current_rss()
         self.hwm_reset = reset_peak_rss()
         if self.device == "cuda":
@@ -265,7 +275,8 @@ def main(argv: list[str]) -> int:
 
         detail = str(exc) if isinstance(exc, UserError) else traceback.format_exc()
         print(detail, file=sys.stderr)
-        result, code = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}, 1
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        result, code = {"ok": False, "error": f"{type(exc).__name__}: {first_line}"}, 1
     result_path.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return code
 

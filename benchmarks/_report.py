@@ -69,12 +69,13 @@ def markdown(report: dict) -> str:
         f"GPU: {gpu}; {hw['platform']}; torch threads: {hw['torch_threads']}",
         "- **Libraries:** " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         f"- **Job (every arm):** model `{job['model']}` on {job['device']}, batch {job['batch']}, max length "
-        f"{job['seq_len']}, {job['steps']} measured steps after {job['warmup']} warm-up steps (discarded), "
+        f"{job['seq_len']}, {job['steps']} measured steps after {job['warmup']} warm-up step(s) (discarded), "
         f"optimizer {job['optim']}. The same {job['rows']} chat rows (recipes/data/persona_train.jsonl, shuffled "
         "once, mixed lengths) in the same order, so every arm trains on identical batches; the loss covers "
         "every token in every arm (TRL's default for conversational rows; peftsft arms use masking = \"all\"). "
         "Learning rates are each side's default (peftsft 2e-4, TRL 2e-5): final losses after a few steps are a "
-        "sanity check, not a quality comparison.",
+        "sanity check, not a quality comparison."
+        + _malloc_note(job),
         "",
         "| arm | what | trainable params | optimizer states | peak memory | training footprint | train tokens/s "
         "| s/step | final loss |",
@@ -94,8 +95,19 @@ def markdown(report: dict) -> str:
             f"| {_with_ratio(seconds, r, 'step_seconds')} "
             f"| {r['final_loss']:.3f} |"
         )
-    lines += ["", _ratio_note(report), *_budget_note(report), "", *_plan_table(report), "", *_definitions(job["device"])]
+    lines += ["", _ratio_note(report), *_budget_note(report), "", *_plan_table(report)]
+    lines += ["", *_definitions(job["device"])]
     return "\n".join(lines) + "\n"
+
+
+def _malloc_note(job: dict) -> str:
+    if not job.get("env"):
+        return ""
+    settings = ", ".join(f"{k}={v}" for k, v in job["env"].items())
+    return (
+        f" Arm processes run with {settings}: glibc then returns every freed tensor of 1 MiB or more to the OS, "
+        "so RSS tracks the memory in use."
+    )
 
 
 def _ratio_note(report: dict) -> str:
@@ -115,9 +127,9 @@ def _budget_note(report: dict) -> list[str]:
     cut = ", ".join(f"{r['arm']} ({r['measured_steps']} of {report['job']['steps']})" for r in short)
     return [
         "",
-        f"Measured steps cut short by the {report['job']['budget']:.0f} s per-arm budget: {cut}. Every arm ran the batch "
-        "with the longest row first after the warm-up, so memory peaks are comparable; tokens/s is the median of the "
-        "steps measured.",
+        f"Measured steps cut short by the {report['job']['budget']:.0f} s per-arm budget: {cut}. Every arm ran the "
+        "batch with the longest row first after the warm-up, so memory peaks are comparable; tokens/s is the median "
+        "of the steps measured.",
     ]
 
 
@@ -157,11 +169,15 @@ def _definitions(device: str) -> list[str]:
         "## Definitions",
         "",
         memory,
-        "- **train tokens/s**: non-padding tokens of a step / its wall time (step begin → step end, TrainerCallback), "
-        "median over the measured steps; **s/step**: median step time.",
+        "- **train tokens/s**: non-padding tokens of a step / its wall time (step begin → step end, in a "
+        "TrainerCallback), median over the measured steps; **s/step**: median step time.",
         "- **optimizer states**: bytes of the optimizer's state tensors after training; **trainable params** as peft "
         "counts them.",
     ]
+
+
+def _planned(record: dict) -> bool:
+    return bool((record.get("plan") or {}).get("peak_bytes"))
 
 
 def plot(report: dict, path: Path) -> None:
@@ -178,7 +194,7 @@ def plot(report: dict, path: Path) -> None:
     mem_ax.bar([i - 0.2 for i in x], [r["peak_bytes"] / 2**20 for r in arms], 0.4, color=colors, label="peak memory")
     mem_ax.bar([i + 0.2 for i in x], [r["footprint_bytes"] / 2**20 for r in arms], 0.4, color=colors, alpha=0.5,
                hatch="//", label="training footprint")
-    planned = [(i + 0.2, r["plan"]["peak_bytes"] / 2**20) for i, r in enumerate(arms) if (r.get("plan") or {}).get("peak_bytes")]
+    planned = [(i + 0.2, r["plan"]["peak_bytes"] / 2**20) for i, r in enumerate(arms) if _planned(r)]
     if planned:
         mem_ax.scatter(*zip(*planned), marker="_", s=400, color="black", zorder=3, label="plan estimate")
     mem_ax.set_ylabel("MiB")
@@ -190,7 +206,9 @@ def plot(report: dict, path: Path) -> None:
     for ax in (mem_ax, tps_ax):
         ax.set_xticks(list(x), names, rotation=20)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{report['job']['model']} · batch {report['job']['batch']} · {report['job']['device']}", fontsize=10)
+    job = report["job"]
+    title = f"{job['model']} · batch {job['batch']} · max length {job['seq_len']} · {job['device']}"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -45,6 +45,9 @@ BASELINES = {
     "trl_qlora": "plain TRL SFTTrainer, its defaults + peft LoRA r=16 on TRL's 4-bit base (nf4)",
 }
 SPECIAL_ARMS = {"qlora": ("lora", 4)}  # arm name → (strategy, quantization bits)
+# glibc keeps freed heap memory, so a process's peak RSS depends on its allocation history; with a fixed mmap
+# threshold every tensor of 1 MiB or more goes back to the OS when freed, and RSS tracks the memory in use
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
 console = Console(soft_wrap=True)
 
@@ -145,8 +148,9 @@ def write_rows(path: Path, model_dir: str, batch: int, steps: int, warmup: int, 
     random.Random(seed).shuffle(rows)
     picked = [rows[i % len(rows)] for i in range((warmup + steps) * batch)]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    lengths = [len(tokenizer.apply_chat_template(json.loads(row)["messages"], tokenize=True, return_dict=True)["input_ids"])
-               for row in picked]
+    conversations = [json.loads(row)["messages"] for row in picked]
+    encoded = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
     batches = [list(range(i, i + batch)) for i in range(0, len(picked), batch)]
     longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
     first = min(warmup, len(batches) - 1)
@@ -225,7 +229,8 @@ def run_arm(arm: Arm, spec: dict, out: Path, timeout: float | None) -> dict:
     with log_path.open("w", encoding="utf-8") as log:
         try:
             code = subprocess.run(
-                [sys.executable, str(WORKER), str(spec_path), str(result_path)], stderr=log, timeout=timeout
+                [sys.executable, str(WORKER), str(spec_path), str(result_path)],
+                stderr=log, timeout=timeout, env={**os.environ, **spec["env"]},
             ).returncode
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
@@ -259,7 +264,9 @@ def derive(result: dict, warmup: int, device: str) -> dict:
     }
 
 
-RATIO_KEYS = ("peak_bytes", "footprint_bytes", "tokens_per_s", "step_seconds", "trainable_params", "optimizer_state_bytes")
+RATIO_KEYS = (
+    "peak_bytes", "footprint_bytes", "tokens_per_s", "step_seconds", "trainable_params", "optimizer_state_bytes"
+)
 
 
 def add_ratios(records: list[dict]) -> None:
@@ -283,8 +290,8 @@ def add_plan_error(record: dict) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model source as in a recipe (default: the embedded SmolLM2; --quick: a tiny Llama)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model source, as in a recipe (default: the embedded SmolLM2; --quick: tiny)")
     parser.add_argument("--arms", help=f"comma-separated arms (default {DEFAULTS['arms']}; --quick: {QUICK['arms']})")
     parser.add_argument("--baselines", default="auto",
                         help="auto (trl_lora, and trl_qlora when a quantized arm runs), none, or a list")
@@ -298,6 +305,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=120.0,
                         help="training seconds per arm: after the warm-up and one measured step, an arm past this "
                         "stops early (default 120; plain TRL's bf16 default is very slow on most CPUs)")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help=f"leave glibc's malloc as it is (default: {MALLOC_ENV}, so that RSS tracks live memory)")
     parser.add_argument("--timeout", type=float, help="seconds one arm's process may take in all (default: no limit)")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps: a check that everything works")
     parser.add_argument("--out", required=True, help="directory for results.json / .md / .png")
@@ -324,6 +333,7 @@ def prepare_job(args: argparse.Namespace, out: Path) -> dict:
         "model": model, "model_dir": model_dir, "device": pick_device("auto"), "data": data, "rows": rows,
         "steps": args.steps, "warmup": args.warmup, "total_steps": total, "batch": args.batch,
         "seq_len": args.seq_len, "seed": args.seed, "optim": default_optimizer(), "budget": args.budget, "out": out,
+        "env": {} if args.glibc_malloc else MALLOC_ENV,
     }
 
 
@@ -332,6 +342,7 @@ def arm_spec(arm: Arm, job: dict, recipe: Path | None) -> dict:
         "arm": arm.name, "kind": arm.kind, "recipe": str(recipe) if recipe else None, "model_dir": job["model_dir"],
         "data": str(job["data"]), "device": job["device"], "total_steps": job["total_steps"], "warmup": job["warmup"],
         "batch": job["batch"], "seq_len": job["seq_len"], "seed": job["seed"], "budget": job["budget"],
+        "env": job["env"],
         "quantized": bool(arm.bits) or arm.name == "trl_qlora", "run_dir": str(job["out"] / "runs" / arm.name),
     }
 
@@ -344,8 +355,9 @@ def benchmark(args: argparse.Namespace) -> dict:
     arms = choose_arms(args.arms, args.baselines, pick_device("auto"))
     job = prepare_job(args, out)
     console.print(
-        f"[bold]benchmark[/] {len(arms)} arms ({', '.join(a.name for a in arms)}) on {job['model']} · {job['device']} · "
-        f"batch {job['batch']} · max length {job['seq_len']} · {job['warmup']} warm-up + {job['steps']} measured steps"
+        f"[bold]benchmark[/] {len(arms)} arms ({', '.join(a.name for a in arms)}) on {job['model']} · "
+        f"{job['device']} · batch {job['batch']} · max length {job['seq_len']} · {job['warmup']} warm-up + "
+        f"{job['steps']} measured steps"
     )
     records = []
     for index, arm in enumerate(arms, 1):
@@ -356,7 +368,8 @@ def benchmark(args: argparse.Namespace) -> dict:
         console.print(f"[bold cyan][{index}/{len(arms)}] {arm.name}[/]: {arm.describe}")
         result = run_arm(arm, arm_spec(arm, job, recipe), out, args.timeout)
         fields = {k: v for k, v in asdict(arm).items() if k != "name"}
-        record = {"arm": arm.name, **fields, "describe": arm.describe, **result, **derive(result, job["warmup"], job["device"])}
+        record = {"arm": arm.name, **fields, "describe": arm.describe, **result}
+        record.update(derive(result, job["warmup"], job["device"]))
         record["plan"] = plan
         add_plan_error(record)
         records.append(record)
@@ -392,7 +405,9 @@ def _one_line(record: dict) -> str:
     if not record.get("ok"):
         return f"  [red]failed[/]: {record.get('error')} (see logs/{record['arm']}.log)"
     plan = record.get("plan") or {}
-    planned = f", plan {human_bytes(plan['peak_bytes'])} ({record['plan_error']:+.0%})" if "plan_error" in record else ""
+    planned = ""
+    if "plan_error" in record:
+        planned = f", plan {human_bytes(plan['peak_bytes'])} ({record['plan_error']:+.0%})"
     return (
         f"  [green]done[/] {record['tokens_per_s']:.1f} tok/s, {record['step_seconds']:.2f} s/step, "
         f"peak {human_bytes(record['peak_bytes'])}, footprint {human_bytes(record['footprint_bytes'])}{planned}, "
@@ -400,8 +415,19 @@ def _one_line(record: dict) -> str:
     )
 
 
+def quiet_libraries() -> None:
+    """This process only plans and tokenizes: no progress bars or info chatter from the libraries."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_libraries()
     try:
         report = benchmark(args)
     except UserError as exc:

@@ -87,19 +87,20 @@ class MemoryPlan:
 def estimate(recipe: Recipe, device: str | None = None, read_data: bool = True) -> MemoryPlan:
     """The recipe's peak training memory on `device` (default: the recipe's, resolved on this machine)."""
     from .models import materialize, pick_device, resolve_source
-    from .train import resolve_precision
 
     device = device or pick_device(recipe.training.device)
     location = materialize(resolve_source(recipe.model.source))  # a GGUF is converted once and cached
     config = _load_config(location, recipe)
-    dims = Dims.from_config(config)
-    model, strategy_params = _skeleton_with_strategy(config, recipe, device)
+    notes: list[str] = []
+    dtype, precision = _dtype_and_precision(recipe, device, notes)
+    model, strategy_params = _skeleton_with_strategy(config, recipe, dtype)
+    if recipe.quantization.bits is not None:
+        _adapters_to_bf16(model)
     batch, seq, seq_from = _batch_shape(recipe, location, read_data)
     seq += getattr(strategy_params, "num_virtual_tokens", 0) or 0  # prompt-learning methods lengthen every row
-    precision = resolve_precision(recipe.training.precision, device)
     plan = MemoryPlan(
-        device=device, dims=dims, total_params=0, trainable_params=0, quantized_params=0,
-        batch=batch, seq=seq, seq_from=seq_from, precision=precision,
+        device=device, dims=Dims.from_config(config), total_params=0, trainable_params=0, quantized_params=0,
+        batch=batch, seq=seq, seq_from=seq_from, precision=precision, notes=notes,
     )
     _count(plan, model, recipe)
     _fill_components(plan, model, recipe, strategy_params)
@@ -120,19 +121,32 @@ def _load_config(location: str, recipe: Recipe):
         ) from None
 
 
-def _skeleton_with_strategy(config, recipe: Recipe, device: str):
+def _dtype_and_precision(recipe: Recipe, device: str, notes: list[str]):
+    """The weights' dtype and the autocast precision the run would use on `device`."""
+    import torch
+
+    from .models import resolve_dtype
+    from .train import resolve_precision
+
+    if device == "cuda" and not torch.cuda.is_available():
+        notes.append("no CUDA device here: planned for one with bf16 support (Ampere or newer)")
+        dtype = torch.bfloat16 if recipe.model.dtype == "auto" else getattr(torch, recipe.model.dtype)
+        precision = "bf16" if recipe.training.precision == "auto" else recipe.training.precision
+        return dtype, precision
+    return resolve_dtype(recipe.model.dtype, device), resolve_precision(recipe.training.precision, device)
+
+
+def _skeleton_with_strategy(config, recipe: Recipe, dtype):
     """The model on the `meta` device (shapes, no memory) with the recipe's strategy applied."""
     import torch
 
     from transformers import AutoModelForCausalLM
 
-    from .models import resolve_dtype
     from .strategies import get_strategy
     from .strategies.registry import validate_params
 
     strategy = get_strategy(recipe.strategy.name)
     params = validate_params(strategy, recipe.strategy.params)
-    dtype = resolve_dtype(recipe.model.dtype, device)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code)
     try:
@@ -146,6 +160,15 @@ def _skeleton_with_strategy(config, recipe: Recipe, device: str):
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         return strategy.apply(model, params.model_copy(update={"init": "default"}), False), params
+
+
+def _adapters_to_bf16(model: torch.nn.Module) -> None:
+    """What TRL's SFTTrainer does on a quantized base (QLoRA paper): trainable weights in bf16, bar DoRA's magnitude."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.requires_grad and "lora_magnitude_vector" not in name:
+            param.data = param.data.to(torch.bfloat16)
 
 
 def _batch_shape(recipe: Recipe, location: str, read_data: bool) -> tuple[int, int, str]:
@@ -207,9 +230,13 @@ def _weight_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> i
     per_param = QUANT_BYTES[(quant.bits, quant.double_quant)]
     quantized = _quantizable_linears(model)
     quantized_ids = {id(m.weight) for m in quantized}
-    # k-bit preparation (peft) upcasts the remaining float weights (embeddings, norms, adapters) to fp32
-    rest = sum(t.numel() * 4 for i, t in tensors.items() if i not in quantized_ids)
-    plan.notes.append(f"{quant.bits}-bit base: {per_param:.3f} bytes per quantized weight")
+    # k-bit preparation (peft) upcasts the remaining frozen float weights (embeddings, norms) to fp32
+    rest = sum(
+        t.numel() * (t.element_size() if t.requires_grad else 4) for i, t in tensors.items() if i not in quantized_ids
+    )
+    plan.notes.append(
+        f"{quant.bits}-bit base: {per_param:.3f} bytes per quantized weight; TRL keeps the trainable weights in bf16"
+    )
     return int(rest + plan.quantized_params * per_param)
 
 
@@ -355,9 +382,10 @@ def gib(nbytes: float) -> str:
 
 
 def print_plan(console, plan: MemoryPlan, recipe: Recipe) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"memory plan: {recipe.model.source} · {recipe.strategy.name} · {plan.device}")
+    table = Table(title=escape(f"memory plan: {recipe.model.source} · {recipe.strategy.name} · {plan.device}"))
     table.add_column("component")
     table.add_column("estimate", justify="right")
     table.add_column("from")
@@ -371,10 +399,11 @@ def print_plan(console, plan: MemoryPlan, recipe: Recipe) -> None:
         "loss_head": "TRL's fused LM head: logit tiles + gradient accumulators",
     }
     for name, nbytes in plan.components.items():
-        table.add_row(name, gib(nbytes), explain[name])
-    table.add_row("[bold]peak[/]", f"[bold]{gib(plan.peak_bytes)}[/]", "weights + optimizer + max(activations + loss head, gradients)")
+        table.add_row(name, gib(nbytes), escape(explain[name]))
+    formula = "weights + optimizer + max(activations + loss head, gradients)"
+    table.add_row("[bold]peak[/]", f"[bold]{gib(plan.peak_bytes)}[/]", formula)
     console.print(table)
-    runtime = "the CUDA context (~0.5 GiB)" if plan.device == "cuda" else "the Python process itself (~0.5 GiB of libraries)"
+    runtime = "the CUDA context (~0.5 GiB)" if plan.device == "cuda" else "the Python process (~0.5 GiB of libraries)"
     console.print(f"not included: {runtime}")
     for note in plan.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")

@@ -177,11 +177,37 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
     from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    evaluate_during = eval_ds is not None and recipe.training.eval_steps is not None
+    early_stop = evaluate_during and recipe.training.early_stopping_patience is not None
+    args = SFTConfig(
+        **trainer_arguments(recipe, device, evaluate_during),
+        packing=recipe.data.packing,
+        packing_strategy="bfd",
+        max_length=recipe.data.max_length,
+    )
+    model.config.use_cache = False
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
+    )
+    trainer.remove_callback(PrinterCallback)  # our RichProgress shows the same, once
+    if early_stop:
+        t = recipe.training
+        trainer.add_callback(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
+    return trainer
+
+
+def trainer_arguments(recipe: Recipe, device: str, evaluate_during: bool, best_metric: str = "loss") -> dict:
+    """The TrainingArguments every peftsft trainer shares (SFT and classification), from [training]."""
     t = recipe.training
     precision = resolve_precision(t.precision, device)
-    evaluate_during = eval_ds is not None and t.eval_steps is not None
     early_stop = evaluate_during and t.early_stopping_patience is not None
-    args = SFTConfig(
+    return dict(
         output_dir=str(recipe.run_dir / "checkpoints"),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -200,10 +226,11 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
         eval_steps=t.eval_steps,
         save_strategy="steps" if t.save_steps else ("best" if early_stop else "no"),
         save_steps=t.save_steps or 500,
-        # early stopping keeps the best checkpoint (by eval loss) and ends with its weights loaded
+        # early stopping keeps the best checkpoint (by best_metric) and ends with its weights loaded
         save_total_limit=1 if early_stop and not t.save_steps else None,
         load_best_model_at_end=early_stop,
-        metric_for_best_model="eval_loss" if early_stop else None,
+        metric_for_best_model=f"eval_{best_metric}" if early_stop else None,
+        greater_is_better=best_metric != "loss" if early_stop else None,
         seed=t.seed,
         data_seed=t.seed,
         report_to=t.report_to or "none",
@@ -211,27 +238,10 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         train_sampling_strategy=t.sampling,
-        packing=recipe.data.packing,
-        packing_strategy="bfd",
-        max_length=recipe.data.max_length,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         dataloader_pin_memory=device == "cuda",
     )
-    model.config.use_cache = False
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
-    )
-    trainer.remove_callback(PrinterCallback)  # our RichProgress shows the same, once
-    if early_stop:
-        trainer.add_callback(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
-    return trainer
 
 
 def resolve_precision(requested: str, device: str) -> str:

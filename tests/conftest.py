@@ -64,7 +64,8 @@ def tiny_model_dir(tmp_path_factory, smollm_dir, tokenizer) -> Path:
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        # no pad_token_id: SmolLM2 pads with its end-of-turn token, and a padding_idx embedding starts at zero
+        # (tied to the LM head), so the model could never learn to stop
     )
     model = LlamaForCausalLM(config)
     out = tmp_path_factory.mktemp("tiny-llama")

@@ -6,6 +6,7 @@ train every weight) plus `labels.json`; peft saves the trained head with the ada
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +46,18 @@ def sequence_classification():
 
     token = PEFT_TASK_TYPE.set("SEQ_CLS")
     try:
-        yield
+        with quiet_peft():
+            yield
     finally:
         PEFT_TASK_TYPE.reset(token)
+
+
+@contextmanager
+def quiet_peft():
+    """peft asks transformers a since-renamed question (is_gradient_checkpointing): a FutureWarning per load."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def apply_strategy(model: torch.nn.Module, recipe: Recipe):
@@ -134,7 +144,8 @@ def load_adapter_dir(adapter: Path, recipe: Recipe, device: str = "cpu", dequant
         base = base.dequantize(dtype=torch.float32)
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+    with quiet_peft():
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
     return Classifier(model.eval(), _tokenizer(adapter), labels, str(adapter), recipe)
 
 

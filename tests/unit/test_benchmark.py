@@ -79,14 +79,16 @@ def test_plan_estimate_is_within_tolerance_of_the_measurement(quick):
         arm = arms[name]
         assert arm["plan"]["peak_bytes"] > 0
         assert abs(arm["plan_error"]) <= PLAN_TOLERANCE, (name, arm["plan"], arm["footprint_bytes"])
-        # the parts that are plain tensors are counted exactly
-        assert arm["plan"]["components"]["optimizer"] == arm["optimizer_state_bytes"]
+        # the parts that are plain tensors are counted exactly (AdamW adds a 4-byte step count per tensor)
+        assert arm["plan"]["components"]["optimizer"] == pytest.approx(arm["optimizer_state_bytes"], rel=1e-3)
         assert arm["plan"]["components"]["gradients"] == arm["gradient_bytes"]
+        assert arm["plan"]["components"]["weights"] == pytest.approx(arm["weights_bytes"], rel=1e-3)
 
 
 def test_unknown_arm_is_a_clear_error(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("full_vs_lora", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
     spec.loader.exec_module(module)
     assert module.main(["--arms", "lora,nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

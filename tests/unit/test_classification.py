@@ -198,13 +198,15 @@ def test_other_strategies_train_the_head_too(tmp_path, bert_dir, strategy):
 @pytest.fixture(scope="module")
 def cls_run(tmp_path_factory, bert_dir) -> Path:
     tmp = tmp_path_factory.mktemp("cls-run")
-    assert main(["run", str(write_recipe(tmp, bert_dir))]) == 0  # `run` dispatches on task
+    samples = 'run.sample_prompts=["item 1 was great", "it opened"]'
+    assert main(["run", str(write_recipe(tmp, bert_dir)), "--set", samples]) == 0  # `run` dispatches on task
     return tmp / "runs" / "cls"
 
 
 def test_run_dir_holds_adapter_head_labels_and_metrics(cls_run):
-    for name in ("recipe.resolved.toml", "metrics.jsonl", "summary.json", "loss.png"):
+    for name in ("recipe.resolved.toml", "metrics.jsonl", "summary.json", "loss.png", "samples.md"):
         assert (cls_run / name).is_file(), name
+    assert "| item 1 was great |" in (cls_run / "samples.md").read_text()
     adapter = cls_run / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["task_type"] == "SEQ_CLS" and "classifier" in config["modules_to_save"]
@@ -256,14 +258,16 @@ def test_predict_and_eval_on_the_run(cls_run, tmp_path):
     assert main(["chat", str(cls_run)]) == 2  # a classifier labels text; chat says so and points at predict
 
 
-def test_resume_continues_from_the_last_checkpoint(tmp_path, bert_dir):
+def test_resume_continues_from_the_last_checkpoint_then_exports(tmp_path, bert_dir):
     recipe = str(write_recipe(tmp_path, bert_dir))
     assert main(["run", recipe, "--set", "training.max_steps=3", "--set", "training.save_steps=3"]) == 0
     run_dir = tmp_path / "runs" / "cls"
     assert (run_dir / "checkpoints" / "checkpoint-3").is_dir()
     longer = ["--set", "training.max_steps=6", "--set", "training.save_steps=3"]
     assert main(["run", recipe, "--resume", *longer]) == 2  # a changed recipe needs --force
-    assert main(["run", recipe, "--resume", "--force", *longer]) == 0
-    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 6
+    assert main(["run", recipe, "--resume", "--force", *longer, "--set", 'export.formats=["merged"]']) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["exports"] == [str(run_dir / "exports" / "merged")]
+    assert (run_dir / "exports" / "merged" / "model.safetensors").is_file()  # [export] runs after training
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and max(steps) == 6  # steps 1-3 kept once, 4-6 appended
