@@ -123,47 +123,12 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
 
     from ..strategies.registry import strategy_optimizer
-    from ..train import resolve_precision
+    from ..train import trainer_arguments
 
-    t, best = recipe.training, recipe.classification.best_metric
-    precision = resolve_precision(t.precision, device)
+    t = recipe.training
     evaluate_during = eval_ds is not None and t.eval_steps is not None
-    early_stop = evaluate_during and t.early_stopping_patience is not None
-    args = TrainingArguments(
-        output_dir=str(recipe.run_dir / "checkpoints"),
-        learning_rate=t.learning_rate,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=max(t.batch_size, 32),  # no gradients: bigger batches are free
-        gradient_accumulation_steps=t.grad_accum,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        activation_checkpointing=t.activation_checkpointing,
-        logging_steps=t.logging_steps,
-        eval_strategy="steps" if evaluate_during else "no",
-        eval_steps=t.eval_steps,
-        save_strategy="steps" if t.save_steps else ("best" if early_stop else "no"),
-        save_steps=t.save_steps or 500,
-        # early stopping keeps the best checkpoint (by [classification] best_metric) and ends with it loaded
-        save_total_limit=1 if early_stop and not t.save_steps else None,
-        load_best_model_at_end=early_stop,
-        metric_for_best_model=f"eval_{best}" if early_stop else None,
-        greater_is_better=best != "loss" if early_stop else None,
-        seed=t.seed,
-        data_seed=t.seed,
-        report_to=t.report_to or "none",
-        use_cpu=device == "cpu",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        train_sampling_strategy=t.sampling,
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
-        dataloader_pin_memory=device == "cuda",
-    )
+    # the same [training] → arguments mapping as chat runs; early stopping keeps the best by best_metric
+    args = TrainingArguments(**trainer_arguments(recipe, device, evaluate_during, recipe.classification.best_metric))
     trainer = Trainer(
         model=model,
         args=args,
@@ -175,7 +140,7 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
         optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
     )
     trainer.remove_callback(PrinterCallback)  # RichProgress shows the same, once
-    if early_stop:
+    if evaluate_during and t.early_stopping_patience is not None:
         trainer.add_callback(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
     return trainer
 
