@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt, TokenRate
-from ..config import Recipe, recipe_to_toml
+from ..config import Recipe
 from ..models import pick_device
 from ..report import plot_loss, versions
-from ..rundir import prepare_run_dir, write_dir, write_json, write_text
+from ..rundir import write_dir, write_json, write_text
 from ..strategies import trainable_summary
 from .commands import prediction_table, predictions
 from .data import build_datasets
@@ -28,10 +28,10 @@ def run_classification(recipe: Recipe, console: Console, overwrite: bool = False
     """Train a classifier per the recipe (or resume its run from a checkpoint); returns summary.json's contents."""
     from transformers import set_seed
 
-    from ..train import checkpoint_step, train_guarded
+    from ..train import checkpoint_step, open_run_dir, train_guarded
 
     run_dir = recipe.run_dir
-    checkpoint = prepare(recipe, console, overwrite, resume, force)
+    checkpoint = open_run_dir(recipe, console, overwrite, resume, force)
     set_seed(recipe.training.seed)
     device = pick_device(recipe.training.device)
 
@@ -85,22 +85,6 @@ def run_classification(recipe: Recipe, console: Console, overwrite: bool = False
         summary["exports"] = export_after_training(run_dir, recipe.export.formats, recipe.export.dtype, console)
         write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def prepare(recipe: Recipe, console: Console, overwrite: bool, resume, force: bool):
-    """A fresh run dir, or the checkpoint to resume from (refusing a changed recipe unless forced)."""
-    from ..resume import check_same_recipe, checkpoint_to_resume
-
-    resolved = recipe_to_toml(recipe)
-    checkpoint = None
-    if resume:
-        checkpoint = checkpoint_to_resume(recipe.run_dir, resume)
-        check_same_recipe(recipe.run_dir, resolved, force)
-        console.print(f"resuming from {checkpoint}")
-    else:
-        prepare_run_dir(recipe.run_dir, overwrite)
-    write_text(recipe.run_dir / "recipe.resolved.toml", resolved)
-    return checkpoint
 
 
 class EvalScorer:
