@@ -33,6 +33,18 @@ def _status_kib(field: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def matmul_flops_per_token(model: torch.nn.Module) -> int:
+    """Training FLOPs of the model's matmuls per token: forward 2P, backward 2P for the activations' gradients and
+    2P more for the weights that train. Attention scores and elementwise work are not counted."""
+    total = trained = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):  # bitsandbytes' 4/8-bit layers and the LM head included
+            weights = module.in_features * module.out_features
+            total += weights
+            trained += weights if module.weight.requires_grad else 0
+    return 4 * total + 2 * trained
+
+
 def current_rss() -> int:
     return _status_kib("VmRSS") * 1024
 
@@ -137,6 +149,7 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     from peftsft.config import load_recipe
     from peftsft.data import build_datasets
     from peftsft.data.build import apply_template
+    from peftsft.levers import resolve_levers
     from peftsft.models import load_model
     from peftsft.strategies import get_strategy
     from peftsft.strategies.registry import validate_params
@@ -150,11 +163,12 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     strategy = get_strategy(recipe.strategy.name)
     params = validate_params(strategy, recipe.strategy.params)
     model = strategy.apply(model, params, recipe.quantization.bits is not None)
-    trainer = make_trainer(recipe, model, tokenizer, train_ds, None, spec["device"], [meter])
-    # every arm takes the rows in file order, so that every arm trains on exactly the same batches
-    trainer.args.train_sampling_strategy = "sequential"
+    # the recipe's own levers, as `peftsft run` uses them (length-grouped batches of the job's rows included)
+    levers = resolve_levers(recipe, spec["device"], stats.max_tokens)
+    trainer = make_trainer(recipe, model, tokenizer, train_ds, None, spec["device"], [meter], levers)
     supervised = sum(sum(1 for label in row if label != -100) for row in train_ds["labels"])
-    return trainer, {"rows": stats.train_rows, "dataset_tokens": stats.tokens, "supervised_tokens": supervised}
+    data = {"rows": stats.train_rows, "dataset_tokens": stats.tokens, "supervised_tokens": supervised}
+    return trainer, {**data, "levers": levers.as_dict()}
 
 
 def trl_trainer(spec: dict, meter: StepMeter):
@@ -248,6 +262,7 @@ def measurements(spec: dict, trainer, meter: StepMeter, rss_start: int, model) -
         "steps": meter.steps,
         "losses": losses,
         "weights_bytes": weight_bytes(model),
+        "matmul_flops_per_token": matmul_flops_per_token(model),
         "gradient_bytes": meter.grad_bytes,
         "optimizer_state_bytes": tensor_bytes(states),
         "rss_start_bytes": rss_start,

@@ -19,11 +19,33 @@ def hardware() -> dict:
         "memory_bytes": _meminfo_total(),
         "torch_threads": torch.get_num_threads(),
         "cuda": None,
+        "matmul_gflops": {dtype: matmul_gflops(dtype) for dtype in ("float32", "bfloat16")},
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info["cuda"] = {"name": props.name, "memory_bytes": props.total_memory, "count": torch.cuda.device_count()}
     return info
+
+
+def matmul_gflops(dtype: str, seconds: float = 1.0) -> float:
+    """This machine's dense matmul peak for `dtype` (GFLOP/s): the best of repeated square products."""
+    import time
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = 4096 if device == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device).to(getattr(torch, dtype)) for _ in range(2))
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        best = max(best, 2 * n**3 / elapsed / 1e9)
+        if start + elapsed > deadline:
+            return round(best, 1)
 
 
 def _cpu_model() -> str:
@@ -71,20 +93,22 @@ def markdown(report: dict) -> str:
         f"- **Job (every arm):** model `{job['model']}` on {job['device']}, batch {job['batch']}, max length "
         f"{job['seq_len']}, {job['steps']} measured steps after {job['warmup']} warm-up step(s) (discarded), "
         f"optimizer {job['optim']}. The same {job['rows']} chat rows (recipes/data/persona_train.jsonl, shuffled "
-        "once, mixed lengths) in the same order, so every arm trains on identical batches (peftsft's default "
-        "length-grouped sampling is off here); the loss covers "
+        "once, mixed lengths), each once: TRL arms in file order (the shortest rows as warm-up, then the longest), "
+        "peftsft arms with their default speed levers (length-grouped batches, loss head on supervised positions "
+        "only, activation checkpointing when activations dominate memory; the levers each arm used are in "
+        "results.json); the loss covers "
         "every token in every arm (TRL's default for conversational rows; peftsft arms use masking = \"all\"). "
         "Learning rates are each side's default (peftsft 2e-4, TRL 2e-5): final losses after a few steps are a "
         "sanity check, not a quality comparison."
         + _malloc_note(job),
         "",
         "| arm | what | trainable params | optimizer states | peak memory | training footprint | train tokens/s "
-        "| s/step | final loss |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| s/step | matmul GFLOP/s (fp32 / bf16 peak) | final loss |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in report["arms"]:
         if not r.get("ok"):
-            lines.append(f"| {r['arm']} | {r['describe']} | failed: {r.get('error', '?')} |||||||")
+            lines.append(f"| {r['arm']} | {r['describe']} | failed: {r.get('error', '?')} ||||||||")
             continue
         trainable, rate, seconds = f"{r['trainable_params']:,}", f"{r['tokens_per_s']:.1f}", f"{r['step_seconds']:.2f}"
         lines.append(
@@ -94,11 +118,25 @@ def markdown(report: dict) -> str:
             f"| {_with_ratio(human_bytes(r['footprint_bytes']), r, 'footprint_bytes')} "
             f"| {_with_ratio(rate, r, 'tokens_per_s')} "
             f"| {_with_ratio(seconds, r, 'step_seconds')} "
+            f"| {_efficiency(r)} "
             f"| {r['final_loss']:.3f} |"
         )
     lines += ["", _ratio_note(report), *_budget_note(report), "", *_plan_table(report)]
-    lines += ["", *_definitions(job["device"])]
+    lines += ["", *_definitions(job["device"], hw)]
     return "\n".join(lines) + "\n"
+
+
+def _peaks(hw: dict) -> str:
+    peaks = hw.get("matmul_gflops") or {}
+    return ", ".join(f"{dtype} {gflops:.1f} GFLOP/s" for dtype, gflops in peaks.items()) or "not measured"
+
+
+def _efficiency(record: dict) -> str:
+    share = record.get("peak_fraction") or {}
+    if "achieved_gflops" not in record:
+        return "—"
+    shares = " / ".join(f"{share[d]:.0%}" if d in share else "—" for d in ("float32", "bfloat16"))
+    return f"{record['achieved_gflops']:.1f} ({shares})"
 
 
 def _malloc_note(job: dict) -> str:
@@ -156,7 +194,7 @@ def _plan_table(report: dict) -> list[str]:
     return lines
 
 
-def _definitions(device: str) -> list[str]:
+def _definitions(device: str, hw: dict) -> list[str]:
     memory = (
         "- **peak memory**: `torch.cuda.max_memory_allocated` during training (reserved is in results.json); "
         "**training footprint**: the same figure, which `peftsft plan` estimates."
@@ -174,6 +212,10 @@ def _definitions(device: str) -> list[str]:
         "TrainerCallback), median over the measured steps; **s/step**: median step time.",
         "- **optimizer states**: bytes of the optimizer's state tensors after training; **trainable params** as peft "
         "counts them.",
+        "- **matmul GFLOP/s**: tokens/s × the model's matmul FLOPs per token (forward 2P, backward 2P for the "
+        "activations' gradients, 2P more for the weights that train; P = weights of every linear layer, LM head "
+        "included), and its share of this machine's fp32 and bf16 dense matmul peaks, measured in the same run "
+        f"({_peaks(hw)}).",
     ]
 
 

@@ -140,8 +140,9 @@ def tiny_model(directory: Path) -> Path:
 def write_rows(path: Path, model_dir: str, batch: int, steps: int, warmup: int, seed: int) -> int:
     """The job's rows: the project's chat data (mixed lengths), shuffled once with `seed`, in a fixed order.
 
-    The batch holding the longest row runs first after the warm-up, so that every arm meets its memory peak
-    (with optimizer states allocated) even when the time budget ends it after one measured step."""
+    The warm-up takes the batches of the shortest rows (cheap, even for a slow baseline), and the batch holding
+    the longest row runs first after it, so that every arm in file order meets its memory peak (with optimizer
+    states allocated) even when the time budget ends it after one measured step."""
     from transformers import AutoTokenizer
 
     rows = DATA.read_text(encoding="utf-8").splitlines()
@@ -151,7 +152,10 @@ def write_rows(path: Path, model_dir: str, batch: int, steps: int, warmup: int, 
     conversations = [json.loads(row)["messages"] for row in picked]
     encoded = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True)
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    batches = [list(range(i, i + batch)) for i in range(0, len(picked), batch)]
+    by_length = sorted(range(len(picked)), key=lambda i: lengths[i])
+    shortest = [by_length[i : i + batch] for i in range(0, warmup * batch, batch)]
+    rest = [i for i in range(len(picked)) if i not in set(by_length[: warmup * batch])]
+    batches = shortest + [rest[i : i + batch] for i in range(0, len(rest), batch)]
     longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
     first = min(warmup, len(batches) - 1)
     batches[first], batches[longest] = batches[longest], batches[first]
@@ -256,6 +260,7 @@ def derive(result: dict, warmup: int, device: str) -> dict:
         "measured_steps": len(measured),
         "stopped_by_budget": len(result["steps"]) < result.get("total_steps", len(result["steps"])),
         "tokens_per_s": statistics.median(rates) if rates else None,
+        "tokens_per_s_overall": sum(s["tokens"] for s in measured) / max(sum(s["seconds"] for s in measured), 1e-9),
         "step_seconds": statistics.median(s["seconds"] for s in measured),
         "train_tokens": sum(s["tokens"] for s in result["steps"]),
         "final_loss": result["losses"][-1] if result["losses"] else None,
@@ -278,6 +283,17 @@ def add_ratios(records: list[dict]) -> None:
         record["ratios"] = {
             key: round(record[key] / ref[key], 3) for key in RATIO_KEYS if record.get(key) and ref.get(key)
         }
+
+
+def add_efficiency(records: list[dict], hardware: dict) -> None:
+    """Achieved matmul GFLOP/s of each arm and its share of this machine's measured fp32 and bf16 matmul peaks."""
+    peaks = hardware.get("matmul_gflops") or {}
+    for record in records:
+        if not record.get("ok") or not record.get("tokens_per_s"):
+            continue
+        achieved = record["tokens_per_s"] * record["matmul_flops_per_token"] / 1e9
+        record["achieved_gflops"] = round(achieved, 2)
+        record["peak_fraction"] = {dtype: round(achieved / peak, 4) for dtype, peak in peaks.items() if peak}
 
 
 def add_plan_error(record: dict) -> None:
@@ -375,11 +391,13 @@ def benchmark(args: argparse.Namespace) -> dict:
         records.append(record)
         console.print(_one_line(record))
     add_ratios(records)
+    machine = hardware()
+    add_efficiency(records, machine)
     report = {
         "command": "python benchmarks/full_vs_lora.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "job": {k: (str(v) if isinstance(v, Path) else v) for k, v in job.items() if k not in ("out",)},
-        "hardware": hardware(),
+        "hardware": machine,
         "versions": _versions(),
         "arms": records,
     }

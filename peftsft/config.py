@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,6 +37,9 @@ class QuantizationSection(Section):
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # how packed 4-bit weights are stored: uint8, or a float type so FSDP can shard them with the rest
     storage_dtype: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
+    # dtype of the trainable adapter weights on a quantized base. TRL (after the QLoRA paper) makes them bfloat16;
+    # "auto" does so only where training runs in bf16, and keeps float32 where bf16 matmuls are slow (most CPUs)
+    adapter_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class StrategySection(BaseModel):
@@ -103,14 +106,26 @@ class TrainingSection(Section):
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int = Field(-1, ge=-1)  # -1: run `epochs` epochs
-    batch_size: int = Field(4, ge=1)  # per device
+    batch_size: int = Field(4, ge=1)  # per device (per process)
     grad_accum: int = Field(1, ge=1)
+    # samples per optimizer step over all processes: grad_accum is then derived at run time as
+    # global_batch_size / (batch_size × processes), so the same recipe trains alike on 1 or N processes
+    global_batch_size: int | None = Field(None, ge=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     optim: str = "adamw_torch"
-    activation_checkpointing: bool = False  # recompute activations in backward: less memory, ~20-30% slower
+    # recompute activations in backward: far less memory, ~25% slower. "auto": on when memory needs it, i.e. when
+    # `peftsft plan` finds the saved activations would outweigh everything else training holds (weights, gradients,
+    # optimizer states, loss head), or the run would fill over 80% of the memory available; off otherwise
+    activation_checkpointing: bool | Literal["auto"] = "auto"
+    # vocabulary slice TRL's fused loss head scores at a time (it never builds the full logits): smaller slices
+    # hold less memory. "auto": TRL's 32768 on CUDA (its kernel works in place), 4096 elsewhere
+    loss_vocab_chunk: Annotated[int, Field(ge=256)] | Literal["auto"] = "auto"
+    # positions the LM head scores: "supervised" (only those with a training target; the loss is the same) or
+    # "all" (TRL's choice off CUDA, which keeps tensor shapes static for compilers such as XLA)
+    loss_positions: Literal["supervised", "all"] = "supervised"
     # "auto": bf16 autocast where the hardware runs bf16 matmuls fast (CUDA with bf16, CPUs with AVX-512 BF16/AMX)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # "group_by_length" batches samples of similar length together: far less padding, same samples per epoch
@@ -197,6 +212,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     recipe, problems = _validate(raw)
     if recipe is not None:
         problems += _semantic_problems(recipe) + _early_stopping_problems(recipe) + _classification_problems(recipe)
+        problems += _batch_problems(recipe.training)
     if problems:
         raise UserError(
             f"{path}: the recipe has {len(problems)} problem(s)",
@@ -378,6 +394,70 @@ def _early_stopping_problems(recipe: Recipe) -> list[str]:
             "with early stopping, so that the best evaluation has a checkpoint (or leave save_steps unset)"
         )
     return problems
+
+
+def _batch_problems(t: TrainingSection) -> list[str]:
+    """Validate-time check of global_batch_size (the process count is known only at run time)."""
+    if t.global_batch_size is None:
+        return []
+    per_step = t.batch_size * t.grad_accum
+    if t.global_batch_size % per_step == 0:
+        return []
+    if t.grad_accum == 1:
+        return [
+            f"[training] global_batch_size ({t.global_batch_size}) must be a multiple of batch_size "
+            f"({t.batch_size}), the per-device batch — e.g. global_batch_size = "
+            f"{_multiples(per_step, t.global_batch_size)}, or batch_size = "
+            f"{_batch_sizes(t.global_batch_size, 1, t.batch_size)}"
+        ]
+    return [
+        f"[training] global_batch_size ({t.global_batch_size}) must be a multiple of batch_size × grad_accum "
+        f"({t.batch_size} × {t.grad_accum} = {per_step}) — or leave grad_accum unset: it is derived from "
+        "global_batch_size"
+    ]
+
+
+def gradient_accumulation(t: TrainingSection, num_processes: int) -> int:
+    """Micro-batches per optimizer step on each process: [training] grad_accum, or derived from global_batch_size.
+
+    global batch = batch_size (per device) × grad_accum × processes; a global_batch_size that this
+    batch_size and process count cannot split evenly is a UserError naming the numbers and the fix.
+    """
+    if t.global_batch_size is None:
+        return t.grad_accum
+    per_step = t.batch_size * num_processes
+    where = f"batch_size × processes = {t.batch_size} × {num_processes} = {per_step}"
+    if t.global_batch_size % per_step:
+        sizes = _batch_sizes(t.global_batch_size, num_processes, t.batch_size)
+        raise UserError(
+            f"[training] global_batch_size ({t.global_batch_size}) is not a multiple of {where}, "
+            "so no whole number of gradient accumulation steps reaches it",
+            hint=f"set global_batch_size to a multiple of {per_step} (e.g. {_multiples(per_step, t.global_batch_size)})"
+            + (f", or batch_size to {sizes} for {num_processes} process(es)" if sizes else "")
+            + f", or launch a process count that divides {t.global_batch_size // t.batch_size}",
+        )
+    accum = t.global_batch_size // per_step
+    if t.grad_accum not in (1, accum):
+        raise UserError(
+            f"[training] grad_accum ({t.grad_accum}) contradicts global_batch_size ({t.global_batch_size}): "
+            f"with {where}, reaching the global batch takes grad_accum = {accum}",
+            hint="remove grad_accum from the recipe (it is derived from global_batch_size), or set it to "
+            f"{accum} — or drop global_batch_size to use grad_accum = {t.grad_accum} as given",
+        )
+    return accum
+
+
+def _multiples(step: int, near: int) -> str:
+    """The multiples of `step` just below and above `near`, e.g. "8 or 16"."""
+    low = near // step * step
+    return " or ".join(str(n) for n in (low, low + step) if n > 0)
+
+
+def _batch_sizes(total: int, processes: int, current: int) -> str:
+    """Up to three per-device batch sizes nearest `current` that split `total` evenly over `processes`: "2 or 4"."""
+    fits = [b for b in range(1, total + 1) if total % (b * processes) == 0]
+    sizes = [str(b) for b in sorted(sorted(fits, key=lambda b: (abs(b - current), b))[:3])]
+    return " or ".join([", ".join(sizes[:-1]), sizes[-1]] if len(sizes) > 1 else sizes)
 
 
 def _classification_problems(recipe: Recipe) -> list[str]:

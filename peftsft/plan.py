@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # (an fp32, or with double quantization a byte plus a second-level fp32 per 256 blocks); 8-bit: a byte + row scales
 QUANT_BYTES = {(4, True): 0.5 + 1 / 64 + 4 / (64 * 256), (4, False): 0.5 + 4 / 64, (8, True): 1.0, (8, False): 1.0}
 # TRL's fused LM head (trl.kernels.chunked_logprob) scores logits in [4096 tokens x 32768 vocab] tiles
-LOSS_TILE_TOKENS, LOSS_TILE_VOCAB = 4096, 32768
+LOSS_TILE_TOKENS = 4096  # and [training] loss_vocab_chunk vocabulary entries
 # live fp32 tiles at the head's peak (its backward): the torch fallback used without Triton (CPU) holds ~9
 # (logits, scaled, log-probabilities, probabilities, one-hot, gradient and temporaries; measured with the peak
 # RSS); the Triton kernels on CUDA work in place in one buffer
@@ -69,6 +69,8 @@ class MemoryPlan:
     seq: int
     seq_from: str  # where `seq` came from: the longest sample in the data, or [data] max_length
     precision: str
+    checkpointing: bool = False  # activation checkpointing, as set or as "auto" decided it
+    checkpointing_reason: str = "set in the recipe"
     components: dict[str, int] = field(default_factory=dict)  # bytes
     notes: list[str] = field(default_factory=list)
 
@@ -84,8 +86,12 @@ class MemoryPlan:
 # ---------------------------------------------------------------------------------------------- estimate
 
 
-def estimate(recipe: Recipe, device: str | None = None, read_data: bool = True) -> MemoryPlan:
-    """The recipe's peak training memory on `device` (default: the recipe's, resolved on this machine)."""
+def estimate(
+    recipe: Recipe, device: str | None = None, read_data: bool = True, longest_sample: int | None = None
+) -> MemoryPlan:
+    """The recipe's peak training memory on `device` (default: the recipe's, resolved on this machine).
+
+    `longest_sample` (tokens), when the caller knows it, saves reading the data again."""
     from .models import materialize, pick_device, resolve_source
 
     device = device or pick_device(recipe.training.device)
@@ -94,17 +100,75 @@ def estimate(recipe: Recipe, device: str | None = None, read_data: bool = True) 
     notes: list[str] = []
     dtype, precision = _dtype_and_precision(recipe, device, notes)
     model, strategy_params = _skeleton_with_strategy(config, recipe, dtype)
-    if recipe.quantization.bits is not None:
+    if adapter_dtype(recipe, precision) == "bfloat16":
         _adapters_to_bf16(model)
     batch, seq, seq_from = _batch_shape(recipe, location, read_data)
+    if longest_sample and not recipe.data.packing:
+        seq, seq_from = min(longest_sample, recipe.data.max_length), "longest sample in the data"
     seq += getattr(strategy_params, "num_virtual_tokens", 0) or 0  # prompt-learning methods lengthen every row
     plan = MemoryPlan(
         device=device, dims=Dims.from_config(config), total_params=0, trainable_params=0, quantized_params=0,
         batch=batch, seq=seq, seq_from=seq_from, precision=precision, notes=notes,
     )
     _count(plan, model, recipe)
+    plan.checkpointing = recipe.training.activation_checkpointing is True
     _fill_components(plan, model, recipe, strategy_params)
+    if recipe.training.activation_checkpointing == "auto":
+        _decide_checkpointing(plan, model, recipe, strategy_params)
     return plan
+
+
+# Share of the available memory a run may plan to fill before "auto" turns activation checkpointing on
+CHECKPOINTING_THRESHOLD = 0.8
+
+
+def _decide_checkpointing(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, params) -> None:
+    """activation_checkpointing = "auto": on when the saved activations would outweigh the rest of what training
+    holds, or the run would not fit in memory; off otherwise (it costs ~25% of the speed).
+
+    Why our own rule: TRL turns checkpointing on for every run, slow even where memory is plentiful; transformers
+    has no memory-driven switch."""
+    c = plan.components
+    rest = c["weights"] + c["gradients"] + c["optimizer"] + c["loss_head"]
+    available = memory_available(plan.device)
+    needed = plan.peak_bytes
+    if available is not None and needed > CHECKPOINTING_THRESHOLD * available:
+        why = f"without it the run would need ~{gib(needed)} of {gib(available)} available"
+    elif c["activations"] > rest:
+        why = f"saved activations (~{gib(c['activations'])}) would outweigh the rest of training (~{gib(rest)})"
+    else:
+        plan.checkpointing_reason = (
+            f"auto: off, activations ~{gib(c['activations'])} next to ~{gib(rest)} of weights, gradients, optimizer "
+            "and loss head" + (f"; ~{gib(needed)} of {gib(available)} available" if available else "")
+        )
+        return
+    plan.checkpointing = True
+    plan.components["activations"] = _activation_bytes(plan, model, recipe, params)
+    plan.checkpointing_reason = f"auto: on, {why}"
+
+
+def memory_available(device: str) -> int | None:
+    """Bytes a run can still allocate: free memory of the current CUDA device, or the RAM Linux calls available."""
+    import torch
+
+    if device == "cuda":
+        return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def adapter_dtype(recipe: Recipe, precision: str) -> str | None:
+    """The trainable weights' dtype on a quantized base (None without one): bf16 only where training runs in bf16."""
+    if recipe.quantization.bits is None:
+        return None
+    if recipe.quantization.adapter_dtype != "auto":
+        return recipe.quantization.adapter_dtype
+    return "bfloat16" if precision == "bf16" else "float32"
 
 
 def _load_config(location: str, recipe: Recipe):
@@ -218,7 +282,7 @@ def _fill_components(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, p
         "gradients": sum(p.numel() * p.element_size() for p in trainable),
         "optimizer": _optimizer_bytes(recipe.training.optim, trainable, plan.notes),
         "activations": _activation_bytes(plan, model, recipe, params),
-        "loss_head": _loss_head_bytes(plan, model),
+        "loss_head": _loss_head_bytes(plan, model, recipe),
     }
 
 
@@ -235,7 +299,8 @@ def _weight_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> i
         t.numel() * (t.element_size() if t.requires_grad else 4) for i, t in tensors.items() if i not in quantized_ids
     )
     plan.notes.append(
-        f"{quant.bits}-bit base: {per_param:.3f} bytes per quantized weight; TRL keeps the trainable weights in bf16"
+        f"{quant.bits}-bit base: {per_param:.3f} bytes per quantized weight; trainable weights in "
+        f"{adapter_dtype(recipe, plan.precision)}"
     )
     return int(rest + plan.quantized_params * per_param)
 
@@ -291,11 +356,14 @@ def _activation_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, 
     else:
         extra_per_layer = 0
     layers = _layers_keeping_activations(model, dims.layers)
-    if recipe.training.activation_checkpointing:
-        # each layer keeps its input; one layer at a time is recomputed in backward
+    if plan.checkpointing:
+        # each layer keeps its input; in backward one layer at a time is recomputed
         values = layers * dims.hidden * tokens + per_layer * tokens + extra_per_layer
     else:
         values = layers * (per_layer * tokens + extra_per_layer)
+    # the backward of a layer holds gradients and temporaries about twice its saved activations (measured on
+    # SmolLM2 LoRA with and without checkpointing)
+    values += 2 * per_layer * tokens
     values += 4 * dims.hidden * tokens  # embeddings output, final norm
     return int(values * per_value)
 
@@ -329,11 +397,14 @@ def _layers_keeping_activations(model: torch.nn.Module, layers: int) -> int:
     return layers
 
 
-def _loss_head_bytes(plan: MemoryPlan, model: torch.nn.Module) -> int:
+def _loss_head_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> int:
     """TRL's fused LM head: logits only ever exist as [tokens x vocab] tiles, plus fp32 gradient accumulators."""
+    from .levers import loss_vocab_chunk
+
     dims = plan.dims
     tokens = plan.batch * (plan.seq - 1)
-    tile = min(tokens, LOSS_TILE_TOKENS) * min(dims.vocab, LOSS_TILE_VOCAB)
+    vocab_slice = loss_vocab_chunk(recipe.training.loss_vocab_chunk, plan.device)
+    tile = min(tokens, LOSS_TILE_TOKENS) * min(dims.vocab, vocab_slice)
     if plan.device == "cuda":
         half = plan.precision in ("bf16", "fp16")
         head = LOSS_TILES_TRITON * tile * (2 if half else 4)
@@ -395,8 +466,9 @@ def print_plan(console, plan: MemoryPlan, recipe: Recipe) -> None:
         "gradients": f"{plan.trainable_params:,} trainable parameters",
         "optimizer": f"{recipe.training.optim} states",
         "activations": f"{plan.dims.layers} layers x batch {plan.batch} x {plan.seq} tokens ({plan.seq_from}), "
-        f"{plan.precision}{', checkpointed' if recipe.training.activation_checkpointing else ''}",
-        "loss_head": "TRL's fused LM head: logit tiles + gradient accumulators",
+        f"{plan.precision}{', checkpointed' if plan.checkpointing else ''}",
+        "loss_head": f"TRL's fused LM head: logit tiles ({recipe.training.loss_vocab_chunk} vocabulary slice) "
+        "+ gradient accumulators",
     }
     for name, nbytes in plan.components.items():
         table.add_row(name, gib(nbytes), escape(explain[name]))
@@ -405,5 +477,6 @@ def print_plan(console, plan: MemoryPlan, recipe: Recipe) -> None:
     console.print(table)
     runtime = "the CUDA context (~0.5 GiB)" if plan.device == "cuda" else "the Python process (~0.5 GiB of libraries)"
     console.print(f"not included: {runtime}")
+    console.print(f"activation checkpointing: {escape(plan.checkpointing_reason)}")
     for note in plan.notes:
         console.print(f"note: {escape(note)}")

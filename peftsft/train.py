@@ -18,14 +18,15 @@ from .callbacks import (
     StopOnInterrupt,
     TokenRate,
 )
-from .config import Recipe, recipe_to_toml
+from .config import Recipe, gradient_accumulation, recipe_to_toml
 from .data import DataStats, build_datasets
 from .data.build import apply_template
 from .data.contract import preflight
 from .generation import answer_prompts
+from .levers import Levers, resolve_levers, set_adapter_dtype, set_loss_head
 from .models import load_model, pick_device, quantized_footprint
 from .report import plot_loss, versions, write_samples
-from .distributed import console_for, on_main, process_state
+from .distributed import console_for, on_main, process_state, world_size
 from .errors import TrainingStopped
 from .resume import check_same_recipe, checkpoint_to_resume, checkpoints
 from .rundir import prepare_run_dir, write_dir, write_json, write_text
@@ -45,6 +46,7 @@ def run(
         return run_classification(recipe, console, overwrite, resume, force)
     device = pick_device(recipe.training.device)
     state = process_state(device)
+    gradient_accumulation(recipe.training, state.num_processes)  # a global batch this launch cannot split fails now
     console = console_for(state, console)
     run_dir = recipe.run_dir
     checkpoint = on_main(state, lambda: open_run_dir(recipe, console, overwrite, resume, force))
@@ -78,11 +80,13 @@ def run(
         f"{params_summary['total_params']:,} parameters ({params_summary['trainable_percent']:.3f}%)"
     )
 
+    levers = resolve_levers(recipe, device, stats.max_tokens)
+    console.print(f"speed: {levers.describe()}")
     rate = TokenRate()
     metrics = MetricsLog(run_dir / "metrics.jsonl", rate, keep_until_step=checkpoint_step(checkpoint))
     interrupt = StopOnInterrupt()
     callbacks = [metrics, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints()]
-    trainer = make_trainer(recipe, model, tokenizer, train_ds, eval_ds, device, callbacks)
+    trainer = make_trainer(recipe, model, tokenizer, train_ds, eval_ds, device, callbacks, levers)
     result = train_guarded(trainer, interrupt, checkpoint, run_dir)
     train_seconds = rate.elapsed
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
@@ -101,12 +105,15 @@ def run(
             **params_summary,
             "device": device,
             "world_size": state.num_processes,
+            "global_batch_size": trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps
+            * state.num_processes,
             "steps": trainer.state.global_step,
             "train_seconds": round(train_seconds, 2),
             "train_tokens": trainer.state.num_input_tokens_seen,
             "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / max(train_seconds, 1e-9), 2),
             "peak_memory_bytes": peak_memory_bytes(device),
             "quantized_base": quantized_footprint(model),
+            "levers": levers.as_dict(),
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
             "train_loss": result.training_loss,
@@ -172,15 +179,18 @@ def checkpoint_step(checkpoint: Path | None) -> int | None:
     return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
 
 
-def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, callbacks: list):
-    """TRL's SFTTrainer over our pre-tokenized, pre-masked datasets."""
+def make_trainer(
+    recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, callbacks: list, levers: Levers | None = None
+):
+    """TRL's SFTTrainer over our pre-tokenized, pre-masked datasets, with the run's speed levers."""
     from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    levers = levers or resolve_levers(recipe, device, max(len(ids) for ids in train_ds["input_ids"]))
     evaluate_during = eval_ds is not None and recipe.training.eval_steps is not None
     early_stop = evaluate_during and recipe.training.early_stopping_patience is not None
     args = SFTConfig(
-        **trainer_arguments(recipe, device, evaluate_during),
+        **trainer_arguments(recipe, device, evaluate_during, checkpointing=levers.activation_checkpointing),
         packing=recipe.data.packing,
         packing_strategy="bfd",
         max_length=recipe.data.max_length,
@@ -195,6 +205,8 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
         callbacks=callbacks,
         optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
     )
+    set_adapter_dtype(trainer.model, levers)  # after TRL's bf16 cast of adapters on a quantized base
+    set_loss_head(levers)
     trainer.remove_callback(PrinterCallback)  # our RichProgress shows the same, once
     if early_stop:
         t = recipe.training
@@ -202,8 +214,12 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
     return trainer
 
 
-def trainer_arguments(recipe: Recipe, device: str, evaluate_during: bool, best_metric: str = "loss") -> dict:
-    """The TrainingArguments every peftsft trainer shares (SFT and classification), from [training]."""
+def trainer_arguments(
+    recipe: Recipe, device: str, evaluate_during: bool, best_metric: str = "loss", checkpointing: bool | None = None
+) -> dict:
+    """The TrainingArguments every peftsft trainer shares (SFT and classification), from [training].
+
+    `checkpointing`: activation checkpointing as resolved (levers); None takes only an explicit `true` as on."""
     t = recipe.training
     precision = resolve_precision(t.precision, device)
     early_stop = evaluate_during and t.early_stopping_patience is not None
@@ -214,13 +230,13 @@ def trainer_arguments(recipe: Recipe, device: str, evaluate_during: bool, best_m
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        gradient_accumulation_steps=gradient_accumulation(t, world_size()),  # global_batch_size → grad_accum
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=t.optim,
-        activation_checkpointing=t.activation_checkpointing,
+        activation_checkpointing=t.activation_checkpointing is True if checkpointing is None else checkpointing,
         logging_steps=t.logging_steps,
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=t.eval_steps,

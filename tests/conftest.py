@@ -84,12 +84,19 @@ def tiny_recipe(tmp_path, tiny_model_dir):
     """A fast recipe on the tiny model; returns a writer taking extra TOML text appended to it."""
 
     def make(extra: str = "", rows: list | None = None) -> Path:
-        data = write_jsonl(tmp_path / "train.jsonl", rows or _persona_rows(24))
-        recipe = tmp_path / "recipe.toml"
-        recipe.write_text(
-            f"""
+        return write_tiny_recipe(tmp_path, tiny_model_dir, extra, rows)
+
+    return make
+
+
+def write_tiny_recipe(directory: Path, model_dir: Path, extra: str = "", rows: list | None = None) -> Path:
+    """directory/recipe.toml (+ train.jsonl): LoRA on `model_dir`, 3 steps, outputs in directory/runs."""
+    data = write_jsonl(directory / "train.jsonl", rows or _persona_rows(24))
+    recipe = directory / "recipe.toml"
+    recipe.write_text(
+        f"""
 [model]
-source = "{tiny_model_dir}"
+source = "{model_dir}"
 
 [strategy]
 name = "lora"
@@ -112,14 +119,12 @@ seed = 7
 
 [run]
 name = "tiny"
-output_dir = "{tmp_path / 'runs'}"
+output_dir = "{directory / 'runs'}"
 {extra}
 """,
-            encoding="utf-8",
-        )
-        return recipe
-
-    return make
+        encoding="utf-8",
+    )
+    return recipe
 
 
 def _persona_rows(n: int) -> list[str]:

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from peftsft.config import apply_override, load_recipe, parse_override_value, recipe_to_toml
+from peftsft.config import (
+    TrainingSection,
+    apply_override,
+    gradient_accumulation,
+    load_recipe,
+    parse_override_value,
+    recipe_to_toml,
+)
 from peftsft.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,3 +96,53 @@ def test_resolved_recipe_round_trips():
     assert parsed["training"]["max_steps"] == 3
     assert parsed["strategy"] == {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
     assert parsed["training"]["warmup_ratio"] == 0.05  # defaults are filled in
+
+
+# ---------------------------------------------------------------------------------------------- global batch
+
+
+def test_global_batch_size_is_checked_with_the_other_problems():
+    with pytest.raises(UserError) as info:  # the default recipe has batch_size = 8
+        load_recipe(DEFAULT_RECIPE, ["training.global_batch_size=12", "data.datasets.0.path=missing.jsonl"])
+    problems = info.value.problems
+    assert len(problems) == 2 and any("file not found: missing.jsonl" in p for p in problems)
+    assert (
+        "[training] global_batch_size (12) must be a multiple of batch_size (8), the per-device batch — "
+        "e.g. global_batch_size = 8 or 16, or batch_size = 4, 6 or 12"
+    ) in problems
+    with pytest.raises(UserError) as info:
+        load_recipe(DEFAULT_RECIPE, ["training.global_batch_size=24", "training.grad_accum=2"])
+    assert info.value.problems == [
+        "[training] global_batch_size (24) must be a multiple of batch_size × grad_accum (8 × 2 = 16) — "
+        "or leave grad_accum unset: it is derived from global_batch_size"
+    ]
+    with pytest.raises(UserError, match="greater than or equal to 1"):
+        load_recipe(DEFAULT_RECIPE, ["training.global_batch_size=0"])
+    recipe = load_recipe(DEFAULT_RECIPE, ["training.global_batch_size=32"])
+    assert tomllib.loads(recipe_to_toml(recipe))["training"]["global_batch_size"] == 32
+    assert "global_batch_size" not in tomllib.loads(recipe_to_toml(load_recipe(DEFAULT_RECIPE)))["training"]
+
+
+def test_global_batch_size_derives_grad_accum_from_the_process_count():
+    t = TrainingSection(batch_size=4, global_batch_size=16)
+    assert [gradient_accumulation(t, n) for n in (1, 2, 4)] == [4, 2, 1]
+    assert gradient_accumulation(TrainingSection(batch_size=4, grad_accum=3), 2) == 3  # unset: grad_accum as given
+    consistent = TrainingSection(batch_size=4, grad_accum=2, global_batch_size=16)
+    assert gradient_accumulation(consistent, 2) == 2
+
+
+def test_a_global_batch_the_processes_cannot_split_is_a_clear_error():
+    with pytest.raises(UserError) as info:
+        gradient_accumulation(TrainingSection(batch_size=4, global_batch_size=12), 2)
+    assert info.value.message == (
+        "[training] global_batch_size (12) is not a multiple of batch_size × processes = 4 × 2 = 8, "
+        "so no whole number of gradient accumulation steps reaches it"
+    )
+    assert info.value.hint == (
+        "set global_batch_size to a multiple of 8 (e.g. 8 or 16), or batch_size to 2, 3 or 6 for 2 process(es), "
+        "or launch a process count that divides 3"
+    )
+    with pytest.raises(UserError) as info:
+        gradient_accumulation(TrainingSection(batch_size=4, grad_accum=4, global_batch_size=16), 2)
+    assert "grad_accum (4) contradicts global_batch_size (16)" in info.value.message
+    assert "takes grad_accum = 2" in info.value.message and "remove grad_accum" in info.value.hint

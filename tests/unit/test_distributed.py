@@ -1,5 +1,10 @@
-"""Two CPU processes (torchrun, gloo) train like one process with the same global batch; one writes outputs."""
+"""Several processes train like one process with the same global batch; one writes outputs and shows the display.
 
+Launched both ways the README gives: torchrun, and `accelerate launch` with the shipped configs
+(ddp-cpu.yaml runs here: 2 CPU processes over gloo; the others need GPUs and carry the `gpu` marker).
+"""
+
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -7,45 +12,141 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from tests.conftest import write_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
-# Same samples in the same global batches: sequential sampling; 2 × 4 per device = 8 in one process.
-COMMON = ['training.sampling="sequential"', "training.max_steps=4", "strategy.dropout=0.0", "training.logging_steps=1"]
+CONFIGS = REPO / "recipes" / "accelerate"
+GPU_ONLY = ["ddp.yaml", "fsdp-lora.yaml", "fsdp-qlora.yaml", "deepspeed-zero2.yaml", "deepspeed-zero3.yaml"]
+# Same samples in the same global batch of 8: sequential sampling, 4 per device; global_batch_size derives
+# grad_accum = 2 in one process and 1 in two, so one recipe runs alike under every launcher.
+STEPS = 3
+COMMON = ['training.sampling="sequential"', f"training.max_steps={STEPS}", "strategy.dropout=0.0",
+          "training.logging_steps=1", "training.batch_size=4", "training.global_batch_size=8"]
 # Gradients are identical up to float summation order across the two processes.
 LOSS_RTOL = 1e-4
 
 
-def _sets(overrides):
-    return [a for o in overrides for a in ("--set", o)]
+def _tool(name: str) -> str | None:
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else shutil.which(name)
 
 
-def _losses(run_dir: Path) -> list[float]:
-    return [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+TORCHRUN = [_tool("torchrun"), "--nproc_per_node", "2", "--master_port", "29517"]
+needs_torchrun = pytest.mark.skipif(TORCHRUN[0] is None, reason="torchrun not installed")
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not installed")
-def test_two_gloo_processes_match_one_process(tiny_recipe, tmp_path):
-    recipe = tiny_recipe()
-    single = subprocess.run(
-        [sys.executable, "-m", "peftsft", "run", str(recipe), *_sets(COMMON + ["training.batch_size=8", "run.name=one"])],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    multi = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "peftsft", "run", str(recipe),
-         *_sets(COMMON + ["training.batch_size=4", "run.name=two"])],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-3000:]
-    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "two"]
-    assert (two / "adapter" / "adapter_model.safetensors").is_file()
-    assert multi.stdout.count("strategy lora:") == 1  # the display appears once
-    a, b = _losses(one), _losses(two)
-    assert len(a) == len(b) == 4
+def _launch(launcher: list, recipe: Path, name: str, *overrides: str) -> subprocess.CompletedProcess:
+    """`launcher -m peftsft run RECIPE` with COMMON, then `overrides`, as run `name`."""
+    sets = [a for o in [*COMMON, *overrides, f"run.name={name}"] for a in ("--set", o)]
+    return subprocess.run([*launcher, "-m", "peftsft", "run", str(recipe), *sets],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def _run(launcher: list, recipe: Path, name: str, *overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """A launch that must succeed; the completed process and its run dir, the only new one."""
+    runs = recipe.parent / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    result = _launch(launcher, recipe, name, *overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert set(runs.iterdir()) - before == {runs / name}  # one run dir, written by one process
+    return result, runs / name
+
+
+def _loss_records(run_dir: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, tiny_model_dir) -> Path:
+    return write_tiny_recipe(tmp_path_factory.mktemp("distributed"), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def one_process(recipe) -> Path:
+    """The reference: one process, grad_accum derived as 2."""
+    _, run_dir = _run([sys.executable], recipe, "one")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["world_size"], summary["global_batch_size"]) == (1, 8)
+    return run_dir
+
+
+def assert_two_processes_like_one(result: subprocess.CompletedProcess, run_dir: Path, one: Path) -> None:
+    """One writer (one adapter, each metrics step once), one display and contract, losses as one process."""
+    assert [p.parent for p in run_dir.rglob("adapter_model.safetensors")] == [run_dir / "adapter"]
+    for line in ("pre-flight data contract", "strategy lora:", "done "):  # the display (and contract) once
+        assert result.stdout.count(line) == 1, (line, result.stdout[-3000:])
+    two = _loss_records(run_dir)
+    assert [r["step"] for r in two] == list(range(1, STEPS + 1))  # no step written twice
+    a, b = [r["loss"] for r in _loss_records(one)], [r["loss"] for r in two]
+    assert len(a) == len(b) == STEPS
     for x, y in zip(a, b):
         assert abs(x - y) <= LOSS_RTOL * abs(x), (a, b)
-    summary = json.loads((two / "summary.json").read_text())
-    assert summary["world_size"] == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["world_size"], summary["global_batch_size"]) == (2, 8)
+
+
+@needs_torchrun
+def test_torchrun_two_gloo_processes_match_one_process(recipe, one_process):
+    assert_two_processes_like_one(*_run(TORCHRUN, recipe, "torchrun"), one_process)
+
+
+@needs_torchrun
+def test_a_global_batch_two_processes_cannot_split_stops_before_loading(recipe):
+    result = _launch(TORCHRUN, recipe, "split", "training.global_batch_size=12")  # validates: 12 = 3 × 4
+    assert result.returncode != 0, result.stdout[-3000:]  # torchrun exits 1 when a process fails (peftsft: 2)
+    assert "global_batch_size (12) is not a multiple of batch_size × processes = 4 × 2 = 8" in result.stderr
+    assert "model:" not in result.stdout and not (recipe.parent / "runs" / "split").exists()
+
+
+@pytest.mark.skipif(_tool("accelerate") is None, reason="accelerate CLI not installed")
+def test_accelerate_launch_with_shipped_ddp_cpu_config(recipe, one_process):
+    launcher = [_tool("accelerate"), "launch", "--config_file", str(CONFIGS / "ddp-cpu.yaml"),
+                "--main_process_port", "29518"]
+    assert_two_processes_like_one(*_run(launcher, recipe, "accelerate"), one_process)
+
+
+def test_shipped_accelerate_configs_load_and_say_where_they_run():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    readme = (REPO / "README.md").read_text()
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(["ddp-cpu.yaml", *GPU_ONLY])
+    for path in CONFIGS.glob("*.yaml"):
+        config = load_config_from_file(str(path))
+        gpu_only = path.name in GPU_ONLY
+        assert config.use_cpu is not gpu_only, path.name
+        assert path.read_text().startswith("# GPU only") is gpu_only, path.name
+        # accelerate's MULTI_CPU type starts one process and leaves the rest to mpirun: it would train alone
+        assert config.distributed_type != "MULTI_CPU", path.name
+        # DeepSpeed takes gradient accumulation from [training] ("auto") when the config leaves it out
+        assert "gradient_accumulation_steps" not in (getattr(config, "deepspeed_config", None) or {}), path.name
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{path.name}`"))  # README table
+        assert ("GPU only" in row) is gpu_only, row
+
+
+# ------------------------------------------------------------------------------ GPU only
+
+
+GPU_EXTRA = {
+    "fsdp-qlora.yaml": ["quantization.bits=4", 'quantization.storage_dtype="bfloat16"',
+                        'quantization.compute_dtype="bfloat16"'],
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", GPU_ONLY)
+def test_gpu_configs_train_on_two_gpus(config, recipe):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    if config.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed not installed")
+    if config in GPU_EXTRA and importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes not installed")
+    name = config.removesuffix(".yaml")
+    launcher = [_tool("accelerate"), "launch", "--config_file", str(CONFIGS / config), "--main_process_port", "29519"]
+    result, run_dir = _run(launcher, recipe, name, *GPU_EXTRA.get(config, []))
+    assert result.stdout.count("strategy lora:") == 1
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["world_size"], summary["global_batch_size"]) == (2, 8)

@@ -60,13 +60,32 @@ def test_full_trains_everything_lora_a_sliver(plan_of):
 
 def test_quantized_base_counts_packed_weights(plan_of):
     plain, qlora = plan_of(), plan_of("quantization.bits=4")
+    bf16_adapters = plan_of("quantization.bits=4", "quantization.adapter_dtype=bfloat16")
     assert qlora.quantized_params > 0
-    # the quantized linears shrink from 4 bytes to ~0.52 bytes per weight, and TRL trains the adapters in bf16
+    # the quantized linears shrink from 4 bytes to ~0.52 bytes per weight; on a CPU without fast bf16 the
+    # adapters stay fp32 ("auto"), while bfloat16 adapters (TRL's QLoRA default) halve theirs
     saved = plain.components["weights"] - qlora.components["weights"]
-    expected = qlora.quantized_params * (4 - QUANT_BYTES[(4, True)]) + 2 * qlora.trainable_params
-    assert saved == pytest.approx(expected, abs=1)
+    assert saved == pytest.approx(qlora.quantized_params * (4 - QUANT_BYTES[(4, True)]), abs=1)
+    assert qlora.components["weights"] - bf16_adapters.components["weights"] == 2 * qlora.trainable_params
     assert qlora.trainable_params == plain.trainable_params
-    assert qlora.components["gradients"] == 2 * qlora.trainable_params
+    assert qlora.components["gradients"] == 4 * qlora.trainable_params
+    assert bf16_adapters.components["gradients"] == 2 * qlora.trainable_params
+
+
+def test_checkpointing_auto_turns_on_only_when_memory_needs_it(plan_of, monkeypatch):
+    import peftsft.plan as plan_module
+
+    roomy = plan_of()  # the tiny model's few activations: off
+    assert not roomy.checkpointing and roomy.checkpointing_reason.startswith("auto: off")
+    # activations outweigh weights + gradients + optimizer + loss head (a narrow vocabulary slice): on
+    dominated = plan_of("training.batch_size=64", "training.loss_vocab_chunk=256")
+    assert dominated.checkpointing and "outweigh" in dominated.checkpointing_reason
+    monkeypatch.setattr(plan_module, "memory_available", lambda device: int(roomy.peak_bytes / 0.8) - 1)
+    tight = plan_of()  # would not fit: on
+    assert tight.checkpointing and tight.checkpointing_reason.startswith("auto: on")
+    assert tight.components["activations"] < roomy.components["activations"]
+    assert tight.components["activations"] == plan_of("training.activation_checkpointing=true").components["activations"]
+    assert not plan_of("training.activation_checkpointing=false").checkpointing  # an explicit setting wins
 
 
 def test_checkpointing_and_batch_shape_move_activations(plan_of):

@@ -1,0 +1,68 @@
+"""Speed levers change how fast a run trains, not what it learns (issue: same learning on a fixed seed)."""
+
+import json
+
+import pytest
+from rich.console import Console
+
+from peftsft.config import load_recipe
+from peftsft.levers import resolve_levers
+from peftsft.train import run
+
+# the un-optimised path: TRL's own loss head (every position, 32768-wide slices), no checkpointing
+UNOPTIMISED = [
+    "training.loss_positions=all",
+    "training.loss_vocab_chunk=32768",
+    "training.activation_checkpointing=false",
+]
+# the levers that keep the batches identical, switched the other way
+OPTIMISED = [
+    "training.loss_positions=supervised",
+    "training.loss_vocab_chunk=4096",
+    "training.activation_checkpointing=true",
+]
+# relative tolerance on every logged loss and the eval loss: fp32 sums in another order (chunked head,
+# recomputed activations) differ in the last bits only
+SAME_LEARNING_RTOL = 1e-4
+
+
+def train(tiny_recipe, name: str, overrides: list[str]) -> dict:
+    common = ["training.max_steps=6", "data.eval_fraction=0.25", "training.logging_steps=1", f"run.name={name}"]
+    summary = run(load_recipe(tiny_recipe(), common + overrides), Console(quiet=True))
+    lines = (summary and open(f"{summary['run_dir']}/metrics.jsonl").read().splitlines()) or []
+    losses = [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+    return {**summary, "losses": losses}
+
+
+def test_levers_keep_the_loss_curve_and_eval_loss(tiny_recipe):
+    for sampling in ("sequential", "group_by_length"):  # the same batches on both paths, in either order
+        plain = train(tiny_recipe, f"plain-{sampling}", UNOPTIMISED + [f"training.sampling={sampling}"])
+        fast = train(tiny_recipe, f"fast-{sampling}", OPTIMISED + [f"training.sampling={sampling}"])
+        assert len(plain["losses"]) == len(fast["losses"]) == 6
+        assert fast["losses"] == pytest.approx(plain["losses"], rel=SAME_LEARNING_RTOL)
+        assert fast["eval_loss"] == pytest.approx(plain["eval_loss"], rel=SAME_LEARNING_RTOL)
+        assert plain["losses"][-1] < plain["losses"][0]  # it did learn
+        assert fast["levers"]["activation_checkpointing"] and not plain["levers"]["activation_checkpointing"]
+        assert (fast["levers"]["loss_positions"], plain["levers"]["loss_positions"]) == ("supervised", "all")
+
+
+def test_length_grouping_learns_as_well_as_random_batches(tiny_recipe):
+    """Length-grouped batches hold the same rows per epoch in another grouping: the eval loss after two epochs
+    stays within 5% of random batches'."""
+    epochs = ["training.max_steps=-1", "training.epochs=2"]
+    grouped = train(tiny_recipe, "grouped", epochs + ["training.sampling=group_by_length"])
+    shuffled = train(tiny_recipe, "shuffled", epochs + ["training.sampling=random"])
+    assert grouped["eval_loss"] == pytest.approx(shuffled["eval_loss"], rel=0.05)
+    assert grouped["train_tokens"] == shuffled["train_tokens"]  # the same non-padding tokens were trained on
+
+
+def test_summary_records_the_resolved_levers(tiny_recipe):
+    recipe = load_recipe(tiny_recipe(), ["quantization.bits=4"])
+    levers = resolve_levers(recipe, "cpu", longest_sample=64)
+    record = levers.as_dict()
+    # this machine picks fp32 where bf16 matmuls are slow, and keeps the adapters in the same dtype
+    assert record["adapter_dtype"] == ("bfloat16" if record["precision"] == "bf16" else "float32")
+    assert record["checkpointing_reason"].startswith("auto: ")
+    assert record["loss_vocab_chunk"] == 4096 and record["sampling"] == "group_by_length"
+    explicit = resolve_levers(load_recipe(tiny_recipe(), ["training.activation_checkpointing=true"]), "cpu", 64)
+    assert explicit.activation_checkpointing and explicit.checkpointing_reason == "set in the recipe"
