@@ -103,7 +103,7 @@ def markdown(report: dict) -> str:
         + _malloc_note(job),
         "",
         "| arm | what | trainable params | optimizer states | peak memory | training footprint | train tokens/s "
-        "| s/step | matmul GFLOP/s (fp32 / bf16 peak) | final loss |",
+        "| s/step | matmul GFLOP/s (share of peak) | final loss |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in report["arms"]:
@@ -118,7 +118,7 @@ def markdown(report: dict) -> str:
             f"| {_with_ratio(human_bytes(r['footprint_bytes']), r, 'footprint_bytes')} "
             f"| {_with_ratio(rate, r, 'tokens_per_s')} "
             f"| {_with_ratio(seconds, r, 'step_seconds')} "
-            f"| {_efficiency(r)} "
+            f"| {_efficiency(r, hw)} "
             f"| {r['final_loss']:.3f} |"
         )
     lines += ["", _ratio_note(report), *_budget_note(report), "", *_plan_table(report)]
@@ -131,12 +131,13 @@ def _peaks(hw: dict) -> str:
     return ", ".join(f"{dtype} {gflops:.1f} GFLOP/s" for dtype, gflops in peaks.items()) or "not measured"
 
 
-def _efficiency(record: dict) -> str:
-    share = record.get("peak_fraction") or {}
-    if "achieved_gflops" not in record:
+def _efficiency(record: dict, hw: dict) -> str:
+    """Achieved matmul GFLOP/s and its share of the machine's best matmul peak (the dtype it runs fastest)."""
+    peaks = hw.get("matmul_gflops") or {}
+    if "achieved_gflops" not in record or not peaks:
         return "—"
-    shares = " / ".join(f"{share[d]:.0%}" if d in share else "—" for d in ("float32", "bfloat16"))
-    return f"{record['achieved_gflops']:.1f} ({shares})"
+    best = max(peaks, key=peaks.get)
+    return f"{record['achieved_gflops']:.1f} ({record['peak_fraction'][best]:.0%} of {best})"
 
 
 def _malloc_note(job: dict) -> str:
@@ -214,8 +215,8 @@ def _definitions(device: str, hw: dict) -> list[str]:
         "counts them.",
         "- **matmul GFLOP/s**: tokens/s × the model's matmul FLOPs per token (forward 2P, backward 2P for the "
         "activations' gradients, 2P more for the weights that train; P = weights of every linear layer, LM head "
-        "included), and its share of this machine's fp32 and bf16 dense matmul peaks, measured in the same run "
-        f"({_peaks(hw)}).",
+        "included; activation checkpointing's recomputation not counted), and its share of this machine's best "
+        f"dense matmul peak, measured in the same run ({_peaks(hw)}; every share is in results.json).",
     ]
 
 
