@@ -83,38 +83,10 @@ def trained(tmp_path_factory, small_model_dir) -> tuple[Path, dict]:
     from peftsft.config import load_recipe
     from peftsft.train import run
 
-    import tests.conftest as conftest
+    from tests.conftest import write_tiny_recipe
 
-    tmp = tmp_path_factory.mktemp("export-run")
-    data = conftest.write_jsonl(tmp / "train.jsonl", conftest._persona_rows(24))
-    recipe = tmp / "recipe.toml"
-    recipe.write_text(
-        f"""
-[model]
-source = "{small_model_dir}"
-[strategy]
-name = "lora"
-r = 4
-alpha = 8
-dropout = 0.0
-[[data.datasets]]
-path = "{data}"
-[data]
-max_length = 128
-[training]
-learning_rate = 1e-2
-max_steps = 3
-batch_size = 4
-seed = 7
-[export]
-formats = ["adapter"]
-[run]
-name = "tiny"
-output_dir = "{tmp / 'runs'}"
-sample_prompts = ["How do I start a run?"]
-sample_max_new_tokens = 4
-"""
-    )
+    extra = 'sample_prompts = ["How do I start a run?"]\nsample_max_new_tokens = 4\n[export]\nformats = ["adapter"]'
+    recipe = write_tiny_recipe(tmp_path_factory.mktemp("export-run"), small_model_dir, extra)
     summary = run(load_recipe(recipe), Console(quiet=True))
     return Path(summary["run_dir"]), summary
 

@@ -16,38 +16,11 @@ from peftsft.train import run
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir):
     """One 3-step LoRA run shared by the assertions below."""
-    import tests.conftest as conftest
+    from tests.conftest import write_tiny_recipe
 
-    tmp = tmp_path_factory.mktemp("tiny-run")
-    data = conftest.write_jsonl(tmp / "train.jsonl", conftest._persona_rows(24))
-    recipe_path = tmp / "recipe.toml"
-    recipe_path.write_text(
-        f"""
-[model]
-source = "{tiny_model_dir}"
-[strategy]
-name = "lora"
-r = 4
-alpha = 8
-dropout = 0.0
-[[data.datasets]]
-path = "{data}"
-[data]
-eval_fraction = 0.25
-max_length = 128
-[training]
-learning_rate = 1e-2
-max_steps = 3
-batch_size = 4
-seed = 7
-[run]
-name = "tiny"
-output_dir = "{tmp / 'runs'}"
-sample_prompts = ["What is your name?"]
-sample_max_new_tokens = 4
-"""
-    )
-    recipe = load_recipe(recipe_path)
+    extra = 'sample_prompts = ["What is your name?"]\nsample_max_new_tokens = 4'
+    recipe_path = write_tiny_recipe(tmp_path_factory.mktemp("tiny-run"), tiny_model_dir, extra)
+    recipe = load_recipe(recipe_path, ["data.eval_fraction=0.25"])
     summary = run(recipe, Console(quiet=True))
     return recipe, summary
 
