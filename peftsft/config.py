@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -297,12 +298,30 @@ def _validate(raw: dict[str, Any]) -> tuple[Recipe | None, list[str]]:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(err) for err in exc.errors()]
+        problems = [_describe(err) for err in _merge_union_errors(exc.errors())]
     section = raw.get("strategy") if isinstance(raw.get("strategy"), dict) else {}
     strategy = StrategySection.model_validate(section) if isinstance(section.get("name", "lora"), str) else None
     if strategy is not None:
         problems += strategy_problems(strategy, recipe)
     return recipe, problems
+
+
+_UNION_TAG = re.compile(r"^(bool|int|float|str|constrained-\w+|literal\[.*\]|function-\w+\[.*\])$")
+
+
+def _merge_union_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One problem per key: pydantic reports a value that fits no member of `bool | "auto"` once per member."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        err = {**err, "msg": err["msg"].removesuffix(", unable to interpret input")}
+        if loc and _UNION_TAG.match(str(loc[-1])):
+            loc = loc[:-1]
+            if loc in merged:
+                merged[loc]["msg"] += " or " + err["msg"].removeprefix("Input should be ")
+                continue
+        merged.setdefault(loc, {**err, "loc": loc})
+    return list(merged.values())
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -42,6 +42,19 @@ def test_every_problem_is_reported_at_once_with_file_and_suggestion():
     assert len(info.value.problems) == 4
 
 
+def test_a_value_that_fits_no_member_of_an_either_or_key_is_one_problem():
+    with pytest.raises(UserError) as info:
+        load_recipe(
+            DEFAULT_RECIPE, ["training.activation_checkpointing=maybe", "training.loss_vocab_chunk=10"]
+        )
+    assert info.value.problems == [
+        "[training] activation_checkpointing: Input should be a valid boolean or 'auto' (got 'maybe')",
+        "[training] loss_vocab_chunk: Input should be greater than or equal to 256 or 'auto' (got 10)",
+    ]
+    levers = load_recipe(DEFAULT_RECIPE, ["training.activation_checkpointing=auto", "training.loss_vocab_chunk=8192"])
+    assert (levers.training.activation_checkpointing, levers.training.loss_vocab_chunk) == ("auto", 8192)
+
+
 def test_unknown_section_and_unknown_strategy(tmp_path):
     with pytest.raises(UserError) as info:
         load_recipe(DEFAULT_RECIPE, ["trainig.seed=1", "strategy.name=lorra"])
