@@ -41,7 +41,7 @@ def resolve_levers(recipe: Recipe, device: str, longest_sample: int | None = Non
     """The levers this run uses on `device`; `longest_sample` (tokens) sizes the memory plan behind "auto"."""
     import torch
 
-    from .plan import adapter_dtype, estimate
+    from .plan import estimate
     from .train import resolve_precision
 
     precision = resolve_precision(recipe.training.precision, device)
@@ -61,6 +61,15 @@ def resolve_levers(recipe: Recipe, device: str, longest_sample: int | None = Non
         loss_vocab_chunk=loss_vocab_chunk(recipe.training.loss_vocab_chunk, device),
         loss_positions=recipe.training.loss_positions,
     )
+
+
+def adapter_dtype(recipe: Recipe, precision: str) -> str | None:
+    """The trainable weights' dtype on a quantized base (None without one): bf16 only where training runs in bf16."""
+    if recipe.quantization.bits is None:
+        return None
+    if recipe.quantization.adapter_dtype != "auto":
+        return recipe.quantization.adapter_dtype
+    return "bfloat16" if precision == "bf16" else "float32"
 
 
 # TRL's own slice; its CUDA kernel scores a slice in place, the torch code it runs elsewhere keeps ~9 copies

@@ -92,6 +92,7 @@ def estimate(
     """The recipe's peak training memory on `device` (default: the recipe's, resolved on this machine).
 
     `longest_sample` (tokens), when the caller knows it, saves reading the data again."""
+    from .levers import adapter_dtype
     from .models import materialize, pick_device, resolve_source
 
     device = device or pick_device(recipe.training.device)
@@ -160,15 +161,6 @@ def memory_available(device: str) -> int | None:
     except OSError:
         pass
     return None
-
-
-def adapter_dtype(recipe: Recipe, precision: str) -> str | None:
-    """The trainable weights' dtype on a quantized base (None without one): bf16 only where training runs in bf16."""
-    if recipe.quantization.bits is None:
-        return None
-    if recipe.quantization.adapter_dtype != "auto":
-        return recipe.quantization.adapter_dtype
-    return "bfloat16" if precision == "bf16" else "float32"
 
 
 def _load_config(location: str, recipe: Recipe):
@@ -298,6 +290,8 @@ def _weight_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> i
     rest = sum(
         t.numel() * (t.element_size() if t.requires_grad else 4) for i, t in tensors.items() if i not in quantized_ids
     )
+    from .levers import adapter_dtype
+
     plan.notes.append(
         f"{quant.bits}-bit base: {per_param:.3f} bytes per quantized weight; trainable weights in "
         f"{adapter_dtype(recipe, plan.precision)}"

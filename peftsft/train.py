@@ -183,12 +183,10 @@ def make_trainer(
     recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, callbacks: list, levers: Levers | None = None
 ):
     """TRL's SFTTrainer over our pre-tokenized, pre-masked datasets, with the run's speed levers."""
-    from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     levers = levers or resolve_levers(recipe, device, max(len(ids) for ids in train_ds["input_ids"]))
     evaluate_during = eval_ds is not None and recipe.training.eval_steps is not None
-    early_stop = evaluate_during and recipe.training.early_stopping_patience is not None
     args = SFTConfig(
         **trainer_arguments(recipe, device, evaluate_during, checkpointing=levers.activation_checkpointing),
         packing=recipe.data.packing,
@@ -207,11 +205,18 @@ def make_trainer(
     )
     set_adapter_dtype(trainer.model, levers)  # after TRL's bf16 cast of adapters on a quantized base
     set_loss_head(levers)
-    trainer.remove_callback(PrinterCallback)  # our RichProgress shows the same, once
-    if early_stop:
-        t = recipe.training
-        trainer.add_callback(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
+    use_our_callbacks(trainer, recipe, evaluate_during)
     return trainer
+
+
+def use_our_callbacks(trainer, recipe: Recipe, evaluate_during: bool) -> None:
+    """Drop the Trainer's printer (RichProgress shows the same, once); add early stopping when the recipe asks."""
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    t = recipe.training
+    if evaluate_during and t.early_stopping_patience is not None:
+        trainer.add_callback(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
 
 
 def trainer_arguments(

@@ -104,10 +104,10 @@ class EvalScorer:
 
 def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, scorer, callbacks: list):
     """The transformers Trainer; batches are padded per batch by its default collator (DataCollatorWithPadding)."""
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from ..strategies.registry import strategy_optimizer
-    from ..train import trainer_arguments
+    from ..train import trainer_arguments, use_our_callbacks
 
     t = recipe.training
     evaluate_during = eval_ds is not None and t.eval_steps is not None
@@ -123,9 +123,7 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
         callbacks=callbacks,
         optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
     )
-    trainer.remove_callback(PrinterCallback)  # RichProgress shows the same, once
-    if evaluate_during and t.early_stopping_patience is not None:
-        trainer.add_callback(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
+    use_our_callbacks(trainer, recipe, evaluate_during)
     return trainer
 
 
