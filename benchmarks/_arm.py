@@ -12,6 +12,7 @@ import os
 import re
 import resource
 import sys
+import contextlib
 import time
 import traceback
 import warnings
@@ -146,14 +147,14 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     """The path `peftsft run` takes, minus sampling before/after and saving."""
     from transformers import set_seed
 
-    from peftsft.config import load_recipe
+    from peftsft.training.recipe import load_recipe
     from peftsft.data import build_datasets
     from peftsft.data.build import apply_template
-    from peftsft.levers import resolve_levers
+    from peftsft.training.levers import decide_levers
     from peftsft.models import load_model
-    from peftsft.strategies import get_strategy
+    from peftsft.strategies import StrategyContext, get_strategy
     from peftsft.strategies.registry import validate_params
-    from peftsft.train import make_trainer
+    from peftsft.tasks.chat import levers_applied, make_trainer
 
     recipe = load_recipe(spec["recipe"])
     set_seed(recipe.training.seed)
@@ -162,10 +163,11 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     train_ds, _, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
     strategy = get_strategy(recipe.strategy.name)
     params = validate_params(strategy, recipe.strategy.params)
-    model = strategy.apply(model, params, recipe.quantization.bits is not None)
+    model = strategy.apply(model, params, StrategyContext(quantized=recipe.quantization.bits is not None))
     # the recipe's own levers, as `peftsft run` uses them (length-grouped batches of the job's rows included)
-    levers = resolve_levers(recipe, spec["device"], stats.max_tokens)
+    levers = decide_levers(recipe, spec["device"], stats.max_tokens)
     trainer = make_trainer(recipe, model, tokenizer, train_ds, None, spec["device"], [meter], levers)
+    trainer.peftsft_levers = levers_applied(levers)  # TRL's loss head as the levers say, while training
     supervised = sum(sum(1 for label in row if label != -100) for row in train_ds["labels"])
     data = {"rows": stats.train_rows, "dataset_tokens": stats.tokens, "supervised_tokens": supervised}
     return trainer, {**data, "levers": levers.as_dict()}
@@ -221,7 +223,7 @@ def import_libraries(spec: dict) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    import peftsft.train  # noqa: F401
+    import peftsft.tasks.chat  # noqa: F401
 
     if spec["quantized"]:
         import bitsandbytes  # noqa: F401
@@ -241,7 +243,8 @@ def run(spec: dict) -> dict:
     trainer, data = (peftsft_trainer if spec["kind"] == "peftsft" else trl_trainer)(spec, meter)
     load_seconds = time.perf_counter() - started
     model = trainer.model
-    result = trainer.train()
+    with getattr(trainer, "peftsft_levers", contextlib.nullcontext()):
+        result = trainer.train()
     return {
         **measurements(spec, trainer, meter, rss_start, model),
         "data": data,
@@ -286,7 +289,7 @@ def main(argv: list[str]) -> int:
         result = {"ok": True, **run(spec)}
         code = 0
     except Exception as exc:  # the parent reports the failure and goes on with the other arms
-        from peftsft.errors import UserError
+        from peftsft.core.errors import UserError
 
         detail = str(exc) if isinstance(exc, UserError) else traceback.format_exc()
         print(detail, file=sys.stderr)

@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from rich.console import Console  # noqa: E402
 
-from peftsft.errors import UserError  # noqa: E402
+from peftsft.core.errors import UserError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import hardware, human_bytes, write_outputs  # noqa: E402
@@ -122,7 +122,7 @@ def tiny_model(directory: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from peftsft.config import DEFAULT_MODEL
+    from peftsft.core.config import DEFAULT_MODEL
     from peftsft.models import materialize, resolve_source
 
     tokenizer = AutoTokenizer.from_pretrained(materialize(resolve_source(DEFAULT_MODEL)))
@@ -208,8 +208,8 @@ def default_optimizer() -> str:
 
 def plan_estimate(recipe_path: Path, overrides: list[str], device: str) -> dict:
     """The `peftsft plan` estimate for an arm's recipe, or why there is none."""
-    from peftsft.config import load_recipe
-    from peftsft.plan import estimate
+    from peftsft.training.recipe import load_recipe
+    from peftsft.training.plan import estimate
 
     try:
         plan = estimate(load_recipe(recipe_path, overrides), device)
@@ -336,7 +336,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prepare_job(args: argparse.Namespace, out: Path) -> dict:
-    from peftsft.config import DEFAULT_MODEL
+    from peftsft.core.config import DEFAULT_MODEL
     from peftsft.models import materialize, pick_device, resolve_source
 
     model = args.model or (str(tiny_model(out / "tiny-model")) if args.quick else DEFAULT_MODEL)
@@ -407,14 +407,15 @@ def benchmark(args: argparse.Namespace) -> dict:
 
 def _with_overrides(recipe: Path, overrides: list[str]) -> Path:
     """The arm's recipe with the --set overrides applied, resolved (what the worker and a rerun both read)."""
-    from peftsft.config import load_recipe, recipe_to_toml
+    from peftsft.training.recipe import load_recipe
+    from peftsft.core.config import recipe_to_toml
 
     recipe.write_text(recipe_to_toml(load_recipe(recipe, overrides)), encoding="utf-8")
     return recipe
 
 
 def _versions() -> dict:
-    from peftsft.report import versions
+    from peftsft.training.report import versions
 
     return versions()
 

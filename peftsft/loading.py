@@ -20,8 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .config import ModelSection, QuantizationSection, Recipe, read_toml
-from .errors import UserError
+from peftsft.core.config import ModelSection, QuantizationSection, Recipe
+from peftsft.core.recipe_io import read_toml
+from peftsft.core.errors import UserError
 
 RECIPE_FILE = "recipe.resolved.toml"
 ADAPTER_DIR = "adapter"
@@ -79,7 +80,7 @@ def is_run_dir(path: str | Path) -> bool:
 
 def load(source: str | Path, device: str = "auto", base: str | None = None) -> Loaded:
     """Load a run dir or a model source for inference (eval mode); see the module docstring."""
-    from .models import pick_device
+    from peftsft.models import pick_device
 
     if base is not None and is_run_dir(source):
         raise UserError(f"{source}: a run dir's base is the model it was trained on; --base is for model dirs",
@@ -104,7 +105,7 @@ def read_run_recipe(path: Path) -> Recipe:
 
 def load_run(run_dir: Path, device: str) -> Loaded:
     """Base model as the recipe loads it + the trained adapter; tokenizer (and template) from adapter/."""
-    from .models import load_model, load_tokenizer
+    from peftsft.models import load_model, load_tokenizer
 
     recipe = read_run_recipe(run_dir / RECIPE_FILE)
     if recipe.task == "classification":  # an encoder with a classification head: nothing to chat with
@@ -147,7 +148,7 @@ def _load_model_source(source: str, device: str) -> Loaded:
 
 def _load_plain(source: str, device: str, recipe: Recipe | None) -> Loaded:
     """A model source with its own tokenizer; the recipe (when known) lends dtype and remote-code trust."""
-    from .models import load_model
+    from peftsft.models import load_model
 
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise UserError(f"{source}: neither a run dir (recipe.resolved.toml) nor a model dir (config.json)",

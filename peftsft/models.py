@@ -13,8 +13,8 @@ from typing import Literal
 
 import torch
 
-from .config import ModelSection, QuantizationSection
-from .errors import UserError
+from peftsft.core.config import ModelSection, QuantizationSection
+from peftsft.core.errors import UserError
 
 SourceKind = Literal["dir", "gguf", "hub"]
 PACKAGE_HINTS = {

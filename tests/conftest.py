@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # (subprocesses inherit it; the SmolLM2 end-to-end test lifts it for its own run).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from peftsft.config import DEFAULT_MODEL  # noqa: E402
+from peftsft.core.config import DEFAULT_MODEL  # noqa: E402
 from peftsft.models import materialize, resolve_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

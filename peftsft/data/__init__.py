@@ -8,7 +8,7 @@ __all__ = ["DataStats", "build_datasets"]
 def __getattr__(name: str):
     # lazy, so that `peftsft --help` (which imports the `data preview` command module) stays fast
     if name in __all__:
-        from . import build
+        from peftsft.data import build
 
         return getattr(build, name)
     raise AttributeError(name)

@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass, field, fields
 
 from jinja2 import TemplateError
 
-from ..config import DatasetSpec, DataSection
-from ..errors import UserError
-from .contract import ReplyChecks
-from .formats import Content, Mapping, RowError, detect_format, to_messages
-from .masking import IGNORE, Encoded, encode
-from .rows import report_bad_row
-from .sources import iter_rows
-from .templates import apply_template, end_of_turn, generation_header
+from peftsft.core.config import DatasetSpec, DataSection
+from peftsft.core.errors import UserError
+from peftsft.data.contract import ReplyChecks
+from peftsft.data.formats import Content, Mapping, RowError, detect_format, to_messages
+from peftsft.data.masking import IGNORE, Encoded, encode
+from peftsft.data.rows import report_bad_row
+from peftsft.data.sources import iter_rows
+from peftsft.data.templates import apply_template, end_of_turn, generation_header
 
 __all__ = ["DataStats", "apply_template", "build_datasets", "load_conversations"]
 
@@ -65,7 +65,7 @@ class Item:
 
 def build_datasets(tokenizer, data: DataSection, seed: int):
     """(train, eval or None, stats); a rerun with the same inputs loads the cached result instead."""
-    from . import cache
+    from peftsft.data import cache
 
     info = apply_template(tokenizer, data)
     key = cache.fingerprint(tokenizer, data, seed) if data.cache else None
@@ -105,7 +105,7 @@ def _build(tokenizer, data: DataSection, seed: int):
     stats.checks = asdict(checks)
     stats.lengths = length_summary([len(s.input_ids) for s in train])
     train_ds = _to_dataset(train)
-    from .packing import packing_stats
+    from peftsft.data.packing import packing_stats
 
     stats.packing = {"enabled": data.packing, **packing_stats(train_ds, data.max_length)}
     return train_ds, (_to_dataset(evals) if evals else None), stats

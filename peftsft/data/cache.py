@@ -18,14 +18,14 @@ _SETTINGS_IGNORED = {"enforce_contract", "cache"}  # they change no token
 
 
 def cache_dir() -> Path:
-    from ..models import cache_root
+    from peftsft.models import cache_root
 
     return cache_root() / "datasets"
 
 
 def fingerprint(tokenizer, data, seed: int) -> str:
     """The cache key of a build: changes whenever any input to tokenization changes."""
-    from .sources import fingerprint as source_fingerprint
+    from peftsft.data.sources import fingerprint as source_fingerprint
 
     digest = hashlib.sha256()
     parts = {

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
 from typing import Any
 
-from ..errors import UserError
-from .formats import Content
-from .masking import IGNORE, Encoded
-from .templates import end_of_turn_tokens, fit_messages, template_sha
+from peftsft.core.errors import UserError
+from peftsft.data.formats import Content
+from peftsft.data.masking import IGNORE, Encoded
+from peftsft.data.templates import end_of_turn_tokens, fit_messages, template_sha
 
 MAX_EXAMPLES = 5
 
@@ -190,7 +190,7 @@ def _no_prompt_supervised(stats, masking: str) -> Check:
 
 
 def _packing_isolated(train_ds, data, attention: str) -> Check:
-    from .packing import isolation_problem
+    from peftsft.data.packing import isolation_problem
 
     name = "packed samples are isolated"
     if not data.packing:
@@ -249,7 +249,7 @@ def preflight(console, tokenizer, train_ds, eval_ds, stats, data, attention: str
     contract = check_contract(tokenizer, train_ds, eval_ds, stats, data, attention)
     print_contract(console, contract)
     if contract.failures and contract.enforced:
-        from ..rundir import write_json
+        from peftsft.core.rundir import write_json
 
         stopped = {"stopped": "pre-flight data contract", "data": stats.as_dict(), "contract": contract.as_dict()}
         write_json(summary_path, stopped)

@@ -7,21 +7,14 @@ differently named columns with `fields` and differently named roles with `roles`
 
 from __future__ import annotations
 
+from peftsft.core.config import FIELDS, ROLES
+
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 
-# Each format's fields (the names a recipe's `fields` table maps from), the required ones first.
-FIELDS: dict[str, tuple[str, ...]] = {
-    "messages": ("messages", "role", "content", "system"),
-    "sharegpt": ("conversations", "from", "value", "system"),
-    "alpaca": ("instruction", "output", "input", "system", "history"),
-    "prompt_completion": ("prompt", "completion", "system"),
-    "text": ("text",),
-}
 REQUIRED: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "sharegpt": ("conversations",),

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .formats import Content, RowError
-from .templates import end_of_turn, fit_messages, render
+from peftsft.data.formats import Content, RowError
+from peftsft.data.templates import end_of_turn, fit_messages, render
 
 IGNORE = -100
 

@@ -1,52 +1,15 @@
-"""`peftsft data preview RECIPE [-n N]`: rendered samples with the loss mask shown, data stats, the contract.
+"""Rendering chat samples with the loss mask shown, and the data statistics, onto a console the caller passes.
 
-Supervised tokens are coloured in a terminal; piped (or with --markers) they are wrapped in [[ ]].
-Only the tokenizer is loaded, never the model.
+Supervised tokens are coloured in a terminal; piped (or with markers) they are wrapped in [[ ]].
 """
 
 from __future__ import annotations
 
-import argparse
-
 OPEN, CLOSE = "[[", "]]"
 
 
-def add_commands(subparsers) -> None:
-    data = subparsers.add_parser("data", help="inspect the data a recipe trains on")
-    commands = data.add_subparsers(dest="data_command", required=True)
-    preview = commands.add_parser("preview", help="render samples with the loss mask shown, plus data stats")
-    preview.add_argument("recipe", help="path to a recipe .toml")
-    preview.add_argument("-n", type=int, default=3, metavar="N", help="samples to render (default 3)")
-    preview.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recipe value")
-    preview.add_argument("--markers", action="store_true", help="mark supervised tokens with [[ ]] even in a terminal")
-    preview.add_argument("--debug", action="store_true", help="show full tracebacks")
-    preview.set_defaults(func=cmd_preview)
-
-
-def cmd_preview(args: argparse.Namespace) -> int:
-    from ..cli import console
-    from ..config import load_recipe
-    from ..errors import UserError
-    from .build import build_datasets
-    from .contract import check_contract, print_contract
-
-    recipe = load_recipe(args.recipe, list(args.set or []))
-    if getattr(recipe, "task", "chat") != "chat":
-        raise UserError(f"data preview shows chat data; this recipe's task is {recipe.task!r}")
-    tokenizer = load_recipe_tokenizer(recipe)
-    train, evals, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
-    markers = args.markers or not console.is_terminal
-    shown = f"between {OPEN} and {CLOSE}" if markers else "in green"
-    console.print(f"{args.recipe}: {len(train)} training samples; supervised tokens are shown {shown}", markup=False)
-    for index in range(min(max(args.n, 0), len(train))):
-        print_sample(console, tokenizer, train[index], f"sample {index + 1} of {len(train)}", markers)
-    print_stats(console, stats)
-    print_contract(console, check_contract(tokenizer, train, evals, stats, recipe.data, recipe.model.attention))
-    return 0
-
-
 def load_recipe_tokenizer(recipe):
-    from ..models import _load_guard, load_tokenizer, materialize, resolve_source
+    from peftsft.models import _load_guard, load_tokenizer, materialize, resolve_source
 
     location = _load_guard(materialize, resolve_source(recipe.model.source))
     return _load_guard(load_tokenizer, location, recipe.model)

@@ -7,9 +7,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..config import DatasetSpec
-from ..errors import UserError
-from .rows import SUFFIXES, Row, read_rows
+from peftsft.core.config import DatasetSpec
+from peftsft.core.errors import UserError
+from peftsft.data.rows import SUFFIXES, Row, read_rows
 
 
 def looks_like_hub_id(path: str) -> bool:

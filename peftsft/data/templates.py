@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from peftsft.core.errors import UserError
 
 BUILTIN_DIR = Path(__file__).with_name("templates")
 BUILTINS = {path.stem: path for path in sorted(BUILTIN_DIR.glob("*.jinja"))}

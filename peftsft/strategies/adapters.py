@@ -5,7 +5,7 @@ from __future__ import annotations
 from peft import IA3Config, LNTuningConfig, LoHaConfig, LoKrConfig, OFTConfig, VeraConfig
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .peft_common import peft_strategy
+from peftsft.strategies.peft_common import peft_strategy
 
 Modules = str | list[str] | None  # "all-linear", a list of module names, or None: peft's default for the architecture
 

@@ -20,11 +20,19 @@ def save_pretrained(model: torch.nn.Module, directory: Path) -> None:
 
 
 @dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy is told about the model it adapts: passed to `apply`, never read from global state."""
+
+    quantized: bool = False  # the base is 4/8-bit (bitsandbytes): freeze it the k-bit way
+    task_type: str = "CAUSAL_LM"  # peft's task: CAUSAL_LM for chat, SEQ_CLS trains and saves a classification head
+
+
+@dataclass(frozen=True)
 class Strategy:
     """A named way of making a model trainable.
 
-    `apply(model, params, quantized) -> model` returns the model ready to train (`params` is a validated
-    instance of `Config`); `merge(model) -> model` folds the adapter into plain weights when `can_merge`
+    `apply(model, params, context) -> model` returns the model ready to train (`params` is a validated
+    instance of `Config`, `context` a StrategyContext); `merge(model) -> model` folds the adapter into plain weights when `can_merge`
     (None: peft's `merge_and_unload`), else `cannot_merge_reason` says why and what to do instead.
     `problems(params, recipe)` lists combinations this strategy cannot train (checked at validate time);
     `kbit` says whether it trains on a 4/8-bit quantized base at all (checked for every strategy).
@@ -35,7 +43,7 @@ class Strategy:
     name: str
     description: str
     Config: type[BaseModel]
-    apply: Callable[[torch.nn.Module, BaseModel, bool], torch.nn.Module]
+    apply: Callable[[torch.nn.Module, BaseModel, StrategyContext], torch.nn.Module]
     can_merge: bool = True
     merge: Callable[[torch.nn.Module], torch.nn.Module] | None = None
     problems: Callable[[BaseModel, Any], list[str]] = _no_problems

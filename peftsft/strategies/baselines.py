@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..errors import UserError
-from .base import Strategy, save_pretrained
+from peftsft.core.errors import UserError
+from peftsft.strategies.base import Strategy, StrategyContext, save_pretrained
 
 
 class FullParams(BaseModel):
@@ -42,13 +42,13 @@ class FreezeParams(BaseModel):
         return self
 
 
-def apply_full(model: torch.nn.Module, params: FullParams, quantized: bool) -> torch.nn.Module:
+def apply_full(model: torch.nn.Module, params: FullParams, context: StrategyContext) -> torch.nn.Module:
     for param in model.parameters():
         param.requires_grad_(True)
     return model
 
 
-def apply_freeze(model: torch.nn.Module, params: FreezeParams, quantized: bool) -> torch.nn.Module:
+def apply_freeze(model: torch.nn.Module, params: FreezeParams, context: StrategyContext) -> torch.nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     for block in last_layers(model, params.layers):

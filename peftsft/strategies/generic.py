@@ -20,9 +20,9 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..errors import UserError
-from .base import Strategy
-from .peft_common import merge_peft, wrap
+from peftsft.core.errors import UserError
+from peftsft.strategies.base import Strategy, StrategyContext
+from peftsft.strategies.peft_common import merge_peft, wrap
 
 # fields peftsft sets itself (or that describe a saved adapter, not a training choice)
 RESERVED = {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
@@ -113,8 +113,8 @@ def build_config(peft_type: PeftType, fields: dict[str, Any]) -> PeftConfig:
                                   {"method": peft_type.value.lower(), "error": str(exc)}) from None
 
 
-def apply_generic(model: torch.nn.Module, params: PeftParams, quantized: bool) -> torch.nn.Module:
-    return wrap(model, build_config(method_type(params.method), params.fields()), quantized)
+def apply_generic(model: torch.nn.Module, params: PeftParams, context: StrategyContext) -> torch.nn.Module:
+    return wrap(model, build_config(method_type(params.method), params.fields()), context)
 
 
 def merge_generic(model: torch.nn.Module) -> torch.nn.Module:

@@ -12,9 +12,9 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model, field_validator
 
-from ..errors import UserError
-from .base import Strategy, save_pretrained
-from .peft_common import merge_peft, prepare_base, wrap
+from peftsft.core.errors import UserError
+from peftsft.strategies.base import Strategy, StrategyContext, save_pretrained
+from peftsft.strategies.peft_common import merge_peft, prepare_base, wrap
 
 __all__ = ["LORA", "LORA_FAMILY", "LoraParams", "lora_config", "prepare_base"]
 
@@ -79,8 +79,8 @@ def rewrites_base(params: LoraParams) -> bool:
 # ---------------------------------------------------------------------------------------------- apply / save
 
 
-def apply_lora(model: torch.nn.Module, params: LoraParams, quantized: bool) -> torch.nn.Module:
-    peft_model = wrap(model, lora_config(params), quantized)
+def apply_lora(model: torch.nn.Module, params: LoraParams, context: StrategyContext) -> torch.nn.Module:
+    peft_model = wrap(model, lora_config(params), context)
     if rewrites_base(params):  # kept to convert the trained adapter into one for the original base (save_lora)
         initial = get_peft_model_state_dict(peft_model)
         peft_model.peftsft_initial_adapter = {k: v.detach().clone() for k, v in initial.items()}
@@ -136,9 +136,9 @@ def lora_problems(params: LoraParams, recipe: Any) -> list[str]:
 # ---------------------------------------------------------------------------------------------- LoftQ
 
 
-def apply_loftq(model: torch.nn.Module, params: LoraParams, quantized: bool) -> torch.nn.Module:
+def apply_loftq(model: torch.nn.Module, params: LoraParams, context: StrategyContext) -> torch.nn.Module:
     """LoRA on the 4-bit base with A, B set so that dequant(Q) + scaling·BA ≈ W (the unquantized weight)."""
-    peft_model = wrap(model, lora_config(params), quantized)
+    peft_model = wrap(model, lora_config(params), context)
     layers = {name.removeprefix("base_model.model."): m for name, m in peft_model.named_modules() if _is_lora_4bit(m)}
     originals = original_weights(peft_model.get_base_model().name_or_path, [f"{n}.weight" for n in layers])
     for name, module in layers.items():

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import types
-from contextvars import ContextVar
 from typing import Any, Callable
 
 import torch
 from peft import PeftConfig, PeftType, get_peft_model, prepare_model_for_kbit_training
 from pydantic import BaseModel
 
-from ..errors import UserError
-from .base import Strategy
-
-# The peft task the strategies wrap for. Their configs say CAUSAL_LM; a classification run (peftsft.classify)
-# sets "SEQ_CLS" while it applies a strategy, so that peft also trains and saves the classification head.
-PEFT_TASK_TYPE: ContextVar[str | None] = ContextVar("PEFT_TASK_TYPE", default=None)
+from peftsft.core.errors import UserError
+from peftsft.strategies.base import Strategy, StrategyContext
 
 
 def prepare_base(model: torch.nn.Module, quantized: bool) -> torch.nn.Module:
@@ -27,12 +22,12 @@ def prepare_base(model: torch.nn.Module, quantized: bool) -> torch.nn.Module:
     return model
 
 
-def wrap(model: torch.nn.Module, config: PeftConfig, quantized: bool) -> torch.nn.Module:
-    """The frozen base wrapped by peft; peft's complaints about the model (no such target module...) become UserErrors."""
-    if PEFT_TASK_TYPE.get() is not None:
-        config.task_type = PEFT_TASK_TYPE.get()
+def wrap(model: torch.nn.Module, config: PeftConfig, context: StrategyContext) -> torch.nn.Module:
+    """The frozen base wrapped by peft for the context's task (SEQ_CLS also trains and saves a classification head);
+    peft's complaints about the model (no such target module...) become UserErrors."""
+    config.task_type = context.task_type
     try:
-        peft_model = get_peft_model(prepare_base(model, quantized), config)
+        peft_model = get_peft_model(prepare_base(model, context.quantized), config)
     except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
         method = config.peft_type.value.lower()
         raise UserError(
@@ -68,9 +63,9 @@ def peft_strategy(
 ) -> Strategy:
     """A Strategy whose Config fields are the peft config class's own (or mapped by `to_kwargs`)."""
 
-    def apply(model: torch.nn.Module, params: BaseModel, quantized: bool) -> torch.nn.Module:
+    def apply(model: torch.nn.Module, params: BaseModel, context: StrategyContext) -> torch.nn.Module:
         kwargs = to_kwargs(params, model) if to_kwargs else params.model_dump()
-        return wrap(model, config_class(task_type="CAUSAL_LM", **kwargs), quantized)
+        return wrap(model, config_class(task_type=context.task_type, **kwargs), context)
 
     fields.setdefault("merge", merge_peft if fields.get("can_merge", True) else None)
     return Strategy(name=name, description=description, Config=Config, apply=apply, **fields)

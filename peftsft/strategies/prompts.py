@@ -10,7 +10,7 @@ from typing import Any, Literal
 from peft import AdaptionPromptConfig, PrefixTuningConfig, PromptTuningConfig
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .peft_common import peft_strategy
+from peftsft.strategies.peft_common import peft_strategy
 
 SERVE_ADAPTER = "serve the base with the adapter (export --format adapter), or train a mergeable strategy such as lora"
 

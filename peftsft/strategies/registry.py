@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ValidationError
 
-from ..errors import UserError
-from .adapters import ADAPTERS
-from .base import Strategy
-from .baselines import BASELINES
-from .generic import PEFT
-from .lora import LORA_FAMILY
-from .prompts import PROMPTS
+from peftsft.core.errors import UserError
+from peftsft.strategies.adapters import ADAPTERS
+from peftsft.strategies.base import Strategy
+from peftsft.strategies.baselines import BASELINES
+from peftsft.strategies.generic import PEFT
+from peftsft.strategies.lora import LORA_FAMILY
+from peftsft.strategies.prompts import PROMPTS
 
 ENTRY_POINT_GROUP = "peftsft.strategies"
 _REGISTRY: dict[str, Strategy] = {}

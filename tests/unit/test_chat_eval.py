@@ -10,11 +10,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from peftsft.cli import main
-from peftsft.config import load_recipe
-from peftsft.errors import UserError
-from peftsft.evaluate import answer_metrics, contains_reference, exact_match, token_f1
-from peftsft.train import run
+from peftsft.commands.cli import main
+from peftsft.training.recipe import load_recipe
+from peftsft.core.errors import UserError
+from peftsft.artifacts.evaluate import answer_metrics, contains_reference, exact_match, token_f1
+from peftsft.artifacts.tasks import run
 from tests.conftest import write_jsonl
 
 QA = [
@@ -125,7 +125,7 @@ def test_eval_memorised_answers_exact_match_one_base_lower(memo_run, tokenizer, 
 def test_eval_split_is_the_one_training_held_out(tiny_recipe, tokenizer):
     from peftsft.data.build import build_datasets
     from peftsft.data.masking import encode
-    from peftsft.evaluate import held_out_conversations
+    from peftsft.artifacts.evaluate import held_out_conversations
 
     recipe = load_recipe(tiny_recipe(), ["data.eval_fraction=0.25", "data.cache=false"])
     _, eval_ds, _ = build_datasets(tokenizer, recipe.data, recipe.training.seed)
@@ -238,7 +238,7 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path, memo_model
     kept = load_file(best / "adapter_model.safetensors")
     final = load_file(recipe.run_dir / "adapter" / "adapter_model.safetensors")
     assert kept.keys() == final.keys() and all(torch.equal(kept[k], final[k]) for k in kept)
-    assert summary["eval_loss"] == pytest.approx(summary["best_eval_loss"])
+    assert summary["eval_loss"] == pytest.approx(summary["best_metric"])
 
 
 def test_early_stopping_needs_eval_steps_and_eval_data(tiny_recipe):

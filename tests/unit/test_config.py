@@ -5,15 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from peftsft.config import (
-    TrainingSection,
-    apply_override,
-    gradient_accumulation,
-    load_recipe,
-    parse_override_value,
-    recipe_to_toml,
-)
-from peftsft.errors import UserError
+from peftsft.core.config import TrainingSection, gradient_accumulation, recipe_to_toml
+from peftsft.core.recipe_io import apply_override, parse_override_value
+from peftsft.training.recipe import load_recipe
+from peftsft.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = REPO / "recipes" / "llama-chat-lora.toml"

@@ -12,15 +12,16 @@ import pytest
 import torch
 from rich.console import Console
 
-from peftsft.cli import main
-from peftsft.config import DataSection, DatasetSpec, Recipe, TrainingSection, load_recipe
+from peftsft.commands.cli import main
+from peftsft.core.config import DataSection, DatasetSpec, Recipe, TrainingSection
+from peftsft.training.recipe import load_recipe
 from peftsft.data import build as build_module
 from peftsft.data.build import build_datasets
 from peftsft.data.contract import check_contract, enforce
 from peftsft.data.masking import IGNORE
 from peftsft.data.preview import print_sample
 from peftsft.data.templates import BUILTINS
-from peftsft.errors import UserError
+from peftsft.core.errors import UserError
 from tests.conftest import write_jsonl
 
 CONVERSATION = [
@@ -323,7 +324,7 @@ def test_packed_batch_logits_equal_each_sample_alone(tmp_path, tok, tiny_model_d
     """The trainer's own packed batch (TRL bfd + padding-free collator) through the model, vs. each sample alone."""
     from transformers import AutoModelForCausalLM
 
-    from peftsft.train import make_trainer
+    from peftsft.tasks.chat import make_trainer
 
     rows = [{"messages": chat(f"question {i} " * (i + 1), f"answer {i}")} for i in range(6)]
     data = DataSection(datasets=[one_file(tmp_path, rows)], packing=True, max_length=128, cache=False)

@@ -16,12 +16,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from peftsft.errors import UserError
-from peftsft.export import pipeline
-from peftsft.export.pipeline import Exporter, ExportJob, export_run
-from peftsft.export.runs import open_run
-from peftsft.export.template import ollama_template, stop_tokens, turn_format
-from peftsft.export.verify import TOLERANCES
+from peftsft.core.errors import UserError
+from peftsft.artifacts.export import pipeline
+from peftsft.artifacts.export.pipeline import Exporter, ExportJob, export_run
+from peftsft.artifacts.export.runs import open_run
+from peftsft.artifacts.export.template import ollama_template, stop_tokens, turn_format
+from peftsft.artifacts.export.verify import TOLERANCES
 
 # the metadata a llama.cpp-converted Llama GGUF carries, as in SmolLM2's (provenance keys like license left out)
 GGUF_KEYS = {
@@ -80,8 +80,8 @@ def small_model_dir(tmp_path_factory, tokenizer) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_model_dir) -> tuple[Path, dict]:
     """One 3-step LoRA run whose recipe also asks for an adapter export after training."""
-    from peftsft.config import load_recipe
-    from peftsft.train import run
+    from peftsft.training.recipe import load_recipe
+    from peftsft.artifacts.tasks import run
 
     from tests.conftest import write_tiny_recipe
 
@@ -162,7 +162,7 @@ def test_4bit_run_merges_into_its_dequantized_base_not_the_original_weights(trai
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from peftsft.export.runs import load_tuned
+    from peftsft.artifacts.export.runs import load_tuned
 
     run_dir = shutil.copytree(trained[0], tmp_path / "run", ignore=shutil.ignore_patterns("exports", "checkpoints"))
     recipe = run_dir / "recipe.resolved.toml"
@@ -258,7 +258,7 @@ def test_turn_format_reads_other_templates_and_refuses_what_ollama_cannot_expres
 def test_gguf_export_refuses_architectures_llama_cpp_names_differently():
     from types import SimpleNamespace
 
-    from peftsft.export.gguf import check_exportable
+    from peftsft.artifacts.export.gguf import check_exportable
 
     with pytest.raises(UserError, match="cannot export this model as GGUF") as err:
         check_exportable(SimpleNamespace(model_type="qwen2", rope_parameters={}, attention_bias=True))
@@ -271,7 +271,7 @@ def test_gguf_export_refuses_architectures_llama_cpp_names_differently():
 def test_verify_catches_a_corrupted_merged_model(exporter, tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
-    import peftsft.export.merge as merge
+    import peftsft.artifacts.export.merge as merge
 
     real_save = merge.save_merged
 
@@ -289,7 +289,7 @@ def test_verify_catches_a_corrupted_merged_model(exporter, tmp_path, monkeypatch
 
 
 def test_verify_catches_a_gguf_without_the_llama_cpp_qk_permutation(exporter, tmp_path, monkeypatch):
-    import peftsft.export.gguf as gguf_export
+    import peftsft.artifacts.export.gguf as gguf_export
 
     monkeypatch.setattr(gguf_export, "_permuted", lambda name, weights, config: weights)
     out = tmp_path / "model.gguf"
@@ -313,7 +313,7 @@ def test_interrupted_merge_leaves_nothing_at_out(exporter, tmp_path, monkeypatch
 
 
 def test_failed_gguf_write_leaves_nothing_at_out(exporter, tmp_path, monkeypatch):
-    import peftsft.export.gguf as gguf_export
+    import peftsft.artifacts.export.gguf as gguf_export
 
     def half_written(model, tokenizer, path, *args):
         path.write_bytes(b"GGUF partial")
@@ -369,7 +369,7 @@ def test_non_mergeable_strategy_refuses_merge_but_exports_its_adapter(trained, t
 
 
 def test_cli_errors_are_clean(trained, tmp_path, capsys):
-    from peftsft.cli import main
+    from peftsft.commands.cli import main
 
     existing = tmp_path / "merged"
     existing.mkdir()

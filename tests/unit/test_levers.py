@@ -5,9 +5,9 @@ import json
 import pytest
 from rich.console import Console
 
-from peftsft.config import load_recipe
-from peftsft.levers import resolve_levers
-from peftsft.train import run
+from peftsft.training.recipe import load_recipe
+from peftsft.training.levers import decide_levers
+from peftsft.artifacts.tasks import run
 
 # the un-optimised path: TRL's own loss head (every position, 32768-wide slices), no checkpointing
 UNOPTIMISED = [
@@ -58,11 +58,11 @@ def test_length_grouping_learns_as_well_as_random_batches(tiny_recipe):
 
 def test_summary_records_the_resolved_levers(tiny_recipe):
     recipe = load_recipe(tiny_recipe(), ["quantization.bits=4"])
-    levers = resolve_levers(recipe, "cpu", longest_sample=64)
+    levers = decide_levers(recipe, "cpu", longest_sample=64)
     record = levers.as_dict()
     # this machine picks fp32 where bf16 matmuls are slow, and keeps the adapters in the same dtype
     assert record["adapter_dtype"] == ("bfloat16" if record["precision"] == "bf16" else "float32")
     assert record["checkpointing_reason"].startswith("auto: ")
     assert record["loss_vocab_chunk"] == 4096 and record["sampling"] == "group_by_length"
-    explicit = resolve_levers(load_recipe(tiny_recipe(), ["training.activation_checkpointing=true"]), "cpu", 64)
+    explicit = decide_levers(load_recipe(tiny_recipe(), ["training.activation_checkpointing=true"]), "cpu", 64)
     assert explicit.activation_checkpointing and explicit.checkpointing_reason == "set in the recipe"

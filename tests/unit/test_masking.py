@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from peftsft.config import DataSection, DatasetSpec
+from peftsft.core.config import DataSection, DatasetSpec
 from peftsft.data.build import build_datasets
 from peftsft.data.masking import IGNORE, encode
-from peftsft.errors import UserError
+from peftsft.core.errors import UserError
 
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},

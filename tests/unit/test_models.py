@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from peftsft import models
-from peftsft.config import DEFAULT_MODEL, ModelSection, QuantizationSection
-from peftsft.errors import UserError
+from peftsft.core.config import DEFAULT_MODEL, ModelSection, QuantizationSection
+from peftsft.core.errors import UserError
 
 
 def test_package_gguf_resolves_to_the_shipped_file():

@@ -9,9 +9,9 @@ import warnings
 import pytest
 import torch
 
-from peftsft.cli import main
-from peftsft.config import load_recipe
-from peftsft.plan import QUANT_BYTES, Dims, estimate, layer_activation_elements
+from peftsft.commands.cli import main
+from peftsft.training.recipe import load_recipe
+from peftsft.training.plan import QUANT_BYTES, Dims, estimate, layer_activation_elements
 
 
 def write_recipe(tmp_path, model_dir, strategy: str = "lora") -> str:
@@ -73,7 +73,7 @@ def test_quantized_base_counts_packed_weights(plan_of):
 
 
 def test_checkpointing_auto_turns_on_only_when_memory_needs_it(plan_of, monkeypatch):
-    import peftsft.plan as plan_module
+    import peftsft.training.plan as plan_module
 
     roomy = plan_of()  # the tiny model's few activations: off
     assert not roomy.checkpointing and roomy.checkpointing_reason.startswith("auto: off")

@@ -4,10 +4,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from peftsft.config import QuantizationSection, load_recipe
-from peftsft.errors import UserError
+from peftsft.core.config import QuantizationSection
+from peftsft.training.recipe import load_recipe
+from peftsft.core.errors import UserError
 from peftsft.models import load_model, quantized_footprint, resolve_dtype
-from peftsft.strategies import get_strategy, trainable_summary
+from peftsft.strategies import StrategyContext, get_strategy, trainable_summary
 from peftsft.strategies.registry import validate_params
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -37,14 +38,15 @@ def _save_llama(out, tokenizer, hidden, intermediate, layers=2, vocab=None):
 
 
 def _model_section(path):
-    from peftsft.config import ModelSection
+    from peftsft.core.config import ModelSection
 
     return ModelSection(source=str(path))
 
 
 def _lora(model, quantized):
     strategy = get_strategy("lora")
-    return strategy.apply(model, validate_params(strategy, {"r": 4, "alpha": 8, "dropout": 0.0}), quantized)
+    return strategy.apply(model, validate_params(strategy, {"r": 4, "alpha": 8, "dropout": 0.0}),
+                          StrategyContext(quantized=quantized))
 
 
 def _dequantized_copy(quantized_peft, path):
@@ -114,7 +116,7 @@ def test_nf4_footprint_is_about_half_a_byte_per_parameter(tmp_path, tokenizer):
 def test_qlora_run_reports_the_quantized_base(tiny_recipe, llama64_dir):
     recipe = load_recipe(tiny_recipe(), [f'model.source="{llama64_dir}"', "quantization.bits=4",
                                          'quantization.compute_dtype="float32"'])
-    from peftsft.train import run
+    from peftsft.artifacts.tasks import run
 
     summary = run(recipe, Console(quiet=True))
     assert summary["quantized_base"]["bytes_per_param"] < 1.0
@@ -137,7 +139,7 @@ def test_missing_bitsandbytes_is_a_validate_time_error(tiny_recipe, monkeypatch)
 
 @pytest.mark.gpu
 def test_qlora_trains_on_cuda(tiny_recipe, llama64_dir):
-    from peftsft.train import run
+    from peftsft.artifacts.tasks import run
 
     recipe = load_recipe(tiny_recipe(), [f'model.source="{llama64_dir}"', "quantization.bits=4",
                                          'training.device="cuda"', "run.name=cuda"])

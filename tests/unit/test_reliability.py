@@ -13,11 +13,11 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from peftsft import cli
-from peftsft.callbacks import CHECKPOINT_SEAL
-from peftsft.config import load_recipe
-from peftsft.errors import TrainingStopped, UserError
-from peftsft.train import run
+from peftsft.commands import cli
+from peftsft.training.callbacks import CHECKPOINT_SEAL
+from peftsft.training.recipe import load_recipe
+from peftsft.core.errors import TrainingStopped, UserError
+from peftsft.artifacts.tasks import run
 
 REPO = Path(__file__).resolve().parents[2]
 RESUME_STEPS = ["training.max_steps=20", "training.save_steps=5", "strategy.dropout=0.1", "training.learning_rate=1e-3"]
@@ -95,7 +95,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
 
 
 def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tiny_recipe, monkeypatch):
-    import peftsft.train as train_module
+    import peftsft.tasks.chat as train_module
 
     real_make_trainer = train_module.make_trainer
 
@@ -182,7 +182,7 @@ def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
 def test_disk_full_while_saving_leaves_no_partial_adapter(tiny_recipe, monkeypatch, capsys):
     import errno
 
-    import peftsft.train as train_module
+    import peftsft.tasks.chat as train_module
 
     def full(model, tokenizer, directory, strategy=None):
         (directory / "adapter_model.safetensors").write_bytes(b"partial")

@@ -21,12 +21,13 @@ import torch
 from rich.console import Console
 
 import tests.conftest as conftest
-from peftsft.config import Recipe, load_recipe
+from peftsft.core.config import Recipe
+from peftsft.training.recipe import load_recipe
 from peftsft.data import build_datasets
-from peftsft.errors import UserError
+from peftsft.core.errors import UserError
 from peftsft.models import quantization_config
-from peftsft.strategies import get_strategy, list_strategies, merge_model, registry, trainable_summary
-from peftsft.train import make_trainer
+from peftsft.strategies import StrategyContext, get_strategy, list_strategies, merge_model, registry, trainable_summary
+from peftsft.tasks.chat import make_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 LORA_TINY = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -113,7 +114,7 @@ class Harness:
         recipe = self.recipe(name, params)
         strategy = get_strategy(name)
         model = strategy.apply(self.base(recipe.quantization.bits), strategy.Config.model_validate(params),
-                               recipe.quantization.bits is not None)
+                               StrategyContext(quantized=recipe.quantization.bits is not None))
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         make_trainer(recipe, model, self.tokenizer, self.train_ds, None, "cpu", []).train()
         for param in model.parameters():  # TRL trains adapters on k-bit bases in bf16 (QLoRA); peft loads them
@@ -227,7 +228,7 @@ def test_lora_variants_are_lora_with_one_default_changed():
 def test_loraplus_trains_b_faster_than_a(harness):
     recipe = harness.recipe("loraplus", LORA_TINY)
     strategy = get_strategy("loraplus")
-    model = strategy.apply(harness.base(), strategy.Config.model_validate(LORA_TINY), False)
+    model = strategy.apply(harness.base(), strategy.Config.model_validate(LORA_TINY), StrategyContext(quantized=False))
     trainer = make_trainer(recipe, model, harness.tokenizer, harness.train_ds, None, "cpu", [])
     group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
     b_lr = {group_of[id(p)]["lr"] for n, p in model.named_parameters() if "lora_B" in n}
@@ -238,20 +239,20 @@ def test_loraplus_trains_b_faster_than_a(harness):
 def test_loftq_starts_closer_to_the_unquantized_model(harness):
     lora = get_strategy("lora")
     full = harness.logits(harness.base())
-    plain = harness.logits(lora.apply(harness.base(4), lora.Config.model_validate(LORA_TINY), True))
+    plain = harness.logits(lora.apply(harness.base(4), lora.Config.model_validate(LORA_TINY), StrategyContext(quantized=True)))
     loftq = get_strategy("loftq")
-    started = harness.logits(loftq.apply(harness.base(4), loftq.Config.model_validate(LORA_TINY), True))
+    started = harness.logits(loftq.apply(harness.base(4), loftq.Config.model_validate(LORA_TINY), StrategyContext(quantized=True)))
     assert (started - full).abs().mean() < 0.8 * (plain - full).abs().mean()
 
 
 def test_freeze_trains_exactly_the_last_layers_and_patterns(harness):
     freeze = get_strategy("freeze")
-    model = freeze.apply(harness.base(), freeze.Config.model_validate({"layers": 1, "patterns": ["^lm_head"]}), False)
+    model = freeze.apply(harness.base(), freeze.Config.model_validate({"layers": 1, "patterns": ["^lm_head"]}), StrategyContext(quantized=False))
     trainable = {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters(remove_duplicate=False)
                          if n.startswith("model.layers.1.") or n in ("lm_head.weight", "model.embed_tokens.weight")}
     with pytest.raises(UserError, match="3 but the model has 2"):
-        freeze.apply(harness.base(), freeze.Config.model_validate({"layers": 3}), False)
+        freeze.apply(harness.base(), freeze.Config.model_validate({"layers": 3}), StrategyContext(quantized=False))
 
 
 def test_generic_peft_reaches_methods_without_a_dedicated_entry():
@@ -263,7 +264,7 @@ def test_generic_peft_reaches_methods_without_a_dedicated_entry():
 
 def test_prompt_strategy_runs_end_to_end(harness, tmp_path):
     """run(): strategy summary printed and in summary.json; generation before/after works with virtual tokens."""
-    from peftsft.train import run
+    from peftsft.artifacts.tasks import run
 
     recipe = harness.recipe("prompt", MATRIX["prompt"]).model_copy(deep=True)
     recipe.run.output_dir, recipe.run.sample_prompts, recipe.run.sample_max_new_tokens = str(tmp_path), ["Hi?"], 3
@@ -279,7 +280,7 @@ def test_prompt_strategy_runs_end_to_end(harness, tmp_path):
 
 
 def _section(name: str, **params):
-    from peftsft.config import StrategySection
+    from peftsft.core.config import StrategySection
 
     return StrategySection.model_validate({"name": name, **params})
 
@@ -324,7 +325,7 @@ def test_bad_combinations_are_rejected_at_validate_time(tmp_path, strategy, extr
 def test_merge_of_a_prompt_method_through_generic_peft_is_refused(harness):
     peft = get_strategy("peft")
     model = peft.apply(harness.base(), peft.Config.model_validate({"method": "prefix_tuning", "num_virtual_tokens": 2}),
-                       False)
+                       StrategyContext())
     with pytest.raises(UserError, match="'prefix_tuning' cannot be merged"):
         merge_model("peft", model)
 
@@ -356,7 +357,7 @@ def test_strategy_recipes_and_their_commented_alternatives_validate(tmp_path):
 
 
 def test_strategies_command_lists_every_strategy(capsys):
-    from peftsft.cli import main
+    from peftsft.commands.cli import main
 
     assert main(["strategies"]) == 0
     out = capsys.readouterr().out

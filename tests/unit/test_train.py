@@ -8,9 +8,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from peftsft.config import load_recipe
-from peftsft.errors import UserError
-from peftsft.train import run
+from peftsft.training.recipe import load_recipe
+from peftsft.core.errors import UserError
+from peftsft.artifacts.tasks import run
 
 
 @pytest.fixture(scope="module")

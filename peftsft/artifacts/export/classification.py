@@ -1,0 +1,123 @@
+"""merge / export for classification runs: adapter dir or merged model dir, each checked against base + adapter.
+
+As for chat runs, an export is written beside its target, re-loaded from there and compared (logits and
+predicted labels on held-out texts) with the model as trained, and only then moved into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from peftsft.data.rows import read_rows
+from peftsft.core.errors import UserError
+from peftsft.core.rundir import write_dir
+from peftsft.artifacts.export.pipeline import ExportJob, ExportRequest, default_dtype, refuse_existing
+from peftsft.artifacts.export.runs import open_run, require_mergeable
+from peftsft.tasks.classification.model import RECIPE_FILE, Classifier, load_classifier, load_run, logits_for, merge
+
+FALLBACK_TEXTS = (
+    "I really enjoyed this, it was great.",
+    "This was a terrible waste of time.",
+    "The meeting is scheduled for Tuesday.",
+    "Not sure what to think about it.",
+)
+MAX_TEXTS = 32
+
+
+def export_classification(run_dir: str | Path, request: ExportRequest, console: Console) -> Path:
+    """Write one verified export (`adapter` or `merged`) of a classification run to `request.out`."""
+    if request.quant:
+        raise UserError("--quant applies to GGUF exports, which classification runs do not have", hint="drop --quant")
+    fmt, out, dtype = request.fmt, Path(request.out), request.dtype
+    verify, force = request.verify, request.force
+    if dtype and fmt != "merged":
+        raise UserError(f"--dtype applies to --format merged, not {fmt!r}", hint="drop --dtype")
+    if fmt == "gguf":
+        raise UserError("a classification run cannot be exported as GGUF (GGUF holds chat/causal LMs)",
+                        hint="use --format merged (a standard transformers model dir) or --format adapter")
+    run = open_run(run_dir)
+    refuse_existing(ExportJob(fmt, out), run, force)
+    if fmt == "merged":
+        require_mergeable(run)
+    with console.status("loading base + adapter (float32)"):
+        reference = load_run(run.path, "cpu", dequantize=True)
+        texts = verification_texts(reference)
+        want = logits_for(reference, texts)
+    if fmt == "merged":
+        dtype = dtype or default_dtype(run)
+        with console.status("merging the adapter into the base"):
+            model = merge(reference)
+        fill = lambda tmp: save_merged(model, reference, tmp, dtype)  # noqa: E731
+    else:
+        dtype = "float32"
+        fill = lambda tmp: copy_adapter(run.adapter_dir, tmp)  # noqa: E731
+
+    def fill_and_check(tmp: Path) -> None:
+        fill(tmp)
+        shutil.copy2(run.path / RECIPE_FILE, tmp / RECIPE_FILE)
+        if verify:
+            check_export(f"{fmt} {dtype}", tmp, texts, want, dtype, console)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
+
+    write_dir(out, fill_and_check)
+    console.print(f"[green]wrote[/] {out}")
+    return out
+
+
+def save_merged(model: torch.nn.Module, reference: Classifier, directory: Path, dtype: str) -> None:
+    """A plain *ForSequenceClassification dir (config carries id2label) + tokenizer + labels.json."""
+    target = getattr(torch, dtype)
+    model = model if model.dtype == target else copy.deepcopy(model).to(target)
+    model.config.dtype = target
+    model.save_pretrained(directory, safe_serialization=True)
+    reference.tokenizer.save_pretrained(directory)
+    reference.labels.save(directory)
+
+
+def copy_adapter(adapter_dir: Path, directory: Path) -> None:
+    for path in adapter_dir.iterdir():
+        if path.is_file():
+            shutil.copy2(path, directory / path.name)
+
+
+def verification_texts(classifier: Classifier) -> list[str]:
+    """Held-out texts of the run (its eval file, else training rows), else a few fixed sentences."""
+    recipe = classifier.recipe
+    if recipe is not None:
+        column = recipe.classification.text_column
+        paths = [recipe.data.eval_path] if recipe.data.eval_path else [s.path for s in recipe.data.datasets]
+        texts = [row.data[column] for path in paths if path and Path(path).is_file()
+                 for row in read_rows(path, "skip", []) if isinstance(row.data.get(column), str)]
+        if texts:
+            return texts[:MAX_TEXTS]
+    return list(FALLBACK_TEXTS)
+
+
+def check_export(artifact: str, directory: Path, texts: list[str], want: torch.Tensor, tolerance: str,
+                 console: Console) -> None:
+    """The export re-loaded from disk must give the reference's logits (within the dtype's rounding) and labels."""
+    from peftsft.artifacts.export.verify import TOLERANCES
+
+    got = logits_for(load_classifier(directory, "cpu"), texts)
+    limit = TOLERANCES[tolerance].max_rel * float(want.abs().max())
+    max_diff = float((got - want).abs().max())
+    agreement = float((got.argmax(-1) == want.argmax(-1)).float().mean())
+    line = f"{artifact}: max |Δ logit| {max_diff:.2e} (limit {limit:.2e}), same label on {agreement:.0%} of {len(texts)} texts"
+    if max_diff > limit or agreement < TOLERANCES[tolerance].min_agreement:
+        raise UserError(f"verification failed: {line}; nothing was written",
+                        hint="--no-verify skips this check (not recommended)")
+    console.print(f"[green]verified[/] {line}")
+
+
+def export_classification_after_training(recipe, console: Console) -> list[str]:
+    """A classification recipe's `[export] formats`, into <run dir>/exports/<format>."""
+    run_dir, dtype = recipe.run_dir, recipe.export.dtype
+    return [
+        str(export_classification(run_dir, ExportRequest(fmt, run_dir / "exports" / fmt, dtype=dtype), console))
+        for fmt in recipe.export.formats
+    ]

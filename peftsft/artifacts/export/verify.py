@@ -1,0 +1,219 @@
+"""Does an exported artifact, re-loaded from disk, behave like base + adapter? Compared on held-out prompts.
+
+Both models see the same token ids (the reference's prompt + its greedy reply), so logit differences measure the
+artifact's weights alone; its tokenizer and chat template are compared separately. Limits are relative to the
+reference's largest |logit|, so one table of tolerances fits tiny and large models alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from peftsft.core.errors import UserError
+from peftsft.artifacts.export.template import stop_tokens
+
+DEFAULT_PROMPTS = (
+    "What is the capital of France?",
+    "Give me one tip for writing clear emails.",
+    "Explain in one sentence what a neural network is.",
+)
+MAX_PROMPTS = 3
+NEW_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_rel: float  # max |Δ logit| ≤ max_rel × max |reference logit|
+    mean_rel: float  # mean |Δ logit| ≤ mean_rel × max |reference logit|
+    min_agreement: float  # share of reply positions where both pick the same greedy token
+
+
+# float32 differs only by the merge's rounding; f16/bf16 by storage rounding; q8_0 by 8-bit blocks of 32 weights.
+# Measured on SmolLM2-135M + a LoRA (max / mean |Δ| as a share of the logit scale, greedy agreement):
+# float32 3e-6 / 4e-7, 100% · float16 1e-3 / 1.5e-4, 100% · bfloat16 1.6e-2 / 2e-3, 100% · q8_0 3e-2 / 4e-3, 93%.
+TOLERANCES = {
+    "float32": Tolerance(1e-4, 1e-5, 0.99),
+    "float16": Tolerance(5e-3, 5e-4, 0.95),
+    "bfloat16": Tolerance(5e-2, 8e-3, 0.90),
+    "q8_0": Tolerance(0.10, 0.015, 0.85),
+    # an 8-bit run's reference itself computes with int8 activations (LLM.int8), so float exports differ by that
+    "int8 reference": Tolerance(5e-2, 8e-3, 0.90),
+}
+
+
+def loosest(*names: str) -> str:
+    """The most permissive of several tolerances (an artifact's own, and its reference's noise)."""
+    return max(names, key=lambda name: TOLERANCES[name].max_rel)
+
+
+def held_out_prompts(sample_prompts: list[str]) -> list[str]:
+    """The recipe's sample prompts (never training rows), topped up with fixed ones."""
+    return list(dict.fromkeys([*sample_prompts, *DEFAULT_PROMPTS]))[:MAX_PROMPTS]
+
+
+@dataclass
+class Reference:
+    """What base + adapter does: the target every artifact is held to."""
+
+    prompts: list[str]
+    chat_template: str
+    prompt_ids: list[list[int]]
+    sequences: list[torch.Tensor]  # prompt + greedy reply
+    logits: list[torch.Tensor]  # float32 [positions, vocab]
+    stop_ids: list[int]
+
+    @property
+    def scale(self) -> float:
+        return max(float(x.abs().max()) for x in self.logits)
+
+
+@dataclass
+class Check:
+    artifact: str
+    tolerance_name: str
+    scale: float
+    max_diff: float
+    mean_diff: float
+    agreement: float
+    same_replies: int
+    prompts: int
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # differences that do not fail the check
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    messages = [{"role": "user", "content": prompt}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+
+
+@torch.no_grad()
+def reference_outputs(model, tokenizer, prompts: list[str]) -> Reference:
+    model.eval()
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    stops = [i for i, _ in stop_tokens(tokenizer)]
+    sequences = [_greedy(model, p, stops, tokenizer.pad_token_id) for p in ids]
+    return Reference(
+        prompts=prompts,
+        chat_template=tokenizer.chat_template,
+        prompt_ids=ids,
+        sequences=sequences,
+        logits=[_logits(model, s) for s in sequences],
+        stop_ids=stops,
+    )
+
+
+def _greedy(model, ids: list[int], stops: list[int], pad_id: int | None) -> torch.Tensor:
+    inputs = torch.tensor([ids], device=model.device)
+    out = model.generate(
+        input_ids=inputs,
+        attention_mask=torch.ones_like(inputs),
+        max_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        eos_token_id=stops or None,
+        pad_token_id=pad_id if pad_id is not None else (stops or [0])[0],
+    )
+    return out[0].cpu()
+
+
+def _logits(model, sequence: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=sequence[None].to(model.device)).logits[0].float().cpu()
+
+
+@torch.no_grad()
+def check_artifact(
+    artifact: str, model, tokenizer, ref: Reference, tolerance_name: str, same_ids_required: bool = True
+) -> Check:
+    """Compare a re-loaded artifact against the reference; every way it diverges becomes a problem.
+
+    `same_ids_required=False` notes, rather than fails, a tokenizer that splits the prompts differently: a GGUF's
+    tokenizer is rebuilt by transformers, which knows fewer pre-tokenizers than llama.cpp does."""
+    model.eval()
+    tolerance = TOLERANCES[tolerance_name]
+    diffs, agree, positions, same = [], 0, 0, 0
+    for prompt, sequence, want in zip(ref.prompt_ids, ref.sequences, ref.logits):
+        got = _logits(model, sequence)
+        diffs.append((got - want).abs())
+        reply = slice(len(prompt) - 1, len(sequence) - 1)  # positions that chose the reply's tokens
+        agree += int((got[reply].argmax(-1) == want[reply].argmax(-1)).sum())
+        positions += reply.stop - reply.start
+        same += int(torch.equal(_greedy(model, prompt, ref.stop_ids, None), sequence))
+    result = Check(
+        artifact=artifact,
+        tolerance_name=tolerance_name,
+        scale=ref.scale,
+        max_diff=max(float(d.max()) for d in diffs),
+        mean_diff=float(torch.cat([d.flatten() for d in diffs]).mean()),
+        agreement=agree / max(positions, 1),
+        same_replies=same,
+        prompts=len(ref.sequences),
+    )
+    result.problems = _logit_problems(result, tolerance)
+    if tokenizer.chat_template != ref.chat_template:
+        result.problems.append("its chat template differs from the one used in training")
+    elif [prompt_ids(tokenizer, p) for p in ref.prompts] != ref.prompt_ids:
+        split = "its tokenizer turns the prompts into different token ids"
+        (result.problems if same_ids_required else result.notes).append(split)
+    return result
+
+
+def _logit_problems(result: Check, tolerance: Tolerance) -> list[str]:
+    problems = []
+    if result.max_diff > tolerance.max_rel * result.scale:
+        problems.append(f"max |Δ logit| {result.max_diff:.3g} > {tolerance.max_rel * result.scale:.3g}")
+    if result.mean_diff > tolerance.mean_rel * result.scale:
+        problems.append(f"mean |Δ logit| {result.mean_diff:.3g} > {tolerance.mean_rel * result.scale:.3g}")
+    if result.agreement < tolerance.min_agreement:
+        problems.append(f"greedy agreement {result.agreement:.1%} < {tolerance.min_agreement:.0%}")
+    return problems
+
+
+def print_checks(console: Console, checks: list[Check]) -> None:
+    table = Table(title="verification: artifact re-loaded from disk vs base + adapter", box=box.SIMPLE_HEAD)
+    table.add_column("artifact", no_wrap=True)
+    for column in ("max Δ", "mean Δ", "greedy", "replies"):
+        table.add_column(column, justify="right")
+    table.add_column("result")
+    for c in checks:
+        table.add_row(
+            c.artifact,
+            f"{c.max_diff:.2e}",
+            f"{c.mean_diff:.2e}",
+            f"{c.agreement:.1%}",
+            f"{c.same_replies}/{c.prompts}",
+            "[green]ok[/]" if c.passed else "[red]DIVERGED[/]",
+        )
+    console.print(table)
+    console.print(
+        "[dim]Δ: |logit difference| over every position of the prompts and replies; greedy: reply positions "
+        "where both pick the same next token; replies: identical greedy replies[/]"
+    )
+    for c in checks:
+        t = TOLERANCES[c.tolerance_name]
+        console.print(
+            f"[dim]{c.artifact} ({c.tolerance_name} tolerance): max Δ ≤ {t.max_rel * c.scale:.2e}, "
+            f"mean Δ ≤ {t.mean_rel * c.scale:.2e} ({t.max_rel:g} and {t.mean_rel:g} of the largest reference "
+            f"|logit|, {c.scale:.3g}), greedy ≥ {t.min_agreement:.0%}[/]"
+        )
+        for note in c.notes:
+            console.print(f"[yellow]note[/] {c.artifact}: {note}")
+
+
+def require_passed(checks: list[Check], out: Path) -> None:
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        raise UserError(
+            f"verification failed: the {', '.join(c.artifact for c in failed)} export diverged from base + adapter; "
+            f"nothing was written to {out}",
+            problems=[f"{c.artifact}: {p}" for c in failed for p in c.problems],
+            hint="a corrupted or wrongly converted artifact; --no-verify skips this check (not recommended)",
+        )

@@ -1,0 +1,1 @@
+"""The command line: argument parsing and printing only; `python -m peftsft` → cli.main."""

@@ -1,0 +1,59 @@
+"""The TrainingArguments every peftsft trainer shares (SFT and classification), from [training] and the levers."""
+
+from __future__ import annotations
+
+from peftsft.core.config import Recipe, gradient_accumulation
+from peftsft.training.distributed import world_size
+
+
+def trainer_arguments(
+    recipe: Recipe, device: str, evaluate_during: bool, precision: str, checkpointing: bool, best_metric: str = "loss"
+) -> dict:
+    """`precision` and `checkpointing` as the run decided them (levers); everything else from [training]."""
+    t = recipe.training
+    early_stop = evaluate_during and t.early_stopping_patience is not None
+    return dict(
+        output_dir=str(recipe.run_dir / "checkpoints"),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=gradient_accumulation(t, world_size()),  # global_batch_size → grad_accum
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        activation_checkpointing=checkpointing,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if evaluate_during else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps" if t.save_steps else ("best" if early_stop else "no"),
+        save_steps=t.save_steps or 500,
+        # early stopping keeps the best checkpoint (by best_metric) and ends with its weights loaded
+        save_total_limit=1 if early_stop and not t.save_steps else None,
+        load_best_model_at_end=early_stop,
+        metric_for_best_model=f"eval_{best_metric}" if early_stop else None,
+        greater_is_better=best_metric != "loss" if early_stop else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=t.report_to or "none",
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        train_sampling_strategy=t.sampling,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
+def use_our_callbacks(trainer, recipe: Recipe, evaluate_during: bool) -> None:
+    """Drop the Trainer's printer (RichProgress shows the same, once); add early stopping when the recipe asks."""
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    t = recipe.training
+    if evaluate_during and t.early_stopping_patience is not None:
+        trainer.add_callback(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))

@@ -1,0 +1,52 @@
+"""What a finished run leaves behind besides the adapter: loss.png, samples.md, summary.json."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from peftsft.core.rundir import write_text
+
+PACKAGES = ("peftsft", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "rich")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def plot_loss(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_samples(path: Path, prompts: list[str], before: list[str], after: list[str]) -> None:
+    lines = ["# Samples: base model vs tuned model", "", "Greedy answers to the same prompts, before and after training.", ""]
+    for prompt, old, new in zip(prompts, before, after):
+        lines += [f"## {prompt}", "", f"**base:** {old}", "", f"**tuned:** {new}", ""]
+    write_text(path, "\n".join(lines))

@@ -1,0 +1,103 @@
+"""What every task's run does around training: open the run dir, train with guards, save, sum up."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+from rich.console import Console
+
+from peftsft.core.config import Recipe, recipe_to_toml
+from peftsft.core.errors import TrainingStopped
+from peftsft.core.rundir import prepare_run_dir, write_text
+from peftsft.training.callbacks import NonFiniteError, StopOnInterrupt
+from peftsft.training.report import versions
+from peftsft.training.resume import check_same_recipe, checkpoint_to_resume, checkpoints
+
+
+def open_run_dir(recipe: Recipe, console: Console, overwrite: bool, resume, force: bool) -> Path | None:
+    """Create the run dir (or check a resumed one) and write the resolved recipe; the checkpoint to resume."""
+    resolved = recipe_to_toml(recipe)
+    checkpoint = None
+    if resume:
+        checkpoint = checkpoint_to_resume(recipe.run_dir, resume)
+        check_same_recipe(recipe.run_dir, resolved, force)
+        console.print(f"resuming from {checkpoint}")
+    else:
+        prepare_run_dir(recipe.run_dir, overwrite)
+    write_text(recipe.run_dir / "recipe.resolved.toml", resolved)
+    return checkpoint
+
+
+def train_guarded(trainer, interrupt: StopOnInterrupt, checkpoint: Path | None, run_dir: Path):
+    """trainer.train(), turning a NaN/inf stop or a Ctrl-C into a message that says how to resume."""
+    try:
+        with interrupt:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except NonFiniteError as exc:
+        saved = checkpoints(run_dir)
+        raise TrainingStopped(
+            f"training stopped: {exc}; the update was not applied",
+            hint=f"last good checkpoint: {saved[-1]}. Resume from it with a lower learning rate: "
+            "python -m peftsft run RECIPE --resume --force --set training.learning_rate=<lower>"
+            if saved
+            else "lower [training] learning_rate (set save_steps to keep checkpoints) and run again with --overwrite",
+        ) from None
+    if interrupt.requested:
+        raise TrainingStopped(
+            f"interrupted at step {trainer.state.global_step}; checkpoint saved: {checkpoints(run_dir)[-1]}",
+            hint="continue with: python -m peftsft run RECIPE --resume",
+            exit_code=130,
+        )
+    return result
+
+
+def checkpoint_step(checkpoint: Path | None) -> int | None:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
+
+
+def peak_memory_bytes(device: str) -> int:
+    import torch
+
+    if device == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def save_adapter(model, tokenizer, directory: Path, strategy=None) -> None:
+    """PEFT adapter (safetensors; as the strategy saves it) + tokenizer with the exact chat template used in training."""
+    if strategy is not None:
+        strategy.save(model, directory)
+    else:
+        model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+def run_summary(recipe: Recipe, trainer, result, eval_metrics: dict, *, task: str, model_spec: str,
+                strategy_name: str, params: dict, device: str, train_seconds: float, stats) -> dict:
+    """summary.json's keys every task shares; a task adds its own (levers, accuracy, …) beside them."""
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    tokens = trainer.state.num_input_tokens_seen
+    return {
+        "run_dir": str(recipe.run_dir),
+        "task": task,
+        "model": model_spec,
+        "base_id": recipe.model.base_id,
+        "strategy": strategy_name,
+        **params,
+        "device": device,
+        "steps": trainer.state.global_step,
+        "train_seconds": round(train_seconds, 2),
+        "train_tokens": tokens,
+        "train_tokens_per_s": round(tokens / max(train_seconds, 1e-9), 2),
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "train_loss": result.training_loss,
+        "eval_loss": eval_metrics.get("eval_loss"),
+        "best_metric": trainer.state.best_metric,  # set when early stopping is on
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+        "data": stats.as_dict(),
+        "versions": versions(),
+    }

@@ -1,0 +1,90 @@
+"""Every touch of TRL/transformers internals, in one place: checked against the versions it was written for.
+
+Why internals at all: TRL offers no argument for its fused LM head's vocabulary slice or for scoring only the
+supervised positions off CUDA (see `loss_head`), and casts adapters on a quantized base to bf16 unconditionally
+(see `set_adapter_dtype`). Each patch here names what it needs; a missing attribute is a named fallback recorded
+in summary.json's levers (`fallbacks`), never a silent no-op, and whatever we change is restored after training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import warnings
+from collections.abc import Iterator
+
+from peftsft.core.errors import UserError
+
+# The releases this module was written and tested against: a different major (or a TRL minor outside the range)
+# fails loudly instead of patching attributes that may mean something else.
+SUPPORTED = {"trl": ((1, 16), (1, 99)), "transformers": ((5, 0), (5, 99))}
+
+
+def _version(package: str) -> tuple[int, int]:
+    major, minor, *_ = (importlib.metadata.version(package).split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def check_versions() -> dict[str, str]:
+    """The installed TRL/transformers versions; a UserError naming the supported range when outside it."""
+    found = {}
+    for package, (low, high) in SUPPORTED.items():
+        version = _version(package)
+        found[package] = importlib.metadata.version(package)
+        if not low <= version <= high:
+            raise UserError(
+                f"{package} {found[package]} is not supported by this peftsft "
+                f"(written for {low[0]}.{low[1]} to {high[0]}.x)",
+                hint=f"pip install '{package}>={low[0]}.{low[1]},<{high[0] + 1}'",
+            )
+    return found
+
+
+def attention_implementation(model) -> str:
+    """The attention backend transformers chose for `model` (a private config attribute in transformers 5)."""
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
+@contextlib.contextmanager
+def loss_head(vocab_chunk: int, supervised_only: bool, fallbacks: list[str]) -> Iterator[None]:
+    """Point TRL's fused LM head at a vocabulary slice and (off CUDA) at the supervised positions only; restore after.
+
+    Why module attributes: TRL reads `trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE` on every call; on CPU its
+    32768-wide fp32 tiles are the largest single allocation of a LoRA step (~0.6 GiB at 800 tokens), and 4096-wide
+    ones are also faster (measured). It scores only the supervised positions where `trl.trainer.utils._use_triton`
+    says so (CUDA), and every position elsewhere, to keep shapes static for XLA; on CPU that only wastes the head's
+    work on prompts (~15% of a SmolLM2 step at 42% supervised tokens, measured). The kernel module keeps its own
+    `_use_triton`, so the kernels themselves are unaffected. Missing attributes are appended to `fallbacks`."""
+    check_versions()
+    import trl.trainer.utils as trl_utils
+
+    saved = {}
+    wanted = {"_CHUNKED_LOGPROB_CHUNK_SIZE": vocab_chunk}
+    if supervised_only:
+        wanted["_use_triton"] = lambda device: True
+    for name, value in wanted.items():
+        if not hasattr(trl_utils, name):
+            fallbacks.append(f"trl.trainer.utils.{name} is missing in this TRL: that lever falls back to TRL's default")
+            warnings.warn(f"peftsft: {fallbacks[-1]}", stacklevel=2)
+            continue
+        saved[name] = getattr(trl_utils, name)
+        setattr(trl_utils, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(trl_utils, name, value)
+
+
+def set_adapter_dtype(model, adapter_dtype: str | None) -> None:
+    """Undo TRL's bf16 cast of the trainable weights on a quantized base where the levers say float32.
+
+    Why: TRL casts them unconditionally (QLoRA paper); on CPUs without bf16 matmuls that makes every adapter
+    matmul ~100x slower, while fp32 adapters learn at least as exactly."""
+    import torch
+
+    if adapter_dtype != "float32":
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.float()
