@@ -142,7 +142,8 @@ def _where(loc: list[str]) -> str:
     return f"[{loc[0]}] {'.'.join(loc[1:])}"
 
 
-def _fields_at(loc: list[str]) -> list[str]:
+def _section_at(loc: list[str]) -> type[BaseModel] | None:
+    """The schema class of the section at `loc` (None when `loc` is not a section)."""
     model: type[BaseModel] = Recipe
     for part in loc:
         if part.isdigit():
@@ -150,9 +151,20 @@ def _fields_at(loc: list[str]) -> list[str]:
         annotation = model.model_fields[part].annotation
         inner = getattr(annotation, "__args__", (annotation,))[0] if part == "datasets" else annotation
         if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
-            return []
+            return None
         model = inner
-    return list(model.model_fields)
+    return model
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    section = _section_at(loc)
+    return list(section.model_fields) if section else []
+
+
+def _help_at(loc: list[str]) -> dict[str, str]:
+    """The help text of every key of the section at `loc` (from the schema)."""
+    section = _section_at(loc)
+    return {name: field.description or "" for name, field in section.model_fields.items()} if section else {}
 
 
 def _did_you_mean(name: str, choices: list[str], help_texts: dict[str, str] | None = None) -> str:
@@ -161,20 +173,6 @@ def _did_you_mean(name: str, choices: list[str], help_texts: dict[str, str] | No
         help_text = (help_texts or {}).get(close[0])
         return f" — did you mean {close[0]!r}?" + (f" ({help_text})" if help_text else "")
     return f" (valid: {', '.join(choices)})" if choices else ""
-
-
-def _help_at(loc: list[str]) -> dict[str, str]:
-    """The help text of every key of the section at `loc` (from the schema)."""
-    model: type[BaseModel] = Recipe
-    for part in loc:
-        if part.isdigit():
-            continue
-        annotation = model.model_fields[part].annotation
-        inner = getattr(annotation, "__args__", (annotation,))[0] if part == "datasets" else annotation
-        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
-            return {}
-        model = inner
-    return {name: field.description or "" for name, field in model.model_fields.items()}
 
 
 def _early_stopping_problems(recipe: Recipe) -> list[str]:
