@@ -154,3 +154,37 @@ def test_a_global_batch_the_processes_cannot_split_is_a_clear_error():
         gradient_accumulation(TrainingSection(batch_size=4, grad_accum=4, global_batch_size=16), 2)
     assert "grad_accum (4) contradicts global_batch_size (16)" in info.value.message
     assert "takes grad_accum = 2" in info.value.message and "remove grad_accum" in info.value.hint
+
+
+def test_every_recipe_key_has_help_text_from_the_schema():
+    from peftsft.core.config import key_help
+
+    missing = [key for key, _default, help_text in key_help() if not help_text]
+    assert missing == []
+
+
+def test_resolved_recipe_carries_each_keys_help_and_round_trips(tmp_path):
+    import tomllib
+
+    from peftsft.core.config import Recipe, TrainingSection, recipe_to_toml
+
+    recipe = load_recipe(REPO / "recipes" / "llama-chat-lora.toml", ["data.datasets.0.fields={messages = \"dialog\"}"])
+    text = recipe_to_toml(recipe)
+    lines = text.splitlines()
+    at = lines.index(f"learning_rate = {recipe.training.learning_rate}")
+    assert lines[at - 1] == f"# {TrainingSection.model_fields['learning_rate'].description}"
+    assert Recipe.model_validate(tomllib.loads(text)).model_dump() == recipe.model_dump()
+
+
+def test_unknown_key_suggestion_shows_the_suggested_keys_help():
+    with pytest.raises(UserError) as caught:
+        load_recipe(REPO / "recipes" / "llama-chat-lora.toml", ["training.learnin_rate=1e-4"])
+    assert "did you mean 'learning_rate'? (peak learning rate)" in "\n".join(caught.value.problems)
+
+
+def test_validate_explain_lists_keys_with_help(capsys):
+    from peftsft.commands.cli import main
+
+    assert main(["validate", str(REPO / "recipes" / "llama-chat-lora.toml"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "training.learning_rate" in out and "peak learning rate" in out
