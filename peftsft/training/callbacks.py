@@ -49,7 +49,7 @@ class MetricsLog(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:
             return
-        record = {"step": state.global_step, "epoch": state.epoch, **(logs or {})}
+        record = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch, **(logs or {})}
         record["tokens_per_s"] = round(self.rate.update(state.num_input_tokens_seen), 2)
         record["elapsed_s"] = round(self.rate.elapsed, 3)
         self.records.append(record)

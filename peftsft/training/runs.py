@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import resource
+import time
 from pathlib import Path
 
 from rich.console import Console
 
 from peftsft.core.config import Recipe, recipe_to_toml
 from peftsft.core.errors import TrainingStopped
-from peftsft.core.rundir import prepare_run_dir, write_text
+from peftsft.core.rundir import prepare_run_dir, write_json, write_text
 from peftsft.training.callbacks import NonFiniteError, StopOnInterrupt
 from peftsft.training.report import versions
 from peftsft.training.resume import check_same_recipe, checkpoint_to_resume, checkpoints
+
+
+STATUS_FILE = "status.json"  # running | done | stopped | failed, and why: what `peftsft ui` shows
+
+
+def write_status(run_dir: Path, state: str, reason: str | None = None) -> None:
+    """Record the run's state for whoever watches the run dir (the web UI); never fails the run itself."""
+    try:
+        write_json(run_dir / STATUS_FILE, {"state": state, "reason": reason, "pid": os.getpid(), "time": time.time()})
+    except OSError:
+        pass
 
 
 def open_run_dir(recipe: Recipe, console: Console, overwrite: bool, resume, force: bool) -> Path | None:
@@ -26,6 +39,7 @@ def open_run_dir(recipe: Recipe, console: Console, overwrite: bool, resume, forc
     else:
         prepare_run_dir(recipe.run_dir, overwrite)
     write_text(recipe.run_dir / "recipe.resolved.toml", resolved)
+    write_status(recipe.run_dir, "running")
     return checkpoint
 
 
@@ -35,6 +49,7 @@ def train_guarded(trainer, interrupt: StopOnInterrupt, checkpoint: Path | None, 
         with interrupt:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except NonFiniteError as exc:
+        write_status(run_dir, "stopped", f"non-finite training: {exc}")
         saved = checkpoints(run_dir)
         raise TrainingStopped(
             f"training stopped: {exc}; the update was not applied",
@@ -44,6 +59,7 @@ def train_guarded(trainer, interrupt: StopOnInterrupt, checkpoint: Path | None, 
             else "lower [training] learning_rate (set save_steps to keep checkpoints) and run again with --overwrite",
         ) from None
     if interrupt.requested:
+        write_status(run_dir, "stopped", f"interrupted (Ctrl-C) at step {trainer.state.global_step}")
         raise TrainingStopped(
             f"interrupted at step {trainer.state.global_step}; checkpoint saved: {checkpoints(run_dir)[-1]}",
             hint="continue with: python -m peftsft run RECIPE --resume",

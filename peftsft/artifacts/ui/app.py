@@ -1,0 +1,179 @@
+"""The dashboard's FastAPI app: server-rendered pages over a runs folder, a JSON feed for live updates.
+
+Read-only over run dirs, except the chat page, which generates with the run's model (loaded once per run, the
+base reached by switching the adapter off — the same `peftsft.loading` the `chat` command uses).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.templating import Jinja2Templates
+
+from peftsft.artifacts.ui.charts import line_chart
+from peftsft.artifacts.ui.runs import RunInfo, flatten_recipe, read_run, recipe_differences, scan_runs
+from peftsft.core.errors import UserError
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+SORTABLE = ("name", "status", "strategy", "model", "steps", "train_loss", "eval_loss", "tokens_per_s",
+            "peak_memory_gib")
+
+
+class ChatBackend:
+    """Tuned and base answers for a run, one generation at a time (models stay loaded between requests)."""
+
+    def __init__(self, device: str = "cpu", max_new_tokens: int = 64) -> None:
+        self.device, self.max_new_tokens = device, max_new_tokens
+        self._loaded: dict[Path, Any] = {}
+        self._lock = threading.Lock()
+
+    def answers(self, run_dir: Path, prompt: str) -> dict[str, str]:
+        from peftsft.generation import Sampling, answer
+        from peftsft.loading import load
+
+        with self._lock:
+            if run_dir not in self._loaded:
+                self._loaded[run_dir] = load(str(run_dir), self.device)
+            loaded = self._loaded[run_dir]
+            messages = [{"role": "user", "content": prompt}]
+            sampling = Sampling(max_new_tokens=self.max_new_tokens, temperature=0.0)
+            replies = {}
+            for side in ("tuned", "base"):
+                with loaded.use(side) as model:
+                    replies[side] = answer(model, loaded.tokenizer, messages, sampling=sampling)
+            return replies
+
+
+def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
+    app = FastAPI(title="peftsft ui", docs_url=None, redoc_url=None, openapi_url=None)
+    chat = chat or ChatBackend()
+
+    def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, name, {"runs_root": str(runs_root), **context}, status_code=status)
+
+    def error(request: Request, message: str, status: int = 404) -> HTMLResponse:
+        return page(request, "error.html", status, message=message)
+
+    def find(name: str) -> RunInfo | None:
+        path = runs_root / name
+        return read_run(path) if "/" not in name and name not in (".", "..") and path.is_dir() else None
+
+    @app.exception_handler(Exception)
+    async def crash_panel(request: Request, exc: Exception):  # a bug or a broken run dir: a panel, not a 500 trace
+        return error(request, f"{type(exc).__name__}: {exc}", 500)
+
+    @app.get("/", response_class=HTMLResponse)
+    def runs_table(request: Request, sort: str = "name", desc: bool = False):
+        runs = scan_runs(runs_root)
+        key = sort if sort in SORTABLE else "name"
+        rows = sorted((r.row() for r in runs), key=lambda row: _sort_key(row[key]), reverse=desc)
+        return page(request, "runs.html", rows=rows, sort=key, desc=desc, columns=SORTABLE)
+
+    @app.get("/api/runs")
+    def runs_json():
+        return [r.row() for r in scan_runs(runs_root)]
+
+    @app.get("/runs/{name}", response_class=HTMLResponse)
+    def run_page(request: Request, name: str):
+        run = find(name)
+        if run is None:
+            return error(request, f"no run dir {name!r} under {runs_root}")
+        return page(request, "run.html", run=run, live=live(run), artifacts=artifacts(run))
+
+    @app.get("/runs/{name}/live")
+    def run_live(name: str):
+        run = find(name)
+        if run is None:
+            return JSONResponse({"error": f"no run dir {name!r}"}, status_code=404)
+        return live(run)
+
+    @app.get("/compare", response_class=HTMLResponse)
+    def compare(request: Request, run: list[str] = Query(default=[])):
+        runs = [r for r in (find(n) for n in (run or [])) if r is not None]
+        if len(runs) < 2:
+            return error(request, "pick two or more runs to compare (tick them in the runs table)", 400)
+        recipes = [r.recipe for r in runs]
+        chart = line_chart({r.name: r.metrics.series("loss") for r in runs}, "training loss")
+        return page(request, "compare.html", runs=runs, differences=recipe_differences(recipes), chart=chart,
+                    flat=[flatten_recipe(r) for r in recipes])
+
+    @app.get("/runs/{name}/data", response_class=HTMLResponse)
+    def data(request: Request, name: str, n: int = 3):
+        from peftsft.artifacts.ui.data_view import data_view
+
+        run = find(name)
+        if run is None:
+            return error(request, f"no run dir {name!r} under {runs_root}")
+        try:
+            view = data_view(run.path, max(1, min(n, 20)))
+        except UserError as exc:
+            return error(request, f"{exc.message} — {exc.hint}" if exc.hint else exc.message, 422)
+        return page(request, "data.html", run=run, view=view)
+
+    @app.get("/runs/{name}/chat", response_class=HTMLResponse)
+    def chat_page(request: Request, name: str):
+        run = find(name)
+        if run is None:
+            return error(request, f"no run dir {name!r} under {runs_root}")
+        samples = (run.path / "samples.md").read_text(encoding="utf-8") if (run.path / "samples.md").is_file() else ""
+        return page(request, "chat.html", run=run, samples=samples)
+
+    @app.post("/api/runs/{name}/chat")
+    async def chat_answer(name: str, request: Request):
+        run = find(name)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        if run is None or not isinstance(prompt, str) or not prompt.strip():
+            return JSONResponse({"error": "need a known run and a non-empty prompt"}, status_code=400)
+        try:
+            import anyio
+
+            return await anyio.to_thread.run_sync(chat.answers, run.path, prompt)
+        except UserError as exc:
+            return JSONResponse({"error": exc.message}, status_code=422)
+
+    return app
+
+
+def live(run: RunInfo) -> dict:
+    """What the run page refreshes every few seconds: status, progress and the charts."""
+    m = run.metrics
+    return {
+        "status": run.status, "reason": run.reason, "step": run.step, "max_steps": run.max_steps,
+        "eta_seconds": run.eta_seconds, "errors": run.errors, "row": run.row(),
+        "points": len(m.series("loss")),
+        "charts": {
+            "loss": line_chart({"train loss": m.series("loss"), "eval loss": m.series("eval_loss")}, "loss"),
+            "lr": line_chart({"learning rate": m.series("learning_rate")}, "learning rate"),
+            "speed": line_chart({"tokens/s": m.series("tokens_per_s")}, "train tokens/s"),
+        },
+    }
+
+
+def artifacts(run: RunInfo) -> list[dict]:
+    """Exports (with their verification record, when written) and the adapter's model card."""
+    found = []
+    card = run.path / "adapter" / "README.md"
+    if card.is_file():
+        found.append({"name": "adapter/README.md (model card)", "text": card.read_text(encoding="utf-8")})
+    exports = run.path / "exports"
+    for item in sorted(exports.iterdir()) if exports.is_dir() else []:
+        if item.name.startswith("."):
+            continue
+        size = sum(f.stat().st_size for f in item.rglob("*") if f.is_file()) if item.is_dir() else item.stat().st_size
+        record = next((p for p in (item / "verification.json", item.with_suffix(".verification.json")) if p.is_file()),
+                      None)
+        found.append({"name": f"exports/{item.name} ({size / 2**20:.1f} MiB)",
+                      "text": record.read_text(encoding="utf-8") if record else "no verification record"})
+    return found
+
+
+def _sort_key(value: Any) -> tuple:
+    return (value is None, value if isinstance(value, (int, float)) else str(value or ""))
