@@ -10,12 +10,15 @@ import torch
 from peftsft.artifacts.export.template import stop_tokens
 
 
-def save_merged(model: torch.nn.Module, tokenizer, directory: Path, dtype: str) -> None:
+def save_merged(model: torch.nn.Module, tokenizer, directory: Path, dtype: str, base_id: str | None = None) -> None:
     """safetensors weights in `dtype`, config, tokenizer with the training chat template, and a generation
-    config that stops on the template's end-of-turn token as well as EOS."""
+    config that stops on the template's end-of-turn token as well as EOS. The config names the base's public id
+    (`base_model_name_or_path`, as in an adapter config) when it is known."""
     target = getattr(torch, dtype)
     model = model if model.dtype == target else copy.deepcopy(model).to(target)
     model.config.dtype = target
+    if base_id is not None:
+        model.config.base_model_name_or_path = base_id
     model.generation_config = generation_config(model, tokenizer)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
