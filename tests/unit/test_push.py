@@ -144,3 +144,25 @@ def test_an_unreachable_hub_is_one_clear_error(run_copy, hub, capsys):
     err = capsys.readouterr().err
     assert "not reachable" in err and "--dry-run" in err and "Traceback" not in err
     assert not [c for c in hub.calls if c[0] == "upload_folder"]
+
+
+def test_a_verified_gguf_is_staged_with_its_modelfile_and_a_gguf_card(run_copy, hub, capsys):
+    from huggingface_hub import ModelCard
+
+    from peftsft.artifacts.export.record import write_record
+    from peftsft.artifacts.export.verify import Check
+
+    gguf = run_copy / "exports" / "tiny.f16.gguf"  # stands in for a GGUF export: push reads only its record
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    gguf.with_suffix(".Modelfile").write_text("FROM ./tiny.f16.gguf\n")
+    write_record(gguf, "gguf", [Check("gguf f16", "float16", 1.0, 1e-4, 1e-5, 1.0, 3, 3)])
+    assert main(["push", str(run_copy), "--repo", "someone/tiny-gguf", "--what", "gguf", "--dry-run"]) == 0
+    folder = run_copy / "push" / "gguf"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "loss.png", "tiny.f16.Modelfile", "tiny.f16.gguf", "verification.json"]
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "gguf" and "gguf" in card.data.tags and card.data.base_model == TINY_BASE_ID
+    assert 'gguf_file="tiny.f16.gguf"' in card.text and "| gguf f16 | float16 |" in card.text
+    gguf.write_bytes(b"GGUF" + bytes(61))
+    assert main(["push", str(run_copy), "--repo", "someone/tiny-gguf", "--what", "gguf", "--dry-run"]) == 2
+    assert "changed after it was verified" in capsys.readouterr().err

@@ -176,12 +176,13 @@ class Exporter:
         return load_tuned(self.run, adapter_dir=directory), AutoTokenizer.from_pretrained(directory)
 
     def _export_merged(self, job: ExportJob) -> Path:
-        from peftsft.artifacts.export.merge import save_merged
+        from peftsft.artifacts.export.merge import name_base_model, save_merged
 
         dtype = job.dtype or default_dtype(self.run)
 
         def fill(tmp: Path) -> None:
-            save_merged(self.merged, self.tokenizer, tmp, dtype, self.run.recipe.model.base_id)
+            save_merged(self.merged, self.tokenizer, tmp, dtype)
+            name_base_model(tmp, self.run.recipe.model.base_id)
             shutil.copy2(self.run.path / RECIPE_FILE, tmp / RECIPE_FILE)
             checked = len(self.checks)
             self._check(f"merged {dtype}", dtype, lambda: load_merged_dir(tmp), job.out)
