@@ -103,7 +103,7 @@ def _introduction(recipe: Recipe, summary: dict, target: CardTarget) -> str:
 def _base_section(recipe: Recipe) -> str:
     lines = ["## Base model", ""]
     if recipe.model.base_id:
-        lines.append(f"`{recipe.model.base_id}` (`[model] base_id` of the recipe).")
+        lines.append(f"`{recipe.model.base_id}` (recorded as `[model] base_id` in the resolved recipe below).")
     else:
         lines.append("Unknown: the recipe's source names no Hub id, so this card and the adapter config cannot name "
                      "the base. Set `[model] base_id = \"OWNER/NAME\"` in the recipe and train again.")
@@ -113,7 +113,7 @@ def _base_section(recipe: Recipe) -> str:
         source = None
     if source is not None and source.kind == "gguf":
         lines.append(f"\nTrained on the GGUF file `{Path(source.location).name}`, dequantized to float32. On the "
-                     "original weights of the base the outputs differ slightly from the verified ones below.")
+                     "original weights of the base the outputs differ slightly from the ones peftsft verified.")
     if recipe.quantization.bits:
         lines.append(f"\nThe base was loaded in {recipe.quantization.bits} bits (bitsandbytes) while training.")
     return "\n".join(lines)
