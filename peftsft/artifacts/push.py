@@ -50,6 +50,7 @@ def push(request: PushRequest, console: Console) -> Path:
         token = hub_token()
         require_network()
     folder = request.out or run.path / "push" / request.what
+    check_staging_folder(folder, run, artifact)
     write_dir(folder, lambda tmp: stage(run, artifact, request.what, request.repo, tmp))
     print_folder(console, folder)
     if request.dry_run:
@@ -105,6 +106,17 @@ def hub_token() -> str:
         raise UserError("no Hugging Face token: nothing was uploaded",
                         hint="set HF_TOKEN or run `hf auth login` (a token with write access); " + NO_NETWORK)
     return token
+
+
+def check_staging_folder(folder: Path, run: TrainedRun, artifact: Path) -> None:
+    """The staging folder is replaced on every push: never a folder holding anything else."""
+    target = folder.resolve()
+    protected = (run.path.resolve(), run.adapter_dir.resolve(), artifact.resolve())
+    if any(target == p or target in p.parents for p in protected):
+        raise UserError(f"--out {folder}: would replace the run or its export", hint="choose a new folder")
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / RECORD).is_file())):
+        raise UserError(f"--out {folder} exists and is not an earlier push folder (it would be replaced)",
+                        hint="choose a new or empty folder")
 
 
 def require_network() -> None:

@@ -166,3 +166,15 @@ def test_a_verified_gguf_is_staged_with_its_modelfile_and_a_gguf_card(run_copy, 
     gguf.write_bytes(b"GGUF" + bytes(61))
     assert main(["push", str(run_copy), "--repo", "someone/tiny-gguf", "--what", "gguf", "--dry-run"]) == 2
     assert "changed after it was verified" in capsys.readouterr().err
+
+
+def test_staging_never_replaces_a_folder_holding_something_else(run_copy, hub, tmp_path, capsys):
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    for out, message in ((other, "not an earlier push folder"), (run_copy, "would replace the run")):
+        assert main(["push", str(run_copy), "--repo", "o/n", "--dry-run", "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "keep me"
+    again = ["push", str(run_copy), "--repo", "o/n", "--dry-run", "--out", str(tmp_path / "stage")]
+    assert main(again) == 0 and main(again) == 0  # an earlier push folder is replaced
