@@ -129,3 +129,21 @@ output_dir = "{directory / 'runs'}"
 
 def _persona_rows(n: int) -> list[str]:
     return PERSONA_TRAIN.read_text(encoding="utf-8").splitlines()[:n]
+
+
+TINY_BASE_ID = "peftsft-test/tiny-llama"  # the tiny model's stand-in public id (cards, push, Hub-cache loading)
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A finished 3-step LoRA run on the tiny model with verified adapter and merged exports in <run>/exports/."""
+    from rich.console import Console
+
+    from peftsft.artifacts.tasks import run
+    from peftsft.training.recipe import load_recipe
+
+    extra = ('sample_prompts = ["What is your name?"]\nsample_max_new_tokens = 4\n'
+             '[export]\nformats = ["adapter", "merged"]')
+    recipe = write_tiny_recipe(tmp_path_factory.mktemp("exported-run"), tiny_model_dir, extra)
+    overrides = [f'model.base_id="{TINY_BASE_ID}"', 'model.license="apache-2.0"', "data.eval_fraction=0.25"]
+    return Path(run(load_recipe(recipe, overrides), Console(quiet=True))["run_dir"])

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from peftsft.artifacts.card import write_run_card
 from peftsft.artifacts.evaluate import EvalRequest, evaluate_chat
 from peftsft.artifacts.evaluate_classification import evaluate_classifier
 from peftsft.artifacts.export.classification import export_classification, export_classification_after_training
@@ -36,10 +37,11 @@ class Task:
     export_after_training: Callable[[Recipe, Console], list[str]]  # the recipe's [export] formats
     evaluate: Callable[[EvalRequest, Console], Path]  # held-out scores, saved as JSON (returned: where)
     load: Callable[[str, str], Any]  # (run dir or model, device) -> a model ready for inference
+    write_card: Callable[[Path], Path] | None = None  # run dir -> adapter/README.md, the model card
 
 
 TASKS: dict[str, Task] = {
-    "chat": Task("chat", chat.train, export_chat, export_chat_after_training, evaluate_chat, load_chat),
+    "chat": Task("chat", chat.train, export_chat, export_chat_after_training, evaluate_chat, load_chat, write_run_card),
     "classification": Task(
         "classification", classification.train, export_classification, export_classification_after_training,
         evaluate_classifier, load_classifier,
@@ -74,6 +76,8 @@ def run(recipe: Recipe, console: Console, overwrite: bool = False, resume: str |
         if recipe.export.formats and main_process:
             summary["exports"] = task.export_after_training(recipe, console)
             write_json(recipe.run_dir / "summary.json", summary)
+        if task.write_card is not None and main_process:
+            task.write_card(recipe.run_dir)  # last: it shows the exports' verification too
     except BaseException as exc:
         if main_process and _running_here(recipe.run_dir):  # stops (NaN, Ctrl-C) have said why already
             first_line = str(exc).splitlines()[0] if str(exc) else ""

@@ -56,7 +56,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"[green]ok[/] {args.recipe}: model {recipe.model.source}, strategy {recipe.strategy.name}, "
         f"{len(recipe.data.datasets)} dataset(s) → {recipe.run_dir}"
     )
+    _print_base_identity(recipe)
     return 0
+
+
+def _print_base_identity(recipe) -> None:
+    """The base's public id the artifacts will name; unknown is a warning (the run still trains)."""
+    from peftsft.models import detect_base_identity
+
+    if recipe.model.base_id is not None:
+        console.print(f"base id: {recipe.model.base_id} ([model] base_id)")
+        return
+    identity = detect_base_identity(recipe.model.source)
+    if identity.id is not None:
+        console.print(f"base id: {identity.id} (from {identity.found_in})")
+    else:
+        console.print(f"[bold yellow]warning:[/] the base model's Hub id is unknown ({identity.found_in}): the adapter "
+                      "and its model card cannot name it; set [model] base_id = \"OWNER/NAME\"", highlight=False)
 
 
 def _value_at(resolved: dict, key: str) -> str:
@@ -90,6 +106,7 @@ COMMAND_MODULES: list[str] = [
     "peftsft.commands.data",
     "peftsft.commands.plan",
     "peftsft.commands.ui",
+    "peftsft.commands.push",
 ]
 
 

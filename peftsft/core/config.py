@@ -44,6 +44,10 @@ class ModelSection(Section):
         None, "the base model's public Hub id, written into the adapter config and model card; filled in from the "
         "GGUF's metadata, a Hub source or a local dir's config when left out"
     )
+    license: str | None = Key(
+        None, "license of the trained artifacts for the model card (a Hub license id such as apache-2.0); filled in "
+        "from the base GGUF's general.license when left out", pattern=r"^[a-z0-9][a-z0-9.+-]*$"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Key("auto", "weights dtype; auto: fp32 on CPU, bf16 on CUDA")
     attention: Literal["sdpa", "eager", "auto"] = Key("sdpa", "attention implementation (transformers)")
     trust_remote_code: bool = Key(False, "run code shipped with the model (never, unless the recipe says so)")

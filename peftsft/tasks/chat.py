@@ -81,7 +81,7 @@ def train(
 
     def finish() -> dict:
         """Main process: adapter, samples, plot and summary."""
-        write_dir(run_dir / "adapter", lambda tmp: save_adapter(model, tokenizer, tmp, strategy))
+        write_dir(run_dir / "adapter", lambda tmp: save_adapter(model, tokenizer, tmp, strategy, recipe.model.base_id))
         after = answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens)
         write_samples(run_dir / "samples.md", prompts, before, after)
         plot_loss(metrics.records, run_dir / "loss.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -12,6 +13,7 @@ from rich.console import Console
 from peftsft.core.config import Recipe, recipe_to_toml
 from peftsft.core.errors import TrainingStopped
 from peftsft.core.rundir import prepare_run_dir, write_json, write_text
+from peftsft.models import detect_base_identity
 from peftsft.training.callbacks import NonFiniteError, StopOnInterrupt
 from peftsft.training.report import versions
 from peftsft.training.resume import check_same_recipe, checkpoint_to_resume, checkpoints
@@ -30,6 +32,7 @@ def write_status(run_dir: Path, state: str, reason: str | None = None) -> None:
 
 def open_run_dir(recipe: Recipe, console: Console, overwrite: bool, resume, force: bool) -> Path | None:
     """Create the run dir (or check a resumed one) and write the resolved recipe; the checkpoint to resume."""
+    fill_base_identity(recipe, console)
     resolved = recipe_to_toml(recipe)
     checkpoint = None
     if resume:
@@ -41,6 +44,21 @@ def open_run_dir(recipe: Recipe, console: Console, overwrite: bool, resume, forc
     write_text(recipe.run_dir / "recipe.resolved.toml", resolved)
     write_status(recipe.run_dir, "running")
     return checkpoint
+
+
+def fill_base_identity(recipe: Recipe, console: Console) -> None:
+    """Fill `[model] base_id` (and `license`) from the source when the recipe leaves them out, once per run, so
+    recipe.resolved.toml, the adapter config and the model card all name the base's public id."""
+    if recipe.model.base_id is None or recipe.model.license is None:
+        identity = detect_base_identity(recipe.model.source)
+        if recipe.model.base_id is None and identity.id is not None:
+            recipe.model.base_id = identity.id
+            console.print(f"base id: {identity.id} (from {identity.found_in})")
+        if recipe.model.license is None and identity.license is not None:
+            recipe.model.license = identity.license
+    if recipe.model.base_id is None:
+        console.print("[bold yellow]warning:[/] the base model's Hub id is unknown: the adapter will name the local "
+                      "path of its base; set [model] base_id = \"OWNER/NAME\" to share it")
 
 
 def train_guarded(trainer, interrupt: StopOnInterrupt, checkpoint: Path | None, run_dir: Path):
@@ -80,13 +98,29 @@ def peak_memory_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def save_adapter(model, tokenizer, directory: Path, strategy=None) -> None:
-    """PEFT adapter (safetensors; as the strategy saves it) + tokenizer with the exact chat template used in training."""
+def save_adapter(model, tokenizer, directory: Path, strategy=None, base_id: str | None = None) -> None:
+    """PEFT adapter (safetensors; as the strategy saves it) + tokenizer with the exact chat template used in training.
+
+    The adapter config names the base by its public id (`base_id`) so that it loads on any machine; peftsft itself
+    reloads the base from recipe.resolved.toml's `[model] source`. peft's placeholder README goes: the model card
+    (peftsft.artifacts.card) is written from the finished run."""
     if strategy is not None:
         strategy.save(model, directory)
     else:
         model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+    if base_id is not None:
+        name_base_model(directory, base_id)
+    (directory / "README.md").unlink(missing_ok=True)
+
+
+def name_base_model(directory: Path, base_id: str) -> None:
+    """Set adapter_config.json's base_model_name_or_path (peft writes the local path it was loaded from)."""
+    config_file = directory / "adapter_config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = base_id
+        write_text(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def run_summary(recipe: Recipe, trainer, result, eval_metrics: dict, *, task: str, model_spec: str,

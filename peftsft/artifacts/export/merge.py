@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
 
 from peftsft.artifacts.export.template import stop_tokens
+from peftsft.core.rundir import write_json
 
 
 def save_merged(model: torch.nn.Module, tokenizer, directory: Path, dtype: str) -> None:
@@ -19,6 +21,14 @@ def save_merged(model: torch.nn.Module, tokenizer, directory: Path, dtype: str) 
     model.generation_config = generation_config(model, tokenizer)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+
+
+def name_base_model(directory: Path, base_id: str | None) -> None:
+    """The merged config names the base's public id (`base_model_name_or_path`, as an adapter config does)."""
+    config_file = directory / "config.json"
+    if base_id is not None and config_file.is_file():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        write_json(config_file, config | {"base_model_name_or_path": base_id})
 
 
 def generation_config(model, tokenizer):

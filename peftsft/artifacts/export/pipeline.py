@@ -21,6 +21,7 @@ from rich.console import Console
 from peftsft.core.errors import UserError
 from peftsft.core.rundir import write_dir
 from peftsft.artifacts.export.formats import DTYPES
+from peftsft.artifacts.export.record import check_entry, write_record
 from peftsft.artifacts.export.runs import (
     TrainedRun,
     base_gguf_file,
@@ -140,8 +141,20 @@ class Exporter:
             return self._export_merged(job)
         if job.format == "gguf":
             require_mergeable(self.run)
-            return self._export_gguf(job)
+            checked = len(self.checks)
+            path = self._export_gguf(job)
+            write_record(job.out, "gguf", self.checks[checked:])  # beside it; its card is written by `push`
+            return path
         return self._export_adapter(job)
+
+    def _seal(self, folder: Path, job: ExportJob, checked: int) -> None:
+        """An export dir's model card and verification record, written before the dir moves into place."""
+        from peftsft.artifacts.card import CardTarget, write_card
+
+        checks = self.checks[checked:]
+        target = CardTarget(job.format, str(job.out.resolve()), checks=tuple(check_entry(c) for c in checks))
+        write_card(self.run.path, folder, target)
+        write_record(job.out, job.format, checks, where=folder)
 
     def _export_adapter(self, job: ExportJob) -> Path:
         def fill(tmp: Path) -> None:
@@ -149,7 +162,9 @@ class Exporter:
                 if (self.run.adapter_dir / name).is_file():
                     shutil.copy2(self.run.adapter_dir / name, tmp / name)
             shutil.copy2(self.run.path / RECIPE_FILE, tmp / RECIPE_FILE)
+            checked = len(self.checks)
             self._check("adapter", "float32", lambda: self._load_adapter(tmp), job.out)
+            self._seal(tmp, job, checked)
             tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
 
         write_dir(job.out, fill)
@@ -161,14 +176,17 @@ class Exporter:
         return load_tuned(self.run, adapter_dir=directory), AutoTokenizer.from_pretrained(directory)
 
     def _export_merged(self, job: ExportJob) -> Path:
-        from peftsft.artifacts.export.merge import save_merged
+        from peftsft.artifacts.export.merge import name_base_model, save_merged
 
         dtype = job.dtype or default_dtype(self.run)
 
         def fill(tmp: Path) -> None:
             save_merged(self.merged, self.tokenizer, tmp, dtype)
+            name_base_model(tmp, self.run.recipe.model.base_id)
             shutil.copy2(self.run.path / RECIPE_FILE, tmp / RECIPE_FILE)
+            checked = len(self.checks)
             self._check(f"merged {dtype}", dtype, lambda: load_merged_dir(tmp), job.out)
+            self._seal(tmp, job, checked)
             tmp.chmod(0o755)
 
         write_dir(job.out, fill)
