@@ -14,6 +14,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
+from peftsft.artifacts.export.record import record_path
 from peftsft.artifacts.ui.charts import line_chart
 from peftsft.artifacts.ui.runs import RunInfo, flatten_recipe, read_run, recipe_differences, scan_runs
 from peftsft.core.errors import UserError
@@ -165,11 +166,10 @@ def artifacts(run: RunInfo) -> list[dict]:
         found.append({"name": "adapter/README.md (model card)", "text": card.read_text(encoding="utf-8")})
     exports = run.path / "exports"
     for item in sorted(exports.iterdir()) if exports.is_dir() else []:
-        if item.name.startswith("."):
+        if item.name.startswith(".") or item.name.endswith(".verification.json"):
             continue
         size = sum(f.stat().st_size for f in item.rglob("*") if f.is_file()) if item.is_dir() else item.stat().st_size
-        record = next((p for p in (item / "verification.json", item.with_suffix(".verification.json")) if p.is_file()),
-                      None)
+        record = record_path(item) if record_path(item).is_file() else None
         found.append({"name": f"exports/{item.name} ({size / 2**20:.1f} MiB)",
                       "text": record.read_text(encoding="utf-8") if record else "no verification record"})
     return found
