@@ -89,6 +89,7 @@ COMMAND_MODULES: list[str] = [
     "peftsft.commands.classify",
     "peftsft.commands.data",
     "peftsft.commands.plan",
+    "peftsft.commands.serve",
 ]
 
 
