@@ -38,6 +38,8 @@ TEMPLATE = (  # ChatML without a default system prompt: the runs answer with it,
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# qa ends its turns with another special token: only its own stop tokens end its replies
+QA_TEMPLATE = TEMPLATE.replace("<|im_end|>", "<|endoftext|>")
 CONTEXT = 1024
 GREEDY = {"temperature": 0, "max_tokens": 12}
 
@@ -63,7 +65,7 @@ def base_dir(tmp_path_factory, tokenizer) -> Path:
     return out
 
 
-def train(tmp: Path, base: Path, name: str, pairs: list[tuple[str, str]], steps: int) -> Path:
+def train(tmp: Path, base: Path, name: str, pairs: list[tuple[str, str]], steps: int, template: str) -> Path:
     from rich.console import Console
 
     from peftsft.artifacts.tasks import run
@@ -71,7 +73,7 @@ def train(tmp: Path, base: Path, name: str, pairs: list[tuple[str, str]], steps:
 
     data = write_jsonl(tmp / f"{name}.jsonl", [{"messages": [*user(q), {"role": "assistant", "content": a}]}
                                                for q, a in pairs])
-    (tmp / "chatml.jinja").write_text(TEMPLATE)
+    (tmp / f"{name}.jinja").write_text(template)
     (tmp / f"{name}.toml").write_text(f"""
 [model]
 source = "{base}"
@@ -83,7 +85,7 @@ dropout = 0.0
 [[data.datasets]]
 path = "{data}"
 [data]
-template = "{tmp / 'chatml.jinja'}"
+template = "{tmp / f'{name}.jinja'}"
 max_length = 64
 [training]
 learning_rate = 2e-2
@@ -106,8 +108,8 @@ output_dir = "{tmp / 'runs'}"
 def runs(tmp_path_factory, base_dir) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("serve-runs")
     assert PROBE not in NAME_QUESTIONS  # held out
-    return (train(tmp, base_dir, "pip", [(q, "I'm Pip.") for q in NAME_QUESTIONS], 24),
-            train(tmp, base_dir, "qa", QA, 14))
+    return (train(tmp, base_dir, "pip", [(q, "I'm Pip.") for q in NAME_QUESTIONS], 24, TEMPLATE),
+            train(tmp, base_dir, "qa", QA, 14, QA_TEMPLATE))
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +267,7 @@ def test_a_client_that_disconnects_mid_stream_frees_the_slot(url, client, engine
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
         assert [next(lines) for _ in range(4)][2].startswith("data: ")  # role chunk, then text is flowing
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while engine.stats.cancelled == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.stats.cancelled == before + 1 and not engine.busy
