@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StoppingCriteriaList, TextStreamer
 
 from peftsft.artifacts.serve.adapters import BASE, ServedModel, context_length, load_models
 from peftsft.artifacts.serve.stops import StopTrimmer
@@ -262,8 +263,6 @@ class Engine:
                 self.busy = False
 
     def _generate(self, job: _Job) -> Completion:
-        from transformers import StoppingCriteriaList
-
         served, generation = job.served, job.generation
         trimmer = StopTrimmer(job.stops)
 
@@ -319,17 +318,16 @@ class _StopWhenSet:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def _PieceStreamer(tokenizer, on_text):  # noqa: N802 (a class made on first use: transformers loads lazily)
-    from transformers import TextStreamer
+class _PieceStreamer(TextStreamer):
+    """transformers' incremental decoding (whole words, no special tokens), handing each piece to `on_text`."""
 
-    class PieceStreamer(TextStreamer):
-        """transformers' incremental decoding (whole words, no special tokens), handing each piece on."""
+    def __init__(self, tokenizer, on_text):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
 
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                on_text(text)
-
-    return PieceStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.on_text(text)
 
 
 def _check_sampling(temperature: float, top_p: float) -> None:
