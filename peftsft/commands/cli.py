@@ -107,6 +107,7 @@ COMMAND_MODULES: list[str] = [
     "peftsft.commands.plan",
     "peftsft.commands.ui",
     "peftsft.commands.push",
+    "peftsft.commands.serve",
 ]
 
 

@@ -1,0 +1,132 @@
+"""Load what `serve` answers with: one base model, every run's adapter on it, each run's own tokenizer and stops.
+
+All runs must share one base (same `[model]` and `[quantization]`): it is loaded once, and each run's adapter is
+added to it with peft's multi-adapter API, so N runs cost one base plus N small adapters. The model id `base` is
+the base with every adapter switched off, answering with the base's own tokenizer and chat template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftsft.artifacts.export.template import stop_tokens
+from peftsft.core.errors import UserError
+from peftsft.loading import ADAPTER_DIR, RECIPE_FILE, is_run_dir, read_run_recipe
+
+BASE = "base"
+DEFAULT_CONTEXT = 2048  # when neither the model config nor the tokenizer states one
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model id: the adapter to switch on (None: the base alone), its tokenizer, template and stops."""
+
+    id: str
+    adapter: str | None  # peft's name for it (run names may hold characters peft's module keys cannot)
+    tokenizer: Any
+    stop_ids: tuple[int, ...]
+    system_prompt: str | None
+    source: str  # the run dir, or the base model's source
+
+
+@dataclass(frozen=True)
+class _Run:
+    id: str
+    path: Path
+    recipe: Any
+
+
+def load_models(run_dirs: list[str | Path], device: str) -> tuple[Any, dict[str, ServedModel]]:
+    """(the peft model holding every adapter on one base, {model id: ServedModel}) for the given run dirs."""
+    from peftsft.models import load_model, load_tokenizer
+
+    runs = [_read_run(Path(d)) for d in run_dirs]
+    _check_ids(runs)
+    _check_one_base(runs)
+    first = runs[0].recipe
+    base, base_tokenizer, _ = load_model(first.model, first.quantization, device)
+    model = _add_adapters(base, runs)
+    served = {BASE: _served(BASE, None, base_tokenizer, None, first.model.source)}
+    for index, run in enumerate(runs):
+        tokenizer = load_tokenizer(str(run.path / ADAPTER_DIR), run.recipe.model)
+        system = getattr(run.recipe.data, "system_prompt", None)
+        served[run.id] = _served(run.id, _adapter_name(index), tokenizer, system, str(run.path))
+    return model.eval(), served
+
+
+def context_length(model, tokenizer) -> int:
+    """Tokens the model attends over: its config's position limit, else the tokenizer's, else a default."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    known = [n for n in limits if isinstance(n, int) and 0 < n < 10**7]  # tokenizers say 1e30 when they do not know
+    return min(known) if known else DEFAULT_CONTEXT
+
+
+def _served(model_id, adapter, tokenizer, system, source) -> ServedModel:
+    stops = tuple(token_id for token_id, _ in stop_tokens(tokenizer))
+    return ServedModel(model_id, adapter, tokenizer, stops, system, source)
+
+
+def _adapter_name(index: int) -> str:
+    return f"run{index}"
+
+
+def _read_run(path: Path) -> _Run:
+    if not is_run_dir(path):
+        raise UserError(f"{path}: not a run dir (no {RECIPE_FILE})", hint="serve takes run dirs made by `peftsft run`")
+    recipe = read_run_recipe(path / RECIPE_FILE)
+    if recipe.task != "chat":
+        raise UserError(f"{path} is a {recipe.task} run: it does not answer chat messages",
+                        hint="serve chat runs only")
+    if not (path / ADAPTER_DIR / "adapter_config.json").is_file():
+        whole = (path / ADAPTER_DIR / "config.json").is_file()
+        raise UserError(
+            f"{path}: " + ("the run trained every weight, so there is no adapter to put on a shared base"
+                           if whole else f"incomplete run dir, {ADAPTER_DIR}/adapter_config.json is missing"),
+            hint="serve runs of adapter strategies (lora, dora, ia3, ...)" if whole else "did the run finish?",
+        )
+    return _Run(path.resolve().name, path, recipe)
+
+
+def _check_ids(runs: list[_Run]) -> None:
+    ids = [run.id for run in runs]
+    if BASE in ids:
+        raise UserError(f"a run dir is named {BASE!r}, which is the id of the base model",
+                        hint="rename the run dir (its folder name is its model id)")
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise UserError(f"two run dirs have the same name {duplicates[0]!r} (a run's folder name is its model id)",
+                        hint="rename one of the run dirs")
+
+
+def _base_of(recipe) -> dict:
+    """What makes two runs' bases the same model in memory (base_id and adapter dtype are only labels/adapters)."""
+    return {"model": recipe.model.model_dump(exclude={"base_id"}),
+            "quantization": recipe.quantization.model_dump(exclude={"adapter_dtype"})}
+
+
+def _check_one_base(runs: list[_Run]) -> None:
+    first = _base_of(runs[0].recipe)
+    for run in runs[1:]:
+        if _base_of(run.recipe) != first:
+            raise UserError(
+                f"{run.path} was trained on another base than {runs[0].path}: "
+                f"[model] source {run.recipe.model.source!r} vs {runs[0].recipe.model.source!r}"
+                " (or its dtype / [quantization] differs)",
+                hint="serve runs of one base together; start one server per base",
+            )
+
+
+def _add_adapters(base, runs: list[_Run]):
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, str(runs[0].path / ADAPTER_DIR), adapter_name=_adapter_name(0),
+                                      is_trainable=False)
+    for index, run in enumerate(runs[1:], start=1):
+        try:
+            model.load_adapter(str(run.path / ADAPTER_DIR), adapter_name=_adapter_name(index), is_trainable=False)
+        except ValueError as exc:  # peft refuses to mix adapter types (LoRA with prefix tuning, ...) on one model
+            raise UserError(f"{run.path}: its adapter cannot share a base with {runs[0].path}'s: {exc}",
+                            hint="serve runs of the same adapter family together") from None
+    return model

@@ -1,0 +1,104 @@
+"""OpenAI's chat-completions wire format: the request schema (pydantic) and the response / chunk bodies."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from peftsft.artifacts.serve.engine import Completion
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # name, tool_call_id, ...: accepted, not used
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        """{"role", "content"} as chat templates take it; `developer` is OpenAI's newer name for `system`."""
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The fields of POST /v1/chat/completions that are honoured; other OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int | None) -> int | None:
+        if n not in (None, 1):
+            raise ValueError("only n = 1 is supported")
+        return n
+
+    def engine_options(self) -> dict:
+        """Keyword arguments for Engine.astream (unset fields take OpenAI's defaults there)."""
+        options = {"max_tokens": self.max_completion_tokens or self.max_tokens, "stop": self.stop, "seed": self.seed,
+                   "temperature": self.temperature, "top_p": self.top_p}
+        return {key: value for key, value in options.items() if value is not None}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def new_id() -> tuple[str, int]:
+    return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+
+def usage(completion: Completion) -> dict:
+    return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens}
+
+
+def completion_body(ident: str, created: int, model: str, completion: Completion) -> dict:
+    return {
+        "id": ident, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
+                     "logprobs": None, "finish_reason": completion.finish_reason}],
+        "usage": usage(completion),
+    }
+
+
+def chunk_body(ident: str, created: int, model: str, delta: dict | None, finish_reason: str | None = None,
+               completion: Completion | None = None) -> dict:
+    """One streamed chunk: a delta (role first, then content pieces), the finish reason, or (choices empty) usage."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+    body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": None, "choices": choices}
+    if completion is not None:
+        body["usage"] = usage(completion)
+    return body
+
+
+def model_list(ids: list[str], created: int) -> dict:
+    return {"object": "list", "data": [model_card(i, created) for i in ids]}
+
+
+def model_card(model_id: str, created: int) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "peftsft"}
