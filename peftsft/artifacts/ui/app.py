@@ -1,7 +1,7 @@
 """The dashboard's FastAPI app: server-rendered pages over a runs folder, a JSON feed for live updates.
 
-Read-only over run dirs, except the chat page, which generates with the run's model (loaded once per run, the
-base reached by switching the adapter off — the same `peftsft.loading` the `chat` command uses).
+Read-only over run dirs, except the chat page, which generates through the `serve` engine (one per run, loaded on
+first use; the base is the adapter switched off).
 """
 
 from __future__ import annotations
@@ -25,28 +25,27 @@ SORTABLE = ("name", "status", "strategy", "model", "steps", "train_loss", "eval_
 
 
 class ChatBackend:
-    """Tuned and base answers for a run, one generation at a time (models stay loaded between requests)."""
+    """Tuned and base answers for a run through the `serve` engine (peftsft.artifacts.serve.Engine): one engine per
+    run, loaded on first use; its queue runs one generation at a time, and `base` is the adapter switched off."""
 
     def __init__(self, device: str = "cpu", max_new_tokens: int = 64) -> None:
         self.device, self.max_new_tokens = device, max_new_tokens
-        self._loaded: dict[Path, Any] = {}
+        self._engines: dict[Path, Any] = {}
         self._lock = threading.Lock()
 
-    def answers(self, run_dir: Path, prompt: str) -> dict[str, str]:
-        from peftsft.generation import Sampling, answer
-        from peftsft.loading import load
+    def engine(self, run_dir: Path):
+        from peftsft.artifacts.serve import Engine
 
         with self._lock:
-            if run_dir not in self._loaded:
-                self._loaded[run_dir] = load(str(run_dir), self.device)
-            loaded = self._loaded[run_dir]
-            messages = [{"role": "user", "content": prompt}]
-            sampling = Sampling(max_new_tokens=self.max_new_tokens, temperature=0.0)
-            replies = {}
-            for side in ("tuned", "base"):
-                with loaded.use(side) as model:
-                    replies[side] = answer(model, loaded.tokenizer, messages, sampling=sampling)
-            return replies
+            if run_dir not in self._engines:
+                self._engines[run_dir] = Engine.load([run_dir], self.device, self.max_new_tokens)
+            return self._engines[run_dir]
+
+    def answers(self, run_dir: Path, prompt: str) -> dict[str, str]:
+        engine = self.engine(run_dir)
+        messages = [{"role": "user", "content": prompt}]
+        return {side: engine.complete(model, messages, max_tokens=self.max_new_tokens, temperature=0).text
+                for side, model in (("tuned", run_dir.name), ("base", "base"))}
 
 
 def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
@@ -139,6 +138,11 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
             return await anyio.to_thread.run_sync(chat.answers, run.path, prompt)
         except UserError as exc:
             return JSONResponse({"error": exc.message}, status_code=422)
+        except Exception as exc:  # the engine's ServeError (prompt too long, …): its OpenAI-style message
+            status = getattr(exc, "status", None)
+            if status is None:
+                raise
+            return JSONResponse({"error": str(exc)}, status_code=status)
 
     return app
 
