@@ -119,7 +119,7 @@ class DataSection(Section):
     eval_path: str | None = Key(None, "a separate held-out file (read like the first dataset: format, fields, roles)")
     eval_fraction: float = Key(0.0, "or a fraction of the training rows split off for evaluation", ge=0.0, lt=1.0)
     template: str = Key(
-        "auto", "chat template: auto (the tokenizer's own), a built-in (chatml, llama3, smollm2) or a .jinja file"
+        "auto", "chat template: auto (the tokenizer's own), a built-in (chatml, hermes, llama3, smollm2) or a .jinja file"
     )
     masking: Literal["assistant", "all", "last_turn"] = Key(
         "assistant", "which tokens carry loss: every assistant reply, everything, or the last reply only"

@@ -176,10 +176,11 @@ def check_contract(tokenizer, train_ds, eval_ds, stats, data, attention: str) ->
         _every_sample_supervised([ds for ds in (train_ds, eval_ds) if ds is not None]),
         _end_of_turn_supervised(stats),
         _no_prompt_supervised(stats, data.masking),
-        _tool_masks(stats, data.masking),
         _packing_isolated(train_ds, data, attention),
         _template_saved_identically(tokenizer, stats),
     ]
+    if stats.checks.get("tool_rows"):  # shown only for data with tools
+        checks.append(_tool_masks(stats, data.masking))
     eot = stats.template.get("end_of_turn")
     if eot and (n := end_of_turn_tokens(tokenizer, eot)) > 1:
         checks.append(
@@ -229,8 +230,6 @@ def _no_prompt_supervised(stats, masking: str) -> Check:
 def _tool_masks(stats, masking: str) -> Check:
     name = "tool calls supervised, schemas and results not"
     checks = stats.checks
-    if not checks.get("tool_rows"):
-        return Check(name, "n/a", "no tool schemas, calls or results in the data")
     if masking == "all":
         return Check(name, "n/a", 'masking = "all" trains on schemas and tool results by choice')
     missed = checks["calls_missed"]

@@ -7,10 +7,10 @@ of tool schemas — bare {name, description, parameters} and OpenAI {"type": "fu
                       function (`function_call` turn, {"name", "arguments"} JSON) — some followed by the
                       tool's result (`observation`) and the final answer — plus requests no tool can serve,
                       answered in plain text
-  tools_eval.jsonl    ~60 single-turn rows built only from held-out phrasings (the reference is the call,
+  tools_eval.jsonl    40 single-turn rows built only from held-out phrasings (the reference is the call,
                       or a plain answer when no call is needed)
 
-Every row offers three of the five tools (the right one plus distractors, shuffled), so the model must
+Every row offers two of the five tools (the right one plus a distractor, shuffled), so the model must
 pick by name. Stdlib only and seeded: running it twice gives byte-identical files.
 """
 
@@ -22,9 +22,9 @@ SEED = 2112
 N_CALLS_PER_FUNCTION = 48
 N_FOLLOW_UPS = 30  # call → tool result → final answer
 N_NO_CALL = 45
-N_EVAL_CALLS_PER_FUNCTION = 10
+N_EVAL_CALLS_PER_FUNCTION = 6
 N_EVAL_NO_CALL = 10
-TOOLS_PER_ROW = 3
+TOOLS_PER_ROW = 2
 OUT_DIR = Path(__file__).resolve().parent
 
 

@@ -1,6 +1,8 @@
 """Tool calling: schemas in the prompt, structured calls in the data, masks, parsing, the eval metric, recipes."""
 
 import json
+from dataclasses import asdict
+from types import SimpleNamespace
 
 import pytest
 
@@ -8,7 +10,7 @@ from peftsft.artifacts.evaluate_tools import tool_metrics
 from peftsft.core.config import DataSection, DatasetSpec
 from peftsft.core.errors import UserError
 from peftsft.data.build import DataStats, build_datasets, load_items
-from peftsft.data.contract import ReplyChecks
+from peftsft.data.contract import ReplyChecks, _tool_masks
 from peftsft.data.formats import to_messages
 from peftsft.data.masking import IGNORE, encode
 from peftsft.data.templates import BUILTINS, end_of_turn, generation_header, render
@@ -126,6 +128,8 @@ def test_contract_checks_calls_supervised_and_schemas_results_not(hermes):
     bad = ReplyChecks()
     bad.observe(hermes, messages, leaky, "assistant", markers, "d.jsonl:1")
     assert bad.tool_text_supervised >= 2 and any("schema or result" in e for e in bad.examples)
+    assert _tool_masks(SimpleNamespace(checks=asdict(good)), "assistant").status == "ok"
+    assert _tool_masks(SimpleNamespace(checks=asdict(bad)), "assistant").status == "FAIL"
     # a mask that misses the call is caught
     blind = encode(hermes, messages, "assistant", max_length=1024)
     call_end = sample.text.rindex("</tool_call>")  # the reply's (the first is in the system prompt)
@@ -133,6 +137,7 @@ def test_contract_checks_calls_supervised_and_schemas_results_not(hermes):
     missed = ReplyChecks()
     missed.observe(hermes, messages, blind, "assistant", markers, "d.jsonl:1")
     assert missed.calls_missed == 1
+    assert _tool_masks(SimpleNamespace(checks=asdict(missed)), "assistant").status == "FAIL"
 
 
 def test_build_refuses_a_template_that_drops_tools(tmp_path, hermes, tokenizer):
