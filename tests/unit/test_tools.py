@@ -101,7 +101,8 @@ def test_schemas_render_into_the_prompt(hermes):
     text = render(hermes, messages[:1], add_generation_prompt=True, tools=messages.tools)
     assert "<tools>" in text and '"name": "get_weather"' in text and "Start a countdown timer." in text
     assert "<tools>" not in render(hermes, messages[:1], add_generation_prompt=True)  # a plain list: no tools
-    full = render(hermes, messages)
+    full = render(hermes, messages)  # a ToolChat carries its schemas into every render
+    assert full.count('"name": "set_timer"') == 1
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>' in full
     assert f"<tool_response>\n{RESULT}\n</tool_response>" in full
 
@@ -260,3 +261,19 @@ def test_shipped_tool_calling_recipe_validates():
 
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "tool-calling-lora.toml")
     assert recipe.data.template == "hermes" and recipe.data.datasets[0].format == "sharegpt"
+
+
+def test_eval_scores_tool_rows_end_to_end_on_a_tiny_model(tiny_model_dir, hermes):
+    from transformers import AutoModelForCausalLM
+
+    from peftsft.artifacts.evaluate import EvalRow, evaluate_model
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    call_row = to_messages(sharegpt_row(), "sharegpt")[:2]
+    rows = [EvalRow(ToolChat(call_row, normalize_tools([WEATHER]))),
+            EvalRow(ToolChat([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                             normalize_tools([TIMER])))]
+    assert rows[0].reference is None and rows[0].answerable and "<tools>" in render(hermes, rows[0].prompt)
+    metrics, predictions = evaluate_model(model, hermes, rows, max_length=512, max_new_tokens=4, batch_size=2)
+    assert len(predictions) == 2 and metrics["tool_call_rows"] == 1 and metrics["no_call_rows"] == 1
+    assert metrics["tool_name_accuracy"] == 0.0 and "eval_loss" in metrics and "exact_match" in metrics
