@@ -347,7 +347,7 @@ def prompt_messages(row: dict, where: str) -> list[dict[str, str]]:
     if messages[-1]["role"] == "assistant":
         messages = messages[:-1]
     if not messages or messages[-1]["role"] not in ("user", "tool"):
-        raise UserError(f"{where}: the conversation must end with a user (or tool) turn to answer", hint=hint)
+        raise UserError(f"{where}: the conversation must end with a user turn (or a tool result) to answer", hint=hint)
     return messages
 
 

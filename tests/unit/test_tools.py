@@ -277,3 +277,21 @@ def test_eval_scores_tool_rows_end_to_end_on_a_tiny_model(tiny_model_dir, hermes
     metrics, predictions = evaluate_model(model, hermes, rows, max_length=512, max_new_tokens=4, batch_size=2)
     assert len(predictions) == 2 and metrics["tool_call_rows"] == 1 and metrics["no_call_rows"] == 1
     assert metrics["tool_name_accuracy"] == 0.0 and "eval_loss" in metrics and "exact_match" in metrics
+
+
+def test_chat_keeps_parsed_calls_in_the_history_and_reads_tools_file(tmp_path, hermes, tokenizer):
+    from peftsft.commands.chat import Conversation, _parse_reply, read_tools
+
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    history, calls = _parse_reply(hermes, text)
+    assert history["tool_calls"] == calls and calls[0]["function"]["name"] == "get_weather"
+    assert _parse_reply(tokenizer, text)[0] == {"role": "assistant", "content": text}  # no tool support: kept as text
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps([WEATHER]))
+    chat = Conversation(tools=read_tools(str(path)))
+    chat.add({"role": "user", "content": "Weather in Oslo?"}, history)
+    prompt = chat.with_turn({"role": "tool", "content": RESULT})
+    assert "<tools>" in render(hermes, prompt, add_generation_prompt=True) and prompt[-1]["role"] == "tool"
+    path.write_text("[{")
+    with pytest.raises(UserError, match="--tools .*not valid JSON"):
+        read_tools(str(path))
