@@ -1,4 +1,8 @@
-"""Answer chat prompts with a model, using its tokenizer's chat template: one reply, a stream, or a batch."""
+"""Answer chat prompts with a model, using its tokenizer's chat template: one reply, a stream, or a batch.
+
+Every entry point takes the tool schemas to offer (`tools=`, default: those a `data.tools.ToolChat` carries);
+`reply_message(text)` turns a reply into an OpenAI assistant message with `tool_calls` (for chat, generate, serve).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+from peftsft.data.templates import render
+from peftsft.data.tools import ParsedReply, parse_tool_calls, tools_of
+
+__all__ = [
+    "ParsedReply", "Sampling", "answer", "answer_batch", "answer_prompts", "chat_inputs", "inference_mode",
+    "parse_tool_calls", "reply_message", "stream_answer",
+]
 
 
 @dataclass(frozen=True)
@@ -31,11 +43,17 @@ class Sampling:
         return kwargs | dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
 
-def chat_inputs(tokenizer, messages: list[dict[str, str]], device) -> dict:
-    """Token ids of a conversation rendered with the chat template, ending in the assistant's turn."""
+def chat_inputs(tokenizer, messages: list[dict], device, tools: list[dict] | None = None) -> dict:
+    """Token ids of a conversation rendered with the chat template (and its tools), ending in the assistant's turn."""
     return tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        list(messages), tools=tools or tools_of(messages), add_generation_prompt=True, return_tensors="pt",
+        return_dict=True,
     ).to(device)
+
+
+def reply_message(text: str) -> dict:
+    """A model's reply as an OpenAI assistant message: `<tool_call>` blocks parsed into `tool_calls`."""
+    return parse_tool_calls(text).message()
 
 
 @contextmanager
@@ -51,11 +69,12 @@ def inference_mode(model):
 
 
 def answer(
-    model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 64, sampling: Sampling | None = None
+    model, tokenizer, messages: list[dict], max_new_tokens: int = 64, sampling: Sampling | None = None,
+    tools: list[dict] | None = None,
 ) -> str:
     """Reply to a conversation (greedy unless `sampling` says otherwise), without special tokens."""
     sampling = sampling or Sampling(max_new_tokens=max_new_tokens)
-    inputs = chat_inputs(tokenizer, messages, model.device)
+    inputs = chat_inputs(tokenizer, messages, model.device, tools)
     with inference_mode(model):
         output = model.generate(**inputs, **sampling.generate_kwargs(tokenizer))
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
@@ -76,12 +95,12 @@ def answer_batch(
 
 
 def _answer_padded(model, tokenizer, conversations, sampling: Sampling) -> list[str]:
+    # rendered one by one: apply_chat_template takes one `tools` list per batch, and each row has its own
+    texts = [render(tokenizer, messages, add_generation_prompt=True) for messages in conversations]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        inputs = tokenizer.apply_chat_template(
-            conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-        ).to(model.device)
+        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
     finally:
         tokenizer.padding_side = side
     with inference_mode(model):
@@ -100,11 +119,13 @@ class _StopWhenSet:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def stream_answer(model, tokenizer, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
+def stream_answer(
+    model, tokenizer, messages: list[dict], sampling: Sampling, tools: list[dict] | None = None
+) -> Iterator[str]:
     """Yield the reply's text piece by piece as it is generated (generation runs in a worker thread)."""
     from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-    inputs = chat_inputs(tokenizer, messages, model.device)
+    inputs = chat_inputs(tokenizer, messages, model.device, tools)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop, failure = threading.Event(), []
 

@@ -3,7 +3,7 @@ reference (each row's last assistant message), for the base and the tuned model 
 
 Answer metrics compare texts normalised the usual (SQuAD) way: lowercase, punctuation removed, whitespace
 collapsed. ROUGE-L (F-measure, `rouge-score`) and BLEU (corpus-level, 0-100, `sacrebleu`, effective n-gram
-order) use the raw texts.
+order) use the raw texts. Rows that offer tools are also scored on their tool calls (evaluate_tools.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from peftsft.artifacts.evaluate_tools import TOOL_METRICS, expected_calls, tool_metrics
 from peftsft.core.errors import UserError
+from peftsft.data.tools import tools_of, with_tools
 
 ANSWER_METRICS = ("exact_match", "contains_reference", "token_f1", "rouge_l", "bleu")
 LOWER_IS_BETTER = {"eval_loss", "perplexity"}
@@ -139,11 +141,17 @@ class EvalRow:
     @property
     def reference(self) -> str | None:
         last = self.messages[-1] if isinstance(self.messages, list) else None
+        if last and last.get("tool_calls"):  # a tool call is scored by evaluate_tools, not as text
+            return None
         return last["content"] if last and last["role"] == "assistant" and isinstance(last["content"], str) else None
 
     @property
+    def answerable(self) -> bool:
+        return bool(self.prompt) and (self.reference is not None or bool(expected_calls(self.messages)))
+
+    @property
     def prompt(self) -> list[dict]:
-        return self.messages[:-1] if isinstance(self.messages, list) else []
+        return with_tools(self.messages[:-1], tools_of(self.messages)) if isinstance(self.messages, list) else []
 
 
 def held_out_conversations(recipe, data_path: str | None) -> tuple[list, str]:
@@ -175,7 +183,8 @@ def with_system(conversations: list, system: str | None) -> list:
     if not system:
         return conversations
     head = [{"role": "system", "content": system}]
-    return [c if isinstance(c, str) or c[0]["role"] == "system" else head + c for c in conversations]
+    return [c if isinstance(c, str) or c[0]["role"] == "system" else with_tools(head + c, tools_of(c))
+            for c in conversations]
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -186,11 +195,13 @@ def evaluate_model(model, tokenizer, rows: list[EvalRow], max_length: int, max_n
     from peftsft.generation import Sampling, answer_batch
 
     metrics = assistant_loss(model, tokenizer, [r.messages for r in rows], max_length, batch_size)
-    answerable = [r for r in rows if r.reference is not None and r.prompt]
+    answerable = [r for r in rows if r.answerable]
     predictions = answer_batch(
         model, tokenizer, [r.prompt for r in answerable], Sampling(max_new_tokens=max_new_tokens), batch_size
     )
-    metrics |= answer_metrics(predictions, [r.reference for r in answerable])
+    texts = [(p, r.reference) for p, r in zip(predictions, answerable) if r.reference is not None]
+    metrics |= answer_metrics([p for p, _ in texts], [ref for _, ref in texts])
+    metrics |= tool_metrics(predictions, [r.messages for r in answerable])
     return metrics, predictions
 
 
@@ -203,12 +214,18 @@ def run_eval(loaded, rows: list[EvalRow], compare: bool, max_length: int, max_ne
             results[side], predictions[side] = evaluate_model(
                 model, loaded.tokenizer, rows, max_length, max_new_tokens, batch_size
             )
-    answerable = [r for r in rows if r.reference is not None and r.prompt]
+    answerable = [r for r in rows if r.answerable]
     samples = [
-        {"prompt": r.prompt, "reference": r.reference, **{side: predictions[side][i] for side in predictions}}
+        {"prompt": list(r.prompt), "reference": r.reference, **_expected(r),
+         **{side: predictions[side][i] for side in predictions}}
         for i, r in enumerate(answerable)
     ]
     return {"results": results, "answers": samples, "answered_rows": len(answerable)}
+
+
+def _expected(row: EvalRow) -> dict:
+    calls = expected_calls(row.messages)
+    return {"expected_tool_calls": [{"name": n, "arguments": a} for n, a in calls]} if calls else {}
 
 
 def evaluate_chat(request: EvalRequest, console: Console) -> Path:
@@ -247,7 +264,7 @@ def results_table(results: dict[str, dict], title: str) -> Table:
     compare = len(results) == 2
     if compare:
         table.add_column("change", justify="right")
-    for metric in ("eval_loss", "perplexity", *ANSWER_METRICS):
+    for metric in ("eval_loss", "perplexity", *ANSWER_METRICS, *TOOL_METRICS):
         values = [results[side].get(metric) for side in results]
         if values[0] is None:
             continue

@@ -2,6 +2,8 @@
 
 Both talk to a run dir, a merged dir or any model source (see loading.py) with the chat template the model
 was trained with. `--compare-base` answers with the base model and the tuned model side by side.
+Tool schemas (`--tools FILE.json`, or a `tools` column per prompt row in `generate`) go into the prompt, and
+`<tool_call>` blocks in a reply come back as OpenAI `tool_calls` (generation.reply_message).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from rich.console import Console
 
 from peftsft.core.errors import UserError
 
-COMMANDS_HELP = "/reset clears the conversation · /quit (or Ctrl-D) leaves · Ctrl-C stops an answer"
+COMMANDS_HELP = (
+    "/reset clears the conversation · /tool RESULT answers the last tool call · /quit (or Ctrl-D) leaves · "
+    "Ctrl-C stops an answer"
+)
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -32,9 +37,12 @@ def add_commands(subparsers) -> None:
     generate = subparsers.add_parser("generate", help="answer every prompt of a .jsonl file into another .jsonl")
     _model_args(generate)
     generate.add_argument(
-        "--prompts", required=True, help='.jsonl: rows with "messages" (ending with a user turn) or "prompt"'
+        "--prompts", required=True,
+        help='.jsonl: rows with "messages" (ending with a user or tool turn) or "prompt", and optionally "tools"',
     )
-    generate.add_argument("--out", required=True, help="output .jsonl: each input row plus \"response\"")
+    generate.add_argument(
+        "--out", required=True, help='output .jsonl: each input row plus "response" (and "tool_calls" when it calls)'
+    )
     generate.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
     add_sampling_args(generate, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=256)
     generate.set_defaults(func=cmd_generate)
@@ -47,6 +55,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
         "--base", metavar="MODEL", help="base to compare a merged/model dir with (default: its recipe.resolved.toml)"
     )
     parser.add_argument("--system", help="system prompt (default: the recipe's, else the chat template's own)")
+    parser.add_argument(
+        "--tools", metavar="FILE.json", help="tool schemas offered to the model (a JSON list; OpenAI or bare)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, help="seed for sampling, for repeatable answers")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -95,19 +106,36 @@ def load_for_args(args: argparse.Namespace):
 # ---------------------------------------------------------------------------------------------- chat
 
 
+def read_tools(path: str | None) -> list[dict] | None:
+    """The --tools file's schemas, normalised (None without the flag)."""
+    from peftsft.data.tools import ToolsError, normalize_tools
+
+    if not path:
+        return None
+    try:
+        return normalize_tools(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"--tools {path}: cannot read it: {exc}") from None
+    except ToolsError as exc:
+        raise UserError(f"--tools {path}: {exc}", hint='a JSON list like [{"name": ..., "parameters": {...}}]') from None
+
+
 @dataclass
 class Conversation:
-    """One model's side of the chat: the system prompt and every turn so far."""
+    """One model's side of the chat: the system prompt, the tools offered and every turn so far."""
 
     system: str | None = None
-    turns: list[dict[str, str]] = field(default_factory=list)
+    turns: list[dict] = field(default_factory=list)
+    tools: list[dict] | None = None
 
-    def with_user(self, text: str) -> list[dict[str, str]]:
+    def with_turn(self, message: dict) -> list[dict]:
+        from peftsft.data.tools import with_tools
+
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.turns + [{"role": "user", "content": text}]
+        return with_tools(head + self.turns + [message], self.tools)
 
-    def add(self, user: str, reply: str) -> None:
-        self.turns += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    def add(self, message: dict, reply: dict) -> None:
+        self.turns += [message, reply]
 
     def reset(self) -> None:
         self.turns.clear()
@@ -119,7 +147,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     console = Console(highlight=False)
     sides = ["base", "tuned"] if args.compare_base else ["tuned"]
-    chats = {side: Conversation(args.system or loaded.system_prompt) for side in sides}
+    tools = read_tools(args.tools)
+    chats = {side: Conversation(args.system or loaded.system_prompt, tools=tools) for side in sides}
     if interactive:
         console.print(f"[bold]{args.model}[/] ({_describe(loaded)})  [dim]{COMMANDS_HELP}[/]")
     for line in read_messages(console, interactive):
@@ -132,8 +161,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not args.jsonl:
                 console.print("[dim]conversation cleared[/]")
             continue
-        if text:
-            _answer_turn(console, loaded, chats, text, sampling, args, interactive)
+        if text.startswith("/tool "):  # a tool's result, for the model to answer from
+            _answer_turn(console, loaded, chats, {"role": "tool", "content": text[6:].strip()}, sampling, args,
+                         interactive)
+        elif text:
+            _answer_turn(console, loaded, chats, {"role": "user", "content": text}, sampling, args, interactive)
     return 0
 
 
@@ -155,9 +187,9 @@ def read_messages(console: Console, interactive: bool) -> Iterator[str]:
             return
 
 
-def _answer_turn(console, loaded, chats, text, sampling, args, interactive) -> None:
-    """Every side answers `text`; each keeps its own history. An answer stopped with Ctrl-C is not kept."""
-    prompts = {side: chat.with_user(text) for side, chat in chats.items()}
+def _answer_turn(console, loaded, chats, message, sampling, args, interactive) -> None:
+    """Every side answers `message`; each keeps its own history. An answer stopped with Ctrl-C is not kept."""
+    prompts = {side: chat.with_turn(message) for side, chat in chats.items()}
     if args.show_prompt:
         for side, messages in prompts.items():
             _show_prompt(console, loaded.tokenizer, messages, side)
@@ -176,11 +208,34 @@ def _answer_turn(console, loaded, chats, text, sampling, args, interactive) -> N
         console.print("\n[yellow]answer stopped; not kept in the history[/]")
         return
     replies = {side: reply.strip() for side, reply in replies.items()}
+    calls = {}
     for side, reply in replies.items():
-        chats[side].add(text, reply)
+        history, calls[side] = _parse_reply(loaded.tokenizer, reply)
+        chats[side].add(message, history)
+    calls = {side: side_calls for side, side_calls in calls.items() if side_calls}
     if args.jsonl:
-        record = {"user": text, **({"assistant": replies["tuned"]} if len(replies) == 1 else replies)}
+        record = {message["role"]: message["content"]}
+        record |= {"assistant": replies["tuned"]} if len(replies) == 1 else replies
+        record |= {("tool_calls" if len(replies) == 1 else f"{side}_tool_calls"): c for side, c in calls.items()}
         print(json.dumps(record, ensure_ascii=False), flush=True)
+    else:
+        from rich.text import Text
+
+        for side, side_calls in calls.items():
+            console.print(Text(f"{side} tool_calls: {json.dumps(side_calls, ensure_ascii=False)}", style="dim"))
+
+
+def _parse_reply(tokenizer, reply: str) -> tuple[dict, list[dict]]:
+    """(the reply as the history keeps it, its OpenAI tool calls): structured calls in the history when the
+    template renders them, else the reply's text as it was."""
+    from peftsft.data.templates import supports_tools
+    from peftsft.generation import reply_message
+
+    parsed = reply_message(reply)
+    calls = parsed.get("tool_calls") or []
+    if calls and supports_tools(tokenizer):
+        return {"role": "assistant", "content": parsed["content"] or "", "tool_calls": calls}, calls
+    return {"role": "assistant", "content": reply}, calls
 
 
 def _stream(loaded, side: str, messages, sampling) -> Iterator[str]:
@@ -251,11 +306,16 @@ class Prompt:
     messages: list[dict[str, str]]
 
 
-def read_prompts(path: str, system: str | None) -> list[Prompt]:
-    """Prompt rows: {"messages": [... ending with a user turn]} or {"prompt": "...", "system"?: "..."}."""
+def read_prompts(path: str, system: str | None, tools: list[dict] | None = None) -> list[Prompt]:
+    """Prompt rows: {"messages": [... ending with a user turn]} or {"prompt": "...", "system"?: "..."}, each with
+    optional "tools" (schemas; `tools` from --tools for rows without their own)."""
     from peftsft.data.rows import read_rows
+    from peftsft.data.tools import with_tools
 
-    prompts = [Prompt(row.data, prompt_messages(row.data, row.where)) for row in read_rows(path)]
+    prompts = [
+        Prompt(row.data, with_tools(prompt_messages(row.data, row.where), prompt_tools(row.data, row.where) or tools))
+        for row in read_rows(path)
+    ]
     if not prompts:
         raise UserError(f"{path}: no prompts", hint='one JSON object per line, e.g. {"prompt": "Hello"}')
     if system:
@@ -263,6 +323,15 @@ def read_prompts(path: str, system: str | None) -> list[Prompt]:
             if prompt.messages[0]["role"] != "system":
                 prompt.messages.insert(0, {"role": "system", "content": system})
     return prompts
+
+
+def prompt_tools(row: dict, where: str) -> list[dict]:
+    from peftsft.data.tools import ToolsError, normalize_tools
+
+    try:
+        return normalize_tools(row.get("tools"))
+    except ToolsError as exc:
+        raise UserError(f"{where}: \"tools\" {exc}", hint='a JSON list like [{"name": ..., "parameters": {...}}]') from None
 
 
 def prompt_messages(row: dict, where: str) -> list[dict[str, str]]:
@@ -274,15 +343,29 @@ def prompt_messages(row: dict, where: str) -> list[dict[str, str]]:
     hint = 'rows are {"messages": [{"role": "user", "content": "..."}]} or {"prompt": "..."}'
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: no \"prompt\" string or \"messages\" list", hint=hint)
-    for i, message in enumerate(messages):
-        if not (isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)):
-            raise UserError(f"{where}: messages[{i}] needs a role ({', '.join(ROLES)}) and a string content", hint=hint)
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    messages = [_prompt_message(message, i, where, hint) for i, message in enumerate(messages)]
     if messages[-1]["role"] == "assistant":
         messages = messages[:-1]
-    if not messages or messages[-1]["role"] != "user":
-        raise UserError(f"{where}: the conversation must end with a user turn to answer", hint=hint)
+    if not messages or messages[-1]["role"] not in ("user", "tool"):
+        raise UserError(f"{where}: the conversation must end with a user turn (or a tool result) to answer", hint=hint)
     return messages
+
+
+def _prompt_message(message, i: int, where: str, hint: str) -> dict:
+    """role + content, and an assistant's tool calls (structured) or a tool result's name / call id."""
+    from peftsft.data.tools import ToolsError, normalize_tool_calls
+
+    calls = message.get("tool_calls") if isinstance(message, dict) and message.get("role") == "assistant" else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not (isinstance(message, dict) and message.get("role") in ROLES and (isinstance(content, str) or calls)):
+        raise UserError(f"{where}: messages[{i}] needs a role ({', '.join(ROLES)}) and a string content", hint=hint)
+    out = {"role": message["role"], "content": content or ""}
+    if calls:
+        try:
+            out["tool_calls"] = normalize_tool_calls(calls)
+        except ToolsError as exc:
+            raise UserError(f"{where}: messages[{i}].tool_calls {exc}", hint=hint) from None
+    return out | {k: message[k] for k in ("name", "tool_call_id") if message["role"] == "tool" and k in message}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -296,17 +379,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     sampling = sampling_from_args(args)
     loaded = load_for_args(args)
-    prompts = read_prompts(args.prompts, args.system or loaded.system_prompt)
+    prompts = read_prompts(args.prompts, args.system or loaded.system_prompt, read_tools(args.tools))
     console = Console(stderr=True)
     conversations = [p.messages for p in prompts]
     results = {}
     for side in ["base", "tuned"] if args.compare_base else ["tuned"]:
         with console.status(f"{side}: answering {len(prompts)} prompt(s)"), loaded.use(side) as model:
             results[side] = answer_batch(model, loaded.tokenizer, conversations, sampling, args.batch_size)
-    rows = []
-    for i, prompt in enumerate(prompts):
-        extra = {"base_response": results["base"][i]} if "base" in results else {}
-        rows.append(json.dumps({**prompt.row, "response": results["tuned"][i], **extra}, ensure_ascii=False))
+    rows = [json.dumps({**prompt.row, **_responses(results, i)}, ensure_ascii=False) for i, prompt in enumerate(prompts)]
     write_text(out, "\n".join(rows) + "\n")
     console.print(f"[green]wrote[/] {len(rows)} response(s) → {out}")
     return 0
+
+
+def _responses(results: dict[str, list[str]], i: int) -> dict:
+    """"response" (+ "tool_calls" when the reply calls tools), and "base_response" / "base_tool_calls"."""
+    from peftsft.data.tools import parse_tool_calls
+
+    out = {}
+    for side, prefix in (("tuned", ""), ("base", "base_")):
+        if side in results:
+            out[f"{prefix}response"] = results[side][i]
+            if calls := parse_tool_calls(results[side][i]).tool_calls:
+                out[f"{prefix}tool_calls"] = calls
+    return out

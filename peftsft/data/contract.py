@@ -1,8 +1,8 @@
 """The pre-flight data contract: checks that catch the silent data bugs before any training step.
 
 Every kept sample has supervised tokens; every reply's end-of-turn token is supervised; no supervised
-token lies in a prompt; packed samples cannot attend to each other; the template saved with the adapter
-is the one the data was rendered with. The per-reply checks read the rendered text back through the
+token lies in a prompt; tool calls are supervised while tool schemas and tool results are not; packed samples
+cannot attend to each other; the template saved with the adapter is the one the data was rendered with. The per-reply checks read the rendered text back through the
 token offsets, independently of how the mask was built (masking.py), as each sample is encoded.
 """
 
@@ -17,6 +17,7 @@ from peftsft.core.errors import UserError
 from peftsft.data.formats import Content
 from peftsft.data.masking import IGNORE, Encoded
 from peftsft.data.templates import end_of_turn_tokens, fit_messages, template_sha
+from peftsft.data.tools import tools_of
 
 MAX_EXAMPLES = 5
 
@@ -50,6 +51,11 @@ class ReplyChecks:
     closed: int = 0
     unclosed: int = 0
     prompt_runs: int = 0
+    tool_rows: int = 0  # conversations with tool schemas, calls or results
+    tool_calls: int = 0
+    calls_supervised: int = 0
+    calls_missed: int = 0  # calls whose function name has no supervised token (truncated samples excepted)
+    tool_text_supervised: int = 0  # supervised runs holding a schema or a tool result
     examples: list[str] = field(default_factory=list)
 
     def observe(self, tokenizer, content: Content, enc: Encoded, masking: str, markers: dict, where: str) -> None:
@@ -62,7 +68,9 @@ class ReplyChecks:
             self._close_all(enc, replies, markers["eot"], where)
             return
         replies = replies[-1:] if masking == "last_turn" else replies
-        for reply, run in zip_longest(replies, supervised_runs(enc)):
+        runs = supervised_runs(enc)
+        self._observe_tools(content, replies, runs, enc.truncated, where)
+        for reply, run in zip_longest(replies, runs):
             if reply is None:
                 self._note("prompt_runs", f"{where}: supervised text outside any reply: {run.text[:80]!r}")
             elif run is None:
@@ -83,6 +91,24 @@ class ReplyChecks:
         if not _is_reply(body.strip(), reply, markers["header"]):
             self._note("prompt_runs", f"{where}: supervised text is not the reply: {run.text[:80]!r}")
 
+    def _observe_tools(self, content: list, replies: list, runs: list[Run], truncated: bool, where: str) -> None:
+        """Every call's function name is supervised; no supervised run holds a schema or a tool result."""
+        hidden = _tool_texts(content)
+        calls = [call["function"]["name"] for reply in replies for call in reply.get("tool_calls") or []]
+        if not (hidden or calls):
+            return
+        self.tool_rows += 1
+        supervised = "".join(run.text for run in runs)
+        for name in calls:
+            self.tool_calls += 1
+            if name in supervised:
+                self.calls_supervised += 1
+            elif not truncated:
+                self._note("calls_missed", f"{where}: the call to {name!r} is not supervised")
+        for text in hidden:
+            if text in supervised:
+                self._note("tool_text_supervised", f"{where}: a tool schema or result is supervised: {text[:60]!r}")
+
     def _close(self, runs: list[Run], closer: str | None, where: str) -> None:
         self.replies += 1
         if runs and closer and runs[-1].text.endswith(closer):
@@ -102,6 +128,16 @@ class ReplyChecks:
         setattr(self, counter, getattr(self, counter) + n)
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(example)
+
+
+def _tool_texts(content: list) -> list[str]:
+    """Text that must never be learned: each schema's parameters (as the template's tojson writes them) and
+    each tool result long enough not to recur in a reply by chance."""
+    import json
+
+    schemas = [json.dumps(tool["function"]["parameters"], ensure_ascii=False) for tool in tools_of(content) or []]
+    results = [m["content"].strip() for m in content if m["role"] == "tool" and len(m["content"].strip()) >= 8]
+    return schemas + results
 
 
 def _is_reply(body: str, reply: dict[str, Any], header: str) -> bool:
@@ -143,6 +179,8 @@ def check_contract(tokenizer, train_ds, eval_ds, stats, data, attention: str) ->
         _packing_isolated(train_ds, data, attention),
         _template_saved_identically(tokenizer, stats),
     ]
+    if stats.checks.get("tool_rows"):  # shown only for data with tools
+        checks.append(_tool_masks(stats, data.masking))
     eot = stats.template.get("end_of_turn")
     if eot and (n := end_of_turn_tokens(tokenizer, eot)) > 1:
         checks.append(
@@ -187,6 +225,20 @@ def _no_prompt_supervised(stats, masking: str) -> Check:
         example = _first(stats.checks, ("not the reply", "outside"))
         return Check(name, "FAIL", f"{runs} supervised spans are not reply text: {example}")
     return Check(name, "ok", f"every supervised span is reply text ({masking} masking)")
+
+
+def _tool_masks(stats, masking: str) -> Check:
+    name = "tool calls supervised, schemas and results not"
+    checks = stats.checks
+    if masking == "all":
+        return Check(name, "n/a", 'masking = "all" trains on schemas and tool results by choice')
+    missed = checks["calls_missed"]
+    if checks["tool_text_supervised"] or missed:
+        example = _first(checks, ("tool schema", "is not supervised"))
+        return Check(name, "FAIL", f"{checks['tool_text_supervised']} schema/result span(s) supervised, "
+                                   f"{missed} call(s) not: {example}")
+    return Check(name, "ok", f"{checks['calls_supervised']} call(s) in {checks['tool_rows']} row(s) supervised; "
+                             "no schema or tool result is")
 
 
 def _packing_isolated(train_ds, data, attention: str) -> Check:

@@ -2,12 +2,14 @@
 
 Formats: OpenAI `messages`, ShareGPT `conversations` (from/value), Alpaca (instruction/input/output,
 optional system/history), prompt-completion, and plain `text` for continued pre-training. A recipe maps
-differently named columns with `fields` and differently named roles with `roles`.
+differently named columns with `fields` and differently named roles with `roles`. A row's `tools` column (tool
+schemas) makes the conversation a `tools.ToolChat`; ShareGPT `function_call` turns become structured `tool_calls`.
 """
 
 from __future__ import annotations
 
 from peftsft.core.config import FIELDS, ROLES
+from peftsft.data.tools import ToolsError, function_call_turn, normalize_tool_calls, normalize_tools, with_tools
 
 import json
 from dataclasses import dataclass, field
@@ -98,7 +100,16 @@ def to_messages(row: dict[str, Any], fmt: str, mapping: Mapping = NO_MAPPING) ->
     for name in REQUIRED[fmt]:
         if mapping.col(name) not in row:
             raise RowError(f"missing column {mapping.col(name)!r} ({fmt} format); the row has {sorted(row)}")
-    return PARSERS[fmt](row, mapping)
+    content = PARSERS[fmt](row, mapping)
+    return content if isinstance(content, str) else with_tools(content, row_tools(row, mapping))
+
+
+def row_tools(row: dict[str, Any], mapping: Mapping = NO_MAPPING) -> list[dict]:
+    """The row's tool schemas (its `tools` column, as a list or a JSON string), normalised; [] when it has none."""
+    try:
+        return normalize_tools(row.get(mapping.col("tools")))
+    except ToolsError as exc:
+        raise RowError(f"{mapping.col('tools')!r} {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- parsers
@@ -141,6 +152,9 @@ def _message(item: Any, i: int, column: str, keys: tuple[str, str], mapping: Map
         raise RowError(f"{column}[{i}].{role_key}: {exc} — map it with roles = {{...}} in the recipe") from None
     message: dict[str, Any] = {"role": role}
     tool_calls = item.get("tool_calls") if role == "assistant" else None
+    if role == "assistant" and item.get(role_key) == "function_call":  # ShareGPT: the value is {"name", "arguments"}
+        if (calls := function_call_turn(item.get(content_key))) is not None:
+            return {"role": "assistant", "content": "", "tool_calls": calls}
     message["content"] = _text(item.get(content_key), f"{column}[{i}].{content_key}", allow_none=bool(tool_calls))
     if tool_calls:
         message["tool_calls"] = _tool_calls(tool_calls, f"{column}[{i}].tool_calls")
@@ -231,19 +245,10 @@ def _turn(role: str, content: Any, name: str) -> dict[str, str]:
 
 def _tool_calls(calls: Any, name: str) -> list[dict]:
     """OpenAI tool calls, arguments parsed to objects where they are JSON strings."""
-    out = []
-    for i, call in enumerate(_as_list(calls, name)):
-        function = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise RowError(f"{name}[{i}] needs a function name")
-        arguments = function.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                pass  # kept as the string it is
-        out.append({"type": "function", "function": {"name": function["name"], "arguments": arguments}})
-    return out
+    try:
+        return normalize_tool_calls(_as_list(calls, name))
+    except ToolsError as exc:
+        raise RowError(f"{name}: {exc}") from None
 
 
 def _with_system(messages: list[dict], row: dict[str, Any], mapping: Mapping) -> list[dict]:

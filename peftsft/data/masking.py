@@ -14,6 +14,7 @@ from typing import Any
 
 from peftsft.data.formats import Content, RowError
 from peftsft.data.templates import end_of_turn, fit_messages, render
+from peftsft.data.tools import tools_of
 
 IGNORE = -100
 
@@ -31,14 +32,15 @@ class Encoded:
 
 def assistant_spans(tokenizer, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of every assistant reply (through its end-of-turn token)."""
-    text = render(tokenizer, messages)
+    tools = tools_of(messages)  # the schemas are in every prefix too (they sit in the system turn)
+    text = render(tokenizer, messages, tools=tools)
     eot = end_of_turn(tokenizer)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        upto = render(tokenizer, messages[: i + 1])
+        prompt = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        upto = render(tokenizer, messages[: i + 1], tools=tools)
         if not (text.startswith(upto) and upto.startswith(prompt)):
             raise RowError("the chat template does not render this conversation prefix-stably; cannot mask it")
         start, end = len(prompt), len(upto)

@@ -1,19 +1,20 @@
 """Chat templates: pick the one to train with, and read what it implies (end-of-turn text, tool support).
 
-`[data] template` is "auto" (the tokenizer's own), a built-in name (templates/*.jinja: chatml, llama3,
-smollm2), or a path to a Jinja file. The chosen template is set on the tokenizer, so the adapter's saved
-tokenizer carries exactly the template the data was rendered with.
+`[data] template` is "auto" (the tokenizer's own), a built-in name (templates/*.jinja: chatml, hermes,
+llama3, smollm2), or a path to a Jinja file; `hermes` is ChatML with tool calling (see tools.py). The chosen
+template is set on the tokenizer, so the adapter's saved tokenizer carries exactly the template the data was
+rendered with.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from peftsft.core.errors import UserError
+from peftsft.data.tools import call_text, template_renders_tools, tools_of, with_tools
 
 BUILTIN_DIR = Path(__file__).with_name("templates")
 BUILTINS = {path.stem: path for path in sorted(BUILTIN_DIR.glob("*.jinja"))}
@@ -66,8 +67,14 @@ def apply_template(tokenizer, data) -> TemplateInfo:
     return TemplateInfo(name, template_sha(text), eot)
 
 
-def render(tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def render(
+    tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool = False, tools: list[dict] | None = None
+) -> str:
+    """The conversation as text; `tools` defaults to the schemas a ToolChat carries."""
+    tools = tools if tools is not None else tools_of(messages)
+    return tokenizer.apply_chat_template(
+        list(messages), tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 _EOT_CACHE: dict[tuple[str, str | None], str | None] = {}
@@ -96,22 +103,56 @@ def supports_tools(tokenizer) -> bool:
     return "tool_calls" in (tokenizer.chat_template or "")
 
 
+def supports_tool_schemas(tokenizer) -> bool:
+    """Whether the template puts `tools` (the schemas) into the prompt; if not, they would be silently dropped."""
+    return template_renders_tools(tokenizer.chat_template)
+
+
+def dropped_tools_problem(data) -> str | None:
+    """For `validate`: rows offer tool schemas but the recipe's template (a built-in or a file) cannot render them.
+
+    Judged from the template's source; "auto" (the tokenizer's template) is checked when the data is built.
+    """
+    path = BUILTINS.get(data.template) or Path(data.template)
+    if data.template == "auto" or not path.is_file() or template_renders_tools(path.read_text(encoding="utf-8")):
+        return None
+    if (where := first_row_with_tools(data)) is None:
+        return None
+    return (
+        f"[data] template: {data.template!r} does not render tool schemas, but {where} offers tools — they would be "
+        'dropped from every prompt; use template = "hermes" (ChatML with <tool_call> blocks) or a template using `tools`'
+    )
+
+
+def first_row_with_tools(data, limit: int = 1000) -> str | None:
+    """file:line of the first row (of the first `limit` per local file) with a non-empty tools column."""
+    from peftsft.data.rows import SUFFIXES, read_rows
+
+    specs = [(spec.path, spec.fields) for spec in data.datasets]
+    specs += [(data.eval_path, data.datasets[0].fields if data.datasets else {})] if data.eval_path else []
+    for path, fields in specs:
+        if Path(path).suffix not in SUFFIXES or not Path(path).is_file():
+            continue
+        for index, row in enumerate(read_rows(path, "skip", [])):
+            if row.data.get(fields.get("tools", "tools")) not in (None, "", "[]", []):
+                return row.where
+            if index >= limit:
+                break
+    return None
+
+
 def fit_messages(tokenizer, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages the template can render: tool calls become text in the reply when the template has no tool support."""
     if supports_tools(tokenizer) or not any(m.get("tool_calls") or len(m) > 2 for m in messages):
         return messages
-    return [_plain(message) for message in messages]
+    return with_tools([_plain(message) for message in messages], tools_of(messages))
 
 
 def _plain(message: dict[str, Any]) -> dict[str, str]:
     """A message reduced to role + content; tool calls written out as <tool_call> blocks (Hermes style)."""
     content = message["content"]
-    calls = [_call_text(call["function"]) for call in message.get("tool_calls") or []]
+    calls = [call_text(call["function"]) for call in message.get("tool_calls") or []]
     return {"role": message["role"], "content": "\n".join(([content] if content else []) + calls)}
-
-
-def _call_text(function: dict[str, Any]) -> str:
-    return f"<tool_call>\n{json.dumps({'name': function['name'], 'arguments': function['arguments']})}\n</tool_call>"
 
 
 def end_of_turn_tokens(tokenizer, eot: str) -> int:

@@ -10,7 +10,7 @@ from peftsft.core.config import QuantizationSection, Recipe
 from peftsft.core.errors import UserError
 from peftsft.core.recipe_io import parse_recipe, strategy_section
 from peftsft.data.sources import source_problem
-from peftsft.data.templates import BUILTINS
+from peftsft.data.templates import BUILTINS, dropped_tools_problem
 from peftsft.models import resolve_source
 from peftsft.strategies.registry import strategy_problems
 
@@ -49,6 +49,8 @@ def block_problems(recipe: Recipe) -> list[str]:
         problems.append(
             f"[data] template: {template!r} is neither auto, a built-in ({', '.join(BUILTINS)}) nor a Jinja file"
         )
+    elif problem := dropped_tools_problem(recipe.data):
+        problems.append(problem)
     return problems
 
 
