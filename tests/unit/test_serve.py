@@ -353,3 +353,79 @@ def test_serve_command_prints_url_and_examples_that_work_and_logs_no_prompt(runs
     logged = Path(log.name).read_text() + server.stdout.read()
     assert '"POST /v1/chat/completions HTTP/1.1" 200' in logged
     assert "What is your name?" not in logged.replace(text, "")  # the banner's example is the only mention
+
+
+# ---------------------------------------------------------------------------------------------- tool calls
+
+
+class ScriptedEngine:
+    """Stands in for Engine: replies with a fixed text and records the options each request passed on."""
+
+    model_ids = ["tools", "base"]
+
+    def __init__(self, text: str) -> None:
+        self.text, self.seen = text, []
+
+    def astream(self, model, messages, **options):
+        from peftsft.artifacts.serve import Completion
+
+        self.seen.append((messages, options))
+        text = self.text
+
+        class Reply:
+            result = Completion(text, "stop", 7, 5)
+
+            def cancel(self):
+                pass
+
+            async def __aiter__(self):
+                for piece in (text[: len(text) // 2], text[len(text) // 2 :]):
+                    yield piece
+
+        return Reply()
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def test_tool_calls_come_back_as_openai_tool_calls_plain_and_streamed():
+    from fastapi.testclient import TestClient
+
+    engine = ScriptedEngine(CALL_TEXT)
+    client = TestClient(create_app(engine))
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": None,
+                "tool_calls": [{"id": "c0", "type": "function",
+                                "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
+               {"role": "tool", "tool_call_id": "c0", "content": "sunny"},
+               {"role": "user", "content": "And Paris?"}]
+    body = client.post("/v1/chat/completions", json={"model": "tools", "messages": history, "tools": [WEATHER]}).json()
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    call = choice["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    messages, options = engine.seen[0]
+    assert options["tools"][0]["function"]["name"] == "get_weather"  # schemas reach the template
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Rome"}  # history calls parsed
+
+    lines = client.post("/v1/chat/completions", json={"model": "tools", "messages": history[:1], "tools": [WEATHER],
+                                                      "stream": True}).text.splitlines()
+    chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    streamed = [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
+    assert len(streamed) == 1 and json.loads(streamed[0]["function"]["arguments"]) == {"city": "Paris"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert not any("<tool_call>" in (d.get("content") or "") for d in deltas)  # raw blocks are not streamed
+
+
+def test_without_tools_the_reply_text_is_passed_through_and_bad_tools_are_a_400():
+    from fastapi.testclient import TestClient
+
+    engine = ScriptedEngine(CALL_TEXT)
+    client = TestClient(create_app(engine))
+    body = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("hi")}).json()
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": CALL_TEXT}
+    bad = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("hi"), "tools": [{"x": 1}]})
+    assert bad.status_code == 400 and "name" in bad.json()["error"]["message"]

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from peftsft.artifacts.serve.engine import Engine, Generation, ServeError
 from peftsft.artifacts.serve.protocol import (
-    ChatRequest, chunk_body, completion_body, model_card, model_list, new_id,
+    ChatRequest, chunk_body, completion_body, model_card, model_list, new_id, reply,
 )
 
 log = logging.getLogger("peftsft.serve")
@@ -50,16 +50,16 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         messages = [m.as_dict() for m in body.messages]
         generation = engine.astream(body.model, messages, **body.engine_options())
         if body.stream:
-            events = _events(generation, request, body.model, body.include_usage)
+            events = _events(generation, request, body.model, body.include_usage, bool(body.tools))
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _whole(generation, request, body.model)
+        return await _whole(generation, request, body.model, bool(body.tools))
 
     if api_key:
         app.add_middleware(RequireKey, api_key=api_key)
     return app
 
 
-async def _whole(generation: Generation, request: Request, model: str) -> dict:
+async def _whole(generation: Generation, request: Request, model: str, tools: bool = False) -> dict:
     ident, created = new_id()
     try:
         async for _ in generation:
@@ -67,20 +67,29 @@ async def _whole(generation: Generation, request: Request, model: str) -> dict:
                 break
     finally:
         generation.cancel()
-    return completion_body(ident, created, model, generation.result) if generation.result else {}
+    return completion_body(ident, created, model, generation.result, tools) if generation.result else {}
 
 
-async def _events(generation: Generation, request: Request, model: str, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+async def _events(generation: Generation, request: Request, model: str, include_usage: bool,
+                  tools: bool = False) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. With tools offered, the reply is
+    held until it is whole (a `<tool_call>` block is only a call once closed) and sent as one delta."""
     ident, created = new_id()
     try:
         yield _sse(chunk_body(ident, created, model, {"role": "assistant", "content": ""}))
         async for piece in generation:
             if await request.is_disconnected():
                 return
-            yield _sse(chunk_body(ident, created, model, {"content": piece}))
+            if not tools:
+                yield _sse(chunk_body(ident, created, model, {"content": piece}))
         result = generation.result
-        yield _sse(chunk_body(ident, created, model, {}, result.finish_reason))
+        message, finish_reason = reply(result, tools)
+        if tools:
+            delta = {"content": message["content"]} | (
+                {"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]}
+                if message.get("tool_calls") else {})
+            yield _sse(chunk_body(ident, created, model, delta))
+        yield _sse(chunk_body(ident, created, model, {}, finish_reason))
         if include_usage:
             yield _sse(chunk_body(ident, created, model, None, completion=result))
     except Exception as exc:  # the status line is sent already: the error goes in the stream

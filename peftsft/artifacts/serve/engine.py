@@ -158,7 +158,8 @@ class Engine:
 
     def stream(self, model: str, messages: list[dict], **options) -> Generation:
         """Queue a reply; iterate the returned Generation for its text. Options: max_tokens, temperature (0 =
-        greedy; default 1.0 as OpenAI), top_p, stop (str or list), seed. Raises ServeError for a bad request."""
+        greedy; default 1.0 as OpenAI), top_p, stop (str or list), seed, tools (OpenAI function schemas, rendered
+        by the run's chat template). Raises ServeError for a bad request."""
         return self._submit(self._job(model, messages, None, **options))
 
     def astream(self, model: str, messages: list[dict], **options) -> Generation:
@@ -192,26 +193,26 @@ class Engine:
 
     def _job(self, model: str, messages: list[dict], loop, max_tokens: int | None = None,
              temperature: float = 1.0, top_p: float = 1.0, stop: str | list[str] | None = None,
-             seed: int | None = None) -> _Job:
+             seed: int | None = None, tools: list[dict] | None = None) -> _Job:
         served = self.served.get(model)
         if served is None:
             raise ServeError(404, f"The model '{model}' does not exist; this server has: {', '.join(self.served)}",
                              param="model", code="model_not_found")
         _check_sampling(temperature, top_p)
         stops = _stop_list(stop)
-        inputs = self._inputs(served, messages)
+        inputs = self._inputs(served, messages, tools)
         prompt_tokens = inputs["input_ids"].shape[1]
         max_tokens = self._max_tokens(prompt_tokens, max_tokens)
         sampling = Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
         return _Job(served, inputs, sampling, stops, seed, Generation(prompt_tokens, loop))
 
-    def _inputs(self, served: ServedModel, messages: list[dict]):
+    def _inputs(self, served: ServedModel, messages: list[dict], tools: list[dict] | None = None):
         if not messages:
             raise ServeError(400, "messages: at least one message is required", param="messages")
         if served.system_prompt and messages[0].get("role") != "system":
             messages = [{"role": "system", "content": served.system_prompt}, *messages]
         try:
-            return chat_inputs(served.tokenizer, messages, self.model.device)
+            return chat_inputs(served.tokenizer, messages, self.model.device, tools)
         except Exception as exc:  # the template's own checks (roles must alternate, ...); their text, not ours
             raise ServeError(400, f"the chat template of '{served.id}' cannot render these messages: "
                                   f"{type(exc).__name__}: {exc}", param="messages") from None

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from peftsft.artifacts.serve.engine import Completion
+from peftsft.data.tools import normalize_tool_calls, normalize_tools
+from peftsft.generation import reply_message
 
 
 class TextPart(BaseModel):
@@ -21,11 +23,13 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")  # name, tool_call_id, ...: accepted, not used
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict] | None = None  # an assistant turn that called tools (OpenAI format)
 
-    def as_dict(self) -> dict[str, str]:
-        """{"role", "content"} as chat templates take it; `developer` is OpenAI's newer name for `system`."""
+    def as_dict(self) -> dict:
+        """{"role", "content"(, "tool_calls")} as chat templates take them; `developer` is OpenAI's newer `system`."""
         content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        message = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        return message | ({"tool_calls": normalize_tool_calls(self.tool_calls)} if self.tool_calls else {})
 
 
 class StreamOptions(BaseModel):
@@ -48,6 +52,12 @@ class ChatRequest(BaseModel):
     n: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    tools: list[dict] | None = None  # OpenAI function schemas: rendered by the run's template, calls parsed back
+
+    @field_validator("tools")
+    @classmethod
+    def _schemas(cls, tools: list[dict] | None) -> list[dict] | None:
+        return normalize_tools(tools) if tools else None
 
     @field_validator("n")
     @classmethod
@@ -59,7 +69,7 @@ class ChatRequest(BaseModel):
     def engine_options(self) -> dict:
         """Keyword arguments for Engine.astream (unset fields take OpenAI's defaults there)."""
         options = {"max_tokens": self.max_completion_tokens or self.max_tokens, "stop": self.stop, "seed": self.seed,
-                   "temperature": self.temperature, "top_p": self.top_p}
+                   "temperature": self.temperature, "top_p": self.top_p, "tools": self.tools}
         return {key: value for key, value in options.items() if value is not None}
 
     @property
@@ -76,11 +86,19 @@ def usage(completion: Completion) -> dict:
             "total_tokens": completion.prompt_tokens + completion.completion_tokens}
 
 
-def completion_body(ident: str, created: int, model: str, completion: Completion) -> dict:
+def reply(completion: Completion, tools: bool) -> tuple[dict, str]:
+    """The assistant message and finish reason: with tools offered, `<tool_call>` blocks become `tool_calls`."""
+    if not tools:
+        return {"role": "assistant", "content": completion.text}, completion.finish_reason
+    message = reply_message(completion.text)
+    return message, "tool_calls" if message.get("tool_calls") else completion.finish_reason
+
+
+def completion_body(ident: str, created: int, model: str, completion: Completion, tools: bool = False) -> dict:
+    message, finish_reason = reply(completion, tools)
     return {
         "id": ident, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
-                     "logprobs": None, "finish_reason": completion.finish_reason}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage(completion),
     }
 
