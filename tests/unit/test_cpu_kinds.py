@@ -19,8 +19,8 @@ from peftsft.training.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 # bf16 autocast against fp32, same seed and batches, 4 steps of the tiny Llama at lr 1e-2: the loss at every step
-# within 1% (relative; measured ≤ 0.2% on an AVX-512-BF16 CPU)
-BF16_LOSS_RTOL = 1e-2
+# within 1e-3 (relative; measured ≤ 1.1e-5 on an AVX-512-BF16 CPU)
+BF16_LOSS_RTOL = 1e-3
 LIBRARY_NOISE = ("Warning", "warnings.warn", "Failed to load", "deprecated", "kernels-community")
 
 

@@ -275,7 +275,7 @@ def test_prompt_strategy_runs_end_to_end(harness, tmp_path):
     console = Console(record=True, width=200)
     summary = run(recipe, console)
     saved = json.loads((recipe.run_dir / "summary.json").read_text())
-    assert saved["strategy"] == "prompt" and saved["trainable_params"] == 4 * 32  # 4 virtual tokens × hidden size
+    assert saved["strategy"] == "prompt" and saved["trainable_params"] == 4 * 64  # 4 virtual tokens × hidden size (64)
     assert f"strategy prompt: {summary['trainable_params']:,} trainable of" in console.export_text()
     assert (recipe.run_dir / "adapter" / "adapter_config.json").is_file()
 
