@@ -198,7 +198,7 @@ def _nbytes(tensor) -> int:
 
 # ---------------------------------------------------------------------------------------------- bitsandbytes CPU paths
 
-# bitsandbytes (0.48-0.50) runs a 4-bit layer on CPU in one of two layouts. "reference": the one quantize_4bit makes
+# bitsandbytes (0.50) runs a 4-bit layer on CPU in one of two layouts. "reference": the one quantize_4bit makes
 # (two weights per byte, one absmax per 64-weight block, itself 8-bit with double quantization), computed by
 # dequantize + matmul, differentiable. "packed": where its native library reports AVX-512-BF16, a layer's first
 # eval-mode forward without gradients re-lays the weight out for a bf16 kernel (absmax un-nested, bf16, per block;
