@@ -275,33 +275,125 @@ def quantization_config(quant: QuantizationSection, device: str = "cpu"):
 
 
 def quantized_footprint(model: torch.nn.Module) -> dict | None:
-    """Bytes held by the bitsandbytes layers' weights (packed data + scales), and bytes per original parameter."""
+    """Bytes held by the bitsandbytes layers' weights (packed data + scales), bytes per original parameter, and
+    the CPU layout they are in (None on CUDA)."""
     try:
         import bitsandbytes as bnb
     except ImportError:
         return None
     params = stored = 0
+    paths = set()
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             state = module.weight.quant_state
             params += state.shape.numel()
             stored += _nbytes(module.weight) + _quant_state_bytes(state)
+            paths.add(bnb_cpu_path_of(module))
         elif isinstance(module, bnb.nn.Linear8bitLt):
             params += module.weight.numel()
             stored += _nbytes(module.weight) + _nbytes(getattr(module.weight, "SCB", None))
     if not params:
         return None
-    return {"quantized_params": params, "quantized_bytes": stored, "bytes_per_param": round(stored / params, 4)}
+    return {"quantized_params": params, "quantized_bytes": stored, "bytes_per_param": round(stored / params, 4),
+            "cpu_path": "/".join(sorted(p for p in paths if p)) or None}
 
 
 def _quant_state_bytes(state) -> int:
     total = _nbytes(state.absmax) + _nbytes(state.code) + _nbytes(getattr(state, "offset", None))
-    nested = getattr(state, "state2", None)
+    nested = getattr(state, "state2", None) if state.nested else None  # the packed layout un-nests the scales
     return total + (_nbytes(nested.absmax) + _nbytes(nested.code) if nested is not None else 0)
 
 
 def _nbytes(tensor) -> int:
     return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
+
+
+# ---------------------------------------------------------------------------------------------- bitsandbytes CPU paths
+
+# bitsandbytes (0.50) runs a 4-bit layer on CPU in one of two layouts. "reference": the one quantize_4bit makes
+# (two weights per byte, one absmax per 64-weight block, itself 8-bit with double quantization), computed by
+# dequantize + matmul, differentiable. "packed": where its native library reports AVX-512-BF16, a layer's first
+# eval-mode forward without gradients re-lays the weight out for a bf16 kernel (absmax un-nested, bf16, per block;
+# needs in_features % 64 == 0 and out_features % 32 == 0). That kernel has no backward: the gradient to the layer's
+# input is silently dropped (torch only warns), so LoRA trained after any no-grad forward (a run's "before" samples)
+# got wrong gradients; saving a state dict converts back and re-quantizes the scales (lossy). peftsft therefore keeps
+# every layer on the reference path, on every CPU, and converts a layer that is packed already.
+BNB_CPU_PATHS = ("reference", "packed")
+BNB_BLOCKSIZE = 64
+
+
+def bnb_packed_kernel_available() -> bool | None:
+    """bitsandbytes' own test for its packed CPU kernel (AVX-512-BF16 per its native library); None without it."""
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+    except ImportError:
+        return None
+    return bool(has_avx512bf16())
+
+
+def bnb_cpu_path_of(module: torch.nn.Module) -> str | None:
+    """The layout a bitsandbytes 4-bit layer's weight is in: "packed", "reference", or None off the CPU."""
+    if module.weight.device.type != "cpu":
+        return None
+    state = module.weight.quant_state
+    return "packed" if getattr(state, "packing_format_for_cpu", False) else "reference"
+
+
+def use_bnb_cpu_path(model: torch.nn.Module, path: str = "reference") -> int:
+    """Put every CPU 4-bit layer of `model` in `path`'s layout and keep it there (bitsandbytes no longer switches
+    layers by itself); returns how many layers were converted. "packed" is for tests and inference only."""
+    if path not in BNB_CPU_PATHS:
+        raise ValueError(f"bitsandbytes CPU path {path!r}: one of {BNB_CPU_PATHS}")
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu
+    except ImportError:
+        return 0
+    converted = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit) or module.weight.quant_state is None:
+            continue
+        module.support_avx512bf16_for_cpu = False  # the flag bitsandbytes' forward checks before packing a layer
+        current = bnb_cpu_path_of(module)
+        if current is None or current == path:
+            continue
+        convert = _convert_weight_packed_for_cpu if path == "packed" else _unpack
+        module.weight.data, module.weight.quant_state = convert(module.weight.data, module.weight.quant_state)
+        module.quant_state = module.weight.quant_state
+        converted += 1
+    return converted
+
+
+def _unpack(data: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+    """bitsandbytes' inverse of its packed layout, finished: without double quantization it leaves the absmax as
+    the packed layout's bf16 [in/64, out] matrix, which the reference kernels would read as scales of the wrong
+    blocks (weights off by ~5% of their range). Either way the weights come back within ~0.3% of their range of
+    what they were before packing: the packed layout rounded the scales to bf16."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    data, state = _convert_weight_packed_for_cpu_inverse(data, state)
+    if state.absmax.dim() == 2:
+        state.absmax = state.absmax.T.reshape(-1).float().contiguous()
+    return data, state
+
+
+def quantized_layer_bytes(shape: tuple[int, int], bits: int, double_quant: bool, path: str = "reference") -> int:
+    """Bytes bitsandbytes holds for one quantized [out, in] weight, as quantized_footprint measures them.
+
+    4-bit: two weights per byte + one absmax per 64 weights (fp32; with double quantization a byte, plus an fp32
+    absmax per 256 blocks, a 256-entry fp32 code and an fp32 offset) + the 16-entry fp32 NF4/FP4 code. The packed
+    CPU path keeps the absmax un-nested in bf16 (the offset stays). 8-bit: a byte per weight + an fp32 scale per row."""
+    out_features, in_features = shape
+    weights = out_features * in_features
+    if bits == 8:
+        return weights + 4 * out_features
+    blocks = -(-weights // BNB_BLOCKSIZE)
+    data, code = -(-weights // 2), 16 * 4
+    if path == "packed":
+        return data + 2 * blocks + code + (4 if double_quant else 0)
+    if not double_quant:
+        return data + 4 * blocks + code
+    return data + blocks + 4 * -(-blocks // 256) + 256 * 4 + 4 + code
 
 
 def load_tokenizer(location: str, model_cfg: ModelSection):
@@ -335,6 +427,8 @@ def load_model(
     if kwargs["quantization_config"] is not None or device == "cuda":
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
     model = _load_guard((auto_class or AutoModelForCausalLM).from_pretrained, location, **kwargs)
+    if quant.bits == 4:
+        use_bnb_cpu_path(model, "reference")  # the only differentiable one: see BNB_CPU_PATHS
     return model, tokenizer, source
 
 

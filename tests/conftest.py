@@ -49,14 +49,17 @@ def tokenizer(smollm_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm_dir, tokenizer) -> Path:
-    """A 2-layer, hidden-32 Llama with SmolLM2's real tokenizer and chat template, saved as a local model dir."""
+    """A 2-layer, hidden-64 Llama with SmolLM2's real tokenizer and chat template, saved as a local model dir.
+
+    Hidden 64, MLP 128, 2 KV heads of 16: every linear layer has in_features a multiple of bitsandbytes' 64-weight
+    block and out_features a multiple of 32, the shapes its packed CPU 4-bit layout (AVX-512-BF16) accepts."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=64,
+        intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

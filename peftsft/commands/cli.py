@@ -13,6 +13,7 @@ from rich.table import Table
 
 from peftsft.core.console import console, err_console
 from peftsft.core.errors import TrainingStopped, UserError
+from peftsft.core.quiet import quiet_libraries
 
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
@@ -156,7 +157,7 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_libraries()
+    quiet_libraries(debug=getattr(args, "debug", False))  # before any command imports the libraries
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -184,20 +185,6 @@ def _print_error(exc: UserError) -> None:
         err_console.print(f"[rank {rank}] ", end="")
     err_console.print("[bold red]error:[/] ", end="")
     err_console.print(str(exc), markup=False, highlight=False)
-
-
-def _quiet_libraries() -> None:
-    """Our own display replaces the libraries' progress bars and info chatter."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
-    except ImportError:
-        pass
 
 
 if __name__ == "__main__":

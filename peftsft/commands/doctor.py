@@ -34,6 +34,21 @@ def bitsandbytes_backend() -> str:
         return f"{bnb.__version__}: 4-bit FAILS ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
 
 
+def bitsandbytes_cpu_path() -> str:
+    """The CPU 4-bit path peftsft runs on, and the CPU feature that decides what bitsandbytes alone would pick."""
+    from peftsft.models import bnb_packed_kernel_available
+    from peftsft.training.rules import cpu_features
+
+    packed = bnb_packed_kernel_available()
+    if packed is None:
+        return "none (bitsandbytes not installed)"
+    flag = "avx512_bf16 " + ("present" if "avx512_bf16" in cpu_features() else "absent")
+    if packed:
+        return (f"reference, pinned (CPU: {flag}; bitsandbytes alone would switch eval-mode layers to its packed "
+                "AVX-512-BF16 layout, whose kernel computes in bf16 and has no backward)")
+    return f"reference (CPU: {flag}; bitsandbytes has no packed kernel here)"
+
+
 def devices() -> list[str]:
     import torch
 
@@ -67,6 +82,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for line in devices():
         table.add_row("device", line)
     table.add_row("bitsandbytes backend", bitsandbytes_backend())
+    table.add_row("bitsandbytes CPU 4-bit path", bitsandbytes_cpu_path())
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     for label, path in (("peftsft cache", cache_root()), ("Hugging Face cache", hf_home)):
         table.add_row(label, f"{path} ({dir_size(path) / 2**20:.1f} MiB)")

@@ -18,9 +18,6 @@ from peftsft.core.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-# bitsandbytes bytes per quantized weight: 4-bit packs two per byte plus one absmax per 64-weight block
-# (an fp32, or with double quantization a byte plus a second-level fp32 per 256 blocks); 8-bit: a byte + row scales
-QUANT_BYTES = {(4, True): 0.5 + 1 / 64 + 4 / (64 * 256), (4, False): 0.5 + 4 / 64, (8, True): 1.0, (8, False): 1.0}
 # TRL's fused LM head (trl.kernels.chunked_logprob) scores logits in [4096 tokens x 32768 vocab] tiles
 LOSS_TILE_TOKENS = 4096  # and [training] loss_vocab_chunk vocabulary entries
 # live fp32 tiles at the head's peak (its backward): the torch fallback used without Triton (CPU) holds ~9
@@ -280,10 +277,14 @@ def _weight_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> i
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     if recipe.quantization.bits is None:
         return sum(t.numel() * t.element_size() for t in tensors.values())
+    from peftsft.models import quantized_layer_bytes
+
     quant = recipe.quantization
-    per_param = QUANT_BYTES[(quant.bits, quant.double_quant)]
     quantized = _quantizable_linears(model)
     quantized_ids = {id(m.weight) for m in quantized}
+    # the bitsandbytes layout peftsft trains on, on every CPU and on CUDA: see models.BNB_CPU_PATHS
+    held = sum(quantized_layer_bytes(tuple(m.weight.shape), quant.bits, quant.double_quant) for m in quantized)
+    per_param = held / max(plan.quantized_params, 1)
     # k-bit preparation (peft) upcasts the remaining frozen float weights (embeddings, norms) to fp32
     rest = sum(
         t.numel() * (t.element_size() if t.requires_grad else 4) for i, t in tensors.items() if i not in quantized_ids
@@ -294,7 +295,7 @@ def _weight_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> i
         f"{quant.bits}-bit base: {per_param:.3f} bytes per quantized weight; trainable weights in "
         f"{adapter_dtype(recipe, plan.precision)}"
     )
-    return int(rest + plan.quantized_params * per_param)
+    return int(rest + held)
 
 
 def _optimizer_bytes(optim: str, trainable: list[torch.Tensor], notes: list[str]) -> int:

@@ -11,7 +11,8 @@ import torch
 
 from peftsft.commands.cli import main
 from peftsft.training.recipe import load_recipe
-from peftsft.training.plan import QUANT_BYTES, Dims, estimate, layer_activation_elements
+from peftsft.models import quantized_layer_bytes
+from peftsft.training.plan import Dims, estimate, layer_activation_elements
 
 
 def write_recipe(tmp_path, model_dir, strategy: str = "lora") -> str:
@@ -59,17 +60,36 @@ def test_full_trains_everything_lora_a_sliver(plan_of):
 
 
 def test_quantized_base_counts_packed_weights(plan_of):
-    plain, qlora = plan_of(), plan_of("quantization.bits=4")
-    bf16_adapters = plan_of("quantization.bits=4", "quantization.adapter_dtype=bfloat16")
+    fp32 = "training.precision=fp32"  # "auto" adapters follow the CPU kind (bf16 where it has fast bf16): fix them
+    plain, qlora = plan_of(fp32), plan_of(fp32, "quantization.bits=4")
+    bf16_adapters = plan_of(fp32, "quantization.bits=4", "quantization.adapter_dtype=bfloat16")
     assert qlora.quantized_params > 0
-    # the quantized linears shrink from 4 bytes to ~0.52 bytes per weight; on a CPU without fast bf16 the
-    # adapters stay fp32 ("auto"), while bfloat16 adapters (TRL's QLoRA default) halve theirs
-    saved = plain.components["weights"] - qlora.components["weights"]
-    assert saved == pytest.approx(qlora.quantized_params * (4 - QUANT_BYTES[(4, True)]), abs=1)
+    # the quantized linears shrink from 4 bytes to the bytes bitsandbytes holds for them (exactly, layer by layer:
+    # test_quantization checks those against the measured layers); fp32 training keeps fp32 adapters ("auto"),
+    # while bfloat16 adapters (TRL's QLoRA default) halve theirs
+    held = sum(quantized_layer_bytes(shape, 4, True) for shape in _tiny_linear_shapes())
+    assert sum(a * b for a, b in _tiny_linear_shapes()) == qlora.quantized_params
+    assert plain.components["weights"] - qlora.components["weights"] == 4 * qlora.quantized_params - held
     assert qlora.components["weights"] - bf16_adapters.components["weights"] == 2 * qlora.trainable_params
     assert qlora.trainable_params == plain.trainable_params
     assert qlora.components["gradients"] == 4 * qlora.trainable_params
     assert bf16_adapters.components["gradients"] == 2 * qlora.trainable_params
+
+
+def _tiny_linear_shapes() -> list[tuple[int, int]]:
+    """[out, in] of the tiny Llama's linear layers (conftest: hidden 64, MLP 128, 4 heads, 2 KV heads, 2 layers)."""
+    per_layer = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]
+    return per_layer * 2
+
+
+def test_quantized_adapters_follow_the_precision_auto_picks(plan_of, monkeypatch):
+    import peftsft.training.rules as rules
+
+    for fast_bf16, dtype in ((True, 2), (False, 4)):  # an AVX-512-BF16/AMX CPU trains in bf16, an AVX2 one in fp32
+        monkeypatch.setattr(rules, "cpu_has_fast_bf16", lambda fast=fast_bf16: fast)
+        qlora = plan_of("quantization.bits=4")
+        assert qlora.precision == ("bf16" if fast_bf16 else "fp32")
+        assert qlora.components["gradients"] == dtype * qlora.trainable_params
 
 
 def test_checkpointing_auto_turns_on_only_when_memory_needs_it(plan_of, monkeypatch):

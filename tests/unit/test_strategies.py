@@ -25,7 +25,7 @@ from peftsft.core.config import Recipe
 from peftsft.training.recipe import load_recipe
 from peftsft.data import build_datasets
 from peftsft.core.errors import UserError
-from peftsft.models import quantization_config
+from peftsft.models import quantization_config, use_bnb_cpu_path
 from peftsft.strategies import StrategyContext, get_strategy, list_strategies, merge_model, registry, trainable_summary
 from peftsft.tasks.chat import make_trainer
 
@@ -108,6 +108,7 @@ class Harness:
         quant = Recipe.model_fields["quantization"].annotation(bits=bits, compute_dtype="float32")
         extra = {"quantization_config": quantization_config(quant), "device_map": {"": "cpu"}} if bits else {}
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32, **extra)
+        use_bnb_cpu_path(model, "reference")  # as load_model: bitsandbytes' packed layout has no backward
         return model.dequantize(dtype=torch.float32) if bits and dequantize else model
 
     def train(self, name: str, params: dict) -> Trained:
@@ -237,11 +238,14 @@ def test_loraplus_trains_b_faster_than_a(harness):
 
 
 def test_loftq_starts_closer_to_the_unquantized_model(harness):
+    # the quantization error is noise-like (a flat spectrum): rank 16 of the tiny model's 64 dims takes out a share
+    # of it that shows in the logits (rank 4 of 64 moved them only ~5%)
+    params = {**LORA_TINY, "r": 16, "alpha": 32}
     lora = get_strategy("lora")
     full = harness.logits(harness.base())
-    plain = harness.logits(lora.apply(harness.base(4), lora.Config.model_validate(LORA_TINY), StrategyContext(quantized=True)))
+    plain = harness.logits(lora.apply(harness.base(4), lora.Config.model_validate(params), StrategyContext(quantized=True)))
     loftq = get_strategy("loftq")
-    started = harness.logits(loftq.apply(harness.base(4), loftq.Config.model_validate(LORA_TINY), StrategyContext(quantized=True)))
+    started = harness.logits(loftq.apply(harness.base(4), loftq.Config.model_validate(params), StrategyContext(quantized=True)))
     assert (started - full).abs().mean() < 0.8 * (plain - full).abs().mean()
 
 
@@ -271,7 +275,7 @@ def test_prompt_strategy_runs_end_to_end(harness, tmp_path):
     console = Console(record=True, width=200)
     summary = run(recipe, console)
     saved = json.loads((recipe.run_dir / "summary.json").read_text())
-    assert saved["strategy"] == "prompt" and saved["trainable_params"] == 4 * 32  # 4 virtual tokens × hidden size
+    assert saved["strategy"] == "prompt" and saved["trainable_params"] == 4 * 64  # 4 virtual tokens × hidden size (64)
     assert f"strategy prompt: {summary['trainable_params']:,} trainable of" in console.export_text()
     assert (recipe.run_dir / "adapter" / "adapter_config.json").is_file()
 

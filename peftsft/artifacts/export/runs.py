@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from peftsft.core.config import Recipe
 from peftsft.core.recipe_io import read_toml
 from peftsft.core.errors import UserError
-from peftsft.models import materialize, quantization_config, resolve_source
+from peftsft.models import materialize, quantization_config, resolve_source, use_bnb_cpu_path
 from peftsft.strategies import get_strategy
 from peftsft.strategies.registry import merge_model
 
@@ -105,6 +105,7 @@ def load_base(run: TrainedRun, dequantize: bool = False) -> torch.nn.Module:
         quant = run.recipe.quantization.model_copy(update={"compute_dtype": "float32"})
         kwargs |= {"quantization_config": quantization_config(quant), "device_map": {"": "cpu"}}
     model = AutoModelForCausalLM.from_pretrained(base_location(run), revision=run.recipe.model.revision, **kwargs)
+    use_bnb_cpu_path(model, "reference")  # the layout it was trained in (bitsandbytes would pack it on eval)
     if run.quantized and dequantize:
         model = model.dequantize(dtype=torch.float32)
     return model.eval()
