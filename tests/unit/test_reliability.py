@@ -172,6 +172,26 @@ def test_missing_recipe_data_and_unreadable_dataset(tiny_recipe, tmp_path, capsy
     assert code == 2 and "cannot read dataset" in output and "Traceback" not in output
 
 
+def test_a_gguf_file_that_is_not_gguf_is_a_clear_error(tiny_recipe, tmp_path, capsys):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"<!DOCTYPE html><html>404</html>")  # what a failed download often leaves
+    for command in ("validate", "run"):
+        code, output = _main([command, str(tiny_recipe()), "--set", f'model.source="{fake}"'], capsys)
+        assert code == 2 and f"{fake} is not a GGUF file" in output and "Traceback" not in output, output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_conversation_opening_with_the_reply_names_the_missing_user_turn(tiny_recipe, tmp_path, capsys):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"messages": [{"role": "system", "content": "be brief"}, {"role": "assistant", "content": "hello"},
+                          {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes?"}]}]
+    recipe = tiny_recipe(rows=rows)
+    code, output = _main(["run", str(recipe)], capsys)
+    where = f"{tmp_path / 'train.jsonl'}:2"
+    assert code == 2 and "Traceback" not in output, output
+    assert f"{where}: the conversation starts with an assistant reply: no user turn before it" in output, output
+
+
 def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
