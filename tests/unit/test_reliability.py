@@ -121,6 +121,27 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(t
     assert not (recipe.run_dir / "adapter").exists()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_guard_stops_on_a_non_finite_loss_or_gradient(bad):
+    """The guard on its own: the training test above poisons loss and gradient together, so either check alone
+    would keep it green."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from peftsft.training.callbacks import NonFiniteError, NonFiniteGuard
+
+    guard, args, state, control = NonFiniteGuard(), TrainingArguments("unused"), TrainerState(), TrainerControl()
+    state.global_step = 3
+    guard.on_log(args, state, control, logs={"loss": 1.5, "learning_rate": bad})  # only the loss is checked
+    with pytest.raises(NonFiniteError, match=f"non-finite loss {bad} at step 3"):
+        guard.on_log(args, state, control, logs={"loss": bad})
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad, model.bias.grad = torch.ones(2, 2), torch.zeros(2)
+    guard.on_pre_optimizer_step(args, state, control, model=model)
+    model.bias.grad[1] = bad
+    with pytest.raises(NonFiniteError, match="non-finite gradient of bias at step 4"):
+        guard.on_pre_optimizer_step(args, state, control, model=model)
+
+
 def test_resume_without_checkpoint_or_run_is_a_clear_error(tiny_recipe):
     recipe = load_recipe(tiny_recipe())
     with pytest.raises(UserError, match="no run to resume"):
