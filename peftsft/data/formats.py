@@ -258,4 +258,7 @@ def _with_system(messages: list[dict], row: dict[str, Any], mapping: Mapping) ->
         messages = [{"role": "system", "content": system}, *messages]
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("the conversation has no assistant turn to learn from")
+    first = next(m["role"] for m in messages if m["role"] != "system")
+    if first == "assistant":  # the template would render the reply as if it answered the system prompt
+        raise RowError("the conversation starts with an assistant reply: no user turn before it to answer")
     return messages

@@ -15,13 +15,14 @@ import random
 import re
 from pathlib import Path
 
-# Held-out name/identity questions: never used in train or eval.
+# Held-out name/identity questions: never used in train or eval, nor near a training question (word-set
+# Jaccard ≤ 0.5, checked by tests/unit/test_probes.py).
 PROBE_QUESTIONS = [
     "May I know your name?",
     "What name do you go by?",
     "Hello! Who is this I'm speaking with?",
     "Please tell me who you are.",
-    "What are you called?",
+    "By which name are you known?",
 ]
 
 SEED = 1234

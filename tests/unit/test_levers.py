@@ -66,3 +66,59 @@ def test_summary_records_the_resolved_levers(tiny_recipe):
     assert record["loss_vocab_chunk"] == 4096 and record["sampling"] == "group_by_length"
     explicit = decide_levers(load_recipe(tiny_recipe(), ["training.activation_checkpointing=true"]), "cpu", 64)
     assert explicit.activation_checkpointing and explicit.checkpointing_reason == "set in the recipe"
+
+
+# --------------------------------------------------------------------------- precision and adapter_dtype
+# bf16 keeps 8 bits of mantissa: a bf16 run follows the fp32 loss curve to within about a percent over a few steps
+BF16_RTOL = 3e-2
+
+
+def test_precision_auto_trains_as_the_precision_it_resolves_to_and_bf16_learns_like_fp32(tiny_recipe):
+    auto = train(tiny_recipe, "precision-auto", ["training.sampling=sequential"])
+    resolved = auto["levers"]["precision"]
+    assert resolved in ("bf16", "fp32")  # CPU: bf16 with AVX-512-BF16/AMX, fp32 elsewhere
+    explicit = train(tiny_recipe, "precision-explicit", ["training.sampling=sequential", f"training.precision={resolved}"])
+    assert auto["losses"] == pytest.approx(explicit["losses"], rel=SAME_LEARNING_RTOL)
+    assert auto["eval_loss"] == pytest.approx(explicit["eval_loss"], rel=SAME_LEARNING_RTOL)
+    other = train(tiny_recipe, "precision-other",
+                  ["training.sampling=sequential", f"training.precision={'fp32' if resolved == 'bf16' else 'bf16'}"])
+    bf16, fp32 = (auto, other) if resolved == "bf16" else (other, auto)
+    assert bf16["losses"] != fp32["losses"]  # autocast really ran in bf16
+    assert bf16["losses"] == pytest.approx(fp32["losses"], rel=BF16_RTOL)
+    assert bf16["eval_loss"] == pytest.approx(fp32["eval_loss"], rel=BF16_RTOL)
+
+
+def _adapter_dtypes(summary: dict) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(f"{summary['run_dir']}/adapter/adapter_model.safetensors", "pt") as fh:
+        return {str(fh.get_slice(k).get_dtype()) for k in fh.keys()}
+
+
+@pytest.fixture(scope="module")
+def llama64_dir(tmp_path_factory, tokenizer):
+    """The tiny Llama at hidden 64: bitsandbytes quantizes in blocks of 64."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("llama64")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_adapter_dtype_auto_is_the_dtype_it_records_and_bf16_adapters_learn_like_fp32(tiny_recipe, llama64_dir):
+    """On a 4-bit base: the adapters train (and are saved) in the dtype the levers record; auto follows precision."""
+    common = [f'model.source="{llama64_dir}"', "quantization.bits=4", "training.sampling=sequential", "training.precision=fp32"]
+    auto = train(tiny_recipe, "adapters-auto", common)
+    assert auto["levers"]["adapter_dtype"] == "float32"  # fp32 training keeps fp32 adapters (TRL would cast to bf16)
+    fp32 = train(tiny_recipe, "adapters-fp32", common + ["quantization.adapter_dtype=float32"])
+    bf16 = train(tiny_recipe, "adapters-bf16", common + ["quantization.adapter_dtype=bfloat16"])
+    assert (_adapter_dtypes(auto), _adapter_dtypes(fp32), _adapter_dtypes(bf16)) == ({"F32"}, {"F32"}, {"BF16"})
+    assert auto["losses"] == pytest.approx(fp32["losses"], rel=SAME_LEARNING_RTOL)
+    assert bf16["losses"] == pytest.approx(fp32["losses"], rel=BF16_RTOL)
+    assert bf16["eval_loss"] == pytest.approx(fp32["eval_loss"], rel=BF16_RTOL)

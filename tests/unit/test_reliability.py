@@ -58,17 +58,29 @@ def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_recipe, tmp_path):
     killed.wait()
     assert not (run_dir / "adapter").exists()
 
+    kept = _records(run_dir)  # the killed process's log, up to the kill
+    checkpoint = max(int(p.parent.name.split("-")[1]) for p in run_dir.glob(f"checkpoints/checkpoint-*/{CHECKPOINT_SEAL}"))
+
     resumed = _cli(recipe, "--resume", *_sets(RESUME_STEPS + ["run.name=killed"]))
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out + err
-    assert "resuming from" in out
     a, b = _adapter(tmp_path / "runs" / "straight"), _adapter(run_dir)
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff <= 1e-5, f"resumed adapter differs by {diff}"
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    loss_steps = [s for s in steps if s]
-    assert loss_steps == sorted(loss_steps)  # no duplicated steps from before the kill
+    # The adapters cannot tell a resume from a restart on the same seed; the log can. Every step once, in order;
+    # the killed process's records up to its checkpoint kept as written; the resumed one trained only the rest.
+    records = _records(run_dir)
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 21))
+    before = [r for r in kept if r["step"] <= checkpoint]
+    assert records[: len(before)] == before
+    assert [r["step"] for r in records[len(before):] if "loss" in r] == list(range(checkpoint + 1, 21))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 20
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
@@ -121,6 +133,27 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(t
     assert not (recipe.run_dir / "adapter").exists()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_guard_stops_on_a_non_finite_loss_or_gradient(bad):
+    """The guard on its own: the training test above poisons loss and gradient together, so either check alone
+    would keep it green."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from peftsft.training.callbacks import NonFiniteError, NonFiniteGuard
+
+    guard, args, state, control = NonFiniteGuard(), TrainingArguments("unused"), TrainerState(), TrainerControl()
+    state.global_step = 3
+    guard.on_log(args, state, control, logs={"loss": 1.5, "learning_rate": bad})  # only the loss is checked
+    with pytest.raises(NonFiniteError, match=f"non-finite loss {bad} at step 3"):
+        guard.on_log(args, state, control, logs={"loss": bad})
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad, model.bias.grad = torch.ones(2, 2), torch.zeros(2)
+    guard.on_pre_optimizer_step(args, state, control, model=model)
+    model.bias.grad[1] = bad
+    with pytest.raises(NonFiniteError, match="non-finite gradient of bias at step 4"):
+        guard.on_pre_optimizer_step(args, state, control, model=model)
+
+
 def test_resume_without_checkpoint_or_run_is_a_clear_error(tiny_recipe):
     recipe = load_recipe(tiny_recipe())
     with pytest.raises(UserError, match="no run to resume"):
@@ -170,6 +203,26 @@ def test_missing_recipe_data_and_unreadable_dataset(tiny_recipe, tmp_path, capsy
     binary.write_bytes(b"\xff\xfe\x00garbage")
     code, output = _main(["run", str(recipe), "--set", f'data.datasets.0.path="{binary}"'], capsys)
     assert code == 2 and "cannot read dataset" in output and "Traceback" not in output
+
+
+def test_a_gguf_file_that_is_not_gguf_is_a_clear_error(tiny_recipe, tmp_path, capsys):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"<!DOCTYPE html><html>404</html>")  # what a failed download often leaves
+    for command in ("validate", "run"):
+        code, output = _main([command, str(tiny_recipe()), "--set", f'model.source="{fake}"'], capsys)
+        assert code == 2 and f"{fake} is not a GGUF file" in output and "Traceback" not in output, output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_conversation_opening_with_the_reply_names_the_missing_user_turn(tiny_recipe, tmp_path, capsys):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"messages": [{"role": "system", "content": "be brief"}, {"role": "assistant", "content": "hello"},
+                          {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes?"}]}]
+    recipe = tiny_recipe(rows=rows)
+    code, output = _main(["run", str(recipe)], capsys)
+    where = f"{tmp_path / 'train.jsonl'}:2"
+    assert code == 2 and "Traceback" not in output, output
+    assert f"{where}: the conversation starts with an assistant reply: no user turn before it" in output, output
 
 
 def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
