@@ -145,9 +145,8 @@ class TrainingSection(Section):
     max_grad_norm: float = Key(1.0, "gradient clipping norm", gt=0.0)
     optim: str = Key("adamw_torch", "optimizer (transformers' names)")
     activation_checkpointing: bool | Literal["auto"] = Key(
-        "auto", "recompute activations in backward: far less memory, ~25% slower. auto: on when `peftsft plan` finds "
-        "the saved activations would outweigh everything else training holds, or the run would fill over 80% of the "
-        "memory available; off otherwise"
+        "auto", "recompute activations in backward: far less memory, ~25% slower. auto: on only when `peftsft plan` "
+        "finds the run without it would fill over 80% of the memory available (GPU or CPU); off otherwise"
     )
     loss_vocab_chunk: Annotated[int, Field(ge=256)] | Literal["auto"] = Key(
         "auto", "vocabulary slice TRL's fused loss head scores at a time (it never builds the full logits); auto: "
