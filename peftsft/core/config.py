@@ -143,7 +143,9 @@ class TrainingSection(Section):
     warmup_ratio: float = Key(0.03, "share of the steps spent warming up the learning rate", ge=0.0, le=1.0)
     weight_decay: float = Key(0.0, "AdamW weight decay", ge=0.0)
     max_grad_norm: float = Key(1.0, "gradient clipping norm", gt=0.0)
-    optim: str = Key("adamw_torch", "optimizer (transformers' names)")
+    optim: str = Key(
+        "auto", "optimizer (transformers' names); auto: adamw_torch_fused (AdamW, one fused kernel for all updates)"
+    )
     activation_checkpointing: bool | Literal["auto"] = Key(
         "auto", "recompute activations in backward: far less memory, ~25% slower. auto: on only when `peftsft plan` "
         "finds the run without it would fill over 80% of the memory available (GPU or CPU); off otherwise"
@@ -159,6 +161,14 @@ class TrainingSection(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Key(
         "auto", "autocast; auto: bf16 where the hardware runs bf16 matmuls fast (CUDA with bf16, CPUs with "
         "AVX-512-BF16/AMX), fp32 elsewhere"
+    )
+    base_dtype: Literal["auto", "float32", "bfloat16"] = Key(
+        "auto", "the frozen base weights' dtype under LoRA-family adapters (adapters and optimizer states stay "
+        "float32); auto: bfloat16 where training runs in bf16 (no per-step cast of the weights), float32 elsewhere"
+    )
+    padding_free: bool | Literal["auto"] = Key(
+        "auto", "flatten each batch into one sequence, position ids restarting per sample: no padding, same samples "
+        "per step; auto: on where the attention backend keeps samples apart (sdpa, eager, flex, flash)"
     )
     sampling: Literal["random", "group_by_length", "sequential"] = Key(
         "group_by_length", "batch order: group_by_length (similar lengths together: far less padding, same samples "

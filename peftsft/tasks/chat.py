@@ -19,7 +19,7 @@ from peftsft.training import trl_compat
 from peftsft.training.arguments import trainer_arguments, use_our_callbacks
 from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt, TokenRate
 from peftsft.training.distributed import console_for, on_main, process_state
-from peftsft.training.levers import Levers, decide_levers
+from peftsft.training.levers import Levers, cast_frozen_base, decide_levers
 from peftsft.training.report import plot_loss, write_samples
 from peftsft.training.runs import checkpoint_step, open_run_dir, run_summary, save_adapter, train_guarded
 from peftsft.core.rundir import write_dir, write_json
@@ -67,7 +67,7 @@ def train(
         f"{params_summary['total_params']:,} parameters ({params_summary['trainable_percent']:.3f}%)"
     )
 
-    levers = decide_levers(recipe, device, stats.max_tokens)
+    levers = decide_levers(recipe, device, stats.max_tokens, model)
     console.print(f"speed: {levers.describe()}")
     rate = TokenRate()
     metrics = MetricsLog(run_dir / "metrics.jsonl", rate, keep_until_step=checkpoint_step(checkpoint))
@@ -116,14 +116,20 @@ def make_trainer(
     """TRL's SFTTrainer over our pre-tokenized, pre-masked datasets, with the run's speed levers."""
     from trl import SFTConfig, SFTTrainer
 
-    levers = levers or decide_levers(recipe, device, max(len(ids) for ids in train_ds["input_ids"]))
+    levers = levers or decide_levers(recipe, device, max(len(ids) for ids in train_ds["input_ids"]), model)
     evaluate_during = eval_ds is not None and recipe.training.eval_steps is not None
+    arguments = trainer_arguments(recipe, device, evaluate_during, levers.precision, levers.activation_checkpointing)
+    if levers.padding_free:  # no padding to leave out, and the pad token (often the end-of-turn one) is real text
+        arguments["include_num_input_tokens_seen"] = "all"
     args = SFTConfig(
-        **trainer_arguments(recipe, device, evaluate_during, levers.precision, levers.activation_checkpointing),
+        **arguments,
         packing=recipe.data.packing,
         packing_strategy="bfd",
-        max_length=recipe.data.max_length,
+        padding_free=levers.padding_free,
+        # our rows are truncated to max_length already (build_datasets); TRL refuses padding-free with a max_length
+        max_length=None if levers.padding_free else recipe.data.max_length,
     )
+    cast_frozen_base(model, levers.base_dtype)
     model.config.use_cache = False
     trainer = SFTTrainer(
         model=model,

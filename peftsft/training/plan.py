@@ -120,19 +120,15 @@ def estimate(
     return plan
 
 
-# Share of the available memory a run may plan to fill without activation checkpointing: "auto" turns it on only
-# above it (the rest is headroom for the allocator's fragmentation, the runtime and the estimate's error)
+# Share of the available memory a run may fill without activation checkpointing ("auto" turns it on above it);
+# the rest is headroom for fragmentation, the runtime and the estimate's error
 CHECKPOINTING_THRESHOLD = 0.8
 
 
 def _decide_checkpointing(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, params) -> None:
-    """activation_checkpointing = "auto": on only when the run without it would fill more than
-    CHECKPOINTING_THRESHOLD of the memory available (GPU or CPU); off otherwise, because it costs ~25% of the
-    speed (measured on SmolLM2 LoRA) and buys nothing when memory is plentiful. Where the available memory is
-    unknown (planning for a device this machine lacks, without --gpu-memory) it stays off, and the reason says so.
-
-    Why our own rule: TRL turns checkpointing on for every run, slow even where memory is plentiful; transformers
-    has no memory-driven switch."""
+    """activation_checkpointing = "auto": on only when the run without it would fill over CHECKPOINTING_THRESHOLD
+    of the memory available (GPU or CPU; unknown: off), as it costs ~25% of the speed. Why our own rule: TRL turns
+    it on for every run, even where memory is plentiful; transformers has no memory-driven switch."""
     available = plan.available_bytes if plan.available_bytes is not None else memory_available(plan.device)
     plan.available_bytes = available
     needed = plan.peak_bytes
@@ -274,11 +270,13 @@ def _quantizable_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def _fill_components(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, params) -> None:
+    from peftsft.training.rules import optimizer_name
+
     trainable = [p for p in model.parameters() if p.requires_grad]
     plan.components = {
         "weights": _weight_bytes(plan, model, recipe),
         "gradients": sum(p.numel() * p.element_size() for p in trainable),
-        "optimizer": _optimizer_bytes(recipe.training.optim, trainable, plan.notes),
+        "optimizer": _optimizer_bytes(optimizer_name(recipe.training.optim), trainable, plan.notes),
         "activations": _activation_bytes(plan, model, recipe, params),
         "loss_head": _loss_head_bytes(plan, model, recipe),
     }

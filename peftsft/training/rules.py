@@ -50,3 +50,34 @@ def loss_vocab_chunk(setting: int | str, device: str) -> int:
     if setting != "auto":
         return int(setting)
     return TRL_VOCAB_CHUNK if device == "cuda" else CPU_VOCAB_CHUNK
+
+
+def optimizer_name(setting: str) -> str:
+    """auto: AdamW's fused kernel (torch >= 2.4 on CPU and CUDA): one kernel for every update instead of a loop
+    over the adapter's ~400 small tensors (transformers' own default since torch 2.8)."""
+    return "adamw_torch_fused" if setting == "auto" else setting
+
+
+def base_dtype(recipe: Recipe, precision: str, has_adapters: bool) -> str | None:
+    """The frozen base's dtype under adapters (None: left as loaded). bf16 where training runs in bf16: autocast
+    casts frozen (non-leaf-requiring-grad) weights again at every use, a bf16 copy of the base per step; the
+    trainable adapters and their optimizer states stay float32."""
+    setting = recipe.training.base_dtype
+    if recipe.quantization.bits is not None or not has_adapters:
+        return None  # a quantized base has its own dtype; without adapters (full fine-tuning) nothing is frozen
+    if setting != "auto":
+        return setting
+    return "bfloat16" if precision == "bf16" else None
+
+
+def padding_free(setting: bool | str, attention: str, packing: bool) -> bool:
+    """Padding-free batches where the attention backend keeps flattened samples apart (packing is padding-free
+    already). Transformers 5 derives a per-sample causal mask from restarting position ids for sdpa/eager/flex,
+    and per-sample lengths for flash attention (checked by the packing isolation test)."""
+    from peftsft.data.packing import ISOLATING_ATTENTION
+
+    if packing:
+        return False
+    if setting != "auto":
+        return bool(setting)
+    return attention in ISOLATING_ATTENTION

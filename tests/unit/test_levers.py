@@ -66,3 +66,65 @@ def test_summary_records_the_resolved_levers(tiny_recipe):
     assert record["loss_vocab_chunk"] == 4096 and record["sampling"] == "group_by_length"
     explicit = decide_levers(load_recipe(tiny_recipe(), ["training.activation_checkpointing=true"]), "cpu", 64)
     assert explicit.activation_checkpointing and explicit.checkpointing_reason == "set in the recipe"
+
+
+# bf16 rounds every matmul output to 8 bits of mantissa: a bf16 base against an fp32 one (both under bf16
+# autocast) agrees to about a percent over a few steps, no closer
+BF16_RTOL = 2e-2
+
+
+def test_padding_free_batches_and_fused_adamw_keep_the_loss_curve(tiny_recipe):
+    """The same samples per step, flattened with restarting position ids instead of padded, and AdamW's fused
+    kernel instead of its loop: in fp32 only the summation order changes."""
+    common = UNOPTIMISED + ["training.precision=fp32", "training.sampling=sequential"]
+    plain = train(tiny_recipe, "padded", common + ["training.padding_free=false", "training.optim=adamw_torch"])
+    fast = train(tiny_recipe, "flat", common + ["training.padding_free=true", "training.optim=adamw_torch_fused"])
+    assert len(plain["losses"]) == len(fast["losses"]) == 6
+    assert fast["losses"] == pytest.approx(plain["losses"], rel=SAME_LEARNING_RTOL)
+    assert fast["eval_loss"] == pytest.approx(plain["eval_loss"], rel=SAME_LEARNING_RTOL)
+    assert fast["train_tokens"] == plain["train_tokens"]  # every real token counted, none dropped or added
+    assert fast["levers"]["padding_free"] and not plain["levers"]["padding_free"]
+    assert (fast["levers"]["optimizer"], plain["levers"]["optimizer"]) == ("adamw_torch_fused", "adamw_torch")
+
+
+def test_bf16_frozen_base_learns_like_the_fp32_base(tiny_recipe):
+    """A bf16 copy of the frozen base under bf16 autocast: the same learning within bf16's rounding."""
+    common = UNOPTIMISED + ["training.precision=bf16", "training.sampling=sequential"]
+    plain = train(tiny_recipe, "fp32-base", common + ["training.base_dtype=float32"])
+    fast = train(tiny_recipe, "bf16-base", common + ["training.base_dtype=bfloat16"])
+    assert fast["losses"] == pytest.approx(plain["losses"], rel=BF16_RTOL)
+    assert fast["eval_loss"] == pytest.approx(plain["eval_loss"], rel=BF16_RTOL)
+    assert (fast["levers"]["base_dtype"], plain["levers"]["base_dtype"]) == ("bfloat16", "float32")
+
+
+def test_bf16_base_keeps_adapters_and_optimizer_states_fp32(tiny_recipe):
+    import torch
+
+    from peftsft.data import build_datasets
+    from peftsft.models import load_model
+    from peftsft.strategies import StrategyContext, get_strategy
+    from peftsft.strategies.registry import validate_params
+    from peftsft.tasks.chat import make_trainer
+
+    recipe = load_recipe(tiny_recipe(), ["training.precision=bf16", "training.max_steps=1"])
+    model, tokenizer, _ = load_model(recipe.model, recipe.quantization, "cpu")
+    train_ds, _, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
+    strategy = get_strategy("lora")
+    model = strategy.apply(model, validate_params(strategy, recipe.strategy.params), StrategyContext())
+    levers = decide_levers(recipe, "cpu", stats.max_tokens, model)
+    assert levers.base_dtype == "bfloat16"  # auto, where training runs in bf16
+    trainer = make_trainer(recipe, model, tokenizer, train_ds, None, "cpu", [], levers)
+    trainer.train()
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    states = {v.dtype for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step"}
+    assert dtypes == {torch.float32} and frozen == {torch.bfloat16} and states == {torch.float32}
+    # fp32 training and full fine-tuning leave the base as loaded
+    assert decide_levers(load_recipe(tiny_recipe(), ["training.precision=fp32"]), "cpu", 64, model).base_dtype is None
+    assert decide_levers(load_recipe(tiny_recipe(), ["strategy.name=full"]), "cpu", 64).base_dtype is None
+
+
+def test_padding_free_is_on_only_where_attention_keeps_samples_apart(tiny_recipe):
+    assert decide_levers(load_recipe(tiny_recipe()), "cpu", 64).padding_free  # sdpa
+    assert not decide_levers(load_recipe(tiny_recipe(), ["data.packing=true"]), "cpu", 64).padding_free  # packed
+    assert not decide_levers(load_recipe(tiny_recipe(), ["training.padding_free=false"]), "cpu", 64).padding_free
