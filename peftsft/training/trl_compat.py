@@ -42,7 +42,7 @@ def check_versions() -> dict[str, str]:
 
 def attention_implementation(model) -> str:
     """The attention backend transformers chose for `model` (a private config attribute in transformers 5)."""
-    return getattr(model.config, "_attn_implementation", None) or "eager"
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
 
 
 @contextlib.contextmanager

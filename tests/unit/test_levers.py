@@ -121,7 +121,8 @@ def test_bf16_base_keeps_adapters_and_optimizer_states_fp32(tiny_recipe):
     assert dtypes == {torch.float32} and frozen == {torch.bfloat16} and states == {torch.float32}
     # fp32 training and full fine-tuning leave the base as loaded
     assert decide_levers(load_recipe(tiny_recipe(), ["training.precision=fp32"]), "cpu", 64, model).base_dtype is None
-    assert decide_levers(load_recipe(tiny_recipe(), ["strategy.name=full"]), "cpu", 64).base_dtype is None
+    everything_trains = torch.nn.Linear(2, 2)  # full fine-tuning: no frozen base
+    assert decide_levers(load_recipe(tiny_recipe(), ["training.precision=bf16"]), "cpu", 64, everything_trains).base_dtype is None
 
 
 def test_padding_free_is_on_only_where_attention_keeps_samples_apart(tiny_recipe):
