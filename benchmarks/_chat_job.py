@@ -43,3 +43,20 @@ def write_chat_rows(path: Path, rows: int = ROWS, seed: int = SEED) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in chat_rows(rows, seed)), encoding="utf-8")
     return rows
+
+
+# issue 24's job: LoRA r16/α32 all-linear, dropout 0, batch 4, 1 epoch of the 96 rows, lr 1e-4, max length 512
+REFERENCE = {
+    "full": {"arms": "lora", "batch": 4, "seq_len": 512, "warmup": 1, "steps": ROWS // 4 - 1, "budget": 3600.0},
+    "quick": {"arms": "lora", "batch": 2, "seq_len": 128, "warmup": 1, "steps": 3, "budget": 600.0},
+    "learning_rate": 1e-4,
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+}
+
+
+def reference_rows(path: Path, count: int) -> int:
+    """The first `count` rows of the job (all 96 for one epoch at batch 4)."""
+    write_chat_rows(path, ROWS)
+    rows = path.read_text(encoding="utf-8").splitlines()[:count]
+    path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    return len(rows)
