@@ -38,6 +38,8 @@ def write_config(directory: Path) -> Path:
 
 def write_recipe(path: Path, model_dir: Path, bits: int | None, batch: int, seq: int) -> Path:
     quant = f"[quantization]\nbits = {bits}\n" if bits else ""
+    data = path.parent / "rows.jsonl"  # the recipe must name data; --max-length planning never reads it
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n", encoding="utf-8")
     path.write_text(
         f"""[model]
 source = "{model_dir}"
@@ -48,7 +50,7 @@ r = 8
 alpha = 16
 dropout = 0.0
 [[data.datasets]]
-path = "unused.jsonl"
+path = "{data}"
 [data]
 max_length = {seq}
 [training]
