@@ -71,13 +71,17 @@ def base_dtype(recipe: Recipe, precision: str, has_adapters: bool) -> str | None
 
 
 def padding_free(setting: bool | str, attention: str, packing: bool) -> bool:
-    """Padding-free batches where the attention backend keeps flattened samples apart (packing is padding-free
-    already). Transformers 5 derives a per-sample causal mask from restarting position ids for sdpa/eager/flex,
-    and per-sample lengths for flash attention (checked by the packing isolation test)."""
-    from peftsft.data.packing import ISOLATING_ATTENTION
-
+    """Padding-free batches (packing is padding-free already). auto: on where attention skips the other samples'
+    tokens (flash attention's per-sample lengths, flex attention's block mask); off for sdpa/eager, where
+    transformers 5 keeps the flattened samples apart with a dense block-diagonal mask: attention then costs
+    (sum of lengths)² instead of batch × longest², more than the little padding length-grouped batches (the
+    default sampling) leave. An explicit true works on every backend that keeps samples apart."""
     if packing:
         return False
     if setting != "auto":
         return bool(setting)
-    return attention in ISOLATING_ATTENTION
+    return attention in VARLEN_ATTENTION
+
+
+# attention backends whose cost on a flattened batch grows with each sample's length, not the batch's total
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")

@@ -125,7 +125,10 @@ def test_bf16_base_keeps_adapters_and_optimizer_states_fp32(tiny_recipe):
     assert decide_levers(load_recipe(tiny_recipe(), ["training.precision=bf16"]), "cpu", 64, everything_trains).base_dtype is None
 
 
-def test_padding_free_is_on_only_where_attention_keeps_samples_apart(tiny_recipe):
-    assert decide_levers(load_recipe(tiny_recipe()), "cpu", 64).padding_free  # sdpa
-    assert not decide_levers(load_recipe(tiny_recipe(), ["data.packing=true"]), "cpu", 64).padding_free  # packed
-    assert not decide_levers(load_recipe(tiny_recipe(), ["training.padding_free=false"]), "cpu", 64).padding_free
+def test_padding_free_is_on_only_where_attention_skips_other_samples(tiny_recipe):
+    from peftsft.training.rules import padding_free
+
+    assert not decide_levers(load_recipe(tiny_recipe()), "cpu", 64).padding_free  # sdpa: dense block mask
+    assert padding_free("auto", "flash_attention_2", packing=False)  # per-sample lengths
+    assert not padding_free("auto", "flash_attention_2", packing=True)  # packed rows are padding-free already
+    assert decide_levers(load_recipe(tiny_recipe(), ["training.padding_free=true"]), "cpu", 64).padding_free
