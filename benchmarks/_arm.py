@@ -167,7 +167,7 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     # the recipe's own levers, as `peftsft run` uses them (length-grouped batches of the job's rows included)
     levers = decide_levers(recipe, spec["device"], stats.max_tokens)
     trainer = make_trainer(recipe, model, tokenizer, train_ds, None, spec["device"], [meter], levers)
-    trainer.peftsft_levers = levers_applied(levers)  # TRL's loss head as the levers say, while training
+    trainer.peftsft_levers = levers_applied(levers, trainer.model)  # as `peftsft run` applies them, while training
     supervised = sum(sum(1 for label in row if label != -100) for row in train_ds["labels"])
     data = {"rows": stats.train_rows, "dataset_tokens": stats.tokens, "supervised_tokens": supervised}
     return trainer, {**data, "levers": levers.as_dict(), "precision": levers.precision}

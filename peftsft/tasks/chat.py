@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from rich.console import Console
@@ -74,7 +75,7 @@ def train(
     interrupt = StopOnInterrupt()
     callbacks = [metrics, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints()]
     trainer = make_trainer(recipe, model, tokenizer, train_ds, eval_ds, device, callbacks, levers)
-    with levers_applied(levers):
+    with levers_applied(levers, model):
         result = train_guarded(trainer, interrupt, checkpoint, run_dir)
         train_seconds = rate.elapsed
         eval_metrics = trainer.evaluate() if eval_ds is not None else {}
@@ -105,9 +106,14 @@ def train(
     return summary
 
 
-def levers_applied(levers: Levers):
-    """While training and evaluating: TRL's loss head as the levers say (restored afterwards)."""
-    return trl_compat.loss_head(levers.loss_vocab_chunk, levers.loss_positions == "supervised", levers.fallbacks)
+@contextlib.contextmanager
+def levers_applied(levers: Levers, model=None):
+    """While training and evaluating: TRL's loss head as the levers say, and with a half-precision frozen base
+    under autocast no fp32 round trip of the adapters' inputs (both restored afterwards)."""
+    skip_casts = model is not None and levers.base_dtype is not None and levers.precision != "fp32"
+    with trl_compat.loss_head(levers.loss_vocab_chunk, levers.loss_positions == "supervised", levers.fallbacks):
+        with trl_compat.adapter_input_casts_skipped(model, skip_casts):
+            yield
 
 
 def make_trainer(
