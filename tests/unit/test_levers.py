@@ -132,3 +132,27 @@ def test_padding_free_is_on_only_where_attention_skips_other_samples(tiny_recipe
     assert padding_free("auto", "flash_attention_2", packing=False)  # per-sample lengths
     assert not padding_free("auto", "flash_attention_2", packing=True)  # packed rows are padding-free already
     assert decide_levers(load_recipe(tiny_recipe(), ["training.padding_free=true"]), "cpu", 64).padding_free
+
+
+def test_adapter_input_casts_skipped_only_under_autocast_with_a_bf16_base(tiny_recipe, tiny_model_dir):
+    """peft's fp32 round trip of each adapter's input is skipped while training in bf16 on a bf16 base (autocast
+    casts it back anyway), kept elsewhere, and restored afterwards."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AutoModelForCausalLM
+
+    from peftsft.tasks.chat import levers_applied
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules="all-linear"))
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+    def casting() -> set[bool]:
+        return {getattr(m, "cast_input_dtype_enabled", True) for m in layers}
+
+    bf16 = decide_levers(load_recipe(tiny_recipe(), ["training.precision=bf16"]), "cpu", 64, model)
+    fp32 = decide_levers(load_recipe(tiny_recipe(), ["training.precision=fp32"]), "cpu", 64, model)
+    with levers_applied(bf16, model):
+        assert casting() == {False}
+    with levers_applied(fp32, model):
+        assert casting() == {True}
+    assert layers and casting() == {True}
