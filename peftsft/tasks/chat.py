@@ -20,7 +20,8 @@ from peftsft.training import trl_compat
 from peftsft.training.arguments import trainer_arguments, use_our_callbacks
 from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt, TokenRate
 from peftsft.training.distributed import console_for, on_main, process_state
-from peftsft.training.levers import Levers, cast_frozen_base, decide_levers
+from peftsft.training.levers import Levers, decide_levers
+from peftsft.training.rules import cast_frozen_base
 from peftsft.training.report import plot_loss, write_samples
 from peftsft.training.runs import checkpoint_step, open_run_dir, run_summary, save_adapter, train_guarded
 from peftsft.core.rundir import write_dir, write_json

@@ -16,6 +16,7 @@ from peftsft.training.plan import estimate
 from peftsft.training.rules import (
     adapter_dtype,
     base_dtype,
+    has_frozen_base,
     loss_vocab_chunk,
     optimizer_name,
     padding_free,
@@ -84,24 +85,3 @@ def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None
             recipe.data.packing,
         ),
     )
-
-
-def has_frozen_base(model) -> bool:
-    """Adapters on frozen float weights (LoRA family and other peft adapters), as opposed to full fine-tuning."""
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    return any(p.requires_grad for p in params) and any(not p.requires_grad for p in params)
-
-
-def cast_frozen_base(model, dtype: str | None) -> None:
-    """The frozen floating weights to `dtype` (levers.base_dtype), the trainable ones untouched.
-
-    Why: under autocast, torch caches the bf16 copy of a weight only for leaves that require grad, so a frozen
-    fp32 base is cast again at every use (forward, recomputation) — a copy of the whole base each step."""
-    import torch
-
-    if dtype is None:
-        return
-    target = getattr(torch, dtype)
-    for param in model.parameters():
-        if not param.requires_grad and param.is_floating_point() and param.dtype != target:
-            param.data = param.data.to(target)  # buffers (rotary frequencies) stay fp32 by design

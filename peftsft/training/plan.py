@@ -93,7 +93,7 @@ def estimate(
 
     `longest_sample` (tokens), when the caller knows it, saves reading the data again; `available_bytes` plans
     for a device with that much memory (e.g. a 24 GB GPU this machine lacks) instead of measuring this one's."""
-    from peftsft.training.rules import adapter_dtype
+    from peftsft.training.rules import adapter_dtype, base_dtype, cast_frozen_base, has_frozen_base
     from peftsft.models import materialize, pick_device, resolve_source
 
     device = device or pick_device(recipe.training.device)
@@ -104,6 +104,7 @@ def estimate(
     model, strategy_params = _skeleton_with_strategy(config, recipe, dtype)
     if adapter_dtype(recipe, precision) == "bfloat16":
         _adapters_to_bf16(model)
+    cast_frozen_base(model, base_dtype(recipe, precision, has_frozen_base(model)))  # as make_trainer does
     batch, seq, seq_from = _batch_shape(recipe, location, read_data)
     if longest_sample and not recipe.data.packing:
         seq, seq_from = min(longest_sample, recipe.data.max_length), "longest sample in the data"

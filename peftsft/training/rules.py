@@ -1,4 +1,5 @@
-"""Per-machine rules behind the speed levers: pure functions of the recipe and the device, no decisions stored."""
+"""Per-machine rules behind the speed levers: functions of the recipe, the device and the model, no decisions stored
+(plus the frozen-base cast that `base_dtype` implies, shared by the trainer and the memory plan)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,24 @@ def padding_free(setting: bool | str, attention: str, packing: bool) -> bool:
 
 # attention backends whose cost on a flattened batch grows with each sample's length, not the batch's total
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def has_frozen_base(model) -> bool:
+    """Adapters on frozen float weights (LoRA family and other peft adapters), as opposed to full fine-tuning."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    return any(p.requires_grad for p in params) and any(not p.requires_grad for p in params)
+
+
+def cast_frozen_base(model, dtype: str | None) -> None:
+    """The frozen floating weights to `dtype` (levers.base_dtype), the trainable ones untouched.
+
+    Why: under autocast, torch caches the bf16 copy of a weight only for leaves that require grad, so a frozen
+    fp32 base is cast again at every use (forward, recomputation) — a copy of the whole base each step."""
+    import torch
+
+    if dtype is None:
+        return
+    target = getattr(torch, dtype)
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != target:
+            param.data = param.data.to(target)  # buffers (rotary frequencies) stay fp32 by design
