@@ -165,7 +165,7 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     params = validate_params(strategy, recipe.strategy.params)
     model = strategy.apply(model, params, StrategyContext(quantized=recipe.quantization.bits is not None))
     # the recipe's own levers, as `peftsft run` uses them (length-grouped batches of the job's rows included)
-    levers = decide_levers(recipe, spec["device"], stats.max_tokens)
+    levers = decide_levers(recipe, spec["device"], stats.max_tokens, model)
     trainer = make_trainer(recipe, model, tokenizer, train_ds, None, spec["device"], [meter], levers)
     trainer.peftsft_levers = levers_applied(levers, trainer.model)  # as `peftsft run` applies them, while training
     supervised = sum(sum(1 for label in row if label != -100) for row in train_ds["labels"])
