@@ -165,12 +165,12 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     params = validate_params(strategy, recipe.strategy.params)
     model = strategy.apply(model, params, StrategyContext(quantized=recipe.quantization.bits is not None))
     # the recipe's own levers, as `peftsft run` uses them (length-grouped batches of the job's rows included)
-    levers = decide_levers(recipe, spec["device"], stats.max_tokens)
+    levers = decide_levers(recipe, spec["device"], stats.max_tokens, model)
     trainer = make_trainer(recipe, model, tokenizer, train_ds, None, spec["device"], [meter], levers)
-    trainer.peftsft_levers = levers_applied(levers)  # TRL's loss head as the levers say, while training
+    trainer.peftsft_levers = levers_applied(levers, trainer.model)  # as `peftsft run` applies them, while training
     supervised = sum(sum(1 for label in row if label != -100) for row in train_ds["labels"])
     data = {"rows": stats.train_rows, "dataset_tokens": stats.tokens, "supervised_tokens": supervised}
-    return trainer, {**data, "levers": levers.as_dict()}
+    return trainer, {**data, "levers": levers.as_dict(), "precision": levers.precision}
 
 
 def trl_trainer(spec: dict, meter: StepMeter):
@@ -196,20 +196,27 @@ def trl_trainer(spec: dict, meter: StepMeter):
         disable_tqdm=True,
         save_strategy="no",
         use_cpu=spec["device"] == "cpu",  # TRL's bf16 default refuses to start on a CPU without it
+        **({"learning_rate": spec["learning_rate"]} if spec.get("learning_rate") else {}),
+    )
+    lora = spec.get("lora") or {}
+    lora_config = LoraConfig(
+        r=lora.get("r", 16), target_modules="all-linear", task_type="CAUSAL_LM",
+        **({"lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"]} if lora else {}),
     )
     quantization = get_quantization_config(ModelConfig(load_in_4bit=True)) if spec["quantized"] else None
     trainer = SFTTrainer(
         model=spec["model_dir"],
         args=args,
         train_dataset=dataset,
-        peft_config=LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+        peft_config=lora_config,
         quantization_config=quantization,
         callbacks=[meter],
     )
     trainer.remove_callback(PrinterCallback)  # display only: the meter prints one line per step instead
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     # TRL's default for conversational rows without generation markers: the loss covers every token
-    return trainer, {"rows": len(trainer.train_dataset), "dataset_tokens": tokens, "supervised_tokens": tokens}
+    data = {"rows": len(trainer.train_dataset), "dataset_tokens": tokens, "supervised_tokens": tokens}
+    return trainer, {**data, "precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32")}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -248,6 +255,7 @@ def run(spec: dict) -> dict:
     return {
         **measurements(spec, trainer, meter, rss_start, model),
         "data": data,
+        "precision": data.pop("precision"),
         "total_steps": spec["total_steps"],
         "load_seconds": round(load_seconds, 2),
         "train_loss": result.training_loss,

@@ -90,6 +90,7 @@ def markdown(report: dict) -> str:
         f"- **Machine:** {hw['cpu']}, {hw['logical_cores']} logical cores, {human_bytes(hw['memory_bytes'])} RAM, "
         f"GPU: {gpu}; {hw['platform']}; torch threads: {hw['torch_threads']}",
         "- **Libraries:** " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        _reference_job(job) if job.get("name") == "reference" else
         f"- **Job (every arm):** model `{job['model']}` on {job['device']}, batch {job['batch']}, max length "
         f"{job['seq_len']}, {job['steps']} measured steps after {job['warmup']} warm-up step(s) (discarded), "
         f"optimizer {job['optim']}. The same {job['rows']} chat rows (recipes/data/persona_train.jsonl, shuffled "
@@ -126,6 +127,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reference_job(job: dict) -> str:
+    lora = job.get("lora") or {}
+    return (
+        f"- **Job (every arm): the reference job** (benchmarks/_chat_job.py, issue 24): model `{job['model']}` on "
+        f"{job['device']}, {job['rows']} generated chat rows of 30–260 tokens, each once, batch {job['batch']}, "
+        f"max length {job['seq_len']}, learning rate {job['learning_rate']}, LoRA r{lora.get('r')}/"
+        f"α{lora.get('alpha')} all-linear, dropout {lora.get('dropout')}, optimizer {job['optim']}; "
+        f"{job['warmup']} warm-up step(s) discarded, tokens/s over the other {job['steps']} (the whole epoch). "
+        "TRL arms: SFTTrainer's defaults (bf16 where TRL picks it, gradient checkpointing, its loss head) on the "
+        "rows in file order; peftsft arms: their default speed levers (results.json has each arm's). The loss "
+        "covers every token in every arm (masking = \"all\")."
+    )
+
+
 def _peaks(hw: dict) -> str:
     peaks = hw.get("matmul_gflops") or {}
     return ", ".join(f"{dtype} {gflops:.1f} GFLOP/s" for dtype, gflops in peaks.items()) or "not measured"
@@ -136,8 +151,9 @@ def _efficiency(record: dict, hw: dict) -> str:
     peaks = hw.get("matmul_gflops") or {}
     if "achieved_gflops" not in record or not peaks:
         return "—"
-    best = max(peaks, key=peaks.get)
-    return f"{record['achieved_gflops']:.1f} ({record['peak_fraction'][best]:.0%} of {best})"
+    share = record.get("peak_share") or {}  # the peak for the precision the arm trains in
+    dtype = share.get("dtype") or max(peaks, key=peaks.get)
+    return f"{record['achieved_gflops']:.1f} ({record['peak_fraction'][dtype]:.0%} of {dtype})"
 
 
 def _malloc_note(job: dict) -> str:
@@ -216,7 +232,8 @@ def _definitions(device: str, hw: dict) -> list[str]:
         "- **matmul GFLOP/s**: tokens/s × the model's matmul FLOPs per token (forward 2P, backward 2P for the "
         "activations' gradients, 2P more for the weights that train; P = weights of every linear layer, LM head "
         "included; activation checkpointing's recomputation not counted), and its share of this machine's best "
-        f"dense matmul peak, measured in the same run ({_peaks(hw)}; every share is in results.json).",
+        f"dense matmul peak for the precision the arm trains in (bf16 autocast: bfloat16), measured in the same "
+        f"run ({_peaks(hw)}; every share is in results.json).",
     ]
 
 

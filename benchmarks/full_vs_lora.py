@@ -2,6 +2,12 @@
 
     python benchmarks/full_vs_lora.py --out benchmarks/results          # embedded SmolLM2, ~10 min on a 2-core CPU
     python benchmarks/full_vs_lora.py --quick --out /tmp/bench          # a tiny Llama, well under a minute
+    python benchmarks/full_vs_lora.py --job reference --out benchmarks/results/reference   # issue 24's job, 1 epoch
+
+The `reference` job (benchmarks/_chat_job.py) is fixed: 96 generated chat rows of 30–260 tokens, LoRA r16/α32
+all-linear, dropout 0, batch 4, 1 epoch, lr 1e-4, max length 512, against TRL's defaults on the same rows and
+LoRA; tokens/s is over the whole epoch (after the warm-up step), and each arm's matmul work is given as a share
+of this machine's measured matmul peak for the precision it trains in. On CUDA the same command is the GPU run.
 
 Each arm runs in a fresh process on the same model, rows (same order, same batches), sequence length, batch and
 optimizer; warm-up steps are discarded. A baseline arm, plain `trl.SFTTrainer` with its defaults (+ peft LoRA
@@ -33,13 +39,14 @@ from rich.console import Console  # noqa: E402
 from peftsft.core.errors import UserError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _chat_job import REFERENCE, reference_rows  # noqa: E402
 from _report import hardware, human_bytes, write_outputs  # noqa: E402
 
 DATA = REPO / "recipes" / "data" / "persona_train.jsonl"
 WORKER = Path(__file__).resolve().parent / "_arm.py"
 # Sized so that the default run (5 arms on SmolLM2-135M) takes ~10 minutes on a quiet 2-core CPU
-DEFAULTS = {"arms": "full,lora,qlora", "steps": 6, "warmup": 1, "batch": 4, "seq_len": 256}
-QUICK = {"arms": "full,lora", "steps": 2, "warmup": 1, "batch": 2, "seq_len": 64}
+DEFAULTS = {"arms": "full,lora,qlora", "steps": 6, "warmup": 1, "batch": 4, "seq_len": 256, "budget": 120.0}
+QUICK = {"arms": "full,lora", "steps": 2, "warmup": 1, "batch": 2, "seq_len": 64, "budget": 120.0}
 BASELINES = {
     "trl_lora": "plain TRL SFTTrainer, its defaults + peft LoRA r=16 all-linear",
     "trl_qlora": "plain TRL SFTTrainer, its defaults + peft LoRA r=16 on TRL's 4-bit base (nf4)",
@@ -167,6 +174,9 @@ def write_rows(path: Path, model_dir: str, batch: int, steps: int, warmup: int, 
 def write_recipe(path: Path, arm: Arm, job: dict) -> Path:
     """A plain peftsft recipe for the arm: `python -m peftsft run` on it trains the same job."""
     quant = f"\n[quantization]\nbits = {arm.bits}\n" if arm.bits else ""
+    lora = job.get("lora") if arm.strategy == "lora" else None
+    strategy_params = "".join(f"\n{key} = {value}" for key, value in (lora or {}).items())
+    rate = f"\nlearning_rate = {job['learning_rate']}" if job.get("learning_rate") else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"""# benchmark arm {arm.name!r}: written by benchmarks/full_vs_lora.py
@@ -174,7 +184,7 @@ def write_recipe(path: Path, arm: Arm, job: dict) -> Path:
 source = {json.dumps(job['model'])}
 {quant}
 [strategy]
-name = "{arm.strategy}"
+name = "{arm.strategy}"{strategy_params}
 
 [[data.datasets]]
 path = {json.dumps(str(job['data']))}
@@ -187,7 +197,7 @@ max_length = {job['seq_len']}
 [training]
 max_steps = {job['total_steps']}
 batch_size = {job['batch']}
-optim = "{job['optim']}"  # TRL's (transformers') default optimizer, so that every arm uses the same one
+optim = "{job['optim']}"  # TRL's (transformers') default optimizer, so that every arm uses the same one{rate}
 logging_steps = 1
 seed = {job['seed']}
 
@@ -245,12 +255,13 @@ def run_arm(arm: Arm, spec: dict, out: Path, timeout: float | None) -> dict:
     return result
 
 
-def derive(result: dict, warmup: int, device: str) -> dict:
+def derive(result: dict, warmup: int, device: str, whole_epoch: bool = False) -> dict:
     """Medians over the measured steps and the memory figures the tables compare."""
     if not result.get("ok"):
         return {}
     measured = result["steps"][warmup:] or result["steps"]
     rates = [s["tokens"] / s["seconds"] for s in measured if s["seconds"] > 0]
+    overall = sum(s["tokens"] for s in measured) / max(sum(s["seconds"] for s in measured), 1e-9)
     if device == "cuda":
         footprint = peak = result["cuda_max_allocated_bytes"]
     else:
@@ -259,8 +270,9 @@ def derive(result: dict, warmup: int, device: str) -> dict:
     return {
         "measured_steps": len(measured),
         "stopped_by_budget": len(result["steps"]) < result.get("total_steps", len(result["steps"])),
-        "tokens_per_s": statistics.median(rates) if rates else None,
-        "tokens_per_s_overall": sum(s["tokens"] for s in measured) / max(sum(s["seconds"] for s in measured), 1e-9),
+        # a whole epoch of mixed lengths (batches grouped differently per arm): its tokens over its time
+        "tokens_per_s": overall if whole_epoch else (statistics.median(rates) if rates else None),
+        "tokens_per_s_overall": overall,
         "step_seconds": statistics.median(s["seconds"] for s in measured),
         "train_tokens": sum(s["tokens"] for s in result["steps"]),
         "final_loss": result["losses"][-1] if result["losses"] else None,
@@ -286,7 +298,8 @@ def add_ratios(records: list[dict]) -> None:
 
 
 def add_efficiency(records: list[dict], hardware: dict) -> None:
-    """Achieved matmul GFLOP/s of each arm and its share of this machine's measured fp32 and bf16 matmul peaks."""
+    """Achieved matmul GFLOP/s of each arm, its share of this machine's measured fp32 and bf16 matmul peaks, and
+    `peak_share`: the share of the peak for the precision the arm trains in (bf16/fp16 autocast: bfloat16)."""
     peaks = hardware.get("matmul_gflops") or {}
     for record in records:
         if not record.get("ok") or not record.get("tokens_per_s"):
@@ -294,6 +307,9 @@ def add_efficiency(records: list[dict], hardware: dict) -> None:
         achieved = record["tokens_per_s"] * record["matmul_flops_per_token"] / 1e9
         record["achieved_gflops"] = round(achieved, 2)
         record["peak_fraction"] = {dtype: round(achieved / peak, 4) for dtype, peak in peaks.items() if peak}
+        dtype = "float32" if record.get("precision", "fp32") == "fp32" else "bfloat16"
+        if dtype in record["peak_fraction"]:
+            record["peak_share"] = {"dtype": dtype, "share": record["peak_fraction"][dtype]}
 
 
 def add_plan_error(record: dict) -> None:
@@ -307,6 +323,8 @@ def add_plan_error(record: dict) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", choices=("persona", "reference"), default="persona",
+                        help="persona: the project's chat rows, a few steps; reference: issue 24's fixed job, 1 epoch")
     parser.add_argument("--model", help="model source, as in a recipe (default: the embedded SmolLM2; --quick: tiny)")
     parser.add_argument("--arms", help=f"comma-separated arms (default {DEFAULTS['arms']}; --quick: {QUICK['arms']})")
     parser.add_argument("--baselines", default="auto",
@@ -318,16 +336,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="recipe override for every peftsft arm (e.g. training.activation_checkpointing=true)")
-    parser.add_argument("--budget", type=float, default=120.0,
+    parser.add_argument("--budget", type=float,
                         help="training seconds per arm: after the warm-up and one measured step, an arm past this "
-                        "stops early (default 120; plain TRL's bf16 default is very slow on most CPUs)")
+                        "stops early (default 120, reference job 3600; TRL's bf16 default is very slow on AVX2 CPUs)")
     parser.add_argument("--glibc-malloc", action="store_true",
                         help=f"leave glibc's malloc as it is (default: {MALLOC_ENV}, so that RSS tracks live memory)")
     parser.add_argument("--timeout", type=float, help="seconds one arm's process may take in all (default: no limit)")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps: a check that everything works")
     parser.add_argument("--out", required=True, help="directory for results.json / .md / .png")
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else DEFAULTS).items():
+    defaults = {**(QUICK if args.quick else DEFAULTS), **(REFERENCE["quick" if args.quick else "full"]
+                                                            if args.job == "reference" else {})}
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq_len < 8:
@@ -344,8 +364,13 @@ def prepare_job(args: argparse.Namespace, out: Path) -> dict:
         model_dir = materialize(resolve_source(model))
     total = args.warmup + args.steps
     data = out / "data" / "train.jsonl"
-    rows = write_rows(data, model_dir, args.batch, args.steps, args.warmup, args.seed)
+    if args.job == "reference":
+        rows = reference_rows(data, args.batch * total)
+    else:
+        rows = write_rows(data, model_dir, args.batch, args.steps, args.warmup, args.seed)
     return {
+        "name": args.job, "learning_rate": REFERENCE["learning_rate"] if args.job == "reference" else None,
+        "lora": REFERENCE["lora"] if args.job == "reference" else None,
         "model": model, "model_dir": model_dir, "device": pick_device("auto"), "data": data, "rows": rows,
         "steps": args.steps, "warmup": args.warmup, "total_steps": total, "batch": args.batch,
         "seq_len": args.seq_len, "seed": args.seed, "optim": default_optimizer(), "budget": args.budget, "out": out,
@@ -358,7 +383,7 @@ def arm_spec(arm: Arm, job: dict, recipe: Path | None) -> dict:
         "arm": arm.name, "kind": arm.kind, "recipe": str(recipe) if recipe else None, "model_dir": job["model_dir"],
         "data": str(job["data"]), "device": job["device"], "total_steps": job["total_steps"], "warmup": job["warmup"],
         "batch": job["batch"], "seq_len": job["seq_len"], "seed": job["seed"], "budget": job["budget"],
-        "env": job["env"],
+        "env": job["env"], "learning_rate": job.get("learning_rate"), "lora": job.get("lora"),
         "quantized": bool(arm.bits) or arm.name == "trl_qlora", "run_dir": str(job["out"] / "runs" / arm.name),
     }
 
@@ -385,7 +410,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         result = run_arm(arm, arm_spec(arm, job, recipe), out, args.timeout)
         fields = {k: v for k, v in asdict(arm).items() if k != "name"}
         record = {"arm": arm.name, **fields, "describe": arm.describe, **result}
-        record.update(derive(result, job["warmup"], job["device"]))
+        record.update(derive(result, job["warmup"], job["device"], whole_epoch=job["name"] == "reference"))
         record["plan"] = plan
         add_plan_error(record)
         records.append(record)

@@ -13,6 +13,9 @@ def add_commands(subparsers) -> None:
                         help="device to plan for (auto: the recipe's, on this machine)")
     parser.add_argument("--max-length", action="store_true",
                         help="assume every row is [data] max_length tokens long instead of reading the data")
+    parser.add_argument("--memory", type=float, metavar="GIB",
+                        help="plan for a device with this much memory free (GiB), e.g. 22 on a 24 GB GPU; "
+                        "default: measured on this machine")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.set_defaults(func=cmd_plan)
@@ -26,7 +29,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, list(args.set or []))
     device = None if args.device == "auto" else args.device
     with console.status("reading the model's config and the data"):
-        plan = estimate(recipe, device, read_data=not args.max_length)
+        available = int(args.memory * 2**30) if args.memory else None
+        plan = estimate(recipe, device, read_data=not args.max_length, available_bytes=available)
     if args.json:
         console.print_json(json.dumps(plan.as_dict()))
     else:

@@ -147,11 +147,12 @@ class TrainingSection(Section):
     warmup_ratio: float = Key(0.03, "share of the steps spent warming up the learning rate", ge=0.0, le=1.0)
     weight_decay: float = Key(0.0, "AdamW weight decay", ge=0.0)
     max_grad_norm: float = Key(1.0, "gradient clipping norm", gt=0.0)
-    optim: str = Key("adamw_torch", "optimizer (transformers' names)")
+    optim: str = Key(
+        "auto", "optimizer (transformers' names); auto: adamw_torch_fused (AdamW, one fused kernel for all updates)"
+    )
     activation_checkpointing: bool | Literal["auto"] = Key(
-        "auto", "recompute activations in backward: far less memory, ~25% slower. auto: on when `peftsft plan` finds "
-        "the saved activations would outweigh everything else training holds, or the run would fill over 80% of the "
-        "memory available; off otherwise"
+        "auto", "recompute activations in backward: far less memory, ~25% slower. auto: on only when `peftsft plan` "
+        "finds the run without it would fill over 80% of the memory available (GPU or CPU); off otherwise"
     )
     loss_vocab_chunk: Annotated[int, Field(ge=256)] | Literal["auto"] = Key(
         "auto", "vocabulary slice TRL's fused loss head scores at a time (it never builds the full logits); auto: "
@@ -164,6 +165,15 @@ class TrainingSection(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Key(
         "auto", "autocast; auto: bf16 where the hardware runs bf16 matmuls fast (CUDA with bf16, CPUs with "
         "AVX-512-BF16/AMX), fp32 elsewhere"
+    )
+    base_dtype: Literal["auto", "float32", "bfloat16"] = Key(
+        "auto", "the frozen base weights' dtype under LoRA-family adapters (adapters and optimizer states stay "
+        "float32); auto: bfloat16 where training runs in bf16 (no per-step cast of the weights), float32 elsewhere"
+    )
+    padding_free: bool | Literal["auto"] = Key(
+        "auto", "flatten each batch into one sequence, position ids restarting per sample: no padding, same samples "
+        "per step; auto: on with flash/flex attention (per-sample attention); off with sdpa/eager, whose dense "
+        "block mask costs more than length-grouped batches' little padding"
     )
     sampling: Literal["random", "group_by_length", "sequential"] = Key(
         "group_by_length", "batch order: group_by_length (similar lengths together: far less padding, same samples "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from rich.console import Console
@@ -20,6 +21,7 @@ from peftsft.training.arguments import trainer_arguments, use_our_callbacks
 from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt, TokenRate
 from peftsft.training.distributed import console_for, on_main, process_state
 from peftsft.training.levers import Levers, decide_levers
+from peftsft.training.rules import cast_frozen_base
 from peftsft.training.report import plot_loss, write_samples
 from peftsft.training.runs import checkpoint_step, open_run_dir, run_summary, save_adapter, train_guarded
 from peftsft.core.rundir import write_dir, write_json
@@ -67,14 +69,14 @@ def train(
         f"{params_summary['total_params']:,} parameters ({params_summary['trainable_percent']:.3f}%)"
     )
 
-    levers = decide_levers(recipe, device, stats.max_tokens)
+    levers = decide_levers(recipe, device, stats.max_tokens, model)
     console.print(f"speed: {levers.describe()}")
     rate = TokenRate()
     metrics = MetricsLog(run_dir / "metrics.jsonl", rate, keep_until_step=checkpoint_step(checkpoint))
     interrupt = StopOnInterrupt()
     callbacks = [metrics, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints()]
     trainer = make_trainer(recipe, model, tokenizer, train_ds, eval_ds, device, callbacks, levers)
-    with levers_applied(levers):
+    with levers_applied(levers, model):
         result = train_guarded(trainer, interrupt, checkpoint, run_dir)
         train_seconds = rate.elapsed
         eval_metrics = trainer.evaluate() if eval_ds is not None else {}
@@ -105,9 +107,14 @@ def train(
     return summary
 
 
-def levers_applied(levers: Levers):
-    """While training and evaluating: TRL's loss head as the levers say (restored afterwards)."""
-    return trl_compat.loss_head(levers.loss_vocab_chunk, levers.loss_positions == "supervised", levers.fallbacks)
+@contextlib.contextmanager
+def levers_applied(levers: Levers, model=None):
+    """While training and evaluating: TRL's loss head as the levers say, and with a half-precision frozen base
+    under autocast no fp32 round trip of the adapters' inputs (both restored afterwards)."""
+    skip_casts = model is not None and levers.base_dtype is not None and levers.precision != "fp32"
+    with trl_compat.loss_head(levers.loss_vocab_chunk, levers.loss_positions == "supervised", levers.fallbacks):
+        with trl_compat.adapter_input_casts_skipped(model, skip_casts):
+            yield
 
 
 def make_trainer(
@@ -116,14 +123,20 @@ def make_trainer(
     """TRL's SFTTrainer over our pre-tokenized, pre-masked datasets, with the run's speed levers."""
     from trl import SFTConfig, SFTTrainer
 
-    levers = levers or decide_levers(recipe, device, max(len(ids) for ids in train_ds["input_ids"]))
+    levers = levers or decide_levers(recipe, device, max(len(ids) for ids in train_ds["input_ids"]), model)
     evaluate_during = eval_ds is not None and recipe.training.eval_steps is not None
+    arguments = trainer_arguments(recipe, device, evaluate_during, levers.precision, levers.activation_checkpointing)
+    if levers.padding_free:  # no padding to leave out, and the pad token (often the end-of-turn one) is real text
+        arguments["include_num_input_tokens_seen"] = "all"
     args = SFTConfig(
-        **trainer_arguments(recipe, device, evaluate_during, levers.precision, levers.activation_checkpointing),
+        **arguments,
         packing=recipe.data.packing,
         packing_strategy="bfd",
-        max_length=recipe.data.max_length,
+        padding_free=levers.padding_free,
+        # our rows are truncated to max_length already (build_datasets); TRL refuses padding-free with a max_length
+        max_length=None if levers.padding_free else recipe.data.max_length,
     )
+    cast_frozen_base(model, levers.base_dtype)
     model.config.use_cache = False
     trainer = SFTTrainer(
         model=model,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from peftsft.core.config import Recipe, gradient_accumulation
 from peftsft.training.distributed import world_size
+from peftsft.training.rules import optimizer_name
 
 
 def trainer_arguments(
@@ -24,7 +25,7 @@ def trainer_arguments(
         warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
+        optim=optimizer_name(t.optim),
         activation_checkpointing=checkpointing,
         logging_steps=t.logging_steps,
         eval_strategy="steps" if evaluate_during else "no",

@@ -2,7 +2,8 @@
 
 Kept because the benchmark shows they pay on the reference job (see README "Speed"): fp32 where bf16 matmuls are
 slow, length-grouped batches, activation checkpointing only when memory needs it, fp32 adapters on a quantized
-base where bf16 is slow. TRL's fused, chunked LM head (no full-vocabulary logits) is always on.
+base where bf16 is slow, a bf16 frozen base where training runs in bf16, padding-free batches, fused AdamW.
+TRL's fused, chunked LM head (no full-vocabulary logits) is always on.
 `decide_levers` is the one place the run's levers are decided; everything downstream receives the `Levers`.
 """
 
@@ -12,7 +13,15 @@ from dataclasses import asdict, dataclass, field
 
 from peftsft.core.config import Recipe
 from peftsft.training.plan import estimate
-from peftsft.training.rules import adapter_dtype, loss_vocab_chunk, resolve_precision
+from peftsft.training.rules import (
+    adapter_dtype,
+    base_dtype,
+    has_frozen_base,
+    loss_vocab_chunk,
+    optimizer_name,
+    padding_free,
+    resolve_precision,
+)
 
 
 @dataclass
@@ -26,14 +35,18 @@ class Levers:
     threads: int
     loss_vocab_chunk: int
     loss_positions: str
+    optimizer: str = "adamw_torch_fused"
+    base_dtype: str | None = None  # the frozen base under adapters; None: as loaded
+    padding_free: bool = False
     fallbacks: list[str] = field(default_factory=list)  # levers trl_compat could not apply on this TRL, and why
 
     def describe(self) -> str:
         adapters = f", {self.adapter_dtype} adapters" if self.adapter_dtype else ""
-        packing = ", packed" if self.packing else ""
+        adapters += f", {self.base_dtype} frozen base" if self.base_dtype else ""
+        packing = ", packed" if self.packing else (", padding-free" if self.padding_free else ", padded")
         chunk = f", loss head on {self.loss_positions} positions in {self.loss_vocab_chunk}-wide vocabulary slices"
         return (
-            f"{self.precision}{adapters}, {self.sampling} batches{packing}, {self.threads} threads{chunk}, "
+            f"{self.precision}{adapters}, {self.sampling} batches{packing}, {self.optimizer}, {self.threads} threads{chunk}, "
             f"activation checkpointing {'on' if self.activation_checkpointing else 'off'} ({self.checkpointing_reason})"
         )
 
@@ -41,9 +54,12 @@ class Levers:
         return {**asdict(self), "loss_head": "TRL's fused chunked log-probs (no full logits)"}
 
 
-def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None) -> Levers:
-    """The levers this run uses on `device`; `longest_sample` (tokens) sizes the memory plan behind "auto"."""
+def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None, model=None) -> Levers:
+    """The levers this run uses on `device`; `longest_sample` (tokens) sizes the memory plan behind "auto";
+    `model` (with the strategy applied) tells its attention backend and whether it has adapters on a frozen base."""
     import torch
+
+    from peftsft.training.trl_compat import attention_implementation
 
     precision = resolve_precision(recipe.training.precision, device)
     checkpointing = recipe.training.activation_checkpointing
@@ -61,4 +77,11 @@ def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None
         threads=torch.get_num_threads(),
         loss_vocab_chunk=loss_vocab_chunk(recipe.training.loss_vocab_chunk, device),
         loss_positions=recipe.training.loss_positions,
+        optimizer=optimizer_name(recipe.training.optim),
+        base_dtype=base_dtype(recipe, precision, model is not None and has_frozen_base(model)),
+        padding_free=padding_free(
+            recipe.training.padding_free,
+            attention_implementation(model) if model is not None else recipe.model.attention.replace("auto", "sdpa"),
+            recipe.data.packing,
+        ),
     )

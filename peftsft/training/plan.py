@@ -66,6 +66,7 @@ class MemoryPlan:
     precision: str
     checkpointing: bool = False  # activation checkpointing, as set or as "auto" decided it
     checkpointing_reason: str = "set in the recipe"
+    available_bytes: int | None = None  # memory the run may use: measured here, or given for a device elsewhere
     components: dict[str, int] = field(default_factory=dict)  # bytes
     notes: list[str] = field(default_factory=list)
 
@@ -82,12 +83,14 @@ class MemoryPlan:
 
 
 def estimate(
-    recipe: Recipe, device: str | None = None, read_data: bool = True, longest_sample: int | None = None
+    recipe: Recipe, device: str | None = None, read_data: bool = True, longest_sample: int | None = None,
+    available_bytes: int | None = None,
 ) -> MemoryPlan:
     """The recipe's peak training memory on `device` (default: the recipe's, resolved on this machine).
 
-    `longest_sample` (tokens), when the caller knows it, saves reading the data again."""
-    from peftsft.training.rules import adapter_dtype
+    `longest_sample` (tokens), when the caller knows it, saves reading the data again; `available_bytes` plans
+    for a device with that much memory (e.g. a 24 GB GPU this machine lacks) instead of measuring this one's."""
+    from peftsft.training.rules import adapter_dtype, base_dtype, cast_frozen_base, has_frozen_base
     from peftsft.models import materialize, pick_device, resolve_source
 
     device = device or pick_device(recipe.training.device)
@@ -98,13 +101,14 @@ def estimate(
     model, strategy_params = _skeleton_with_strategy(config, recipe, dtype)
     if adapter_dtype(recipe, precision) == "bfloat16":
         _adapters_to_bf16(model)
+    cast_frozen_base(model, base_dtype(recipe, precision, has_frozen_base(model)))  # as make_trainer does
     batch, seq, seq_from = _batch_shape(recipe, location, read_data)
     if longest_sample and not recipe.data.packing:
         seq, seq_from = min(longest_sample, recipe.data.max_length), "longest sample in the data"
     seq += getattr(strategy_params, "num_virtual_tokens", 0) or 0  # prompt-learning methods lengthen every row
     plan = MemoryPlan(
         device=device, dims=Dims.from_config(config), total_params=0, trainable_params=0, quantized_params=0,
-        batch=batch, seq=seq, seq_from=seq_from, precision=precision, notes=notes,
+        batch=batch, seq=seq, seq_from=seq_from, precision=precision, notes=notes, available_bytes=available_bytes,
     )
     _count(plan, model, recipe)
     plan.checkpointing = recipe.training.activation_checkpointing is True
@@ -114,33 +118,34 @@ def estimate(
     return plan
 
 
-# Share of the available memory a run may plan to fill before "auto" turns activation checkpointing on
+# Share of the available memory a run may fill without activation checkpointing ("auto" turns it on above it);
+# the rest is headroom for fragmentation, the runtime and the estimate's error
 CHECKPOINTING_THRESHOLD = 0.8
 
 
 def _decide_checkpointing(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, params) -> None:
-    """activation_checkpointing = "auto": on when the saved activations would outweigh the rest of what training
-    holds, or the run would not fit in memory; off otherwise (it costs ~25% of the speed).
-
-    Why our own rule: TRL turns checkpointing on for every run, slow even where memory is plentiful; transformers
-    has no memory-driven switch."""
-    c = plan.components
-    rest = c["weights"] + c["gradients"] + c["optimizer"] + c["loss_head"]
-    available = memory_available(plan.device)
+    """activation_checkpointing = "auto": on only when the run without it would fill over CHECKPOINTING_THRESHOLD
+    of the memory available (GPU or CPU; unknown: off), as it costs ~25% of the speed. Why our own rule: TRL turns
+    it on for every run, even where memory is plentiful; transformers has no memory-driven switch."""
+    available = plan.available_bytes if plan.available_bytes is not None else memory_available(plan.device)
+    plan.available_bytes = available
     needed = plan.peak_bytes
-    if available is not None and needed > CHECKPOINTING_THRESHOLD * available:
-        why = f"without it the run would need ~{gib(needed)} of {gib(available)} available"
-    elif c["activations"] > rest:
-        why = f"saved activations (~{gib(c['activations'])}) would outweigh the rest of training (~{gib(rest)})"
-    else:
+    share = f"{CHECKPOINTING_THRESHOLD:.0%}"
+    if available is None:
+        plan.checkpointing_reason = f"auto: off, ~{gib(needed)} needed; available memory unknown"
+        return
+    if needed <= CHECKPOINTING_THRESHOLD * available:
         plan.checkpointing_reason = (
-            f"auto: off, activations ~{gib(c['activations'])} next to ~{gib(rest)} of weights, gradients, optimizer "
-            "and loss head" + (f"; ~{gib(needed)} of {gib(available)} available" if available else "")
+            f"auto: off, ~{gib(needed)} needed without it, {needed / available:.0%} of {gib(available)} available "
+            f"(on above {share})"
         )
         return
     plan.checkpointing = True
     plan.components["activations"] = _activation_bytes(plan, model, recipe, params)
-    plan.checkpointing_reason = f"auto: on, {why}"
+    plan.checkpointing_reason = (
+        f"auto: on, without it ~{gib(needed)} needed, {needed / available:.0%} of {gib(available)} available "
+        f"(over {share}); with it ~{gib(plan.peak_bytes)}"
+    )
 
 
 def memory_available(device: str) -> int | None:
@@ -263,11 +268,13 @@ def _quantizable_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def _fill_components(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, params) -> None:
+    from peftsft.training.rules import optimizer_name
+
     trainable = [p for p in model.parameters() if p.requires_grad]
     plan.components = {
         "weights": _weight_bytes(plan, model, recipe),
         "gradients": sum(p.numel() * p.element_size() for p in trainable),
-        "optimizer": _optimizer_bytes(recipe.training.optim, trainable, plan.notes),
+        "optimizer": _optimizer_bytes(optimizer_name(recipe.training.optim), trainable, plan.notes),
         "activations": _activation_bytes(plan, model, recipe, params),
         "loss_head": _loss_head_bytes(plan, model, recipe),
     }

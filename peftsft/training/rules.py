@@ -1,4 +1,5 @@
-"""Per-machine rules behind the speed levers: pure functions of the recipe and the device, no decisions stored."""
+"""Per-machine rules behind the speed levers: functions of the recipe, the device and the model, no decisions stored
+(plus the frozen-base cast that `base_dtype` implies, shared by the trainer and the memory plan)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,59 @@ def loss_vocab_chunk(setting: int | str, device: str) -> int:
     if setting != "auto":
         return int(setting)
     return TRL_VOCAB_CHUNK if device == "cuda" else CPU_VOCAB_CHUNK
+
+
+def optimizer_name(setting: str) -> str:
+    """auto: AdamW's fused kernel (torch >= 2.4 on CPU and CUDA): one kernel for every update instead of a loop
+    over the adapter's ~400 small tensors (transformers' own default since torch 2.8)."""
+    return "adamw_torch_fused" if setting == "auto" else setting
+
+
+def base_dtype(recipe: Recipe, precision: str, has_adapters: bool) -> str | None:
+    """The frozen base's dtype under adapters (None: left as loaded). bf16 where training runs in bf16: autocast
+    casts frozen (non-leaf-requiring-grad) weights again at every use, a bf16 copy of the base per step; the
+    trainable adapters and their optimizer states stay float32."""
+    setting = recipe.training.base_dtype
+    if recipe.quantization.bits is not None or not has_adapters:
+        return None  # a quantized base has its own dtype; without adapters (full fine-tuning) nothing is frozen
+    if setting != "auto":
+        return setting
+    return "bfloat16" if precision == "bf16" else None
+
+
+def padding_free(setting: bool | str, attention: str, packing: bool) -> bool:
+    """Padding-free batches (packing is padding-free already). auto: on where attention skips the other samples'
+    tokens (flash attention's per-sample lengths, flex attention's block mask); off for sdpa/eager, where
+    transformers 5 keeps the flattened samples apart with a dense block-diagonal mask: attention then costs
+    (sum of lengths)² instead of batch × longest², more than the little padding length-grouped batches (the
+    default sampling) leave. An explicit true works on every backend that keeps samples apart."""
+    if packing:
+        return False
+    if setting != "auto":
+        return bool(setting)
+    return attention in VARLEN_ATTENTION
+
+
+# attention backends whose cost on a flattened batch grows with each sample's length, not the batch's total
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def has_frozen_base(model) -> bool:
+    """Adapters on frozen float weights (LoRA family and other peft adapters), as opposed to full fine-tuning."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    return any(p.requires_grad for p in params) and any(not p.requires_grad for p in params)
+
+
+def cast_frozen_base(model, dtype: str | None) -> None:
+    """The frozen floating weights to `dtype` (levers.base_dtype), the trainable ones untouched.
+
+    Why: under autocast, torch caches the bf16 copy of a weight only for leaves that require grad, so a frozen
+    fp32 base is cast again at every use (forward, recomputation) — a copy of the whole base each step."""
+    import torch
+
+    if dtype is None:
+        return
+    target = getattr(torch, dtype)
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != target:
+            param.data = param.data.to(target)  # buffers (rotary frequencies) stay fp32 by design

@@ -42,7 +42,7 @@ def check_versions() -> dict[str, str]:
 
 def attention_implementation(model) -> str:
     """The attention backend transformers chose for `model` (a private config attribute in transformers 5)."""
-    return getattr(model.config, "_attn_implementation", None) or "eager"
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
 
 
 @contextlib.contextmanager
@@ -88,3 +88,19 @@ def set_adapter_dtype(model, adapter_dtype: str | None) -> None:
     for param in model.parameters():
         if param.requires_grad and param.dtype == torch.bfloat16:
             param.data = param.data.float()
+
+
+@contextlib.contextmanager
+def adapter_input_casts_skipped(model, skip: bool) -> Iterator[None]:
+    """Under half-precision autocast with a half-precision frozen base: peft's LoRA layers skip casting their
+    input to the adapter's fp32 (peft.helpers.disable_input_dtype_casting); restored after.
+
+    Why: autocast casts it straight back to bf16 for the adapter's matmul, so the round trip (a copy of every
+    adapted layer's input, forward and backward) changes no value and costs time."""
+    if not skip:
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    with disable_input_dtype_casting(model):
+        yield

@@ -101,3 +101,16 @@ def test_unknown_arm_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown arm(s) nope" in err and "qlora" in err
     assert not (tmp_path / "results.json").exists()
+
+
+def test_reference_job_is_fixed_and_in_range(tokenizer):
+    """Issue 24's job: the same 96 rows every time, 30–260 tokens each after SmolLM2's chat template."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _chat_job import ROWS, chat_rows
+
+    rows = chat_rows()
+    assert rows == chat_rows() and len(rows) == ROWS == 96
+    lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+               for r in rows]
+    assert 30 <= min(lengths) and max(lengths) <= 260
+    assert 14_000 <= sum(lengths) <= 18_000  # ~16k tokens, like the issue's 16,984

@@ -122,3 +122,93 @@ def test_adapter_dtype_auto_is_the_dtype_it_records_and_bf16_adapters_learn_like
     assert auto["losses"] == pytest.approx(fp32["losses"], rel=SAME_LEARNING_RTOL)
     assert bf16["losses"] == pytest.approx(fp32["losses"], rel=BF16_RTOL)
     assert bf16["eval_loss"] == pytest.approx(fp32["eval_loss"], rel=BF16_RTOL)
+
+
+# bf16 rounds every matmul output to 8 bits of mantissa: a bf16 base against an fp32 one (both under bf16
+# autocast) agrees to about a percent over a few steps, no closer
+BF16_BASE_RTOL = 2e-2
+
+
+def test_padding_free_batches_and_fused_adamw_keep_the_loss_curve(tiny_recipe):
+    """The same samples per step, flattened with restarting position ids instead of padded, and AdamW's fused
+    kernel instead of its loop: in fp32 only the summation order changes."""
+    common = UNOPTIMISED + ["training.precision=fp32", "training.sampling=sequential"]
+    plain = train(tiny_recipe, "padded", common + ["training.padding_free=false", "training.optim=adamw_torch"])
+    fast = train(tiny_recipe, "flat", common + ["training.padding_free=true", "training.optim=adamw_torch_fused"])
+    assert len(plain["losses"]) == len(fast["losses"]) == 6
+    assert fast["losses"] == pytest.approx(plain["losses"], rel=SAME_LEARNING_RTOL)
+    assert fast["eval_loss"] == pytest.approx(plain["eval_loss"], rel=SAME_LEARNING_RTOL)
+    assert fast["train_tokens"] == plain["train_tokens"]  # every real token counted, none dropped or added
+    assert fast["levers"]["padding_free"] and not plain["levers"]["padding_free"]
+    assert (fast["levers"]["optimizer"], plain["levers"]["optimizer"]) == ("adamw_torch_fused", "adamw_torch")
+
+
+def test_bf16_frozen_base_learns_like_the_fp32_base(tiny_recipe):
+    """A bf16 copy of the frozen base under bf16 autocast: the same learning within bf16's rounding."""
+    common = UNOPTIMISED + ["training.precision=bf16", "training.sampling=sequential"]
+    plain = train(tiny_recipe, "fp32-base", common + ["training.base_dtype=float32"])
+    fast = train(tiny_recipe, "bf16-base", common + ["training.base_dtype=bfloat16"])
+    assert fast["losses"] == pytest.approx(plain["losses"], rel=BF16_BASE_RTOL)
+    assert fast["eval_loss"] == pytest.approx(plain["eval_loss"], rel=BF16_BASE_RTOL)
+    assert (fast["levers"]["base_dtype"], plain["levers"]["base_dtype"]) == ("bfloat16", "float32")
+
+
+def test_bf16_base_keeps_adapters_and_optimizer_states_fp32(tiny_recipe):
+    import torch
+
+    from peftsft.data import build_datasets
+    from peftsft.models import load_model
+    from peftsft.strategies import StrategyContext, get_strategy
+    from peftsft.strategies.registry import validate_params
+    from peftsft.tasks.chat import make_trainer
+
+    recipe = load_recipe(tiny_recipe(), ["training.precision=bf16", "training.max_steps=1"])
+    model, tokenizer, _ = load_model(recipe.model, recipe.quantization, "cpu")
+    train_ds, _, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
+    strategy = get_strategy("lora")
+    model = strategy.apply(model, validate_params(strategy, recipe.strategy.params), StrategyContext())
+    levers = decide_levers(recipe, "cpu", stats.max_tokens, model)
+    assert levers.base_dtype == "bfloat16"  # auto, where training runs in bf16
+    trainer = make_trainer(recipe, model, tokenizer, train_ds, None, "cpu", [], levers)
+    trainer.train()
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    states = {v.dtype for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step"}
+    assert dtypes == {torch.float32} and frozen == {torch.bfloat16} and states == {torch.float32}
+    # fp32 training and full fine-tuning leave the base as loaded
+    assert decide_levers(load_recipe(tiny_recipe(), ["training.precision=fp32"]), "cpu", 64, model).base_dtype is None
+    everything_trains = torch.nn.Linear(2, 2)  # full fine-tuning: no frozen base
+    assert decide_levers(load_recipe(tiny_recipe(), ["training.precision=bf16"]), "cpu", 64, everything_trains).base_dtype is None
+
+
+def test_padding_free_is_on_only_where_attention_skips_other_samples(tiny_recipe):
+    from peftsft.training.rules import padding_free
+
+    assert not decide_levers(load_recipe(tiny_recipe()), "cpu", 64).padding_free  # sdpa: dense block mask
+    assert padding_free("auto", "flash_attention_2", packing=False)  # per-sample lengths
+    assert not padding_free("auto", "flash_attention_2", packing=True)  # packed rows are padding-free already
+    assert decide_levers(load_recipe(tiny_recipe(), ["training.padding_free=true"]), "cpu", 64).padding_free
+
+
+def test_adapter_input_casts_skipped_only_under_autocast_with_a_bf16_base(tiny_recipe, tiny_model_dir):
+    """peft's fp32 round trip of each adapter's input is skipped while training in bf16 on a bf16 base (autocast
+    casts it back anyway), kept elsewhere, and restored afterwards."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AutoModelForCausalLM
+
+    from peftsft.tasks.chat import levers_applied
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules="all-linear"))
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+    def casting() -> set[bool]:
+        return {getattr(m, "cast_input_dtype_enabled", True) for m in layers}
+
+    bf16 = decide_levers(load_recipe(tiny_recipe(), ["training.precision=bf16"]), "cpu", 64, model)
+    fp32 = decide_levers(load_recipe(tiny_recipe(), ["training.precision=fp32"]), "cpu", 64, model)
+    with levers_applied(bf16, model):
+        assert casting() == {False}
+    with levers_applied(fp32, model):
+        assert casting() == {True}
+    assert layers and casting() == {True}

@@ -95,17 +95,36 @@ def test_quantized_adapters_follow_the_precision_auto_picks(plan_of, monkeypatch
 def test_checkpointing_auto_turns_on_only_when_memory_needs_it(plan_of, monkeypatch):
     import peftsft.training.plan as plan_module
 
-    roomy = plan_of()  # the tiny model's few activations: off
+    roomy = plan_of()  # the tiny model in this machine's free RAM: off, and the reason names the numbers
     assert not roomy.checkpointing and roomy.checkpointing_reason.startswith("auto: off")
-    # activations outweigh weights + gradients + optimizer + loss head (a narrow vocabulary slice): on
+    assert "needed without it" in roomy.checkpointing_reason and "available (on above 80%)" in roomy.checkpointing_reason
+    # activations that outweigh everything else are no reason on their own while memory is plentiful
     dominated = plan_of("training.batch_size=64", "training.loss_vocab_chunk=256")
-    assert dominated.checkpointing and "outweigh" in dominated.checkpointing_reason
-    monkeypatch.setattr(plan_module, "memory_available", lambda device: int(roomy.peak_bytes / 0.8) - 1)
-    tight = plan_of()  # would not fit: on
-    assert tight.checkpointing and tight.checkpointing_reason.startswith("auto: on")
+    assert not dominated.checkpointing
+    just_fits = int(roomy.peak_bytes / plan_module.CHECKPOINTING_THRESHOLD) + 1
+    monkeypatch.setattr(plan_module, "memory_available", lambda device: just_fits)
+    assert not plan_of().checkpointing  # at 80% of the available memory: still off
+    monkeypatch.setattr(plan_module, "memory_available", lambda device: just_fits - 2)
+    tight = plan_of()  # past 80%: on
+    assert tight.checkpointing and tight.checkpointing_reason.startswith("auto: on, without it")
+    assert "over 80%" in tight.checkpointing_reason and "with it ~" in tight.checkpointing_reason
     assert tight.components["activations"] < roomy.components["activations"]
     assert tight.components["activations"] == plan_of("training.activation_checkpointing=true").components["activations"]
     assert not plan_of("training.activation_checkpointing=false").checkpointing  # an explicit setting wins
+    monkeypatch.setattr(plan_module, "memory_available", lambda device: None)
+    unknown = plan_of()
+    assert not unknown.checkpointing and "available memory unknown" in unknown.checkpointing_reason
+
+
+def test_checkpointing_plans_for_a_given_memory_size(plan_of, monkeypatch):
+    """`available_bytes` (plan --memory) stands for a device this machine lacks: it wins over the measurement."""
+    import peftsft.training.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "memory_available", lambda device: 2**50)
+    roomy = plan_of()
+    small = plan_of(available_bytes=roomy.peak_bytes)
+    assert small.checkpointing and small.available_bytes == roomy.peak_bytes
+    assert not plan_of(available_bytes=2 * roomy.peak_bytes).checkpointing
 
 
 def test_checkpointing_and_batch_shape_move_activations(plan_of):
