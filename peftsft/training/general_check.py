@@ -77,7 +77,8 @@ class GeneralCheck:
         sampling = Sampling(max_new_tokens=self.settings.general_max_new_tokens)
         answers = answer_batch(model, tokenizer, [r.prompt for r in self.rows], sampling, ANSWER_BATCH)
         right = [any(contains_reference(a, e) for e in r.expect) for a, r in zip(answers, self.rows)]
-        exact = [any(exact_match(a, e) for e in (*r.expect, r.messages[-1]["content"])) for a, r in zip(answers, self.rows)]
+        exact = [any(exact_match(a, e) for e in (*r.expect, r.messages[-1]["content"]))
+                 for a, r in zip(answers, self.rows)]
         return {
             "loss": round(loss["eval_loss"], 4), "accuracy": round(sum(right) / len(right), 4),
             "exact_match": round(sum(exact) / len(exact), 4), "right": sum(right), "rows": len(right),
@@ -98,8 +99,10 @@ class GeneralCheck:
         keep = ("loss", "accuracy", "exact_match", "right", "rows", "seconds")
         return {
             "base": {k: base[k] for k in keep}, "tuned": {k: tuned[k] for k in keep},
-            "change": {"loss": round(tuned["loss"] - base["loss"], 4), "loss_relative": round(loss_rise, 4),
-                       "accuracy": round(-accuracy_fall, 4), "exact_match": round(tuned["exact_match"] - base["exact_match"], 4)},
+            "change": {
+                "loss": round(tuned["loss"] - base["loss"], 4), "loss_relative": round(loss_rise, 4),
+                "accuracy": round(-accuracy_fall, 4), "exact_match": round(tuned["exact_match"] - base["exact_match"], 4),
+            },
             "regressed": loss_rise > limit or accuracy_fall > limit, "max_general_regression": limit,
             "seconds": round(base["seconds"] + tuned["seconds"], 2), "sources": self.sources, "answers": answers,
         }

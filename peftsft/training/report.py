@@ -45,7 +45,10 @@ def plot_loss(records: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def write_samples(path: Path, prompts: list[str], before: list[str], after: list[str], general: dict | None = None) -> None:
+def write_samples(
+    path: Path, prompts: list[str], before: list[str], after: list[str], general: dict | None = None
+) -> None:
+    """Base vs tuned answers to the sample prompts, then the general check (when it ran)."""
     lines = ["# Samples: base model vs tuned model", "", "Greedy answers to the same prompts, before and after training.", ""]
     for prompt, old, new in zip(prompts, before, after):
         lines += [f"## {prompt}", "", f"**base:** {old}", "", f"**tuned:** {new}", ""]

@@ -213,3 +213,12 @@ def test_replay_and_eval_keys_validate(tiny_recipe, tmp_path):
     assert "[data] replay_path: file not found" in problems("data.replay=0.2", "data.replay_path='nowhere.jsonl'")
     recipe = load_recipe(tiny_recipe(), ["data.replay=0.2", "eval.max_general_regression=0.2"])
     assert recipe.eval.general_check and recipe.data.replay == 0.2 and recipe.eval.max_general_regression == 0.2
+
+
+def test_a_changed_replay_pool_rebuilds_the_cached_dataset(tiny_recipe, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("PEFTSFT_CACHE", str(tmp_path / "cache"))
+    pool = write_jsonl(tmp_path / "pool.jsonl", [chat_row("What is 1 + 1?", "2.")])
+    recipe = load_recipe(tiny_recipe(), ["data.replay=0.2", f"data.replay_path='{pool}'"])
+    assert [build_datasets(tokenizer, recipe.data, 7)[2].cache for _ in range(2)] == ["miss", "hit"]
+    write_jsonl(pool, [chat_row("What is 1 + 2?", "3.")])
+    assert build_datasets(tokenizer, recipe.data, 7)[2].cache == "miss"
