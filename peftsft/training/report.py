@@ -73,7 +73,12 @@ def general_section(result: dict) -> list[str]:
         flips = [a for a in result["answers"] if a["base_right"] == lost and a["tuned_right"] != lost]
         lines += [f"## {title} ({len(flips)})", ""]
         for a in flips:
-            lines += [f"- {a['prompt']} (expected: {' / '.join(a['expect'])})", f"  - base: {a['base']}",
-                      f"  - tuned: {a['tuned']}"]
+            lines += [f"- {a['prompt']} (expected: {' / '.join(a['expect'])})", f"  - base: {one_line(a['base'])}",
+                      f"  - tuned: {one_line(a['tuned'])}"]
         lines += [""]
     return lines
+
+
+def one_line(text: str) -> str:
+    """An answer inside a markdown list item: its line breaks would end the item."""
+    return " ".join(text.split())
