@@ -145,4 +145,6 @@ def report(console, result: dict, recipe: Recipe, train_rows: int) -> None:
     """The end-of-run display: one line, and the warning when the model forgot."""
     console.print(describe(result), highlight=False)
     if result["regressed"]:
-        console.print(f"[bold yellow]warning:[/] {forgetting_warning(result, recipe, train_rows)}", highlight=False)
+        from rich.markup import escape
+
+        console.print(f"[bold yellow]warning:[/] {escape(forgetting_warning(result, recipe, train_rows))}", highlight=False)

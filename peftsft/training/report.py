@@ -66,8 +66,8 @@ def general_section(result: dict) -> list[str]:
         "| | base | tuned | change |", "|---|--:|--:|--:|",
         f"| loss on reference answers | {base['loss']:.4f} | {tuned['loss']:.4f} | {change['loss_relative']:+.1%} |",
         f"| right (answer contains the expected) | {base['right']}/{base['rows']} | {tuned['right']}/{tuned['rows']} "
-        f"| {change['accuracy']:+.1%} |",
-        f"| exact match | {base['exact_match']:.1%} | {tuned['exact_match']:.1%} | {change['exact_match']:+.1%} |", "",
+        f"| {change['accuracy'] * 100:+.1f} points |",
+        f"| exact match | {base['exact_match']:.1%} | {tuned['exact_match']:.1%} | {change['exact_match'] * 100:+.1f} points |", "",
     ]
     for title, lost in (("Turned wrong", True), ("Turned right", False)):
         flips = [a for a in result["answers"] if a["base_right"] == lost and a["tuned_right"] != lost]
