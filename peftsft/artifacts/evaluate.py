@@ -8,9 +8,7 @@ order) use the raw texts. Rows that offer tools are also scored on their tool ca
 
 from __future__ import annotations
 
-import math
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from rich.table import Table
 from peftsft.artifacts.evaluate_tools import TOOL_METRICS, expected_calls, tool_metrics
 from peftsft.core.errors import UserError
 from peftsft.data.tools import tools_of, with_tools
+from peftsft.training.scoring import assistant_loss, contains_reference, exact_match, normalize  # noqa: F401 (shared)
 
 ANSWER_METRICS = ("exact_match", "contains_reference", "token_f1", "rouge_l", "bleu")
 LOWER_IS_BETTER = {"eval_loss", "perplexity"}
@@ -42,21 +41,6 @@ class EvalRequest:
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-
-
-def normalize(text: str) -> str:
-    text = re.sub(r"[^\w\s]|_", "", text.lower())
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize(prediction) == normalize(reference))
-
-
-def contains_reference(prediction: str, reference: str) -> float:
-    """1 when the whole reference appears in the prediction, on word boundaries."""
-    ref = normalize(reference)
-    return float(bool(ref) and f" {ref} " in f" {normalize(prediction)} ")
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -88,47 +72,6 @@ def answer_metrics(predictions: list[str], references: list[str]) -> dict[str, f
         # effective order: short answers have no 4-grams, which would make plain BLEU 0 even for exact copies
         "bleu": BLEU(effective_order=True).corpus_score(predictions, [references]).score,
     }
-
-
-# ---------------------------------------------------------------------------------------------- loss
-
-
-def assistant_loss(model, tokenizer, conversations: list[list[dict]], max_length: int, batch_size: int) -> dict:
-    """Token-weighted mean cross-entropy over assistant tokens (the training mask) and its perplexity."""
-    import torch
-
-    from peftsft.data.masking import IGNORE, encode
-    from peftsft.generation import inference_mode
-
-    samples = [encode(tokenizer, messages, "assistant", max_length) for messages in conversations]
-    total, tokens = 0.0, 0
-    with inference_mode(model):
-        for start in range(0, len(samples), batch_size):
-            ids, mask, labels = _pad(samples[start : start + batch_size], tokenizer.pad_token_id, IGNORE)
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-            targets = labels[:, 1:].to(logits.device)
-            total += torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-            ).item()
-            tokens += int((targets != IGNORE).sum())
-    loss = total / max(tokens, 1)
-    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "eval_tokens": tokens}
-
-
-def _pad(samples, pad_id: int, ignore: int):
-    """Right-padded input ids, attention mask and labels."""
-    import torch
-
-    width = max(len(s.input_ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    labels = torch.full((len(samples), width), ignore, dtype=torch.long)
-    for row, sample in enumerate(samples):
-        n = len(sample.input_ids)
-        ids[row, :n] = torch.tensor(sample.input_ids)
-        mask[row, :n] = 1
-        labels[row, :n] = torch.tensor(sample.labels)
-    return ids, mask, labels
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -247,12 +190,31 @@ def evaluate_chat(request: EvalRequest, console: Console) -> Path:
                       request.batch_size, console)
     report = {"model": request.model, "base": loaded.base_source if compare else None, "data": source,
               "rows": len(conversations), "max_length": max_length, "max_new_tokens": request.max_new_tokens, **report}
+    report["general"] = general_report(loaded, compare, console)
     default_out = Path(request.model) / "eval.json" if loaded.kind == "run" else Path("eval.json")
     out = Path(request.out) if request.out else default_out
     write_json(out, report)
     console.print(results_table(report["results"], f"{source}: {len(conversations)} row(s)"))
     console.print(f"[green]saved[/] → {out}")
     return out
+
+
+def general_report(loaded, compare: bool, console: Console) -> dict | None:
+    """The general check of training (training.general_check), on the tuned model and, when comparing, its base."""
+    from peftsft.training.general_check import GeneralCheck, describe, for_summary
+
+    check = GeneralCheck.for_recipe(loaded.recipe)
+    if check is None:
+        return None
+    scores = {}
+    for side in (["base", "tuned"] if compare else ["tuned"]):
+        with console.status(f"general check: {side}"), loaded.use(side) as model:
+            scores[side] = check.score(model, loaded.tokenizer)
+    if not compare:
+        return {"tuned": {k: v for k, v in scores["tuned"].items() if k not in ("answers", "right_answers")}}
+    result = check.compare(scores["base"], scores["tuned"])
+    console.print(describe(result) + (" — [bold yellow]past the limit[/]" if result["regressed"] else ""))
+    return for_summary(result)
 
 
 def results_table(results: dict[str, dict], title: str) -> Table:

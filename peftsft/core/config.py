@@ -131,6 +131,20 @@ class DataSection(Section):
     enforce_contract: bool = Key(
         True, "stop `run` when a pre-flight data check fails; false (or `run --skip-contract`) only reports them"
     )
+    replay: float = Key(
+        0.0, "share of the training rows drawn from general instruction data, against forgetting (0.2 = one row in "
+        "five; counted exactly and reported in the data stats); 0: none", ge=0.0, lt=1.0
+    )
+    replay_path: str | None = Key(
+        None, "the general data replay draws from (any [data] file format); unset: peftsft's shipped pool, which is "
+        "disjoint from the general check's set"
+    )
+
+    @model_validator(mode="after")
+    def _replay_path_needs_share(self) -> DataSection:
+        if self.replay_path and self.replay == 0:
+            raise ValueError("replay_path is set but replay = 0: set replay to the share to mix in, e.g. 0.2")
+        return self
 
 
 class TrainingSection(Section):
@@ -192,6 +206,24 @@ class TrainingSection(Section):
     device: Literal["auto", "cpu", "cuda"] = Key("auto", "where to train; auto: CUDA when available")
 
 
+class EvalSection(Section):
+    """Chat runs: the general check scores the base before and the tuned model after training."""
+
+    general_check: bool = Key(
+        True, "score general ability before and after training (loss on reference answers, greedy answers matched) "
+        "on peftsft's shipped held-out set plus general_path; a drop past max_general_regression warns"
+    )
+    general_path: str | None = Key(
+        None, "more general check rows (chat rows; the last assistant reply is the reference, and a right answer "
+        "contains it)"
+    )
+    max_general_regression: float = Key(
+        0.10, "warn when the general loss rises by more than this share (0.10 = 10%), or the share of right "
+        "answers falls by more than this many points (0.10 = 10 points)", gt=0.0, le=10.0
+    )
+    general_max_new_tokens: int = Key(16, "greedy answer length in the general check (longer: slower)", ge=1, le=512)
+
+
 class ExportSection(Section):
     formats: list[Literal["adapter", "merged", "gguf"]] = Key(
         list, "exports written right after training into <run dir>/exports/, each verified against base + adapter"
@@ -235,6 +267,7 @@ class Recipe(Section):
     strategy: StrategySection = Key(StrategySection, "how the model is made trainable")
     data: DataSection = Key(DataSection, "what it trains on")
     training: TrainingSection = Key(TrainingSection, "how it trains")
+    eval: EvalSection = Key(EvalSection, "checks around training (the general check)")
     export: ExportSection = Key(ExportSection, "what is exported after training")
     run: RunSection = Key(RunSection, "where the run goes")
     classification: ClassificationSection = Key(ClassificationSection, "task = \"classification\" only")

@@ -87,15 +87,16 @@ def _index(node: list, part: str, override: str) -> int:
 
 def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
     """Data paths in a recipe are relative to the recipe file, unless they exist relative to the cwd."""
-    data = raw.get("data")
-    if not isinstance(data, dict):
-        return
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     for spec in data.get("datasets", []) if isinstance(data.get("datasets"), list) else []:
         if isinstance(spec, dict) and isinstance(spec.get("path"), str):
             spec["path"] = _relative_to(spec["path"], base)
-    for key in ("eval_path", "template"):
+    for key in ("eval_path", "template", "replay_path"):
         if isinstance(data.get(key), str) and data[key] != "auto":
             data[key] = _relative_to(data[key], base)
+    checks = raw.get("eval")
+    if isinstance(checks, dict) and isinstance(checks.get("general_path"), str):
+        checks["general_path"] = _relative_to(checks["general_path"], base)
 
 
 def _relative_to(value: str, base: Path) -> str:

@@ -18,6 +18,7 @@ from peftsft.core.errors import UserError
 from peftsft.data.contract import ReplyChecks
 from peftsft.data.formats import Content, Mapping, RowError, detect_format, to_messages
 from peftsft.data.masking import IGNORE, Encoded, encode
+from peftsft.data.replay import draw_replay, interleave, replay_count, replay_spec
 from peftsft.data.rows import report_bad_row
 from peftsft.data.sources import iter_rows
 from peftsft.data.templates import apply_template, end_of_turn, generation_header, supports_tool_schemas
@@ -44,6 +45,7 @@ class DataStats:
     packing: dict = field(default_factory=dict)  # packed rows and their fill (the trainer packs when [data] packing)
     checks: dict = field(default_factory=dict)  # contract.ReplyChecks counts
     cache: str = "off"  # off | miss (built, stored) | hit (loaded)
+    replay: dict = field(default_factory=dict)  # [data] replay: share asked, rows mixed in, the share they make
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -96,6 +98,8 @@ def _build(tokenizer, data: DataSection, seed: int):
     train_items = mix(train_items, data.datasets, seed, stats)
     refuse_dropped_tools(tokenizer, train_items + eval_items, data.template)
     train = encode_all(tokenizer, train_items, data, stats, checks)
+    if data.replay > 0 and train:
+        train = add_replay(tokenizer, train, data, seed, stats, checks)
     evals = encode_all(tokenizer, eval_items, data, stats, checks)
     if not train:
         raise UserError(
@@ -163,6 +167,21 @@ def mix(items: list[Item], specs: list[DatasetSpec], seed: int, stats: DataStats
             stats.sources[index]["train"] = len(chosen)
         out += chosen
     return out
+
+
+def add_replay(tokenizer, train: list[Encoded], data: DataSection, seed: int, stats: DataStats, checks: ReplyChecks):
+    """The task's samples with `[data] replay` of general samples spread among them; stats.replay counts them."""
+    spec = replay_spec(data)
+    read = DataStats(bad_rows=stats.bad_rows)  # the pool's bad rows are reported with the rest, its rows apart
+    pool = load_items(spec, -1, data, read)
+    if not pool:
+        raise UserError(f"[data] replay_path: no rows in {spec.path}", hint="point replay_path at chat data, or unset it")
+    replay = encode_all(tokenizer, draw_replay(pool, replay_count(len(train), data.replay), seed), data, stats, checks)
+    stats.replay = {
+        "share": data.replay, "pool": spec.path, "pool_rows": len(pool), "task_rows": len(train),
+        "replay_rows": len(replay), "actual_share": round(len(replay) / (len(train) + len(replay)), 4),
+    }
+    return interleave(train, replay)
 
 
 def draw(group: list, n: int, rng: random.Random) -> list:

@@ -25,6 +25,7 @@ def cache_dir() -> Path:
 
 def fingerprint(tokenizer, data, seed: int) -> str:
     """The cache key of a build: changes whenever any input to tokenization changes."""
+    from peftsft.data.replay import replay_spec
     from peftsft.data.sources import fingerprint as source_fingerprint
 
     digest = hashlib.sha256()
@@ -38,13 +39,14 @@ def fingerprint(tokenizer, data, seed: int) -> str:
         "eval": source_fingerprint(data.datasets[0].model_copy(update={"path": data.eval_path}))
         if data.eval_path
         else None,
+        "replay": source_fingerprint(replay_spec(data)) if data.replay > 0 else None,  # the pool's contents
     }
     digest.update(json.dumps(parts, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
 
 
 def _seed_matters(data) -> bool:
-    return (data.eval_fraction > 0 and not data.eval_path) or any(
+    return (data.eval_fraction > 0 and not data.eval_path) or data.replay > 0 or any(
         s.samples is not None or s.weight is not None for s in data.datasets
     )
 

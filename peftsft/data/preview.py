@@ -76,6 +76,9 @@ def print_stats(console, stats) -> None:
         ("template", f"{stats.template.get('name')} (end of turn {stats.template.get('end_of_turn')!r})"),
         ("cache", stats.cache),
     ]
+    if stats.replay:  # [data] replay: general rows mixed in against forgetting
+        r = stats.replay
+        facts.append(("replay", f"{r['replay_rows']} general rows ({r['actual_share']:.1%} of training) from {r['pool']}"))
     table = Table(show_header=False, box=None, padding=(0, 1))
     for key, value in facts:
         table.add_row(key, Text(value))

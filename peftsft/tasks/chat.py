@@ -20,6 +20,7 @@ from peftsft.training import trl_compat
 from peftsft.training.arguments import trainer_arguments, use_our_callbacks
 from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt, TokenRate
 from peftsft.training.distributed import console_for, on_main, process_state
+from peftsft.training.general_check import GeneralCheck, for_summary, report as report_general
 from peftsft.training.levers import Levers, decide_levers
 from peftsft.training.rules import cast_frozen_base
 from peftsft.training.report import plot_loss, write_samples
@@ -59,6 +60,8 @@ def train(
 
     prompts = recipe.run.sample_prompts
     before = on_main(state, lambda: answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens))
+    general = GeneralCheck.for_recipe(recipe)  # [eval] general_check: the base scored now, the tuned model at the end
+    general_base = on_main(state, lambda: general.score(model, tokenizer)) if general else None
 
     strategy = get_strategy(recipe.strategy.name)
     params = validate_params(strategy, recipe.strategy.params)
@@ -85,7 +88,8 @@ def train(
         """Main process: adapter, samples, plot and summary."""
         write_dir(run_dir / "adapter", lambda tmp: save_adapter(model, tokenizer, tmp, strategy, recipe.model.base_id))
         after = answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens)
-        write_samples(run_dir / "samples.md", prompts, before, after)
+        general_result = general.compare(general_base, general.score(model, tokenizer)) if general else None
+        write_samples(run_dir / "samples.md", prompts, before, after, general_result)
         plot_loss(metrics.records, run_dir / "loss.png")
         summary = run_summary(
             recipe, trainer, result, eval_metrics, task="chat", model_spec=source.spec, strategy_name=strategy.name,
@@ -98,8 +102,11 @@ def train(
             quantized_base=quantized_footprint(model),
             levers=levers.as_dict(),
             contract=contract,
+            general=for_summary(general_result, train_seconds) if general_result else None,
         )
         write_json(run_dir / "summary.json", summary)
+        if general_result:
+            report_general(console, general_result, recipe, stats.train_rows)
         return summary
 
     summary = on_main(state, finish)

@@ -42,8 +42,10 @@ def block_problems(recipe: Recipe) -> list[str]:
     for i, spec in enumerate(recipe.data.datasets):
         if problem := source_problem(spec.path):
             problems.append(f"[data] datasets.{i}.path: {problem}")
-    if recipe.data.eval_path and (problem := source_problem(recipe.data.eval_path)):
-        problems.append(f"[data] eval_path: {problem}")
+    for where, path in (("[data] eval_path", recipe.data.eval_path), ("[data] replay_path", recipe.data.replay_path),
+                        ("[eval] general_path", recipe.eval.general_path)):
+        if path and (problem := source_problem(path)):
+            problems.append(f"{where}: {problem}")
     template = recipe.data.template
     if template != "auto" and template not in BUILTINS and not Path(template).is_file():
         problems.append(

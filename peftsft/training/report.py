@@ -45,8 +45,40 @@ def plot_loss(records: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def write_samples(path: Path, prompts: list[str], before: list[str], after: list[str]) -> None:
+def write_samples(
+    path: Path, prompts: list[str], before: list[str], after: list[str], general: dict | None = None
+) -> None:
+    """Base vs tuned answers to the sample prompts, then the general check (when it ran)."""
     lines = ["# Samples: base model vs tuned model", "", "Greedy answers to the same prompts, before and after training.", ""]
     for prompt, old, new in zip(prompts, before, after):
         lines += [f"## {prompt}", "", f"**base:** {old}", "", f"**tuned:** {new}", ""]
-    write_text(path, "\n".join(lines))
+    write_text(path, "\n".join(lines + (general_section(general) if general else [])))
+
+
+def general_section(result: dict) -> list[str]:
+    """samples.md's general check: the scores, then every answer that turned wrong (or right) in training."""
+    base, tuned, change = result["base"], result["tuned"], result["change"]
+    verdict = "**forgetting: past the limit**" if result["regressed"] else "within the limit"
+    lines = [
+        "# General check", "",
+        f"{base['rows']} held-out general questions ({', '.join(result['sources'])}), greedy answers; "
+        f"limit {result['max_general_regression']:.0%}: {verdict}.", "",
+        "| | base | tuned | change |", "|---|--:|--:|--:|",
+        f"| loss on reference answers | {base['loss']:.4f} | {tuned['loss']:.4f} | {change['loss_relative']:+.1%} |",
+        f"| right (answer contains the expected) | {base['right']}/{base['rows']} | {tuned['right']}/{tuned['rows']} "
+        f"| {change['accuracy'] * 100:+.1f} points |",
+        f"| exact match | {base['exact_match']:.1%} | {tuned['exact_match']:.1%} | {change['exact_match'] * 100:+.1f} points |", "",
+    ]
+    for title, lost in (("Turned wrong", True), ("Turned right", False)):
+        flips = [a for a in result["answers"] if a["base_right"] == lost and a["tuned_right"] != lost]
+        lines += [f"## {title} ({len(flips)})", ""]
+        for a in flips:
+            lines += [f"- {a['prompt']} (expected: {' / '.join(a['expect'])})", f"  - base: {one_line(a['base'])}",
+                      f"  - tuned: {one_line(a['tuned'])}"]
+        lines += [""]
+    return lines
+
+
+def one_line(text: str) -> str:
+    """An answer inside a markdown list item: its line breaks would end the item."""
+    return " ".join(text.split())
