@@ -17,7 +17,8 @@ from peftsft.core.config import Recipe
 from peftsft.core.errors import UserError
 from peftsft.core.recipe_io import read_toml
 from peftsft.core.rundir import write_text
-from peftsft.models import is_hub_id, resolve_source
+from peftsft.base_identity import is_hub_id
+from peftsft.models import resolve_source
 
 RECIPE_FILE = "recipe.resolved.toml"
 LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}

@@ -63,7 +63,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _print_base_identity(recipe) -> None:
     """The base's public id the artifacts will name; unknown is a warning (the run still trains)."""
-    from peftsft.models import detect_base_identity
+    from peftsft.base_identity import detect_base_identity
 
     if recipe.model.base_id is not None:
         console.print(f"base id: {recipe.model.base_id} ([model] base_id)")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from peftsft.core.config import Recipe
 from peftsft.core.errors import UserError
+from peftsft.training.rules import memory_available
 
 if TYPE_CHECKING:
     import torch
@@ -146,21 +147,6 @@ def _decide_checkpointing(plan: MemoryPlan, model: torch.nn.Module, recipe: Reci
         f"auto: on, without it ~{gib(needed)} needed, {needed / available:.0%} of {gib(available)} available "
         f"(over {share}); with it ~{gib(plan.peak_bytes)}"
     )
-
-
-def memory_available(device: str) -> int | None:
-    """Bytes a run can still allocate: free memory of the current CUDA device, or the RAM Linux calls available."""
-    import torch
-
-    if device == "cuda":
-        return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
-    try:
-        for line in open("/proc/meminfo", encoding="ascii"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _load_config(location: str, recipe: Recipe):

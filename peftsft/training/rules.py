@@ -107,3 +107,18 @@ def cast_frozen_base(model, dtype: str | None) -> None:
     for param in model.parameters():
         if not param.requires_grad and param.is_floating_point() and param.dtype != target:
             param.data = param.data.to(target)  # buffers (rotary frequencies) stay fp32 by design
+
+
+def memory_available(device: str) -> int | None:
+    """Bytes a run can still allocate: free memory of the current CUDA device, or the RAM Linux calls available."""
+    import torch
+
+    if device == "cuda":
+        return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -13,7 +13,7 @@ from rich.console import Console
 from peftsft.core.config import Recipe, recipe_to_toml
 from peftsft.core.errors import TrainingStopped
 from peftsft.core.rundir import prepare_run_dir, write_json, write_text
-from peftsft.models import detect_base_identity
+from peftsft.base_identity import detect_base_identity
 from peftsft.training.callbacks import NonFiniteError, StopOnInterrupt
 from peftsft.training.report import versions
 from peftsft.training.resume import check_same_recipe, checkpoint_to_resume, checkpoints

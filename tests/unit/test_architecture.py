@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "peftsft"
 # Lowest first: a module may import its own layer and the layers before it, never a later one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("peftsft", "peftsft.core")),
-    ("blocks", ("peftsft.models", "peftsft.data", "peftsft.strategies", "peftsft.generation", "peftsft.loading")),
+    ("blocks", ("peftsft.models", "peftsft.base_identity", "peftsft.data", "peftsft.strategies", "peftsft.generation",
+                "peftsft.loading")),
     ("training", ("peftsft.training",)),
     ("tasks", ("peftsft.tasks",)),
     ("artifacts", ("peftsft.artifacts",)),

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 from peftsft.core.config import DEFAULT_MODEL, recipe_to_toml
-from peftsft.models import detect_base_identity, gguf_general_metadata
+from peftsft.base_identity import detect_base_identity, gguf_general_metadata
 from tests.conftest import TINY_BASE_ID
 
 REPO = Path(__file__).resolve().parents[2]
