@@ -65,3 +65,10 @@ def test_default_recipe_teaches_the_persona(tmp_path):
     assert summary["eval_loss"] is not None
     assert results["tuned"]["eval_loss"] < results["base"]["eval_loss"], results
     assert summary["eval_loss"] < results["base"]["eval_loss"], (summary["eval_loss"], results)
+
+    # the general-ability check ran before and after, and the persona did not cost general ability
+    general = summary["general"]
+    assert general["base"]["rows"] == 32 and general["seconds"] > 0
+    assert general["regressed"] is False and general["change"]["loss_relative"] <= 0.10, general
+    assert general["tuned"]["right"] >= general["base"]["right"] - 3, general
+    assert "# General check" in samples
