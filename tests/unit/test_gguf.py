@@ -114,15 +114,19 @@ def _make_run(root: Path, config, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exporters(tmp_path_factory, tokenizer, spm_tokenizer) -> dict[str, Exporter]:
-    built = {}
-    for variant, config in _configs(len(tokenizer)).items():
-        tok = spm_tokenizer if variant == "mistral" else tokenizer
-        if variant == "mistral":
-            config.vocab_size = len(tok)
-        run_dir = _make_run(tmp_path_factory.mktemp(variant), config, tok)
-        built[variant] = Exporter(open_run(run_dir), Console(quiet=True))
-    return built
+def exporter_of(tmp_path_factory, tokenizer, request):
+    """variant → an Exporter of its run, built on first use and shared (its reference and merge computed once)."""
+    built: dict[str, Exporter] = {}
+
+    def get(variant: str) -> Exporter:
+        if variant not in built:
+            tok = request.getfixturevalue("spm_tokenizer") if variant == "mistral" else tokenizer
+            config = _configs(len(tok))[variant]
+            run_dir = _make_run(tmp_path_factory.mktemp(variant), config, tok)
+            built[variant] = Exporter(open_run(run_dir), Console(quiet=True))
+        return built[variant]
+
+    return get
 
 
 # ---------------------------------------------------------------------------------------------- every architecture
@@ -130,8 +134,8 @@ def exporters(tmp_path_factory, tokenizer, spm_tokenizer) -> dict[str, Exporter]
 
 @needs_llama_cpp
 @pytest.mark.parametrize("variant", ["llama", "smollm", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"])
-def test_every_architecture_is_reproduced_in_llama_cpp(exporters, variant, tmp_path):
-    exporter = exporters[variant]
+def test_every_architecture_is_reproduced_in_llama_cpp(exporter_of, variant, tmp_path):
+    exporter = exporter_of(variant)
     for quant in ("f16", "q8_0", "q4_k_m"):
         out = exporter.export(ExportJob("gguf", tmp_path / f"m.{quant}.gguf", quant=quant, modelfile=False))
         check = exporter.checks[-1]
@@ -144,3 +148,136 @@ def test_every_architecture_is_reproduced_in_llama_cpp(exporters, variant, tmp_p
     check = exporter.checks[-1]
     assert check.passed and check.runtime == "llama.cpp" and check.agreement == 1.0, check
     assert (tmp_path / "lora.base.f16.gguf").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+
+
+def test_pre_tokenizer_names_on_the_real_smollm2_vocabulary(tokenizer):
+    """peftsft trains with SmolLM2's tokenizer as transformers rebuilds it from the GGUF (plain GPT-2 split); the
+    Hub's tokenizer.json splits digits one by one first, which llama.cpp names "smollm"."""
+    import copy
+
+    from tokenizers import pre_tokenizers
+
+    from peftsft.artifacts.export.gguf import llama_cpp_pre_tokenizer
+
+    assert llama_cpp_pre_tokenizer(tokenizer) == "gpt-2"
+    hub_style = copy.deepcopy(tokenizer)
+    hub_style.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    assert llama_cpp_pre_tokenizer(hub_style) == "smollm"
+
+
+@needs_llama_cpp
+def test_a_wrong_pre_tokenizer_fails_verification_on_the_real_smollm2_vocabulary(exporter_of, tmp_path, monkeypatch):
+    """The smollm model carries SmolLM2's 49k vocabulary: llama.cpp must give the training token ids for the
+    rendered prompts and the probe texts, and a GGUF naming another split must fail the export."""
+    import peftsft.artifacts.export.gguf.vocab as vocab
+
+    exporter = exporter_of("smollm")
+    exporter.export(ExportJob("gguf", tmp_path / "m.gguf", quant="f32", modelfile=False))
+    assert exporter.checks[-1].passed and exporter.checks[-1].max_diff <= 2e-3 * exporter.checks[-1].scale
+
+    monkeypatch.setattr(vocab, "llama_cpp_pre_tokenizer", lambda tokenizer: "llama-bpe")  # Llama 3's split
+    with pytest.raises(UserError, match="the gguf f32 export diverged") as err:
+        exporter.export(ExportJob("gguf", tmp_path / "wrong.gguf", quant="f32", modelfile=False))
+    assert "its tokenizer splits" in str(err.value) and not (tmp_path / "wrong.gguf").exists()
+
+
+# ---------------------------------------------------------------------------------------------- negative controls
+
+
+def _negate_tensor(path: Path, name: str) -> None:
+    """Flip the sign of one tensor inside a written GGUF (f16/bf16: the sign bit of each value; q8_0: of each
+    block's f16 scale) — a corrupted file that still loads."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(path, "r+")
+    tensor = next(t for t in reader.tensors if t.name == name)
+    data = tensor.data.view(np.uint8).reshape(-1)
+    if tensor.tensor_type == gguf.GGMLQuantizationType.Q8_0:
+        data.reshape(-1, 34)[:, 1] ^= 0x80
+    else:
+        data.reshape(-1, 2)[:, 1] ^= 0x80
+    data.flush() if hasattr(data, "flush") else reader.data.flush()
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("quant", ["q8_0", "bf16"])
+def test_a_corrupted_tensor_fails_its_quant_tolerance(exporter_of, quant, tmp_path, monkeypatch):
+    import peftsft.artifacts.export.gguf as gguf_export
+
+    real_write = gguf_export.write_gguf
+
+    def write_then_corrupt(model, tokenizer, path, *args):
+        real_write(model, tokenizer, path, *args)
+        _negate_tensor(path, "blk.1.ffn_down.weight")
+
+    monkeypatch.setattr(gguf_export, "write_gguf", write_then_corrupt)
+    out = tmp_path / f"m.{quant}.gguf"
+    with pytest.raises(UserError, match=f"the gguf {quant} export diverged") as err:
+        exporter_of("smollm").export(ExportJob("gguf", out, quant=quant))
+    assert "max |Δ logit|" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no .gguf, no Modelfile, no temporary
+
+
+@needs_llama_cpp
+def test_a_gguf_without_the_qk_permutation_fails_in_llama_cpp(exporter_of, tmp_path, monkeypatch):
+    import peftsft.artifacts.export.gguf.writer as writer
+
+    monkeypatch.setattr(writer, "_permuted", lambda name, weights, config: weights)
+    with pytest.raises(UserError, match="the gguf f16 export diverged"):
+        exporter_of("llama").export(ExportJob("gguf", tmp_path / "m.gguf"))
+    with pytest.raises(UserError, match="the gguf-lora export diverged"):
+        exporter_of("llama").export(ExportJob("gguf-lora", tmp_path / "l.gguf"))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_gguf_requests_are_one_clear_error_and_write_nothing(exporter_of, tmp_path, capsys, monkeypatch):
+    import peftsft.artifacts.export.gguf.quants as quants
+    from peftsft.commands.cli import main
+
+    run_dir = str(exporter_of("smollm").run.path)
+    monkeypatch.setattr(quants, "llama_cpp_importable", lambda: False)
+    out = str(tmp_path / "m.gguf")
+    assert main(["export", run_dir, "--format", "gguf", "--quant", "q4_k_m", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "--quant q4_k_m is made by llama.cpp's own quantizer, and llama-cpp-python is not installed" in err
+    assert 'pip install -e ".[gguf]"' in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_code:  # argparse: an unknown type is refused with the list of choices
+        main(["export", run_dir, "--format", "gguf", "--quant", "q2_xs", "--out", out])
+    assert exit_code.value.code == 2 and "invalid choice: 'q2_xs'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_architecture_is_refused_before_any_work(tmp_path, tokenizer, capsys):
+    """A GPT-2 base: refused with the reason before the merge, exit 2, nothing written."""
+    from transformers import GPT2Config
+
+    from peftsft.commands.cli import main
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=128)
+    run_dir = _make_run(tmp_path / "gpt2", config, tokenizer)
+    out = tmp_path / "out"
+    for fmt in ("gguf", "gguf-lora"):
+        assert main(["export", str(run_dir), "--format", fmt, "--out", str(out / "m.gguf")]) == 2
+        err = capsys.readouterr().err
+        assert "cannot export this model as GGUF" in err and "model_type is 'gpt2'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_quant_choices_are_the_writer_s_and_the_recipe_s():
+    import typing
+
+    from peftsft.artifacts.export import formats
+    from peftsft.artifacts.export.gguf import QUANTS
+    from peftsft.core.config import ExportSection
+
+    assert formats.QUANTS == tuple(QUANTS)
+    assert typing.get_args(ExportSection.model_fields["quant"].annotation) == tuple(QUANTS)

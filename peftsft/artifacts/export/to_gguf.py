@@ -45,19 +45,19 @@ def staged(path: Path) -> Iterator[Path]:
 
 def export_gguf(exporter, job) -> Path:
     """The adapter merged into the base, as one GGUF of weight type `job.quant` (+ Modelfile)."""
-    from peftsft.artifacts.export.gguf import check_exportable, require_quant, source_pre_tokenizer, write_gguf
+    from peftsft.artifacts.export.gguf import check_exportable, require_quant, write_gguf
 
     run = exporter.run
     require_quant(job.quant)  # before any work: a K-quant without llama-cpp-python is refused here
     check_exportable(tuned_config(run), exporter.tokenizer)  # before the costly merge
-    source = base_gguf_file(run)
     text = modelfile(f"./{job.out.name}", exporter.tokenizer, run.name, quant=job.quant) if job.modelfile else None
     merged = exporter.merged  # (its own status line: rich shows one at a time)
     with ExitStack() as stack:
         tmp = stack.enter_context(staged(job.out))
         with exporter.console.status(f"writing GGUF ({job.quant})"):
-            pre_tokenizer = source_pre_tokenizer(source) if source else None
-            write_gguf(merged, exporter.tokenizer, tmp, job.quant, run.name, pre_tokenizer)
+            # the pre-tokenizer is named after the tokenizer training used (a GGUF base's own name may differ:
+            # transformers rebuilds SmolLM2's "smollm" split as plain GPT-2), so llama.cpp splits text as training did
+            write_gguf(merged, exporter.tokenizer, tmp, job.quant, run.name)
         exporter._check(f"gguf {job.quant}", f"gguf {job.quant}", lambda: gguf_runtime(exporter, tmp), job.out)
         written = _place(stack, {job.out: tmp}, job, text)
     return exporter._done(*written)
@@ -68,11 +68,12 @@ def export_gguf_lora(exporter, job) -> Path:
     from peftsft.artifacts.export.gguf import check_exportable, require_quant, write_gguf, write_lora_gguf
 
     run = exporter.run
-    config = _require_lora_exportable(exporter)
+    config = tuned_config(run)
+    check_exportable(config, exporter.tokenizer)  # every refusal comes before any work
+    _require_lora_exportable(exporter)
     source = base_gguf_file(run)
     if source is None:
         require_quant(job.quant)
-    check_exportable(config, exporter.tokenizer)
     base = Path(source) if source else lora_base_path(job)
     from_line = str(base.resolve()) if source else f"./{base.name}"
     text = modelfile(from_line, exporter.tokenizer, run.name, adapter=f"./{job.out.name}") if job.modelfile else None
@@ -93,7 +94,7 @@ def export_gguf_lora(exporter, job) -> Path:
     return exporter._done(*written)
 
 
-def _require_lora_exportable(exporter):
+def _require_lora_exportable(exporter) -> None:
     from peftsft.artifacts.export.gguf import lora_problems
     from peftsft.artifacts.export.gguf.quants import INSTALL
 
@@ -108,7 +109,6 @@ def _require_lora_exportable(exporter):
     if exporter.verify and not llama_cpp_importable():
         raise UserError("a GGUF LoRA is verified in llama.cpp, and llama-cpp-python is not installed",
                         hint=f"install it: {INSTALL}; or pass --no-verify (not recommended)")
-    return tuned_config(run)
 
 
 def _place(stack: ExitStack, files: dict[Path, Path], job, text: str | None) -> list[Path]:

@@ -8,6 +8,7 @@ so a run whose adapter dir carries no `tokenizer.model` exports the same way.
 from __future__ import annotations
 
 import json
+import weakref
 
 from peftsft.core.errors import UserError
 
@@ -18,8 +19,14 @@ _LLAMA3_REGEX = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{
 _QWEN2_REGEX = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
 
 
+_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def backend(tokenizer) -> dict:
-    return json.loads(tokenizer.backend_tokenizer.to_str())
+    """tokenizer.json as a dict, parsed once per tokenizer (a 49k-token vocabulary takes seconds to parse)."""
+    if tokenizer not in _BACKENDS:
+        _BACKENDS[tokenizer] = json.loads(tokenizer.backend_tokenizer.to_str())
+    return _BACKENDS[tokenizer]
 
 
 def tokenizer_kind(tokenizer) -> str | None:
@@ -76,6 +83,7 @@ def vocab_entries(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     by_id = {i: token for token, i in tokenizer.get_vocab().items()}
     added = tokenizer.added_tokens_decoder
     byte_fallback = tokenizer_kind(tokenizer) == "llama"
+    unk = tokenizer.unk_token_id
     tokens, types = [], []
     for i in range(vocab_size):
         if i in added:
@@ -83,17 +91,17 @@ def vocab_entries(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
             types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
         elif i in by_id:
             tokens.append(by_id[i])
-            types.append(_normal_type(by_id[i], i, tokenizer, byte_fallback))
+            types.append(_normal_type(by_id[i], i == unk, byte_fallback))
         else:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
     return tokens, [int(t) for t in types]
 
 
-def _normal_type(token: str, token_id: int, tokenizer, byte_fallback: bool):
+def _normal_type(token: str, is_unknown: bool, byte_fallback: bool):
     import gguf
 
-    if token_id == tokenizer.unk_token_id:
+    if is_unknown:
         return gguf.TokenType.UNKNOWN
     if byte_fallback and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
         return gguf.TokenType.BYTE  # SentencePiece's byte fallback pieces <0x00>…<0xFF>
@@ -159,11 +167,3 @@ def _split_pattern(steps: list[dict]) -> str:
     if len(steps) != 2 or steps[0].get("type") != "Split" or steps[1].get("type") != "ByteLevel":
         return ""
     return (steps[0].get("pattern") or {}).get("Regex", "")
-
-
-def source_pre_tokenizer(gguf_path: str) -> str | None:
-    """The `tokenizer.ggml.pre` of a base model that came as GGUF: the name llama.cpp already knows it by."""
-    from transformers.integrations.gguf import read_gguf_metadata  # reads metadata only: fast on big vocabularies
-
-    metadata, _ = read_gguf_metadata(gguf_path)
-    return metadata.get("tokenizer.ggml.pre")
