@@ -281,3 +281,39 @@ def test_cli_quant_choices_are_the_writer_s_and_the_recipe_s():
 
     assert formats.QUANTS == tuple(QUANTS)
     assert typing.get_args(ExportSection.model_fields["quant"].annotation) == tuple(QUANTS)
+
+
+def test_a_tokenizer_or_template_mismatch_fails_the_check_not_a_note():
+    """Whatever runtime checks the artifact, different token ids or chat template are failures."""
+    from peftsft.artifacts.export.verify import TOKENIZER_PROBES, Reference, check_artifact
+
+    torch.manual_seed(0)
+    ref = Reference(prompts=["hi"], chat_template="T", rendered=["<r>hi"], prompt_ids=[[1, 2]],
+                    probe_ids=[[5, 6]] * len(TOKENIZER_PROBES), sequences=[torch.tensor([1, 2, 3])],
+                    logits=[torch.randn(3, 8)], stop_ids=[3])  # fmt: skip
+
+    class Runtime:
+        runtime, chat_template = "fake", "T"
+        ids = {"<r>hi": [1, 2], **{probe: [5, 6] for probe in TOKENIZER_PROBES}}
+
+        def tokenize(self, text):
+            return self.ids[text]
+
+        def logits(self, sequence):
+            return ref.logits[0]
+
+        def greedy(self, ids, stops, new_tokens):
+            return ref.sequences[0]
+
+    runtime = Runtime()
+    assert check_artifact("gguf f16", runtime, ref, "gguf f16").passed
+    runtime.ids = {**Runtime.ids, TOKENIZER_PROBES[0]: [5, 7]}
+    check = check_artifact("gguf f16", runtime, ref, "gguf f16")
+    assert not check.passed and check.problems == [
+        "its tokenizer splits 'In 2024, 3.14159 x 12 = 37.69908; call +'… differently from training "
+        "(first at token 1: [7] vs [6])"
+    ]
+    runtime.ids, runtime.chat_template = Runtime.ids, "other"
+    assert check_artifact("gguf f16", runtime, ref, "gguf f16").problems == [
+        "its chat template differs from the one used in training"
+    ]

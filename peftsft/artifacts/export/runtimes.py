@@ -65,7 +65,7 @@ class LlamaCppRuntime:
                 model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx, n_batch=n_ctx,
                 logits_all=True, n_threads=threads, n_threads_batch=threads, n_gpu_layers=0, verbose=False,
             )  # fmt: skip
-        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+        except (ValueError, RuntimeError) as exc:  # "Failed to load model from file", "… LoRA adapter …"
             raise UserError(f"llama.cpp cannot load {path.name}{f' + {lora.name}' if lora else ''}: {exc}") from None
 
     @property
