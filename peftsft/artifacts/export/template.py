@@ -147,10 +147,9 @@ def _literal(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
-# Shown in every Modelfile and in the README (figures: the README's GGUF table, measured on the demo run).
-WHICH_QUANT = ("which to pick: q8_0 is indistinguishable from f16 at about half its size; q4_k_m is the usual "
-               "choice for laptops and CPUs (about a third of f16, small quality loss); q6_k / q5_k_m sit between; "
-               "f16 / bf16 only to re-quantize later")
+# Shown in every Modelfile and in the README.
+WHICH_QUANT = ("which to pick: q8_0 (8.5 bits per weight, about half of f16) loses least; q4_k_m (about 4.9 bits) "
+               "is the usual choice on laptops and CPUs; q6_k / q5_k_m sit between; f16 / bf16 to re-quantize later")
 
 
 def modelfile(base: str, tokenizer, run_name: str, adapter: str | None = None, quant: str | None = None) -> str:
