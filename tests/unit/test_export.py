@@ -191,7 +191,7 @@ def test_gguf_f16_reloads_through_transformers_and_matches(exporter, gguf_f16):
 
     check = next(c for c in exporter.checks if c.artifact == "gguf f16")
     assert check.passed and check.agreement == 1.0
-    assert check.max_diff <= TOLERANCES["float16"].max_rel * check.scale
+    assert check.max_diff <= TOLERANCES["gguf f16"].max_rel * check.scale
 
     metadata, tensors = read_gguf_metadata(str(gguf_f16))
     assert GGUF_KEYS <= set(metadata)
@@ -213,8 +213,8 @@ def test_gguf_q8_0_is_quantized_and_within_its_stated_tolerance(exporter, tmp_pa
 
     out = exporter.export(ExportJob("gguf", tmp_path / "model.q8_0.gguf", quant="q8_0"))
     check = last_check(exporter)
-    assert check.passed and check.tolerance_name == "q8_0"
-    assert check.max_diff <= TOLERANCES["q8_0"].max_rel * check.scale
+    assert check.passed and check.tolerance_name == "gguf q8_0"
+    assert check.max_diff <= TOLERANCES["gguf q8_0"].max_rel * check.scale
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
     assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
     assert types["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
@@ -261,8 +261,10 @@ def test_gguf_export_refuses_architectures_llama_cpp_names_differently():
     from peftsft.artifacts.export.gguf import check_exportable
 
     with pytest.raises(UserError, match="cannot export this model as GGUF") as err:
-        check_exportable(SimpleNamespace(model_type="qwen2", rope_parameters={}, attention_bias=True))
-    assert "'qwen2'" in str(err.value) and "--format merged" in str(err.value)
+        check_exportable(SimpleNamespace(model_type="gpt2", rope_parameters={}))
+    assert "'gpt2'" in str(err.value) and "--format merged" in str(err.value)
+    with pytest.raises(UserError, match="rope scaling 'dynamic' is not exported"):
+        check_exportable(SimpleNamespace(model_type="llama", rope_parameters={"rope_type": "dynamic"}))
 
 
 # ---------------------------------------------------------------------------------------------- verification
@@ -289,9 +291,9 @@ def test_verify_catches_a_corrupted_merged_model(exporter, tmp_path, monkeypatch
 
 
 def test_verify_catches_a_gguf_without_the_llama_cpp_qk_permutation(exporter, tmp_path, monkeypatch):
-    import peftsft.artifacts.export.gguf as gguf_export
+    import peftsft.artifacts.export.gguf.writer as gguf_writer
 
-    monkeypatch.setattr(gguf_export, "_permuted", lambda name, weights, config: weights)
+    monkeypatch.setattr(gguf_writer, "_permuted", lambda name, weights, config: weights)
     out = tmp_path / "model.gguf"
     with pytest.raises(UserError, match="the gguf f16 export diverged"):
         exporter.export(ExportJob("gguf", out))

@@ -37,7 +37,7 @@ def export_classification(run_dir: str | Path, request: ExportRequest, console: 
     verify, force = request.verify, request.force
     if dtype and fmt != "merged":
         raise UserError(f"--dtype applies to --format merged, not {fmt!r}", hint="drop --dtype")
-    if fmt == "gguf":
+    if fmt in ("gguf", "gguf-lora"):
         raise UserError("a classification run cannot be exported as GGUF (GGUF holds chat/causal LMs)",
                         hint="use --format merged (a standard transformers model dir) or --format adapter")
     run = open_run(run_dir)

@@ -1,4 +1,4 @@
-"""Export a run: adapter | merged | gguf, each verified against base + adapter before it appears at --out.
+"""Export a run: adapter | merged | gguf | gguf-lora, each verified against base + adapter before it appears at --out.
 
 Every artifact is written beside its target under a temporary name, re-loaded from there and checked, and only
 then renamed into place: a failed check, an error or Ctrl-C leaves nothing at --out.
@@ -7,9 +7,7 @@ then renamed into place: a failed check, an error or Ctrl-C leaves nothing at --
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +22,6 @@ from peftsft.artifacts.export.formats import DTYPES
 from peftsft.artifacts.export.record import check_entry, write_record
 from peftsft.artifacts.export.runs import (
     TrainedRun,
-    base_gguf_file,
     load_training_tokenizer,
     load_tuned,
     merged_model,
@@ -32,6 +29,8 @@ from peftsft.artifacts.export.runs import (
     require_mergeable,
     tuned_config,
 )
+from peftsft.artifacts.export.runtimes import TransformersRuntime
+from peftsft.artifacts.export.to_gguf import export_gguf, export_gguf_lora, gguf_companions
 from peftsft.artifacts.export.verify import (
     Check,
     Reference,
@@ -117,17 +116,20 @@ class Exporter:
                 self._merged = merged_model(self.run)
         return self._merged
 
-    def _check(self, artifact: str, tolerance: str, load, out: Path, same_ids_required: bool = True) -> None:
-        """Load the artifact from disk, compare it with the reference, print the result; raise if it diverged."""
+    def _check(self, artifact: str, tolerance: str, load, out: Path) -> None:
+        """Load the artifact from disk (`load` → a runtime), compare it with the reference, print the result;
+        raise if it diverged."""
         if not self.verify:
             return
         reference = self.reference
         if self.run.recipe.quantization.bits == 8:
             tolerance = loosest(tolerance, "int8 reference")
         with self.console.status(f"verifying {artifact}"), quiet_bitsandbytes():
-            model, tokenizer = load()
-            check = check_artifact(artifact, model, tokenizer, reference, tolerance, same_ids_required)
-        del model
+            runtime = load()
+            try:
+                check = check_artifact(artifact, runtime, reference, tolerance)
+            finally:
+                runtime.close()
         self.checks.append(check)
         print_checks(self.console, [check])
         require_passed([check], out)
@@ -142,9 +144,11 @@ class Exporter:
         if job.format == "gguf":
             require_mergeable(self.run)
             checked = len(self.checks)
-            path = self._export_gguf(job)
+            path = export_gguf(self, job)
             write_record(job.out, "gguf", self.checks[checked:])  # beside it; its card is written by `push`
             return path
+        if job.format == "gguf-lora":
+            return export_gguf_lora(self, job)
         return self._export_adapter(job)
 
     def _seal(self, folder: Path, job: ExportJob, checked: int) -> None:
@@ -170,10 +174,10 @@ class Exporter:
         write_dir(job.out, fill)
         return self._done(job.out)
 
-    def _load_adapter(self, directory: Path):
+    def _load_adapter(self, directory: Path) -> TransformersRuntime:
         from transformers import AutoTokenizer
 
-        return load_tuned(self.run, adapter_dir=directory), AutoTokenizer.from_pretrained(directory)
+        return TransformersRuntime(load_tuned(self.run, adapter_dir=directory), AutoTokenizer.from_pretrained(directory))
 
     def _export_merged(self, job: ExportJob) -> Path:
         from peftsft.artifacts.export.merge import name_base_model, save_merged
@@ -185,35 +189,12 @@ class Exporter:
             name_base_model(tmp, self.run.recipe.model.base_id)
             shutil.copy2(self.run.path / RECIPE_FILE, tmp / RECIPE_FILE)
             checked = len(self.checks)
-            self._check(f"merged {dtype}", dtype, lambda: load_merged_dir(tmp), job.out)
+            self._check(f"merged {dtype}", dtype, lambda: TransformersRuntime(*load_merged_dir(tmp)), job.out)
             self._seal(tmp, job, checked)
             tmp.chmod(0o755)
 
         write_dir(job.out, fill)
         return self._done(job.out)
-
-    def _export_gguf(self, job: ExportJob) -> Path:
-        from peftsft.artifacts.export.gguf import check_exportable, source_pre_tokenizer, write_gguf
-        from peftsft.artifacts.export.template import modelfile
-
-        check_exportable(tuned_config(self.run), self.tokenizer)  # before the costly merge
-        source = base_gguf_file(self.run)
-        modelfile_path = job.out.with_suffix(".Modelfile")
-        text = modelfile(job.out.name, self.tokenizer, self.run.name) if job.modelfile else None
-        merged = self.merged  # (its own status line: rich shows one at a time)
-        with staged(job.out) as tmp, staged(modelfile_path) as tmp_modelfile:
-            with self.console.status(f"writing GGUF ({job.quant})"):
-                pre_tokenizer = source_pre_tokenizer(source) if source else None
-                write_gguf(merged, self.tokenizer, tmp, job.quant, self.run.name, pre_tokenizer)
-            if text is not None:
-                tmp_modelfile.write_text(text, encoding="utf-8")
-            tolerance = "float16" if job.quant == "f16" else job.quant
-            load = lambda: load_gguf_file(tmp)  # noqa: E731
-            self._check(f"gguf {job.quant}", tolerance, load, job.out, same_ids_required=False)
-            os.replace(tmp, job.out)
-            if text is not None:
-                os.replace(tmp_modelfile, modelfile_path)
-        return self._done(job.out, modelfile_path if text is not None else None)
 
     def _done(self, *paths: Path | None) -> Path:
         for path in paths:
@@ -230,25 +211,15 @@ def refuse_existing(job: ExportJob, run: TrainedRun, force: bool) -> None:
     protected = [run.path.resolve(), run.adapter_dir.resolve()]
     if any(out == p or out in p.parents for p in protected) or protected[1] in out.parents:
         raise UserError(f"--out {job.out}: would overwrite the run itself", hint="choose a path outside the run dir")
-    if job.format == "gguf" and job.out.suffix != ".gguf":
+    is_gguf = job.format in ("gguf", "gguf-lora")
+    if is_gguf and job.out.suffix != ".gguf":
         raise UserError(f"--out {job.out}: a GGUF export is one file ending in .gguf", hint="e.g. --out model.gguf")
-    targets = [job.out, job.out.with_suffix(".Modelfile")] if job.format == "gguf" and job.modelfile else [job.out]
+    targets = [job.out, *gguf_companions(job, run)] if is_gguf else [job.out]
     existing = [t for t in targets if t.exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} already exists", hint="pass --force to replace it, or choose another --out")
-    if job.format == "gguf" and job.out.is_dir():
+    if is_gguf and job.out.is_dir():
         raise UserError(f"--out {job.out} is a directory", hint="give the path of the .gguf file to write")
-
-
-@contextmanager
-def staged(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path` (same file system, so the final rename is atomic); removed unless used."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -279,14 +250,6 @@ def load_merged_dir(directory: Path):
     return model, AutoTokenizer.from_pretrained(directory)
 
 
-def load_gguf_file(path: Path):
-    """The GGUF through transformers' own GGUF loader (dequantized to float32)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-
-
 def export_run(
     run_dir: str | Path, jobs: list[ExportJob], console: Console, verify: bool = True, force: bool = False
 ) -> list[Path]:
@@ -298,13 +261,14 @@ def export_run(
 def default_jobs(run: TrainedRun, formats: list[str], quant: str = "f16", dtype: str | None = None) -> list[ExportJob]:
     """Where a recipe's `[export] formats` go: <run dir>/exports/."""
     folder = run.path / "exports"
-    paths = {"adapter": folder / "adapter", "merged": folder / "merged", "gguf": folder / f"{run.name}.{quant}.gguf"}
+    paths = {"adapter": folder / "adapter", "merged": folder / "merged", "gguf": folder / f"{run.name}.{quant}.gguf",
+             "gguf-lora": folder / f"{run.name}.lora.gguf"}
     return [ExportJob(f, paths[f], quant=quant, dtype=dtype) for f in formats]
 
 
 def export_chat(run_dir: str | Path, request: ExportRequest, console: Console) -> Path:
-    """One verified export of a chat run (adapter | merged | gguf)."""
-    if request.quant and request.fmt != "gguf":
+    """One verified export of a chat run (adapter | merged | gguf | gguf-lora)."""
+    if request.quant and request.fmt not in ("gguf", "gguf-lora"):
         raise UserError(f"--quant applies to --format gguf, not {request.fmt!r}", hint="drop --quant")
     if request.dtype and request.fmt != "merged":
         raise UserError(f"--dtype applies to --format merged, not {request.fmt!r}", hint="drop --dtype")

@@ -147,14 +147,22 @@ def _literal(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
-def modelfile(gguf_name: str, tokenizer, run_name: str) -> str:
-    """An Ollama Modelfile for the GGUF beside it: template, default system prompt and stop tokens from training."""
+# Shown in every Modelfile and in the README.
+WHICH_QUANT = ("which to pick: q8_0 (8.5 bits per weight, about half of f16) loses least; q4_k_m (about 4.9 bits) "
+               "is the usual choice on laptops and CPUs; q6_k / q5_k_m sit between; f16 / bf16 to re-quantize later")
+
+
+def modelfile(base: str, tokenizer, run_name: str, adapter: str | None = None, quant: str | None = None) -> str:
+    """An Ollama Modelfile: FROM `base` (a GGUF path), optionally ADAPTER `adapter` (a LoRA GGUF over it), and the
+    template, default system prompt and stop tokens used in training."""
     fmt = turn_format(tokenizer)
-    lines = [
-        f"# Ollama Modelfile for peftsft run {run_name!r}: ollama create {_model_tag(run_name)} -f <this file>",
-        f"FROM ./{gguf_name}",
-        f'TEMPLATE """{_triple_quoted(ollama_template(fmt))}"""',
-    ]
+    lines = [f"# Ollama Modelfile for peftsft run {run_name!r}: ollama create {_model_tag(run_name)} -f <this file>"]
+    if quant:
+        lines.append(f"# weights: {quant}; {WHICH_QUANT}")
+    lines.append(f"FROM {base}")
+    if adapter:
+        lines.append(f"ADAPTER {adapter}")
+    lines.append(f'TEMPLATE """{_triple_quoted(ollama_template(fmt))}"""')
     if fmt.default_system:
         lines.append(f'SYSTEM """{_triple_quoted(fmt.default_system)}"""')
     lines += [f"PARAMETER stop {_quoted(text)}" for _, text in stop_tokens(tokenizer)]

@@ -1,0 +1,337 @@
+"""GGUF export of every supported architecture, proven in llama.cpp itself (llama-cpp-python).
+
+Each model is random-initialised from its transformers config class with small dims whose rows K-quants accept
+(multiples of 256), a real tokenizer (SmolLM2's byte-level BPE; for Mistral a SentencePiece model trained here
+with the `sentencepiece` trainer), and a LoRA whose B matrices are perturbed (not trained: the same adapter
+structure at a fraction of the cost). The run dir is what `peftsft run` leaves: recipe.resolved.toml + adapter/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from peftsft.core.errors import UserError
+from peftsft.artifacts.export.pipeline import Exporter, ExportJob
+from peftsft.artifacts.export.runs import open_run
+from peftsft.artifacts.export.verify import TOLERANCES
+
+from peftsft.artifacts.export.runtimes import llama_cpp_importable
+
+needs_llama_cpp = pytest.mark.skipif(not llama_cpp_importable(),
+                                     reason="llama-cpp-python is not installed (pip install -e '.[gguf]')")
+
+DIMS = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def _configs(vocab: int) -> dict:
+    """model_type variant → config: every architecture, with the features llama.cpp must reproduce."""
+    from transformers import (Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,
+                              Qwen3Config)  # fmt: skip
+
+    llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+    sliding = dict(sliding_window=16, query_pre_attn_scalar=64, head_dim=64)
+    return {
+        "llama": LlamaConfig(vocab_size=vocab, rope_parameters=llama3, tie_word_embeddings=False, **DIMS),
+        "smollm": LlamaConfig(vocab_size=vocab, tie_word_embeddings=True, **DIMS),
+        "mistral": MistralConfig(vocab_size=vocab, sliding_window=None, **DIMS),
+        "qwen2": Qwen2Config(vocab_size=vocab, tie_word_embeddings=True,
+                             rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}, **DIMS),
+        "qwen3": Qwen3Config(vocab_size=vocab, head_dim=64, tie_word_embeddings=True, **DIMS),
+        "gemma2": Gemma2Config(vocab_size=vocab, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                               **sliding, **DIMS),
+        "gemma3": Gemma3TextConfig(vocab_size=vocab, final_logit_softcapping=None,
+                                   layer_types=["sliding_attention", "full_attention"], **sliding, **DIMS),
+        "phi3": Phi3Config(vocab_size=vocab, pad_token_id=None, sliding_window=None, **DIMS),
+    }
+
+
+@pytest.fixture(scope="module")
+def spm_tokenizer(tmp_path_factory):
+    """A 600-piece SentencePiece BPE (byte fallback, like Llama 2 / Mistral) trained on the persona data."""
+    import sentencepiece as spm
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+
+    import tests.conftest as conftest
+
+    rows = [json.loads(line) for line in conftest._persona_rows(300)]
+    text = [m["content"] for row in rows for m in row["messages"]]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=600,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1,
+                                   eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)  # fmt: skip
+    folder = tmp_path_factory.mktemp("spm")
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    # legacy: "▁" after every special token too, as llama.cpp's SentencePiece tokenizer does
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "legacy": True, "chat_template": MISTRAL_TEMPLATE}  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=False)
+    return tokenizer
+
+
+def _make_run(root: Path, config, tokenizer) -> Path:
+    """A run dir as training leaves it: the base model dir, recipe.resolved.toml, adapter/ (LoRA, B perturbed)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from peftsft.core.config import recipe_to_toml
+    from peftsft.training.recipe import load_recipe
+    from tests.conftest import write_tiny_recipe
+
+    torch.manual_seed(0)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # at the default init attention is uniform, which would hide a broken q/k layout
+        for name, weight in model.named_parameters():
+            if weight.ndim == 2 and "embed" not in name:
+                weight.normal_(0.0, 0.08)
+    base = root / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    recipe = load_recipe(write_tiny_recipe(root, base))
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.resolved.toml").write_text(recipe_to_toml(recipe))
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, weight in lora.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0.0, 0.05)
+    lora.save_pretrained(run_dir / "adapter")
+    tokenizer.save_pretrained(run_dir / "adapter")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def exporter_of(tmp_path_factory, tokenizer, request):
+    """variant → an Exporter of its run, built on first use and shared (its reference and merge computed once)."""
+    built: dict[str, Exporter] = {}
+
+    def get(variant: str) -> Exporter:
+        if variant not in built:
+            tok = request.getfixturevalue("spm_tokenizer") if variant == "mistral" else tokenizer
+            config = _configs(len(tok))[variant]
+            run_dir = _make_run(tmp_path_factory.mktemp(variant), config, tok)
+            built[variant] = Exporter(open_run(run_dir), Console(quiet=True))
+        return built[variant]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------- every architecture
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("variant", [
+    "llama", "smollm", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
+    # llama.cpp's SentencePiece tokenizer puts "▁" before text after every special token ("<s>[INST]" → <s> ▁ [);
+    # this tokenizer, saved and re-loaded by transformers, does not (prepend_scheme "first"): the export's token-id
+    # check refuses it, as it must. Not yet resolved (needs a legacy-style tokenizer that survives save/reload).
+    pytest.param("mistral", marks=pytest.mark.xfail(raises=UserError, strict=True,
+                                                    reason="SentencePiece prefix space after special tokens")),
+])  # fmt: skip
+def test_every_architecture_is_reproduced_in_llama_cpp(exporter_of, variant, tmp_path, monkeypatch):
+    from peftsft.artifacts.export import verify
+
+    # A random tiny model's logits are flat (max |logit| ≈ 1.7, most near 0, many near-ties), so quantization noise
+    # is a far larger share of them than on a trained model (measured here: q4_k_m max Δ ≈ 0.46 of the scale and
+    # greedy ≈ 40 %; q8_0 greedy 81 % on phi3). Those two are held to limits for that here; real models are held
+    # to the real ones by the export itself.
+    monkeypatch.setitem(verify.TOLERANCES, "gguf q4_k_m", verify.Tolerance(0.8, 0.2, 0.2))
+    monkeypatch.setitem(verify.TOLERANCES, "gguf q8_0", verify.Tolerance(0.10, 0.015, 0.7))
+    exporter = exporter_of(variant)
+    for quant in ("f16", "q8_0", "q4_k_m"):
+        out = exporter.export(ExportJob("gguf", tmp_path / f"m.{quant}.gguf", quant=quant, modelfile=False))
+        check = exporter.checks[-1]
+        assert out.is_file() and check.passed and check.runtime == "llama.cpp", (quant, check)
+        if quant == "f16":  # ids identical (else it had failed), f16 logits within tolerance, greedy ≥ 95 %
+            assert check.max_diff <= TOLERANCES["gguf f16"].max_rel * check.scale
+            assert check.agreement >= 0.95  # not always 100 %: a near-tie of the flat random logits may flip
+
+    out = exporter.export(ExportJob("gguf-lora", tmp_path / "lora.gguf", quant="f16", modelfile=False))
+    check = exporter.checks[-1]
+    assert check.passed and check.runtime == "llama.cpp" and check.agreement >= 0.95, check
+    assert (tmp_path / "lora.base.f16.gguf").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+
+
+def test_pre_tokenizer_names_on_the_real_smollm2_vocabulary(tokenizer):
+    """peftsft trains with SmolLM2's tokenizer as transformers rebuilds it from the GGUF (plain GPT-2 split); the
+    Hub's tokenizer.json splits digits one by one first, which llama.cpp names "smollm"."""
+    import copy
+
+    from tokenizers import pre_tokenizers
+
+    from peftsft.artifacts.export.gguf import llama_cpp_pre_tokenizer
+
+    assert llama_cpp_pre_tokenizer(tokenizer) == "gpt-2"
+    hub_style = copy.deepcopy(tokenizer)
+    hub_style.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    assert llama_cpp_pre_tokenizer(hub_style) == "smollm"
+
+
+@needs_llama_cpp
+def test_a_wrong_pre_tokenizer_fails_verification_on_the_real_smollm2_vocabulary(exporter_of, tmp_path, monkeypatch):
+    """The smollm model carries SmolLM2's 49k vocabulary: llama.cpp must give the training token ids for the
+    rendered prompts and the probe texts, and a GGUF naming another split must fail the export."""
+    import peftsft.artifacts.export.gguf.vocab as vocab
+
+    exporter = exporter_of("smollm")
+    exporter.export(ExportJob("gguf", tmp_path / "m.gguf", quant="f32", modelfile=False))
+    assert exporter.checks[-1].passed and exporter.checks[-1].max_diff <= 2e-3 * exporter.checks[-1].scale
+
+    monkeypatch.setattr(vocab, "llama_cpp_pre_tokenizer", lambda tokenizer: "llama-bpe")  # Llama 3's split
+    with pytest.raises(UserError, match="the gguf f32 export diverged") as err:
+        exporter.export(ExportJob("gguf", tmp_path / "wrong.gguf", quant="f32", modelfile=False))
+    assert "its tokenizer splits" in str(err.value) and not (tmp_path / "wrong.gguf").exists()
+
+
+# ---------------------------------------------------------------------------------------------- negative controls
+
+
+def _negate_tensor(path: Path, name: str) -> None:
+    """Flip the sign of one tensor inside a written GGUF (f16/bf16: the sign bit of each value; q8_0: of each
+    block's f16 scale) — a corrupted file that still loads."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(path, "r+")
+    tensor = next(t for t in reader.tensors if t.name == name)
+    data = tensor.data.view(np.uint8).reshape(-1)
+    if tensor.tensor_type == gguf.GGMLQuantizationType.Q8_0:
+        data.reshape(-1, 34)[:, 1] ^= 0x80
+    else:
+        data.reshape(-1, 2)[:, 1] ^= 0x80
+    data.flush() if hasattr(data, "flush") else reader.data.flush()
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("quant", ["q8_0", "bf16"])
+def test_a_corrupted_tensor_fails_its_quant_tolerance(exporter_of, quant, tmp_path, monkeypatch):
+    import peftsft.artifacts.export.gguf as gguf_export
+
+    real_write = gguf_export.write_gguf
+
+    def write_then_corrupt(model, tokenizer, path, *args):
+        real_write(model, tokenizer, path, *args)
+        _negate_tensor(path, "blk.1.ffn_down.weight")
+
+    monkeypatch.setattr(gguf_export, "write_gguf", write_then_corrupt)
+    out = tmp_path / f"m.{quant}.gguf"
+    with pytest.raises(UserError, match=f"the gguf {quant} export diverged") as err:
+        exporter_of("smollm").export(ExportJob("gguf", out, quant=quant))
+    assert "max |Δ logit|" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no .gguf, no Modelfile, no temporary
+
+
+@needs_llama_cpp
+def test_a_gguf_without_the_qk_permutation_fails_in_llama_cpp(exporter_of, tmp_path, monkeypatch):
+    import peftsft.artifacts.export.gguf.writer as writer
+
+    monkeypatch.setattr(writer, "_permuted", lambda name, weights, config: weights)
+    with pytest.raises(UserError, match="the gguf f16 export diverged"):
+        exporter_of("llama").export(ExportJob("gguf", tmp_path / "m.gguf"))
+    with pytest.raises(UserError, match="the gguf-lora export diverged"):
+        exporter_of("llama").export(ExportJob("gguf-lora", tmp_path / "l.gguf"))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_gguf_requests_are_one_clear_error_and_write_nothing(exporter_of, tmp_path, capsys, monkeypatch):
+    import peftsft.artifacts.export.gguf.quants as quants
+    from peftsft.commands.cli import main
+
+    run_dir = str(exporter_of("smollm").run.path)
+    monkeypatch.setattr(quants, "llama_cpp_importable", lambda: False)
+    out = str(tmp_path / "m.gguf")
+    assert main(["export", run_dir, "--format", "gguf", "--quant", "q4_k_m", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "--quant q4_k_m is made by llama.cpp's own quantizer, and llama-cpp-python is not installed" in err
+    assert 'pip install -e ".[gguf]"' in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_code:  # argparse: an unknown type is refused with the list of choices
+        main(["export", run_dir, "--format", "gguf", "--quant", "q2_xs", "--out", out])
+    assert exit_code.value.code == 2 and "invalid choice: 'q2_xs'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_architecture_is_refused_before_any_work(tmp_path, tokenizer, capsys):
+    """A GPT-2 base: refused with the reason before the merge, exit 2, nothing written."""
+    from transformers import GPT2Config
+
+    from peftsft.commands.cli import main
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=128)
+    run_dir = _make_run(tmp_path / "gpt2", config, tokenizer)
+    out = tmp_path / "out"
+    for fmt in ("gguf", "gguf-lora"):
+        assert main(["export", str(run_dir), "--format", fmt, "--out", str(out / "m.gguf")]) == 2
+        err = capsys.readouterr().err
+        assert "cannot export this model as GGUF" in err and "model_type is 'gpt2'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_quant_choices_are_the_writer_s_and_the_recipe_s():
+    import typing
+
+    from peftsft.artifacts.export import formats
+    from peftsft.artifacts.export.gguf import QUANTS
+    from peftsft.core.config import ExportSection
+
+    assert formats.QUANTS == tuple(QUANTS)
+    assert typing.get_args(ExportSection.model_fields["quant"].annotation) == tuple(QUANTS)
+
+
+def test_a_tokenizer_or_template_mismatch_fails_the_check_not_a_note():
+    """Whatever runtime checks the artifact, different token ids or chat template are failures."""
+    from peftsft.artifacts.export.verify import TOKENIZER_PROBES, Reference, check_artifact
+
+    torch.manual_seed(0)
+    ref = Reference(prompts=["hi"], chat_template="T", rendered=["<r>hi"], prompt_ids=[[1, 2]],
+                    probe_ids=[[5, 6]] * len(TOKENIZER_PROBES), sequences=[torch.tensor([1, 2, 3])],
+                    logits=[torch.randn(3, 8)], stop_ids=[3])  # fmt: skip
+
+    class Runtime:
+        runtime, chat_template = "fake", "T"
+        ids = {"<r>hi": [1, 2], **{probe: [5, 6] for probe in TOKENIZER_PROBES}}
+
+        def tokenize(self, text):
+            return self.ids[text]
+
+        def logits(self, sequence):
+            return ref.logits[0]
+
+        def greedy(self, ids, stops, new_tokens):
+            return ref.sequences[0]
+
+    runtime = Runtime()
+    assert check_artifact("gguf f16", runtime, ref, "gguf f16").passed
+    runtime.ids = {**Runtime.ids, TOKENIZER_PROBES[0]: [5, 7]}
+    check = check_artifact("gguf f16", runtime, ref, "gguf f16")
+    assert not check.passed and check.problems == [
+        "its tokenizer splits 'In 2024, 3.14159 x 12 = 37.69908; call +'… differently from training "
+        "(first at token 1: [7] vs [6])"
+    ]
+    runtime.ids, runtime.chat_template = Runtime.ids, "other"
+    assert check_artifact("gguf f16", runtime, ref, "gguf f16").problems == [
+        "its chat template differs from the one used in training"
+    ]
