@@ -22,6 +22,7 @@ from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress,
 from peftsft.training.distributed import console_for, on_main, process_state
 from peftsft.training.general_check import GeneralCheck, for_summary, report as report_general
 from peftsft.training.levers import Levers, decide_levers
+from peftsft.training.rules import resolve_precision
 from peftsft.training.rules import cast_frozen_base
 from peftsft.training.report import plot_loss, write_samples
 from peftsft.training.runs import checkpoint_step, open_run_dir, run_summary, save_adapter, train_guarded
@@ -61,7 +62,8 @@ def train(
     prompts = recipe.run.sample_prompts
     before = on_main(state, lambda: answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens))
     general = GeneralCheck.for_recipe(recipe)  # [eval] general_check: the base scored now, the tuned model at the end
-    general_base = on_main(state, lambda: general.score(model, tokenizer)) if general else None
+    precision = resolve_precision(recipe.training.precision, device)  # the rule the levers record below
+    general_base = on_main(state, lambda: general.score(model, tokenizer, precision)) if general else None
 
     strategy = get_strategy(recipe.strategy.name)
     params = validate_params(strategy, recipe.strategy.params)
@@ -88,7 +90,8 @@ def train(
         """Main process: adapter, samples, plot and summary."""
         write_dir(run_dir / "adapter", lambda tmp: save_adapter(model, tokenizer, tmp, strategy, recipe.model.base_id))
         after = answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens)
-        general_result = general.compare(general_base, general.score(model, tokenizer)) if general else None
+        general_tuned = general.score(model, tokenizer, levers.precision) if general else None
+        general_result = general.compare(general_base, general_tuned) if general else None
         write_samples(run_dir / "samples.md", prompts, before, after, general_result)
         plot_loss(metrics.records, run_dir / "loss.png")
         summary = run_summary(

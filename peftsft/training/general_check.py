@@ -53,6 +53,18 @@ def user_rows(path: str, on_bad_row: str = "fail") -> list[CheckRow]:
     return rows
 
 
+def autocast(model, precision: str):
+    """torch autocast at the run's precision on the model's device (a no-op for fp32)."""
+    import contextlib
+
+    import torch
+
+    if precision not in ("bf16", "fp16"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+
+
 class GeneralCheck:
     """The check's rows and settings; `score` a model, `compare` two scores."""
 
@@ -70,12 +82,16 @@ class GeneralCheck:
             return None
         return cls(recipe.eval, recipe.data.max_length, recipe.data.on_bad_row)
 
-    def score(self, model, tokenizer) -> dict:
-        """Loss on the references, right and exact answers, the answers themselves and the seconds it took."""
+    def score(self, model, tokenizer, precision: str = "fp32") -> dict:
+        """Loss on the references, right and exact answers, the answers themselves and the seconds it took.
+
+        `precision`: the run's autocast (bf16 where the hardware is fast at it, as training uses), the same for the
+        base and the tuned model, so both are scored alike at a fraction of fp32's cost there."""
         started = time.perf_counter()
-        loss = assistant_loss(model, tokenizer, [r.messages for r in self.rows], self.max_length, LOSS_BATCH)
-        sampling = Sampling(max_new_tokens=self.settings.general_max_new_tokens)
-        answers = answer_batch(model, tokenizer, [r.prompt for r in self.rows], sampling, ANSWER_BATCH)
+        with autocast(model, precision):
+            loss = assistant_loss(model, tokenizer, [r.messages for r in self.rows], self.max_length, LOSS_BATCH)
+            sampling = Sampling(max_new_tokens=self.settings.general_max_new_tokens)
+            answers = answer_batch(model, tokenizer, [r.prompt for r in self.rows], sampling, ANSWER_BATCH)
         right = [any(contains_reference(a, e) for e in r.expect) for a, r in zip(answers, self.rows)]
         exact = [any(exact_match(a, e) for e in (*r.expect, r.messages[-1]["content"]))
                  for a, r in zip(answers, self.rows)]
