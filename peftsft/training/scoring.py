@@ -38,6 +38,7 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]], max_length
         for start in range(0, len(samples), batch_size):
             ids, mask, labels = _pad(samples[start : start + batch_size], tokenizer.pad_token_id, IGNORE)
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+            logits = logits[:, logits.shape[1] - ids.shape[1] :]  # prompt-learning adapters prepend virtual tokens
             targets = labels[:, 1:].to(logits.device)
             total += torch.nn.functional.cross_entropy(
                 logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"

@@ -237,7 +237,7 @@ def test_disk_full_while_saving_leaves_no_partial_adapter(tiny_recipe, monkeypat
 
     import peftsft.tasks.chat as train_module
 
-    def full(model, tokenizer, directory, strategy=None):
+    def full(model, tokenizer, directory, *rest):
         (directory / "adapter_model.safetensors").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device", str(directory / "adapter_model.safetensors"))
 
