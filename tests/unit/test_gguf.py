@@ -138,11 +138,7 @@ def exporter_of(tmp_path_factory, tokenizer, request):
 @needs_llama_cpp
 @pytest.mark.parametrize("variant", [
     "llama", "smollm", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
-    # llama.cpp's SentencePiece tokenizer puts "▁" before text after every special token ("<s>[INST]" → <s> ▁ [);
-    # this tokenizer, saved and re-loaded by transformers, does not (prepend_scheme "first"): the export's token-id
-    # check refuses it, as it must. Not yet resolved (needs a legacy-style tokenizer that survives save/reload).
-    pytest.param("mistral", marks=pytest.mark.xfail(raises=UserError, strict=True,
-                                                    reason="SentencePiece prefix space after special tokens")),
+    "mistral",  # SentencePiece BPE with byte fallback, prepend_scheme "first" as saved by transformers
 ])  # fmt: skip
 def test_every_architecture_is_reproduced_in_llama_cpp(exporter_of, variant, tmp_path, monkeypatch):
     from peftsft.artifacts.export import verify
@@ -169,6 +165,33 @@ def test_every_architecture_is_reproduced_in_llama_cpp(exporter_of, variant, tmp
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "always"}}, True),  # Llama 2 legacy
+    ({"normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}]}}, True),
+    ({"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "first"}}, False),  # Mistral v0.3, non-legacy
+    ({"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "never"}}, False),
+    ({"normalizer": {"type": "Replace"}}, False),  # Gemma
+])  # fmt: skip
+def test_space_prefix_follows_what_transformers_does_after_a_special_token(spec, expected):
+    """llama.cpp's add_space_prefix puts "▁" after every special token: right for "always", wrong for "first"."""
+    from peftsft.artifacts.export.gguf.vocab import _adds_space_prefix
+
+    assert _adds_space_prefix(spec) is expected
+
+
+@needs_llama_cpp
+def test_a_sentencepiece_space_prefix_transformers_does_not_add_fails_the_export(exporter_of, tmp_path, monkeypatch):
+    """Negative control for the mistral case: llama.cpp told to prepend "▁" after <s> splits the prompts apart."""
+    import peftsft.artifacts.export.gguf.vocab as vocab
+
+    exporter = exporter_of("mistral")
+    assert vocab.backend(exporter.tokenizer)["pre_tokenizer"]["prepend_scheme"] == "first"
+    monkeypatch.setattr(vocab, "_adds_space_prefix", lambda spec: True)
+    with pytest.raises(UserError, match="its tokenizer splits"):
+        exporter.export(ExportJob("gguf", tmp_path / "m.gguf", quant="f32", modelfile=False))
+    assert not (tmp_path / "m.gguf").exists()
 
 
 def test_pre_tokenizer_names_on_the_real_smollm2_vocabulary(tokenizer):
@@ -307,12 +330,13 @@ def test_a_tokenizer_or_template_mismatch_fails_the_check_not_a_note():
 
     torch.manual_seed(0)
     ref = Reference(prompts=["hi"], chat_template="T", rendered=["<r>hi"], prompt_ids=[[1, 2]],
-                    probe_ids=[[5, 6]] * len(TOKENIZER_PROBES), sequences=[torch.tensor([1, 2, 3])],
+                    probe_rendered=[f"<r>{p}" for p in TOKENIZER_PROBES], probe_ids=[[5, 6]] * len(TOKENIZER_PROBES),
+                    sequences=[torch.tensor([1, 2, 3])],
                     logits=[torch.randn(3, 8)], stop_ids=[3])  # fmt: skip
 
     class Runtime:
         runtime, chat_template = "fake", "T"
-        ids = {"<r>hi": [1, 2], **{probe: [5, 6] for probe in TOKENIZER_PROBES}}
+        ids = {"<r>hi": [1, 2], **{f"<r>{probe}": [5, 6] for probe in TOKENIZER_PROBES}}
 
         def tokenize(self, text):
             return self.ids[text]
@@ -325,10 +349,10 @@ def test_a_tokenizer_or_template_mismatch_fails_the_check_not_a_note():
 
     runtime = Runtime()
     assert check_artifact("gguf f16", runtime, ref, "gguf f16").passed
-    runtime.ids = {**Runtime.ids, TOKENIZER_PROBES[0]: [5, 7]}
+    runtime.ids = {**Runtime.ids, f"<r>{TOKENIZER_PROBES[0]}": [5, 7]}
     check = check_artifact("gguf f16", runtime, ref, "gguf f16")
     assert not check.passed and check.problems == [
-        "its tokenizer splits 'In 2024, 3.14159 x 12 = 37.69908; call +'… differently from training "
+        "its tokenizer splits '<r>In 2024, 3.14159 x 12 = 37.69908; cal'… differently from training "
         "(first at token 1: [7] vs [6])"
     ]
     runtime.ids, runtime.chat_template = Runtime.ids, "other"

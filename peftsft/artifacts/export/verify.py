@@ -65,7 +65,8 @@ TOLERANCES = {
     "gguf q3_k_m": Tolerance(0.60, 0.12, 0.40),
 }
 # Texts whose token ids must match as well: digits, punctuation, accents, emoji and whitespace runs are where
-# pre-tokenizers (how text is split before BPE) differ — the held-out prompts alone rarely show it.
+# pre-tokenizers (how text is split before BPE) differ — the held-out prompts alone rarely show it. Each is
+# checked as users send it, as a user message through the chat template.
 TOKENIZER_PROBES = (
     "In 2024, 3.14159 x 12 = 37.69908; call +1-555-0100 (ext. 42)!",
     "naïve café — “quoted” ‘text’ 😀 ünïcödé…\n\n    indented\tline\r\nend   ",
@@ -91,7 +92,8 @@ class Reference:
     chat_template: str
     rendered: list[str]  # the prompts through the training chat template (text)
     prompt_ids: list[list[int]]
-    probe_ids: list[list[int]]  # TOKENIZER_PROBES through the training tokenizer
+    probe_rendered: list[str]  # TOKENIZER_PROBES as user messages through the training chat template
+    probe_ids: list[list[int]]
     sequences: list[torch.Tensor]  # prompt + greedy reply
     logits: list[torch.Tensor]  # float32 [positions, vocab]
     stop_ids: list[int]
@@ -144,7 +146,8 @@ def reference_outputs(model, tokenizer, prompts: list[str]) -> Reference:
         chat_template=tokenizer.chat_template,
         rendered=[render(tokenizer, p) for p in prompts],
         prompt_ids=ids,
-        probe_ids=[list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in TOKENIZER_PROBES],
+        probe_rendered=[render(tokenizer, text) for text in TOKENIZER_PROBES],
+        probe_ids=[prompt_ids(tokenizer, text) for text in TOKENIZER_PROBES],
         sequences=sequences,
         logits=[model(input_ids=s[None].to(model.device)).logits[0].float().cpu() for s in sequences],
         stop_ids=stops,
@@ -182,7 +185,7 @@ def _tokenizer_problems(runtime, ref: Reference) -> list[str]:
     if runtime.chat_template != ref.chat_template:
         return ["its chat template differs from the one used in training"]
     problems = []
-    for text, want in [*zip(ref.rendered, ref.prompt_ids), *zip(TOKENIZER_PROBES, ref.probe_ids)]:
+    for text, want in [*zip(ref.rendered, ref.prompt_ids), *zip(ref.probe_rendered, ref.probe_ids)]:
         got = runtime.tokenize(text)
         if got != want:
             at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))

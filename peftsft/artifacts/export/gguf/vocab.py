@@ -124,7 +124,11 @@ def _scores(tokens: list[str], merges: list) -> list[float]:
 
 
 def _adds_space_prefix(spec: dict) -> bool:
-    """Llama 2 / Mistral prepend "▁" to the text (a normalizer Prepend or a Metaspace pre-tokenizer); Gemma not."""
+    """llama.cpp's `add_space_prefix`: "▁" before the text and after every special token, as Llama 2's legacy
+    tokenizer does (a normalizer Prepend, or a Metaspace pre-tokenizer with prepend_scheme "always"). Mistral's
+    and non-legacy Llama tokenizers prepend only at the very start of the input ("first"), which llama.cpp cannot
+    express: chat prompts begin with a special token (BOS), after which they add nothing, so False matches every
+    rendered prompt — the export's token-id check proves it per run. Gemma prepends nothing."""
     steps = []
     for part in ("normalizer", "pre_tokenizer"):
         node = spec.get(part) or {}
@@ -132,8 +136,8 @@ def _adds_space_prefix(spec: dict) -> bool:
     for step in steps:
         if step.get("type") == "Prepend":
             return True
-        if step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") != "never":
-            return True
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") == "always"
     return False
 
 
