@@ -49,7 +49,11 @@ class ModelSection(Section):
         "from the base GGUF's general.license when left out", pattern=r"^[a-z0-9][a-z0-9.+-]*$"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Key("auto", "weights dtype; auto: fp32 on CPU, bf16 on CUDA")
-    attention: Literal["sdpa", "eager", "auto"] = Key("sdpa", "attention implementation (transformers)")
+    attention: Literal["sdpa", "eager", "auto"] = Key(
+        "auto", "attention implementation; auto: transformers' default (sdpa), and while training on the CPU "
+        "peftsft's short-sequence path (matmuls and an fp32 softmax up to 320 keys, sdpa above); sdpa / eager: "
+        "exactly that, always"
+    )
     trust_remote_code: bool = Key(False, "run code shipped with the model (never, unless the recipe says so)")
     revision: str | None = Key(None, "Hub sources: the branch, tag or commit to load")
 

@@ -17,6 +17,7 @@ from peftsft.models import load_model, pick_device, quantized_footprint
 from peftsft.strategies import StrategyContext, get_strategy, trainable_summary
 from peftsft.strategies.registry import strategy_optimizer, validate_params
 from peftsft.training import trl_compat
+from peftsft.training.attention import applied as attention_applied
 from peftsft.training.arguments import trainer_arguments, use_our_callbacks
 from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt, TokenRate
 from peftsft.training.distributed import console_for, on_main, process_state
@@ -119,12 +120,13 @@ def train(
 
 @contextlib.contextmanager
 def levers_applied(levers: Levers, model=None):
-    """While training and evaluating: TRL's loss head as the levers say, and with a half-precision frozen base
-    under autocast no fp32 round trip of the adapters' inputs (both restored afterwards)."""
+    """While training and evaluating: TRL's loss head and the attention function as the levers say, and with a
+    half-precision frozen base under autocast no fp32 round trip of the adapters' inputs (all restored afterwards)."""
     skip_casts = model is not None and levers.base_dtype is not None and levers.precision != "fp32"
     with trl_compat.loss_head(levers.loss_vocab_chunk, levers.loss_positions == "supervised", levers.fallbacks):
         with trl_compat.adapter_input_casts_skipped(model, skip_casts):
-            yield
+            with attention_applied(model, levers.attention) if model is not None else contextlib.nullcontext():
+                yield
 
 
 def make_trainer(

@@ -2,7 +2,8 @@
 
 Kept because the benchmark shows they pay on the reference job (see README "Speed"): fp32 where bf16 matmuls are
 slow, length-grouped batches, activation checkpointing only when memory needs it, fp32 adapters on a quantized
-base where bf16 is slow, a bf16 frozen base where training runs in bf16, padding-free batches, fused AdamW.
+base where bf16 is slow, a bf16 frozen base where training runs in bf16, padding-free batches, fused AdamW, and
+on the CPU a matmul attention path for short sequences.
 TRL's fused, chunked LM head (no full-vocabulary logits) is always on.
 `decide_levers` is the one place the run's levers are decided; everything downstream receives the `Levers`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from peftsft.core.config import Recipe
+from peftsft.training.attention import attention_kernel
 from peftsft.training.plan import estimate
 from peftsft.training.rules import (
     adapter_dtype,
@@ -38,6 +40,7 @@ class Levers:
     optimizer: str = "adamw_torch_fused"
     base_dtype: str | None = None  # the frozen base under adapters; None: as loaded
     padding_free: bool = False
+    attention: str = "sdpa"  # the attention function training runs with (training.attention.NAME: ours)
     fallbacks: list[str] = field(default_factory=list)  # levers trl_compat could not apply on this TRL, and why
 
     def describe(self) -> str:
@@ -46,7 +49,8 @@ class Levers:
         packing = ", packed" if self.packing else (", padding-free" if self.padding_free else ", padded")
         chunk = f", loss head on {self.loss_positions} positions in {self.loss_vocab_chunk}-wide vocabulary slices"
         return (
-            f"{self.precision}{adapters}, {self.sampling} batches{packing}, {self.optimizer}, {self.threads} threads{chunk}, "
+            f"{self.precision}{adapters}, {self.sampling} batches{packing}, {self.attention} attention, {self.optimizer}, "
+            f"{self.threads} threads{chunk}, "
             f"activation checkpointing {'on' if self.activation_checkpointing else 'off'} ({self.checkpointing_reason})"
         )
 
@@ -62,6 +66,8 @@ def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None
     from peftsft.training.trl_compat import attention_implementation
 
     precision = resolve_precision(recipe.training.precision, device)
+    loaded = attention_implementation(model) if model is not None else recipe.model.attention.replace("auto", "sdpa")
+    attention = attention_kernel(recipe.model.attention, device, loaded)
     checkpointing = recipe.training.activation_checkpointing
     reason = "set in the recipe"
     if checkpointing == "auto":
@@ -79,9 +85,6 @@ def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None
         loss_positions=recipe.training.loss_positions,
         optimizer=optimizer_name(recipe.training.optim),
         base_dtype=base_dtype(recipe, precision, model is not None and has_frozen_base(model)),
-        padding_free=padding_free(
-            recipe.training.padding_free,
-            attention_implementation(model) if model is not None else recipe.model.attention.replace("auto", "sdpa"),
-            recipe.data.packing,
-        ),
+        padding_free=padding_free(recipe.training.padding_free, attention, recipe.data.packing),
+        attention=attention,
     )

@@ -1,0 +1,84 @@
+"""peftsft's CPU training attention: the same losses and gradients as SDPA, chosen by "auto" only where it should."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftsft.training.attention import NAME, SHORT_KEYS, applied, attention_kernel
+
+
+def _batch(lengths: list[int], vocab: int, pad_left: bool) -> dict:
+    """Rows of different lengths padded to the longest, labels on the real tokens only."""
+    torch.manual_seed(1)
+    longest = max(lengths)
+    ids = torch.randint(5, vocab, (len(lengths), longest))
+    mask = torch.zeros(len(lengths), longest, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        real = slice(longest - n, longest) if pad_left else slice(0, n)
+        mask[row, real] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _loss_and_grads(model, batch: dict) -> tuple[float, list[torch.Tensor]]:
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("pad_left", [False, True])
+@pytest.mark.parametrize("lengths", [[40, 40, 40], [7, 40, 23], [SHORT_KEYS + 9, 50]])  # no padding; padded; SDPA
+def test_training_loss_and_gradients_equal_sdpa(tiny_model_dir, lengths, pad_left):
+    """fp32, a GQA model (4 heads over 2 KV heads): every gradient within 1e-5 of SDPA's, padding and causality kept."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model.train()
+    batch = _batch(lengths, model.config.vocab_size, pad_left)
+    loss_sdpa, grads_sdpa = _loss_and_grads(model, batch)
+    with applied(model, NAME):
+        assert model.config._attn_implementation == NAME
+        loss_ours, grads_ours = _loss_and_grads(model, batch)
+    assert model.config._attn_implementation == "sdpa"  # restored
+    assert loss_ours == pytest.approx(loss_sdpa, rel=1e-5)
+    for ours, sdpa in zip(grads_ours, grads_sdpa, strict=True):
+        torch.testing.assert_close(ours, sdpa, rtol=1e-4, atol=1e-5)
+
+
+def test_the_matmul_path_runs_for_short_training_batches_only(tiny_model_dir, monkeypatch):
+    """Short keys under autograd: the matmul path; generation (no_grad) and long keys: SDPA itself."""
+    import transformers.integrations.sdpa_attention as sdpa_module
+    from transformers import AutoModelForCausalLM
+
+    calls = []
+    original = sdpa_module.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_module, "sdpa_attention_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    layers = model.config.num_hidden_layers
+    with applied(model, NAME):
+        model(**_batch([30, 20], model.config.vocab_size, False))
+        assert calls == []
+        model(**_batch([SHORT_KEYS + 1], model.config.vocab_size, False))
+        assert len(calls) == layers
+        with torch.no_grad():
+            model(**_batch([30], model.config.vocab_size, False))
+        assert len(calls) == 2 * layers
+
+
+def test_auto_picks_it_on_the_cpu_over_sdpa_only():
+    assert attention_kernel("auto", "cpu", "sdpa") == NAME
+    assert attention_kernel("sdpa", "cpu", "sdpa") == "sdpa"  # the recipe said sdpa: exactly that
+    assert attention_kernel("eager", "cpu", "eager") == "eager"
+    assert attention_kernel("auto", "cuda", "sdpa") == "sdpa"
+    assert attention_kernel("auto", "cpu", "flash_attention_2") == "flash_attention_2"
+
+
+def test_a_run_records_the_attention_it_trained_with(tiny_recipe):
+    from peftsft.training.levers import decide_levers
+    from peftsft.training.recipe import load_recipe
+
+    assert decide_levers(load_recipe(tiny_recipe()), "cpu", 64).attention == NAME
+    assert decide_levers(load_recipe(tiny_recipe(), ["model.attention=sdpa"]), "cpu", 64).attention == "sdpa"
+    assert NAME in decide_levers(load_recipe(tiny_recipe()), "cpu", 64).describe()
