@@ -95,9 +95,10 @@ def _make_run(root: Path, config, tokenizer) -> Path:
     torch.manual_seed(0)
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():  # at the default init attention is uniform, which would hide a broken q/k layout
+    with torch.no_grad():  # at the default init attention is uniform, which would hide a broken q/k layout, and a
+        # tied head's logits are flat (max ≈ 1.7): near-ties that f16 rounding flips. Embeddings at 0.08 too.
         for name, weight in model.named_parameters():
-            if weight.ndim == 2 and "embed" not in name:
+            if weight.ndim == 2:
                 weight.normal_(0.0, 0.08)
     base = root / "base"
     model.save_pretrained(base)
@@ -154,14 +155,36 @@ def test_every_architecture_is_reproduced_in_llama_cpp(exporter_of, variant, tmp
         out = exporter.export(ExportJob("gguf", tmp_path / f"m.{quant}.gguf", quant=quant, modelfile=False))
         check = exporter.checks[-1]
         assert out.is_file() and check.passed and check.runtime == "llama.cpp", (quant, check)
-        if quant == "f16":  # ids identical (else it had failed), f16 logits within tolerance, greedy ≥ 95 %
+        if quant == "f16":  # ids identical (else it had failed), f16 logits within tolerance, greedy identical
             assert check.max_diff <= TOLERANCES["gguf f16"].max_rel * check.scale
-            assert check.agreement >= 0.95  # not always 100 %: a near-tie of the flat random logits may flip
+            _assert_greedy_identical_where_not_tied(exporter.reference, out)
 
     out = exporter.export(ExportJob("gguf-lora", tmp_path / "lora.gguf", quant="f16", modelfile=False))
     check = exporter.checks[-1]
     assert check.passed and check.runtime == "llama.cpp" and check.agreement >= 0.95, check
     assert (tmp_path / "lora.base.f16.gguf").is_file()
+
+
+def _assert_greedy_identical_where_not_tied(ref, gguf: Path) -> None:
+    """llama.cpp's greedy choice equals the reference's at every reply position whose top two logits are further
+    apart than twice that position's measured f16 error (its largest |Δ logit|): only a tie within f16's rounding
+    may flip — random models have some (measured 0–1 flips of 48 positions per architecture; 42–48 positions clear
+    of that bound)."""
+    from peftsft.artifacts.export.runtimes import LlamaCppRuntime
+
+    runtime = LlamaCppRuntime(gguf)
+    try:
+        clear_positions = total = 0
+        for prompt, sequence, want in zip(ref.prompt_ids, ref.sequences, ref.logits):
+            reply = slice(len(prompt) - 1, len(sequence) - 1)
+            got, want = runtime.logits(sequence)[reply], want[reply]
+            top2 = want.topk(2, dim=-1).values
+            clear = (top2[:, 0] - top2[:, 1]) > 2 * (got - want).abs().amax(dim=-1)  # this position's f16 error
+            assert torch.equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
+            clear_positions, total = clear_positions + int(clear.sum()), total + len(clear)
+        assert clear_positions >= 0.75 * total, (clear_positions, total)  # the check is not vacuous
+    finally:
+        runtime.close()
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
