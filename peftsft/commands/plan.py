@@ -43,6 +43,7 @@ def print_plan(console, plan, recipe) -> None:
     from rich.table import Table
 
     from peftsft.training.plan import gib
+    from peftsft.training.rules import loss_kernel
 
     table = Table(title=escape(f"memory plan: {recipe.model.source} · {recipe.strategy.name} · {plan.device}"))
     table.add_column("component")
@@ -55,7 +56,9 @@ def print_plan(console, plan, recipe) -> None:
         "optimizer": f"{recipe.training.optim} states",
         "activations": f"{plan.dims.layers} layers x batch {plan.batch} x {plan.seq} tokens ({plan.seq_from}), "
         f"{plan.precision}{', checkpointed' if plan.checkpointing else ''}",
-        "loss_head": f"TRL's fused LM head: logit tiles ({recipe.training.loss_vocab_chunk} vocabulary slice) "
+        "loss_head": "peftsft's CPU LM head: token blocks of logits over the whole vocabulary + the hidden gradient"
+        if loss_kernel(recipe.training.loss_kernel, plan.device) == "peftsft"
+        else f"TRL's fused LM head: logit tiles ({recipe.training.loss_vocab_chunk} vocabulary slice) "
         "+ gradient accumulators",
     }
     for name, nbytes in plan.components.items():

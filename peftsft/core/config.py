@@ -176,6 +176,11 @@ class TrainingSection(Section):
         "auto", "vocabulary slice TRL's fused loss head scores at a time (it never builds the full logits); auto: "
         "TRL's 32768 on CUDA (its kernel works in place), 4096 elsewhere"
     )
+    loss_kernel: Literal["auto", "trl"] = Key(
+        "auto", "the LM head's log-prob kernel; auto: peftsft's on the CPU (token blocks over the whole vocabulary, "
+        "one bf16 GEMM for the hidden state's gradient, training/loss_head.py), TRL's chunked one elsewhere; trl: "
+        "TRL's everywhere"
+    )
     loss_positions: Literal["supervised", "all"] = Key(
         "supervised", "positions the LM head scores: only those with a training target (same loss), or all (TRL's "
         "choice off CUDA, static shapes for compilers such as XLA)"

@@ -19,6 +19,7 @@ from peftsft.training.rules import (
     adapter_dtype,
     base_dtype,
     has_frozen_base,
+    loss_kernel,
     loss_vocab_chunk,
     optimizer_name,
     padding_free,
@@ -37,6 +38,7 @@ class Levers:
     threads: int
     loss_vocab_chunk: int
     loss_positions: str
+    loss_kernel: str = "trl"  # "peftsft": training/loss_head.py in place of TRL's chunked kernel
     optimizer: str = "adamw_torch_fused"
     base_dtype: str | None = None  # the frozen base under adapters; None: as loaded
     padding_free: bool = False
@@ -47,7 +49,8 @@ class Levers:
         adapters = f", {self.adapter_dtype} adapters" if self.adapter_dtype else ""
         adapters += f", {self.base_dtype} frozen base" if self.base_dtype else ""
         packing = ", packed" if self.packing else (", padding-free" if self.padding_free else ", padded")
-        chunk = f", loss head on {self.loss_positions} positions in {self.loss_vocab_chunk}-wide vocabulary slices"
+        chunk = (f", loss head on {self.loss_positions} positions in {self.loss_vocab_chunk}-wide vocabulary slices"
+                 if self.loss_kernel == "trl" else f", peftsft's CPU loss head on {self.loss_positions} positions")
         return (
             f"{self.precision}{adapters}, {self.sampling} batches{packing}, {self.attention} attention, {self.optimizer}, "
             f"{self.threads} threads{chunk}, "
@@ -55,7 +58,8 @@ class Levers:
         )
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "loss_head": "TRL's fused chunked log-probs (no full logits)"}
+        head = "TRL's fused chunked log-probs" if self.loss_kernel == "trl" else "peftsft's CPU log-probs (token blocks)"
+        return {**asdict(self), "loss_head": f"{head} (no full logits)"}
 
 
 def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None, model=None) -> Levers:
@@ -83,6 +87,7 @@ def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None
         threads=torch.get_num_threads(),
         loss_vocab_chunk=loss_vocab_chunk(recipe.training.loss_vocab_chunk, device),
         loss_positions=recipe.training.loss_positions,
+        loss_kernel=loss_kernel(recipe.training.loss_kernel, device),
         optimizer=optimizer_name(recipe.training.optim),
         base_dtype=base_dtype(recipe, precision, model is not None and has_frozen_base(model)),
         padding_free=padding_free(recipe.training.padding_free, attention, recipe.data.packing),

@@ -25,6 +25,9 @@ LOSS_TILE_TOKENS = 4096  # and [training] loss_vocab_chunk vocabulary entries
 # (logits, scaled, log-probabilities, probabilities, one-hot, gradient and temporaries; measured with the peak
 # RSS); the Triton kernels on CUDA work in place in one buffer
 LOSS_TILES_TORCH, LOSS_TILES_TRITON = 9, 1
+# peftsft's CPU head (training/loss_head.py): one token block of logits at a time; its backward holds ~6 (logits,
+# log-probabilities, probabilities, gradient and two temporaries)
+LOSS_BLOCKS_PEFTSFT = 6
 
 
 @dataclass
@@ -385,10 +388,14 @@ def _layers_keeping_activations(model: torch.nn.Module, layers: int) -> int:
 
 def _loss_head_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> int:
     """TRL's fused LM head: logits only ever exist as [tokens x vocab] tiles, plus fp32 gradient accumulators."""
-    from peftsft.training.rules import loss_vocab_chunk
+    from peftsft.training.loss_head import ROW_ELEMENTS
+    from peftsft.training.rules import loss_kernel, loss_vocab_chunk
 
     dims = plan.dims
     tokens = plan.batch * (plan.seq - 1)
+    if loss_kernel(recipe.training.loss_kernel, plan.device) == "peftsft":  # ≤ 3 fp32 token blocks + hidden grad
+        block = min(tokens * dims.vocab, max(dims.vocab, ROW_ELEMENTS))
+        return int(LOSS_BLOCKS_PEFTSFT * block * 4 + tokens * dims.hidden * 4 + _head_weight_grad_bytes(model))
     vocab_slice = loss_vocab_chunk(recipe.training.loss_vocab_chunk, plan.device)
     tile = min(tokens, LOSS_TILE_TOKENS) * min(dims.vocab, vocab_slice)
     if plan.device == "cuda":
@@ -397,10 +404,13 @@ def _loss_head_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -
     else:
         head = LOSS_TILES_TORCH * tile * 4
     head += tokens * dims.hidden * 4  # gradient w.r.t. the last hidden states
+    return int(head + _head_weight_grad_bytes(model))
+
+
+def _head_weight_grad_bytes(model: torch.nn.Module) -> int:
+    """The fp32 accumulator for a trainable head's weight gradient (none for a frozen head)."""
     output = model.get_output_embeddings()
-    if output is not None and output.weight.requires_grad:
-        head += output.weight.numel() * 4  # fp32 accumulator for the head's weight gradient
-    return int(head)
+    return output.weight.numel() * 4 if output is not None and output.weight.requires_grad else 0
 
 
 def gib(nbytes: float) -> str:

@@ -53,6 +53,11 @@ def loss_vocab_chunk(setting: int | str, device: str) -> int:
     return TRL_VOCAB_CHUNK if device == "cuda" else CPU_VOCAB_CHUNK
 
 
+def loss_kernel(setting: str, device: str) -> str:
+    """"peftsft" (training/loss_head.py) on the CPU, "trl" (its Triton kernel) on CUDA, unless the recipe says trl."""
+    return "peftsft" if setting == "auto" and device == "cpu" else "trl"
+
+
 def optimizer_name(setting: str) -> str:
     """auto: AdamW's fused kernel (torch >= 2.4 on CPU and CUDA): one kernel for every update instead of a loop
     over the adapter's ~400 small tensors (transformers' own default since torch 2.8)."""

@@ -46,7 +46,7 @@ def attention_implementation(model) -> str:
 
 
 @contextlib.contextmanager
-def loss_head(vocab_chunk: int, supervised_only: bool, fallbacks: list[str]) -> Iterator[None]:
+def loss_head(vocab_chunk: int, supervised_only: bool, fallbacks: list[str], kernel: str = "trl") -> Iterator[None]:
     """Point TRL's fused LM head at a vocabulary slice and (off CUDA) at the supervised positions only; restore after.
 
     Why module attributes: TRL reads `trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE` on every call; on CPU its
@@ -54,7 +54,8 @@ def loss_head(vocab_chunk: int, supervised_only: bool, fallbacks: list[str]) -> 
     ones are also faster (measured). It scores only the supervised positions where `trl.trainer.utils._use_triton`
     says so (CUDA), and every position elsewhere, to keep shapes static for XLA; on CPU that only wastes the head's
     work on prompts (~15% of a SmolLM2 step at 42% supervised tokens, measured). The kernel module keeps its own
-    `_use_triton`, so the kernels themselves are unaffected. Missing attributes are appended to `fallbacks`."""
+    `_use_triton`, so the kernels themselves are unaffected. With kernel "peftsft", `_ChunkedLogProbFunction` (the
+    name TRL's fused forward calls) is training/loss_head.py's drop-in. Missing attributes go to `fallbacks`."""
     check_versions()
     import trl.trainer.utils as trl_utils
 
@@ -62,6 +63,10 @@ def loss_head(vocab_chunk: int, supervised_only: bool, fallbacks: list[str]) -> 
     wanted = {"_CHUNKED_LOGPROB_CHUNK_SIZE": vocab_chunk}
     if supervised_only:
         wanted["_use_triton"] = lambda device: True
+    if kernel == "peftsft":
+        from peftsft.training.loss_head import CpuLogProbFunction
+
+        wanted["_ChunkedLogProbFunction"] = CpuLogProbFunction
     for name, value in wanted.items():
         if not hasattr(trl_utils, name):
             fallbacks.append(f"trl.trainer.utils.{name} is missing in this TRL: that lever falls back to TRL's default")

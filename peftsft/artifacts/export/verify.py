@@ -40,7 +40,7 @@ class Tolerance:
 # float32 3e-6 / 4e-7, 100% · float16 1e-3 / 1.5e-4, 100% · bfloat16 1.6e-2 / 2e-3, 100% · q8_0 3e-2 / 4e-3, 93%.
 # llama.cpp adds its own rounding: it multiplies f16 weights with f16 activations, block-quantized weights with
 # 8-bit activations, and keeps the KV cache in f16. The GGUF limits below widen the float/q8_0 ones by that; the
-# 4-, 5- and 6-bit ones are first estimates (loose), to be tightened with the figures of benchmarks/gguf_quants.py.
+# 3- to 6-bit ones are set from the demo run's measurements below.
 TOLERANCES = {
     "float32": Tolerance(1e-4, 1e-5, 0.99),
     "float16": Tolerance(5e-3, 5e-4, 0.95),
@@ -49,19 +49,24 @@ TOLERANCES = {
     # an 8-bit run's reference itself computes with int8 activations (LLM.int8), so float exports differ by that
     "int8 reference": Tolerance(5e-2, 8e-3, 0.90),
     # GGUF weight types as llama.cpp computes with them
-    "gguf f32": Tolerance(2e-3, 2e-4, 0.99),
+    # f32 weights still meet an f16 KV cache: the demo run's f32 GGUF flipped one near-tie of 38 reply positions
+    # (97.4%) while its logits stayed inside 2e-3 — so its greedy limit is f16's
+    "gguf f32": Tolerance(2e-3, 2e-4, 0.95),
     "gguf f16": Tolerance(1e-2, 1e-3, 0.95),
     "gguf bf16": Tolerance(5e-2, 8e-3, 0.90),
     "gguf q8_0": Tolerance(0.10, 0.015, 0.85),
-    "gguf q6_k": Tolerance(0.12, 0.02, 0.80),
-    "gguf q5_1": Tolerance(0.20, 0.03, 0.75),
-    "gguf q5_0": Tolerance(0.20, 0.03, 0.75),
-    "gguf q5_k_m": Tolerance(0.20, 0.03, 0.75),
-    "gguf q5_k_s": Tolerance(0.20, 0.03, 0.75),
-    "gguf q4_1": Tolerance(0.35, 0.06, 0.60),
-    "gguf q4_0": Tolerance(0.35, 0.06, 0.60),
-    "gguf q4_k_m": Tolerance(0.35, 0.06, 0.60),
-    "gguf q4_k_s": Tolerance(0.35, 0.06, 0.60),
+    # measured on the demo run (benchmarks/gguf_quants.py; README table): q6_k 0.12 / 0.010 / 95%, q5_k_m 0.28 /
+    # 0.032 / 87%, q5_0 0.30 / 0.027 / 74%, q4_k_m 0.20 / 0.020 / 87%, q4_0 0.50 / 0.061 / 77%, q3_k_m 0.24 / 0.035 /
+    # 85%; the limits leave ~1.5x room — a broken conversion is off by the whole logit scale, agreement near 0
+    "gguf q6_k": Tolerance(0.20, 0.03, 0.75),
+    "gguf q5_1": Tolerance(0.45, 0.05, 0.60),
+    "gguf q5_0": Tolerance(0.45, 0.05, 0.60),
+    "gguf q5_k_m": Tolerance(0.45, 0.05, 0.60),
+    "gguf q5_k_s": Tolerance(0.45, 0.05, 0.60),
+    "gguf q4_1": Tolerance(0.75, 0.10, 0.50),
+    "gguf q4_0": Tolerance(0.75, 0.10, 0.50),
+    "gguf q4_k_m": Tolerance(0.75, 0.10, 0.50),
+    "gguf q4_k_s": Tolerance(0.75, 0.10, 0.50),
     "gguf q3_k_m": Tolerance(0.60, 0.12, 0.40),
 }
 # Texts whose token ids must match as well: digits, punctuation, accents, emoji and whitespace runs are where

@@ -1,0 +1,81 @@
+"""peftsft's CPU loss head against TRL's ChunkedLogProbFunction: the same outputs and gradients, swapped in and out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import peftsft.training.loss_head as loss_head
+from peftsft.training.loss_head import CpuLogProbFunction
+
+OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+
+def _inputs(dtype=torch.float32, bias=False, weight_grad=False, n=37, hidden=24, vocab=1000):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(n, hidden, generator=g).requires_grad_()
+    w = (torch.randn(vocab, hidden, generator=g) * 0.6).to(dtype).requires_grad_(weight_grad)
+    b = torch.randn(vocab, generator=g).requires_grad_() if bias else None
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    logits = torch.mm(h[:3].detach(), w.detach().float().t()) + (b.detach() if bias else 0)
+    targets[:3] = logits.argmax(-1)  # some targets are the argmax (scale, soft-cap and temperature keep it)
+    return h, w, b, targets
+
+
+def _run(function, h, w, b, targets, temperature=1.0, softcap=None, scale=1.0):
+    out = function.apply(h, w, b, targets, temperature, 256, softcap, scale, OUTPUTS)
+    logprobs, entropy = out[0], out[1]
+    loss = -logprobs.sum() + 0.3 * entropy.sum()  # both gradients TRL's SFT loss and metrics can carry
+    wrt = [t for t in (h, w, b) if t is not None and t.requires_grad]
+    return out, torch.autograd.grad(loss, wrt)
+
+
+@pytest.mark.parametrize(("temperature", "softcap", "scale", "bias", "weight_grad"), [
+    (1.0, None, 1.0, False, False),  # SmolLM2 / Llama LoRA: a frozen head
+    (0.7, 30.0, 0.5, True, True),  # Gemma-style soft-capping, a scaled, biased, trainable head
+])  # fmt: skip
+def test_fp32_outputs_and_gradients_equal_trls(monkeypatch, temperature, softcap, scale, bias, weight_grad):
+    from trl.kernels import ChunkedLogProbFunction
+
+    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)  # 5 tokens a block: 8 blocks, against TRL's 4 slices
+    h, w, b, targets = _inputs(bias=bias, weight_grad=weight_grad)
+    ours, our_grads = _run(CpuLogProbFunction, h, w, b, targets, temperature, softcap, scale)
+    trl, trl_grads = _run(ChunkedLogProbFunction, h, w, b, targets, temperature, softcap, scale)
+    for mine, theirs in zip(ours[:4], trl[:4], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours[4], trl[4]) and ours[4][:3].all()
+    assert len(our_grads) == (3 if bias else 1)
+    for mine, theirs in zip(our_grads, trl_grads, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_under_bf16_autocast_within_bf16_rounding_of_trls():
+    """A bf16 frozen head under autocast: the same logits (bf16 GEMM), the hidden gradient rounded once to bf16."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    h, w, b, targets = _inputs(dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, (our_grad,) = _run(CpuLogProbFunction, h, w, b, targets)
+        trl, (trl_grad,) = _run(ChunkedLogProbFunction, h, w, b, targets)
+    torch.testing.assert_close(ours[0], trl[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[1], trl[1], rtol=1e-5, atol=1e-5)
+    assert our_grad.dtype == h.dtype
+    torch.testing.assert_close(our_grad, trl_grad, rtol=1e-2, atol=2e-3)
+
+
+def test_the_lever_swaps_trls_kernel_in_and_back(tiny_recipe):
+    import trl.trainer.utils as trl_utils
+
+    from peftsft.training import trl_compat
+    from peftsft.training.levers import decide_levers
+    from peftsft.training.recipe import load_recipe
+
+    assert decide_levers(load_recipe(tiny_recipe()), "cpu", 64).loss_kernel == "peftsft"
+    assert decide_levers(load_recipe(tiny_recipe()), "cuda", 64).loss_kernel == "trl"
+    assert decide_levers(load_recipe(tiny_recipe(), ["training.loss_kernel=trl"]), "cpu", 64).loss_kernel == "trl"
+    original = trl_utils._ChunkedLogProbFunction
+    with trl_compat.loss_head(4096, True, [], kernel="peftsft"):
+        assert trl_utils._ChunkedLogProbFunction is CpuLogProbFunction
+    assert trl_utils._ChunkedLogProbFunction is original
+    with trl_compat.loss_head(4096, True, [], kernel="trl"):
+        assert trl_utils._ChunkedLogProbFunction is original
