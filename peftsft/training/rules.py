@@ -34,8 +34,14 @@ def cpu_features() -> set[str]:
     return set()
 
 
-def cpu_has_fast_bf16() -> bool:
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_features())
+def cpu_has_fast_bf16(capability: str | None = None) -> bool:
+    """Native bf16 in the CPU (AVX-512-BF16 or AMX) and torch running its AVX-512 kernels: with
+    ATEN_CPU_CAPABILITY=avx2 (or a build without them) torch takes its slow bf16 path on the same CPU."""
+    if capability is None:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_features()) and capability.startswith("AVX512")
 
 
 def adapter_dtype(recipe: Recipe, precision: str) -> str | None:

@@ -24,10 +24,16 @@ BF16_LOSS_RTOL = 1e-3
 LIBRARY_NOISE = ("Warning", "warnings.warn", "Failed to load", "deprecated", "kernels-community")
 
 
-@pytest.mark.parametrize("flags, expected", [({"avx2", "avx512_bf16"}, "bf16"), ({"avx2", "amx_bf16"}, "bf16"),
-                                             ({"avx2", "fma"}, "fp32"), (set(), "fp32")])
-def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, flags, expected):
+@pytest.mark.parametrize("flags, capability, expected", [
+    ({"avx2", "avx512_bf16"}, "AVX512", "bf16"), ({"avx2", "amx_bf16"}, "AVX512", "bf16"),
+    ({"avx2", "fma"}, "AVX2", "fp32"), (set(), "DEFAULT", "fp32"),
+    ({"avx2", "avx512_bf16"}, "AVX2", "fp32"),  # the CPU has it, torch told to run AVX2 kernels (ATEN_CPU_CAPABILITY)
+])  # fmt: skip
+def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, flags, capability, expected):
+    import torch
+
     monkeypatch.setattr(rules, "cpu_features", lambda: flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert rules.resolve_precision("auto", "cpu") == expected
     assert rules.resolve_precision("fp32", "cpu") == "fp32"  # an explicit setting wins
 
