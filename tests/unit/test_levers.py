@@ -9,14 +9,18 @@ from peftsft.training.recipe import load_recipe
 from peftsft.training.levers import decide_levers
 from peftsft.artifacts.tasks import run
 
-# the un-optimised path: TRL's own loss head (every position, 32768-wide slices), no checkpointing
+# the un-optimised path: TRL's own loss head (every position, 32768-wide slices), SDPA, no checkpointing
 UNOPTIMISED = [
+    "training.loss_kernel=trl",
+    "model.attention=sdpa",
     "training.loss_positions=all",
     "training.loss_vocab_chunk=32768",
     "training.activation_checkpointing=false",
 ]
 # the levers that keep the batches identical, switched the other way
 OPTIMISED = [
+    "training.loss_kernel=auto",  # peftsft's CPU loss head
+    "model.attention=auto",  # peftsft's CPU training attention
     "training.loss_positions=supervised",
     "training.loss_vocab_chunk=4096",
     "training.activation_checkpointing=true",
@@ -44,6 +48,8 @@ def test_levers_keep_the_loss_curve_and_eval_loss(tiny_recipe):
         assert plain["losses"][-1] < plain["losses"][0]  # it did learn
         assert fast["levers"]["activation_checkpointing"] and not plain["levers"]["activation_checkpointing"]
         assert (fast["levers"]["loss_positions"], plain["levers"]["loss_positions"]) == ("supervised", "all")
+        assert (fast["levers"]["loss_kernel"], plain["levers"]["loss_kernel"]) == ("peftsft", "trl")
+        assert (fast["levers"]["attention"], plain["levers"]["attention"]) == ("peftsft_cpu", "sdpa")
 
 
 def test_length_grouping_learns_as_well_as_random_batches(tiny_recipe):
