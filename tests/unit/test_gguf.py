@@ -84,11 +84,11 @@ def spm_tokenizer(tmp_path_factory):
 
 
 def _make_run(root: Path, config, tokenizer) -> Path:
-    """A run dir as training leaves it: the base model dir, recipe.resolved.toml, adapter/ (LoRA, B perturbed)."""
-    from peft import LoraConfig, get_peft_model
+    """A run dir as `peftsft run` leaves it: a random base of the architecture, LoRA (all linear layers) trained
+    2 steps on the persona rows through the normal path (template, masks, TRL), adapter/ and the resolved recipe."""
     from transformers import AutoModelForCausalLM
 
-    from peftsft.core.config import recipe_to_toml
+    from peftsft.artifacts.tasks import run
     from peftsft.training.recipe import load_recipe
     from tests.conftest import write_tiny_recipe
 
@@ -103,18 +103,10 @@ def _make_run(root: Path, config, tokenizer) -> Path:
     base = root / "base"
     model.save_pretrained(base)
     tokenizer.save_pretrained(base)
-    recipe = load_recipe(write_tiny_recipe(root, base))
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True)
-    (run_dir / "recipe.resolved.toml").write_text(recipe_to_toml(recipe))
-    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, weight in lora.named_parameters():
-            if "lora_B" in name:
-                weight.normal_(0.0, 0.05)
-    lora.save_pretrained(run_dir / "adapter")
-    tokenizer.save_pretrained(run_dir / "adapter")
-    return run_dir
+    overrides = ["training.max_steps=2", "training.learning_rate=2e-2", 'strategy.target_modules="all-linear"',
+                 "eval.general_check=false", "run.sample_prompts=[]"]  # fmt: skip
+    summary = run(load_recipe(write_tiny_recipe(root, base), overrides), Console(quiet=True))
+    return Path(summary["run_dir"])
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +155,20 @@ def test_every_architecture_is_reproduced_in_llama_cpp(exporter_of, variant, tmp
     check = exporter.checks[-1]
     assert check.passed and check.runtime == "llama.cpp" and check.agreement >= 0.95, check
     assert (tmp_path / "lora.base.f16.gguf").is_file()
+    _assert_the_adapter_matters(exporter.reference, tmp_path / "lora.base.f16.gguf", check.max_diff)
+
+
+def _assert_the_adapter_matters(ref, base_gguf: Path, lora_error: float) -> None:
+    """The 2 trained steps moved the logits far beyond the LoRA GGUF's error: a runtime that ignored the adapter
+    could not have passed the check above."""
+    from peftsft.artifacts.export.runtimes import LlamaCppRuntime
+
+    runtime = LlamaCppRuntime(base_gguf)
+    try:
+        moved = max(float((runtime.logits(seq) - want).abs().max()) for seq, want in zip(ref.sequences, ref.logits))
+    finally:
+        runtime.close()
+    assert moved > 10 * lora_error, (moved, lora_error)
 
 
 def _assert_greedy_identical_where_not_tied(ref, gguf: Path) -> None:
