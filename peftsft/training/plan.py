@@ -25,9 +25,10 @@ LOSS_TILE_TOKENS = 4096  # and [training] loss_vocab_chunk vocabulary entries
 # (logits, scaled, log-probabilities, probabilities, one-hot, gradient and temporaries; measured with the peak
 # RSS); the Triton kernels on CUDA work in place in one buffer
 LOSS_TILES_TORCH, LOSS_TILES_TRITON = 9, 1
-# peftsft's CPU head (training/loss_head.py): one token block of logits at a time; its backward holds ~6 (logits,
-# log-probabilities, probabilities, gradient and two temporaries)
-LOSS_BLOCKS_PEFTSFT = 6
+# peftsft's CPU head (training/loss_head.py): one token block of logits at a time; its backward holds ~4 (logits,
+# turned into log-probabilities in place, probabilities, the gradient, a temporary; measured 4.2 blocks on the
+# benchmark's --quick job, fp32)
+LOSS_BLOCKS_PEFTSFT = 4
 
 
 @dataclass
