@@ -46,6 +46,7 @@ def _configs(vocab: int) -> dict:
         "llama": LlamaConfig(vocab_size=vocab, rope_parameters=llama3, tie_word_embeddings=False, **DIMS),
         "smollm": LlamaConfig(vocab_size=vocab, tie_word_embeddings=True, **DIMS),
         "mistral": MistralConfig(vocab_size=vocab, sliding_window=None, **DIMS),
+        "mistral_legacy": MistralConfig(vocab_size=vocab, sliding_window=None, **DIMS),
         "qwen2": Qwen2Config(vocab_size=vocab, tie_word_embeddings=True,
                              rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}, **DIMS),
         "qwen3": Qwen3Config(vocab_size=vocab, head_dim=64, tie_word_embeddings=True, **DIMS),
@@ -83,6 +84,20 @@ def spm_tokenizer(tmp_path_factory):
     return tokenizer
 
 
+# SentencePiece variants: the Metaspace prepend scheme each run's tokenizer has
+SPM_SCHEMES = {"mistral": "first", "mistral_legacy": "always"}
+
+
+def _with_prefix_scheme(tokenizer, scheme: str):
+    import copy
+
+    from tokenizers import pre_tokenizers
+
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=scheme, split=False)
+    return tokenizer
+
+
 def _make_run(root: Path, config, tokenizer) -> Path:
     """A run dir as `peftsft run` leaves it: a random base of the architecture, LoRA (all linear layers) trained
     2 steps on the persona rows through the normal path (template, masks, TRL), adapter/ and the resolved recipe."""
@@ -116,7 +131,8 @@ def exporter_of(tmp_path_factory, tokenizer, request):
 
     def get(variant: str) -> Exporter:
         if variant not in built:
-            tok = request.getfixturevalue("spm_tokenizer") if variant == "mistral" else tokenizer
+            tok = _with_prefix_scheme(request.getfixturevalue("spm_tokenizer"), SPM_SCHEMES[variant]) \
+                if variant in SPM_SCHEMES else tokenizer  # fmt: skip
             config = _configs(len(tok))[variant]
             run_dir = _make_run(tmp_path_factory.mktemp(variant), config, tok)
             built[variant] = Exporter(open_run(run_dir), Console(quiet=True))
@@ -131,7 +147,8 @@ def exporter_of(tmp_path_factory, tokenizer, request):
 @needs_llama_cpp
 @pytest.mark.parametrize("variant", [
     "llama", "smollm", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
-    "mistral",  # SentencePiece BPE with byte fallback, prepend_scheme "first" as saved by transformers
+    "mistral",  # SentencePiece BPE with byte fallback, "▁" only at the input's start (Mistral v0.3)
+    "mistral_legacy",  # the same with "▁" after every special token too (Llama 2's legacy tokenizer)
 ])  # fmt: skip
 def test_every_architecture_is_reproduced_in_llama_cpp(exporter_of, variant, tmp_path, monkeypatch):
     from peftsft.artifacts.export import verify
@@ -143,6 +160,10 @@ def test_every_architecture_is_reproduced_in_llama_cpp(exporter_of, variant, tmp
     monkeypatch.setitem(verify.TOLERANCES, "gguf q4_k_m", verify.Tolerance(0.8, 0.2, 0.2))
     monkeypatch.setitem(verify.TOLERANCES, "gguf q8_0", verify.Tolerance(0.10, 0.015, 0.7))
     exporter = exporter_of(variant)
+    if variant in SPM_SCHEMES:  # the run's saved tokenizer still splits the way this variant is about
+        from peftsft.artifacts.export.gguf.vocab import backend
+
+        assert backend(exporter.tokenizer)["pre_tokenizer"]["prepend_scheme"] == SPM_SCHEMES[variant]
     for quant in ("f16", "q8_0", "q4_k_m"):
         out = exporter.export(ExportJob("gguf", tmp_path / f"m.{quant}.gguf", quant=quant, modelfile=False))
         check = exporter.checks[-1]
