@@ -15,15 +15,17 @@ from collections.abc import Iterator
 
 import torch
 
+from peftsft.training import trl_compat
+
 NAME = "peftsft_cpu"
 SHORT_KEYS = 320  # up to this many keys the matmul path; SDPA above (the measured crossover, bf16 and fp32)
 
 
-def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
-                           **kwargs):  # fmt: skip
-    """transformers' attention signature: (batch, heads, q, dim) in, ((batch, q, heads, dim), None) out."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-
+def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, *,
+                           sdpa: tuple, **kwargs):  # fmt: skip
+    """transformers' attention signature: (batch, heads, q, dim) in, ((batch, q, heads, dim), None) out; `sdpa` is
+    transformers' (repeat_kv, sdpa_attention_forward), bound by trl_compat.register_attention."""
+    repeat_kv, sdpa_attention_forward = sdpa
     short = key.shape[2] <= SHORT_KEYS and query.shape[2] > 1
     if not (short and torch.is_grad_enabled() and query.device.type == "cpu") or kwargs.get("position_bias") \
             is not None or kwargs.get("softcap") is not None:  # fmt: skip
@@ -71,12 +73,8 @@ class SoftmaxAs(torch.autograd.Function):
 
 
 def register() -> str:
-    """Make NAME known to transformers (attention function and SDPA's mask format); idempotent."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(NAME, cpu_training_attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    """Make NAME known to transformers (attention function and SDPA's mask format) through trl_compat; idempotent."""
+    trl_compat.register_attention(NAME, cpu_training_attention)
     return NAME
 
 

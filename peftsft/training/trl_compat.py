@@ -40,6 +40,20 @@ def check_versions() -> dict[str, str]:
     return found
 
 
+def register_attention(name: str, function) -> None:
+    """Register `function` as transformers attention `name`, with SDPA's mask format; it is called with
+    `sdpa=(repeat_kv, sdpa_attention_forward)`, transformers' own (transformers.integrations.sdpa_attention)."""
+    import functools
+
+    check_versions()
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(name, functools.partial(function, sdpa=(repeat_kv, sdpa_attention_forward)))
+    AttentionMaskInterface.register(name, sdpa_mask)
+
+
 def attention_implementation(model) -> str:
     """The attention backend transformers chose for `model` (a private config attribute in transformers 5)."""
     return getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
