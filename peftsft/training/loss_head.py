@@ -38,30 +38,47 @@ def _logits(hidden, weight, bias, compute, scale: float, softcap: float | None, 
     return z, t
 
 
+def _plain(bias, scale: float, softcap: float | None, inv_t: float) -> bool:
+    """No bias and no transform: the logits are the GEMM's output as it is (every model peftsft ships)."""
+    return bias is None and scale == 1.0 and softcap is None and inv_t == 1.0
+
+
+def _block_logits(hidden, w, b, args, out):
+    """A token block's logits: the GEMM's output written into `out` (compute dtype) where nothing transforms it,
+    else fp32 after TRL's transform; and tanh for the soft-cap's backward."""
+    if _plain(b, *args[1:]):
+        return torch.mm(hidden.to(args[0]), w.t(), out=out[: hidden.shape[0]]), None
+    return _logits(hidden, w, b, *args)
+
+
 def _forward_blocks(hidden, w, b, targets, args, rows, logprobs, log_z, entropy, sum_sq, mean, top1) -> None:
-    """Fill the per-token outputs block by block (fp32 logits of `rows` tokens at a time)."""
+    """Fill the per-token outputs block by block (`rows` tokens at a time, in buffers reused by every block)."""
     n = hidden.shape[0]
+    rows = min(rows, n)
+    logits = torch.empty(rows, w.shape[0], dtype=args[0], device=hidden.device)
+    shifted, exp = torch.empty(2, rows, w.shape[0], dtype=torch.float32, device=hidden.device)
     for s in range(0, n, rows):
         e = min(s + rows, n)
-        z, _ = _logits(hidden[s:e], w, b, *args)
-        top = z.amax(dim=-1, keepdim=True)
-        exp = torch.sub(z, top).exp_()  # one buffer: exp(z - max), shared by log Z, entropy and Σp²
-        total = exp.sum(dim=-1)
+        z, _ = _block_logits(hidden[s:e], w, b, args, logits)
+        top = z.amax(dim=-1, keepdim=True).float()
+        z_top = torch.sub(z, top, out=shifted[: e - s])  # fp32 from the GEMM's dtype in one pass
+        ez = torch.exp(z_top, out=exp[: e - s])  # exp(z - max): log Z, entropy and Σp² share it
+        total = ez.sum(dim=-1)
         lz = top.squeeze(1) + total.log()
         log_z[s:e] = lz
-        target = z.gather(1, targets[s:e, None]).squeeze(1)
+        target = z.gather(1, targets[s:e, None]).squeeze(1).float()
         logprobs[s:e] = target - lz
         if mean is not None:
-            mean[s:e] = z.mean(dim=-1)
+            mean[s:e] = z.mean(dim=-1, dtype=torch.float32)
         if top1 is not None:  # the target is the first maximum (TRL's count: a tie with an earlier token is not)
             hit = target >= top.squeeze(1)
             maybe = hit.nonzero().squeeze(1)
             hit[maybe] = z[maybe].argmax(dim=-1) == targets[s:e][maybe]
             top1[s:e] = hit
-        if entropy is not None:  # log Z - Σ p z
-            entropy[s:e] = lz - torch.linalg.vecdot(exp, z) / total
+        if entropy is not None:  # log Z - Σ p z, with Σ p z = Σ p (z - max) + max
+            entropy[s:e] = lz - torch.linalg.vecdot(ez, z_top) / total - top.squeeze(1)
         if sum_sq is not None:  # log Σ p²
-            sum_sq[s:e] = torch.linalg.vecdot(exp, exp).log() - 2 * total.log()
+            sum_sq[s:e] = torch.linalg.vecdot(ez, ez).log() - 2 * total.log()
 
 
 class CpuLogProbFunction(torch.autograd.Function):
@@ -103,21 +120,31 @@ class CpuLogProbFunction(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if needs_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if needs_bias else None
-        rows = max(1, ROW_ELEMENTS // weight.shape[0])
+        n, vocab = hidden.shape[0], weight.shape[0]
+        rows = min(max(1, ROW_ELEMENTS // vocab), n)
+        logits = torch.empty(rows, vocab, dtype=compute, device=hidden.device)
+        buffer = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
+        low = torch.empty(rows, vocab, dtype=compute, device=hidden.device) if compute != torch.float32 else None
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here
-            for s in range(0, hidden.shape[0], rows):
-                e = min(s + rows, hidden.shape[0])
-                z, t = _logits(hidden[s:e], w, b, *ctx.args)
-                log_p = z.sub_(log_z[s:e, None])  # in place: z itself is not needed again
-                p = log_p.exp()
-                if grad_logprobs is not None:  # d log p_target / dz_j = 1[j = target] - p_j
-                    g = grad_logprobs[s:e, None].float()
-                    grad = p.mul(-g)
+            for s in range(0, n, rows):
+                e = min(s + rows, n)
+                z, t = _block_logits(hidden[s:e], w, b, ctx.args, logits)
+                g = grad_logprobs[s:e, None].float() if grad_logprobs is not None else None
+                if g is not None and grad_entropy is None and not bool((g > 0).any()):
+                    # d log p_target / dz_j = g (1[j = target] - p_j), and with g ≤ 0 (a loss that lowers -log p)
+                    # -g p_j = exp(z_j - log Z + log(-g)): one pass for the product, none for the multiply
+                    grad = torch.sub(z, log_z[s:e, None] - torch.log(-g), out=buffer[: e - s]).exp_()
                     grad.scatter_add_(1, targets[s:e, None], g)
                 else:
-                    grad = torch.zeros_like(p)
-                if grad_entropy is not None:  # d entropy / dz_j = -p_j (log p_j + entropy)
-                    grad.sub_(log_p.add_(entropy[s:e, None]).mul_(p).mul_(grad_entropy[s:e, None].float()))
+                    log_p = torch.sub(z, log_z[s:e, None], out=buffer[: e - s])
+                    p = log_p.exp()
+                    if g is not None:  # d log p_target / dz_j = 1[j = target] - p_j
+                        grad = p.mul(-g)
+                        grad.scatter_add_(1, targets[s:e, None], g)
+                    else:
+                        grad = torch.zeros_like(p)
+                    if grad_entropy is not None:  # d entropy / dz_j = -p_j (log p_j + entropy)
+                        grad.sub_(log_p.add_(entropy[s:e, None]).mul_(p).mul_(grad_entropy[s:e, None].float()))
                 if inv_t != 1.0:
                     grad.mul_(inv_t)
                 if t is not None:
@@ -125,7 +152,8 @@ class CpuLogProbFunction(torch.autograd.Function):
                 if scale != 1.0:
                     grad.mul_(scale)
                 if grad_hidden is not None:
-                    grad_hidden[s:e] = torch.mm(grad.to(compute), w).to(hidden.dtype)
+                    operand = low[: e - s].copy_(grad) if low is not None else grad
+                    grad_hidden[s:e] = torch.mm(operand, w).to(hidden.dtype)
                 if grad_weight is not None:
                     grad_weight.addmm_(grad.t(), hidden[s:e].float())
                 if grad_bias is not None:

@@ -42,15 +42,15 @@ def check_versions() -> dict[str, str]:
 
 def register_attention(name: str, function) -> None:
     """Register `function` as transformers attention `name`, with SDPA's mask format; it is called with
-    `sdpa=(repeat_kv, sdpa_attention_forward)`, transformers' own (transformers.integrations.sdpa_attention)."""
+    `sdpa=sdpa_attention_forward`, transformers' own (transformers.integrations.sdpa_attention)."""
     import functools
 
     check_versions()
     from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(name, functools.partial(function, sdpa=(repeat_kv, sdpa_attention_forward)))
+    AttentionInterface.register(name, functools.partial(function, sdpa=sdpa_attention_forward))
     AttentionMaskInterface.register(name, sdpa_mask)
 
 

@@ -47,6 +47,28 @@ def test_training_loss_and_gradients_equal_sdpa(tiny_model_dir, lengths, pad_lef
         torch.testing.assert_close(ours, sdpa, rtol=1e-4, atol=1e-5)
 
 
+def test_under_bf16_autocast_it_is_as_close_to_fp32_as_sdpa(tiny_model_dir):
+    """bf16 autocast (the AVX-512-BF16 path): our loss and gradients miss the fp32 ones by no more than SDPA's do
+    under the same autocast (bf16 softmax with fp32 accumulation, GQA, padding)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model.train()
+    batch = _batch([7, 40, 23], model.config.vocab_size, pad_left=True)
+    loss_fp32, grads_fp32 = _loss_and_grads(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_sdpa, grads_sdpa = _loss_and_grads(model, batch)
+        with applied(model, NAME):
+            loss_ours, grads_ours = _loss_and_grads(model, batch)
+
+    def error(grads):
+        return max(float((g - ref).norm() / ref.norm()) for g, ref in zip(grads, grads_fp32, strict=True))
+
+    assert loss_ours != loss_fp32  # autocast did compute in bf16
+    assert abs(loss_ours - loss_fp32) <= 2 * abs(loss_sdpa - loss_fp32) + 1e-3 * abs(loss_fp32)
+    assert error(grads_ours) <= 1.5 * error(grads_sdpa) + 1e-3, (error(grads_ours), error(grads_sdpa))
+
+
 def test_the_matmul_path_runs_for_short_training_batches_only(tiny_model_dir, monkeypatch):
     """Short keys under autograd: the matmul path; generation (no_grad) and long keys: SDPA itself."""
     import transformers.integrations.sdpa_attention as sdpa_module

@@ -67,6 +67,36 @@ def test_under_bf16_autocast_within_bf16_rounding_of_trls():
     torch.testing.assert_close(our_grad, trl_grad, rtol=1e-2, atol=2e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("positive_row", [False, True])
+def test_sft_loss_gradient_equals_trls(monkeypatch, dtype, positive_row):
+    """TRL's SFT loss: only the log-probs carry a gradient (entropy and top-1 are metrics) and unscored rows weigh
+    0 (the one-pass path); a row whose weight is positive takes the general one."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)
+    h, w, b, targets = _inputs(dtype=dtype)
+    weights = torch.full((len(targets),), -1.0 / len(targets))
+    weights[5:9] = 0.0
+    if positive_row:
+        weights[3] = 0.5
+    results = []
+    for function in (CpuLogProbFunction, ChunkedLogProbFunction):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = function.apply(h, w, b, targets, 1.0, 256, None, 1.0, ("entropy", "is_top1"))
+            (grad,) = torch.autograd.grad((out[0] * weights).sum(), [h])
+        results.append((out, grad))
+    (ours, our_grad), (trl, trl_grad) = results
+    torch.testing.assert_close(ours[0], trl[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[1], trl[1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours[4], trl[4])
+    if dtype == torch.float32:
+        torch.testing.assert_close(our_grad, trl_grad, rtol=1e-4, atol=1e-6)
+    else:
+        torch.testing.assert_close(our_grad, trl_grad, rtol=1e-2, atol=1e-4)
+    assert our_grad[5:9].abs().max() == 0  # the unscored rows
+
+
 def test_the_lever_swaps_trls_kernel_in_and_back(tiny_recipe):
     import trl.trainer.utils as trl_utils
 
