@@ -181,6 +181,11 @@ class TrainingSection(Section):
         "one bf16 GEMM for the hidden state's gradient, training/loss_head.py), TRL's chunked one elsewhere; trl: "
         "TRL's everywhere"
     )
+    lora_kernel: Literal["auto", "peft"] = Key(
+        "auto", "LoRA layers' forward/backward; auto: on the CPU while training, peftsft's fused one where a layer is "
+        "plain (nn.Linear base, one adapter, no dropout): the adapter's product added inside the base GEMM "
+        "(training/lora_linear.py); peft's own elsewhere; peft: peft's everywhere"
+    )
     loss_positions: Literal["supervised", "all"] = Key(
         "supervised", "positions the LM head scores: only those with a training target (same loss), or all (TRL's "
         "choice off CUDA, static shapes for compilers such as XLA)"

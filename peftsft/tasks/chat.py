@@ -120,14 +120,16 @@ def train(
 
 @contextlib.contextmanager
 def levers_applied(levers: Levers, model=None):
-    """While training and evaluating: TRL's loss head and the attention function as the levers say, and with a
-    half-precision frozen base under autocast no fp32 round trip of the adapters' inputs (all restored afterwards)."""
+    """While training and evaluating: TRL's loss head, the attention function and the LoRA layers' kernel as the
+    levers say, and with a half-precision frozen base under autocast no fp32 round trip of the adapters' inputs (all
+    restored afterwards)."""
     skip_casts = model is not None and levers.base_dtype is not None and levers.precision != "fp32"
     supervised = levers.loss_positions == "supervised"
     with trl_compat.loss_head(levers.loss_vocab_chunk, supervised, levers.fallbacks, levers.loss_kernel):
         with trl_compat.adapter_input_casts_skipped(model, skip_casts):
             with attention_applied(model, levers.attention) if model is not None else contextlib.nullcontext():
-                yield
+                with trl_compat.lora_forward(levers.lora_kernel == "peftsft", levers.fallbacks):
+                    yield
 
 
 def make_trainer(

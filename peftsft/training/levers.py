@@ -20,6 +20,7 @@ from peftsft.training.rules import (
     base_dtype,
     has_frozen_base,
     loss_kernel,
+    lora_kernel,
     loss_vocab_chunk,
     optimizer_name,
     padding_free,
@@ -39,6 +40,7 @@ class Levers:
     loss_vocab_chunk: int
     loss_positions: str
     loss_kernel: str = "trl"  # "peftsft": training/loss_head.py in place of TRL's chunked kernel
+    lora_kernel: str = "peft"  # "peftsft": training/lora_linear.py for plain LoRA layers
     optimizer: str = "adamw_torch_fused"
     base_dtype: str | None = None  # the frozen base under adapters; None: as loaded
     padding_free: bool = False
@@ -53,7 +55,7 @@ class Levers:
                  if self.loss_kernel == "trl" else f", peftsft's CPU loss head on {self.loss_positions} positions")
         return (
             f"{self.precision}{adapters}, {self.sampling} batches{packing}, {self.attention} attention, {self.optimizer}, "
-            f"{self.threads} threads{chunk}, "
+            f"{self.threads} threads{chunk}, {self.lora_kernel} LoRA layers, "
             f"activation checkpointing {'on' if self.activation_checkpointing else 'off'} ({self.checkpointing_reason})"
         )
 
@@ -88,6 +90,7 @@ def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None
         loss_vocab_chunk=loss_vocab_chunk(recipe.training.loss_vocab_chunk, device),
         loss_positions=recipe.training.loss_positions,
         loss_kernel=loss_kernel(recipe.training.loss_kernel, device),
+        lora_kernel=lora_kernel(recipe.training.lora_kernel, device),
         optimizer=optimizer_name(recipe.training.optim),
         base_dtype=base_dtype(recipe, precision, model is not None and has_frozen_base(model)),
         padding_free=padding_free(recipe.training.padding_free, attention, recipe.data.packing),

@@ -64,6 +64,12 @@ def loss_kernel(setting: str, device: str) -> str:
     return "peftsft" if setting == "auto" and device == "cpu" else "trl"
 
 
+def lora_kernel(setting: str, device: str) -> str:
+    """"peftsft" (training/lora_linear.py for plain LoRA layers) on the CPU, "peft" elsewhere or when the recipe
+    says peft."""
+    return "peftsft" if setting == "auto" and device == "cpu" else "peft"
+
+
 def optimizer_name(setting: str) -> str:
     """auto: AdamW's fused kernel (torch >= 2.4 on CPU and CUDA): one kernel for every update instead of a loop
     over the adapter's ~400 small tensors (transformers' own default since torch 2.8)."""

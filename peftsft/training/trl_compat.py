@@ -123,3 +123,41 @@ def adapter_input_casts_skipped(model, skip: bool) -> Iterator[None]:
 
     with disable_input_dtype_casting(model):
         yield
+
+
+# peft's LoRA Linear.forward(self, x, *args, **kwargs) with base_layer / lora_A / lora_B / lora_dropout / scaling /
+# active_adapters / lora_variant as lora_linear.eligible reads them: unchanged from 0.17 to the 0.21 tested here
+PEFT_LORA_FORWARD = ((0, 17), (0, 99))
+
+
+@contextlib.contextmanager
+def lora_forward(enabled: bool, fallbacks: list[str]) -> Iterator[None]:
+    """peft's LoRA `Linear.forward` sends eligible layers to training/lora_linear.py's fused function while the
+    block runs (every other call goes to peft's own); restored after. Outside the peft versions it was written for,
+    peft's forward stays and the fallback is recorded."""
+    if not enabled:
+        yield
+        return
+    from peft.tuners.lora import layer as lora_layer
+
+    from peftsft.training.lora_linear import eligible, fused_forward
+
+    low, high = PEFT_LORA_FORWARD
+    if not low <= _version("peft") <= high or not hasattr(lora_layer, "Linear"):
+        fallbacks.append(f"peft {importlib.metadata.version('peft')} is outside {low}-{high}: LoRA layers run "
+                         "peft's own forward")  # fmt: skip
+        warnings.warn(f"peftsft: {fallbacks[-1]}", stacklevel=2)
+        yield
+        return
+    original = lora_layer.Linear.forward
+
+    def forward(self, x, *args, **kwargs):
+        if eligible(self, x, args, kwargs):
+            return fused_forward(self, x)
+        return original(self, x, *args, **kwargs)
+
+    lora_layer.Linear.forward = forward
+    try:
+        yield
+    finally:
+        lora_layer.Linear.forward = original

@@ -9,9 +9,11 @@ from peftsft.training.recipe import load_recipe
 from peftsft.training.levers import decide_levers
 from peftsft.artifacts.tasks import run
 
-# the un-optimised path: TRL's own loss head (every position, 32768-wide slices), SDPA, no checkpointing
+# the un-optimised path: TRL's own loss head (every position, 32768-wide slices), SDPA, peft's LoRA layers, no
+# checkpointing
 UNOPTIMISED = [
     "training.loss_kernel=trl",
+    "training.lora_kernel=peft",
     "model.attention=sdpa",
     "training.loss_positions=all",
     "training.loss_vocab_chunk=32768",
@@ -20,6 +22,7 @@ UNOPTIMISED = [
 # the levers that keep the batches identical, switched the other way
 OPTIMISED = [
     "training.loss_kernel=auto",  # peftsft's CPU loss head
+    "training.lora_kernel=auto",  # peftsft's fused LoRA layers
     "model.attention=auto",  # peftsft's CPU training attention
     "training.loss_positions=supervised",
     "training.loss_vocab_chunk=4096",
@@ -49,6 +52,7 @@ def test_levers_keep_the_loss_curve_and_eval_loss(tiny_recipe):
         assert fast["levers"]["activation_checkpointing"] and not plain["levers"]["activation_checkpointing"]
         assert (fast["levers"]["loss_positions"], plain["levers"]["loss_positions"]) == ("supervised", "all")
         assert (fast["levers"]["loss_kernel"], plain["levers"]["loss_kernel"]) == ("peftsft", "trl")
+        assert (fast["levers"]["lora_kernel"], plain["levers"]["lora_kernel"]) == ("peftsft", "peft")
         assert (fast["levers"]["attention"], plain["levers"]["attention"]) == ("peftsft_cpu", "sdpa")
 
 

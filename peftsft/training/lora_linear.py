@@ -1,0 +1,90 @@
+"""A LoRA linear layer's forward and backward as one autograd function: a drop-in for peft's on the CPU.
+
+Why our own: peft computes base(x) + lora_B(lora_A(x)) * scaling as separate ops, so every adapted layer adds two
+full-size elementwise passes in the forward (the scaling and the sum) and two in the backward (the scaling's
+gradient and the sum of the input's two gradients), plus autocast's casts — at hidden 576 those passes cost about
+what the rank-16 products themselves do. Here the adapter's product is added inside the base GEMM's output
+(`addmm_`, scaling as its alpha, fp32 accumulation), the input's gradient likewise (g·W + s·(g·B)·A), and the
+scaling is applied to rank-sized tensors only; dropout on the adapter's input draws the same mask as peft's. Same
+values as peft's (fewer roundings under autocast); eligible layers only: a plain `nn.Linear` base, one active
+vanilla adapter without bias (see `eligible`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def eligible(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+    """True where the fused function computes exactly what peft's Linear.forward would; False sends the call to
+    peft (generation and evaluation too: no autograd there)."""
+    if args or any(value is not None for value in kwargs.values()) or not torch.is_grad_enabled():
+        return False
+    if x.device.type != "cpu" or layer.disable_adapters or layer.merged or layer.fan_in_fan_out:
+        return False
+    if type(layer.base_layer) is not torch.nn.Linear:  # quantized or otherwise wrapped bases: peft's own path
+        return False
+    active = [name for name in layer.active_adapters if name in layer.lora_A]
+    if len(active) != 1 or active[0] in getattr(layer, "lora_variant", {}):
+        return False
+    name = active[0]
+    if type(layer.lora_dropout[name]) not in (torch.nn.Identity, torch.nn.Dropout):
+        return False
+    return layer.lora_A[name].bias is None and layer.lora_B[name].bias is None
+
+
+def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """peft's LoRA Linear forward for an `eligible` layer, through LoraLinearFunction."""
+    name = next(name for name in layer.active_adapters if name in layer.lora_A)
+    base, dropout = layer.base_layer, layer.lora_dropout[name]
+    p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+    return LoraLinearFunction.apply(x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
+                                    float(layer.scaling[name]), float(p))  # fmt: skip
+
+
+class LoraLinearFunction(torch.autograd.Function):
+    """y = x·Wᵀ + b + s·(dropout_p(x)·Aᵀ)·Bᵀ with one rounding of y; under autocast every product runs in its dtype
+    (bf16), the gradients come back in each input's own dtype."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float = 0.0):
+        device = x.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        with torch.autocast(device, enabled=False):
+            flat = x.reshape(-1, x.shape[-1]).to(compute)
+            w, a, b = weight.to(compute), lora_a.to(compute), lora_b.to(compute)
+            out = torch.mm(flat, w.t()) if bias is None else torch.addmm(bias.to(compute), flat, w.t())
+            dropped, mask = torch.native_dropout(flat, p, True) if p > 0 else (flat, None)  # F.dropout's own mask
+            h = torch.mm(dropped, a.t())  # (tokens, r)
+            out.addmm_(h, b.t(), alpha=scaling)  # the adapter's share, added inside the GEMM
+        ctx.save_for_backward(flat if weight.requires_grad else None, dropped, h, w, a, b, mask)
+        ctx.scaling, ctx.p = scaling, p
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype, lora_a.dtype, lora_b.dtype)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, dropped, h, w, a, b, mask = ctx.saved_tensors
+        s = ctx.scaling
+        x_dtype, w_dtype, bias_dtype, a_dtype, b_dtype = ctx.dtypes
+        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        grad_x = grad_w = grad_bias = grad_a = grad_b = None
+        with torch.autocast(grad.device.type, enabled=False):
+            g = grad.reshape(-1, grad.shape[-1]).to(dropped.dtype)
+            gh = torch.mm(g, b)  # (tokens, r): the gradient reaching x·Aᵀ, before the scaling
+            if need_x:
+                grad_x = torch.mm(g, w)
+                if mask is None:
+                    grad_x.addmm_(gh, a, alpha=s)
+                else:  # dropout's gradient: the kept inputs, scaled by 1 / (1 - p)
+                    grad_x.addcmul_(torch.mm(gh, a), mask, value=s / (1 - ctx.p))
+                grad_x = grad_x.view(*grad.shape[:-1], w.shape[1]).to(x_dtype)
+            if need_a:
+                grad_a = torch.mm(gh.t(), dropped).mul_(s).to(a_dtype)
+            if need_b:
+                grad_b = torch.mm(g.t(), h).mul_(s).to(b_dtype)
+            if need_w:
+                grad_w = torch.mm(g.t(), flat).to(w_dtype)
+            if need_bias:
+                grad_bias = g.sum(dim=0).to(bias_dtype)
+        return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None
