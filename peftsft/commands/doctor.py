@@ -46,6 +46,9 @@ def bitsandbytes_cpu_path() -> str:
     if packed:
         return (f"reference, pinned (CPU: {flag}; bitsandbytes alone would switch eval-mode layers to its packed "
                 "AVX-512-BF16 layout, whose kernel computes in bf16 and has no backward)")
+    if "present" in flag:  # Linux lists the flag, CPUID (what bitsandbytes asks) does not: an emulator or a masking VM
+        return ("reference (CPU: Linux lists avx512_bf16, but bitsandbytes' own CPUID check finds none, as under an "
+                "emulator; bitsandbytes has no packed kernel here)")
     return f"reference (CPU: {flag}; bitsandbytes has no packed kernel here)"
 
 
