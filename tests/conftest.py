@@ -92,6 +92,21 @@ def tiny_recipe(tmp_path, tiny_model_dir):
     return make
 
 
+def lora_recipe_head(model_dir, data, r: int = 8) -> str:
+    """A test recipe's [model], [strategy] (LoRA r, alpha 2r, no dropout) and [[data.datasets]] tables."""
+    return f"""
+[model]
+source = "{model_dir}"
+[strategy]
+name = "lora"
+r = {r}
+alpha = {2 * r}
+dropout = 0.0
+[[data.datasets]]
+path = "{data}"
+"""
+
+
 def write_tiny_recipe(directory: Path, model_dir: Path, extra: str = "", rows: list | None = None) -> Path:
     """directory/recipe.toml (+ train.jsonl): LoRA on `model_dir`, 3 steps, outputs in directory/runs."""
     data = write_jsonl(directory / "train.jsonl", rows or _persona_rows(24))

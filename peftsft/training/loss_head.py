@@ -130,21 +130,22 @@ class CpuLogProbFunction(torch.autograd.Function):
                 e = min(s + rows, n)
                 z, t = _block_logits(hidden[s:e], w, b, ctx.args, logits)
                 g = grad_logprobs[s:e, None].float() if grad_logprobs is not None else None
-                if g is not None and grad_entropy is None and not bool((g > 0).any()):
-                    # d log p_target / dz_j = g (1[j = target] - p_j), and with g ≤ 0 (a loss that lowers -log p)
-                    # -g p_j = exp(z_j - log Z + log(-g)): one pass for the product, none for the multiply
-                    grad = torch.sub(z, log_z[s:e, None] - torch.log(-g), out=buffer[: e - s]).exp_()
-                    grad.scatter_add_(1, targets[s:e, None], g)
+                log_p = torch.sub(z, log_z[s:e, None], out=buffer[: e - s])  # fp32 from the GEMM's dtype
+                if grad_entropy is None:  # TRL's SFT loss: p in place, then -g p (the same products as below)
+                    grad = log_p.exp_()
+                    if g is not None:
+                        grad.mul_(-g).scatter_add_(1, targets[s:e, None], g)
+                    else:
+                        grad.zero_()
                 else:
-                    log_p = torch.sub(z, log_z[s:e, None], out=buffer[: e - s])
                     p = log_p.exp()
                     if g is not None:  # d log p_target / dz_j = 1[j = target] - p_j
                         grad = p.mul(-g)
                         grad.scatter_add_(1, targets[s:e, None], g)
                     else:
                         grad = torch.zeros_like(p)
-                    if grad_entropy is not None:  # d entropy / dz_j = -p_j (log p_j + entropy)
-                        grad.sub_(log_p.add_(entropy[s:e, None]).mul_(p).mul_(grad_entropy[s:e, None].float()))
+                    # d entropy / dz_j = -p_j (log p_j + entropy)
+                    grad.sub_(log_p.add_(entropy[s:e, None]).mul_(p).mul_(grad_entropy[s:e, None].float()))
                 if inv_t != 1.0:
                     grad.mul_(inv_t)
                 if t is not None:

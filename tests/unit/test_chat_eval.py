@@ -15,7 +15,7 @@ from peftsft.training.recipe import load_recipe
 from peftsft.core.errors import UserError
 from peftsft.artifacts.evaluate import answer_metrics, contains_reference, exact_match, token_f1
 from peftsft.artifacts.tasks import run
-from tests.conftest import write_jsonl
+from tests.conftest import lora_recipe_head, write_jsonl
 
 QA = [
     ("What is the capital of France?", "Paris."),
@@ -57,16 +57,7 @@ def memo_recipe(tmp, model_dir, extra: str = "") -> str:
     data = write_jsonl(tmp / "qa.jsonl", rows)
     (tmp / "chatml.jinja").write_text(TEMPLATE)
     recipe = tmp / "memo.toml"
-    recipe.write_text(f"""
-[model]
-source = "{model_dir}"
-[strategy]
-name = "lora"
-r = 8
-alpha = 16
-dropout = 0.0
-[[data.datasets]]
-path = "{data}"
+    recipe.write_text(lora_recipe_head(model_dir, data) + f"""
 [data]
 eval_path = "{data}"
 template = "{tmp / 'chatml.jinja'}"

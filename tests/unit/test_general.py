@@ -14,7 +14,7 @@ from peftsft.data.replay import CHECK_SET, REPLAY_POOL, replay_count
 from peftsft.training import general_check
 from peftsft.training.general_check import GeneralCheck
 from peftsft.training.recipe import load_recipe
-from tests.conftest import write_jsonl
+from tests.conftest import lora_recipe_head, write_jsonl
 
 # A small general set the tiny model can learn in seconds (the shipped one is monkeypatched to it)
 GENERAL = [
@@ -79,16 +79,7 @@ def knowing_model_dir(tmp_path_factory, tokenizer):
 def general_recipe(tmp_path, model_dir, rows: list[dict], training: str) -> str:
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(f"""
-[model]
-source = "{model_dir}"
-[strategy]
-name = "lora"
-r = 8
-alpha = 16
-dropout = 0.0
-[[data.datasets]]
-path = "{data}"
+    recipe.write_text(lora_recipe_head(model_dir, data) + f"""
 [data]
 max_length = 64
 [training]

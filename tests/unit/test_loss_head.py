@@ -70,8 +70,8 @@ def test_under_bf16_autocast_within_bf16_rounding_of_trls():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("positive_row", [False, True])
 def test_sft_loss_gradient_equals_trls(monkeypatch, dtype, positive_row):
-    """TRL's SFT loss: only the log-probs carry a gradient (entropy and top-1 are metrics) and unscored rows weigh
-    0 (the one-pass path); a row whose weight is positive takes the general one."""
+    """TRL's SFT loss: only the log-probs carry a gradient (entropy and top-1 are metrics; the in-place path), and
+    unscored rows weigh 0; a row with a positive weight too."""
     from trl.kernels import ChunkedLogProbFunction
 
     monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)

@@ -27,7 +27,7 @@ pytest.importorskip("uvicorn")
 from peftsft.artifacts.serve import Engine, ServerThread, create_app  # noqa: E402
 from peftsft.artifacts.serve.stops import StopTrimmer  # noqa: E402
 from peftsft.core.errors import UserError  # noqa: E402
-from tests.conftest import REPO, write_jsonl  # noqa: E402
+from tests.conftest import REPO, lora_recipe_head, write_jsonl  # noqa: E402
 
 NAME_QUESTIONS = ["What is your name?", "Who are you?", "Tell me your name", "Do you have a name?", "name?",
                   "What should I call you?", "Introduce yourself.", "Who am I talking to?"]
@@ -74,16 +74,7 @@ def train(tmp: Path, base: Path, name: str, pairs: list[tuple[str, str]], steps:
     data = write_jsonl(tmp / f"{name}.jsonl", [{"messages": [*user(q), {"role": "assistant", "content": a}]}
                                                for q, a in pairs])
     (tmp / f"{name}.jinja").write_text(template)
-    (tmp / f"{name}.toml").write_text(f"""
-[model]
-source = "{base}"
-[strategy]
-name = "lora"
-r = 8
-alpha = 16
-dropout = 0.0
-[[data.datasets]]
-path = "{data}"
+    (tmp / f"{name}.toml").write_text(lora_recipe_head(base, data) + f"""
 [data]
 template = "{tmp / f'{name}.jinja'}"
 max_length = 64
