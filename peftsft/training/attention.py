@@ -4,8 +4,8 @@ Why our own: PyTorch's CPU flash-attention kernel (what SDPA runs on the CPU) sp
 backward at chat-row lengths; at ≤ 320 keys the plain product — the query heads of a key/value group as one batched
 matmul (no repeated K/V), PyTorch's softmax kernel on the scores' own dtype (fp32 accumulation), one more matmul,
 all differentiated by autograd — trains faster (fwd+bwd, 4 rows × 9 heads over 3 KV heads × 64 dims, bf16 autocast,
-2 threads: 12 ms at 200 tokens against 25 ms for the first version of this path and ~2× that for SDPA; 23–27 ms
-against SDPA's 33–41 ms at 320, on par at ~450). Both paths see the same boolean mask transformers builds for SDPA,
+2 threads: 6.6–12 ms at 200 tokens against 18–27 ms for the first version of this path and 14–26 ms for SDPA;
+23–27 ms against SDPA's 33–41 ms at 320, on par at ~450). Both paths see the same boolean mask transformers builds for SDPA,
 so samples and padding are kept apart exactly as with SDPA; under no_grad (generation, evaluation) it is SDPA
 unchanged. Registered with transformers' AttentionInterface.
 """
