@@ -42,11 +42,12 @@ def bitsandbytes_cpu_path() -> str:
     packed = bnb_packed_kernel_available()
     if packed is None:
         return "none (bitsandbytes not installed)"
-    flag = "avx512_bf16 " + ("present" if "avx512_bf16" in cpu_features() else "absent")
+    listed = "avx512_bf16" in cpu_features()  # what Linux reports; bitsandbytes asks CPUID itself
+    flag = "avx512_bf16 " + ("present" if listed else "absent")
     if packed:
         return (f"reference, pinned (CPU: {flag}; bitsandbytes alone would switch eval-mode layers to its packed "
                 "AVX-512-BF16 layout, whose kernel computes in bf16 and has no backward)")
-    if "present" in flag:  # Linux lists the flag, CPUID (what bitsandbytes asks) does not: an emulator or a masking VM
+    if listed:  # Linux lists the flag, CPUID does not: an emulator (QEMU) or a VM masking it
         return ("reference (CPU: Linux lists avx512_bf16, but bitsandbytes' own CPUID check finds none, as under an "
                 "emulator; bitsandbytes has no packed kernel here)")
     return f"reference (CPU: {flag}; bitsandbytes has no packed kernel here)"

@@ -183,7 +183,7 @@ class TrainingSection(Section):
     )
     lora_kernel: Literal["auto", "peft"] = Key(
         "auto", "LoRA layers' forward/backward; auto: on the CPU while training, peftsft's fused one where a layer is "
-        "plain (nn.Linear base, one adapter, no dropout): the adapter's product added inside the base GEMM "
+        "plain (nn.Linear base, one vanilla adapter, dropout or not): the adapter's product added inside the base GEMM "
         "(training/lora_linear.py); peft's own elsewhere; peft: peft's everywhere"
     )
     loss_positions: Literal["supervised", "all"] = Key(

@@ -5,9 +5,9 @@ backward at chat-row lengths; at ≤ 320 keys the plain product — the query he
 matmul (no repeated K/V), PyTorch's softmax kernel on the scores' own dtype (fp32 accumulation), one more matmul,
 all differentiated by autograd — trains faster (fwd+bwd, 4 rows × 9 heads over 3 KV heads × 64 dims, bf16 autocast,
 2 threads: 6.6–12 ms at 200 tokens against 18–27 ms for the first version of this path and 14–26 ms for SDPA;
-23–27 ms against SDPA's 33–41 ms at 320, on par at ~450). Both paths see the same boolean mask transformers builds for SDPA,
-so samples and padding are kept apart exactly as with SDPA; under no_grad (generation, evaluation) it is SDPA
-unchanged. Registered with transformers' AttentionInterface.
+23–27 ms against SDPA's 33–41 ms at 320, on par at ~450). Both paths see the same boolean mask transformers builds
+for SDPA, so samples and padding are kept apart exactly as with SDPA; under no_grad (generation, evaluation) it is
+SDPA unchanged. Registered with transformers' AttentionInterface.
 """
 
 from __future__ import annotations
@@ -59,8 +59,6 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.
 
 def _grouped(mask: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
     """A (batch, 1 or heads, q, k) mask laid out as the grouped scores (batch, kv_heads, groups, q, k)."""
-    if mask.dim() == 2:
-        return mask
     if mask.shape[1] == 1:
         return mask[:, :, None]
     return mask.view(mask.shape[0], kv_heads, groups, *mask.shape[2:])

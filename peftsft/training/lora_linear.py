@@ -7,7 +7,7 @@ what the rank-16 products themselves do. Here the adapter's product is added ins
 (`addmm_`, scaling as its alpha, fp32 accumulation), the input's gradient likewise (g·W + s·(g·B)·A), and the
 scaling is applied to rank-sized tensors only; dropout on the adapter's input draws the same mask as peft's. Same
 values as peft's (fewer roundings under autocast); eligible layers only: a plain `nn.Linear` base, one active
-vanilla adapter without bias (see `eligible`).
+vanilla adapter without bias (see `eligible_adapter`).
 """
 
 from __future__ import annotations
@@ -15,31 +15,32 @@ from __future__ import annotations
 import torch
 
 
-def eligible(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> bool:
-    """True where the fused function computes exactly what peft's Linear.forward would; False sends the call to
-    peft (generation and evaluation too: no autograd there)."""
+def eligible_adapter(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
+    """The one active adapter where the fused function computes exactly what peft's Linear.forward would; None
+    sends the call to peft (generation and evaluation too: no autograd there)."""
     if args or any(value is not None for value in kwargs.values()) or not torch.is_grad_enabled():
-        return False
+        return None
     if x.device.type != "cpu" or layer.disable_adapters or layer.merged or layer.fan_in_fan_out:
-        return False
+        return None
     if type(layer.base_layer) is not torch.nn.Linear:  # quantized or otherwise wrapped bases: peft's own path
-        return False
+        return None
     active = [name for name in layer.active_adapters if name in layer.lora_A]
     if len(active) != 1 or active[0] in getattr(layer, "lora_variant", {}):
-        return False
+        return None
     name = active[0]
     if type(layer.lora_dropout[name]) not in (torch.nn.Identity, torch.nn.Dropout):
-        return False
-    return layer.lora_A[name].bias is None and layer.lora_B[name].bias is None
+        return None
+    return name if layer.lora_A[name].bias is None and layer.lora_B[name].bias is None else None
 
 
-def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
-    """peft's LoRA Linear forward for an `eligible` layer, through LoraLinearFunction."""
-    name = next(name for name in layer.active_adapters if name in layer.lora_A)
+def fused_forward(layer, x: torch.Tensor, name: str) -> torch.Tensor:
+    """peft's LoRA Linear forward for adapter `name` of a layer (see `eligible_adapter`), through
+    LoraLinearFunction."""
     base, dropout = layer.base_layer, layer.lora_dropout[name]
     p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
-    return LoraLinearFunction.apply(x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
-                                    float(layer.scaling[name]), float(p))  # fmt: skip
+    lora_a, lora_b = layer.lora_A[name].weight, layer.lora_B[name].weight
+    scaling = float(layer.scaling[name])
+    return LoraLinearFunction.apply(x, base.weight, base.bias, lora_a, lora_b, scaling, float(p))
 
 
 class LoraLinearFunction(torch.autograd.Function):

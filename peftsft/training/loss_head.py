@@ -44,9 +44,9 @@ def _plain(bias, scale: float, softcap: float | None, inv_t: float) -> bool:
 
 
 def _block_logits(hidden, w, b, args, out):
-    """A token block's logits: the GEMM's output written into `out` (compute dtype) where nothing transforms it,
-    else fp32 after TRL's transform; and tanh for the soft-cap's backward."""
-    if _plain(b, *args[1:]):
+    """A token block's logits: the GEMM's output written into `out` (compute dtype; given where `_plain`) or fp32
+    after TRL's transform; and tanh for the soft-cap's backward."""
+    if out is not None:
         return torch.mm(hidden.to(args[0]), w.t(), out=out[: hidden.shape[0]]), None
     return _logits(hidden, w, b, *args)
 
@@ -55,7 +55,7 @@ def _forward_blocks(hidden, w, b, targets, args, rows, logprobs, log_z, entropy,
     """Fill the per-token outputs block by block (`rows` tokens at a time, in buffers reused by every block)."""
     n = hidden.shape[0]
     rows = min(rows, n)
-    logits = torch.empty(rows, w.shape[0], dtype=args[0], device=hidden.device)
+    logits = torch.empty(rows, w.shape[0], dtype=args[0], device=hidden.device) if _plain(b, *args[1:]) else None
     shifted, exp = torch.empty(2, rows, w.shape[0], dtype=torch.float32, device=hidden.device)
     for s in range(0, n, rows):
         e = min(s + rows, n)
@@ -122,7 +122,7 @@ class CpuLogProbFunction(torch.autograd.Function):
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if needs_bias else None
         n, vocab = hidden.shape[0], weight.shape[0]
         rows = min(max(1, ROW_ELEMENTS // vocab), n)
-        logits = torch.empty(rows, vocab, dtype=compute, device=hidden.device)
+        logits = torch.empty(rows, vocab, dtype=compute, device=hidden.device) if _plain(b, *ctx.args[1:]) else None
         buffer = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
         low = torch.empty(rows, vocab, dtype=compute, device=hidden.device) if compute != torch.float32 else None
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here

@@ -126,7 +126,7 @@ def adapter_input_casts_skipped(model, skip: bool) -> Iterator[None]:
 
 
 # peft's LoRA Linear.forward(self, x, *args, **kwargs) with base_layer / lora_A / lora_B / lora_dropout / scaling /
-# active_adapters / lora_variant as lora_linear.eligible reads them: unchanged from 0.17 to the 0.21 tested here
+# active_adapters / lora_variant as lora_linear.eligible_adapter reads them: unchanged from 0.17 to the 0.21 tested here
 PEFT_LORA_FORWARD = ((0, 17), (0, 99))
 
 
@@ -140,7 +140,7 @@ def lora_forward(enabled: bool, fallbacks: list[str]) -> Iterator[None]:
         return
     from peft.tuners.lora import layer as lora_layer
 
-    from peftsft.training.lora_linear import eligible, fused_forward
+    from peftsft.training.lora_linear import eligible_adapter, fused_forward
 
     low, high = PEFT_LORA_FORWARD
     if not low <= _version("peft") <= high or not hasattr(lora_layer, "Linear"):
@@ -152,9 +152,8 @@ def lora_forward(enabled: bool, fallbacks: list[str]) -> Iterator[None]:
     original = lora_layer.Linear.forward
 
     def forward(self, x, *args, **kwargs):
-        if eligible(self, x, args, kwargs):
-            return fused_forward(self, x)
-        return original(self, x, *args, **kwargs)
+        name = eligible_adapter(self, x, args, kwargs)
+        return original(self, x, *args, **kwargs) if name is None else fused_forward(self, x, name)
 
     lora_layer.Linear.forward = forward
     try:
