@@ -112,19 +112,8 @@ def write_tiny_recipe(directory: Path, model_dir: Path, extra: str = "", rows: l
     data = write_jsonl(directory / "train.jsonl", rows or _persona_rows(24))
     recipe = directory / "recipe.toml"
     recipe.write_text(
-        f"""
-[model]
-source = "{model_dir}"
-
-[strategy]
-name = "lora"
-r = 4
-alpha = 8
-dropout = 0.0
-
-[[data.datasets]]
-path = "{data}"
-
+        lora_recipe_head(model_dir, data, r=4)
+        + f"""
 [data]
 max_length = 128
 
