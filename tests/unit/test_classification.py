@@ -14,6 +14,7 @@ import torch
 from peftsft.tasks.classification.data import LabelMap, build_datasets
 from peftsft.tasks.classification.metrics import classification_metrics, confusion_matrix
 from peftsft.commands.cli import main
+from peftsft.models import resolve_source
 from peftsft.training.recipe import load_recipe
 from peftsft.core.errors import UserError
 from tests.conftest import write_jsonl
@@ -221,14 +222,16 @@ def test_run_dir_holds_adapter_head_labels_and_metrics(cls_run):
 
 
 def test_training_learns_well_above_chance(tmp_path, bert_dir):
-    """Three balanced labels: chance is 1/3 (the 6-step run above still labels every row alike). Trained longer,
-    the tiny random encoder labels the held-out rows at twice chance or better; a run that learns nothing (or
-    the wrong thing) stays near 1/3. Measured at this seed: 7/9."""
-    recipe = write_recipe(tmp_path, bert_dir, "")
-    assert main(["run", str(recipe), "--set", "training.max_steps=36", "--set", "training.learning_rate=3e-2",
-                 "--set", "training.eval_steps=36"]) == 0
+    """Three balanced labels: chance is 1/3 (the 6-step run above still labels every row alike). LoRA r4 on the
+    pretrained MiniLM encoder labels the held-out rows at 7/9 or better; a run that learns nothing (or the wrong
+    thing) stays near 1/3. Not the tiny random encoder: whether it separates "great" from "awful" at all hung on
+    bf16 vs fp32 rounding and the seed (2/3 with one label never predicted at 4 of 5 seeds on an AVX2 CPU's fp32,
+    7/9 in bf16). Measured with the MiniLM: 9/9 at seeds 1-6 in fp32 and 1-3 in bf16 (8/9 at 12 steps, seed 2)."""
+    recipe = write_recipe(tmp_path, resolve_source(MINILM).location, "")  # bert_dir: skips without the MiniLM
+    assert main(["run", str(recipe), "--set", "training.max_steps=24", "--set", "training.learning_rate=1e-2",
+                 "--set", "training.eval_steps=24"]) == 0
     summary = json.loads((tmp_path / "runs" / "cls" / "summary.json").read_text())
-    assert summary["accuracy"] >= 2 / 3, summary["confusion_matrix"]
+    assert summary["accuracy"] >= 7 / 9, summary["confusion_matrix"]
     predicted = [sum(column) for column in zip(*summary["confusion_matrix"]["rows_true_columns_predicted"])]
     assert sum(n > 0 for n in predicted) == 3, predicted  # every label is predicted for some row
 
