@@ -8,16 +8,26 @@ over the whole vocabulary: the log-softmax is one fused kernel, and the hidden s
 inner dimension is the whole vocabulary (bf16 operands under autocast, fp32 accumulation inside the GEMM, one
 rounding of the result — what autocast's own LM head backward does), so no partial product is rounded before it
 is summed, which is what TRL's fp32 accumulation guards against. A trainable head's weight gradient is summed
-over token blocks in fp32, as in TRL. Same signature and outputs; the logits are recomputed in the backward, so
-memory stays one block (`ROW_ELEMENTS` fp32 values, ×3 while the backward runs).
+over token blocks in fp32, as in TRL. Same signature and outputs; memory stays one block of logits at a time.
+
+Where only the log-probs can carry a gradient back to the hidden state (a frozen head, no bias — LoRA — and grad
+mode on), the forward also computes that gradient up to each token's incoming factor: E = (p − onehot(target)) · W
+per block, while the block's probabilities are at hand (what Liger's fused linear cross-entropy does on GPUs). The
+backward is then −g ⊙ E: no second logits GEMM and no second softmax pass, a third of the head's GEMMs (3
+profiled steps of the reference job, AVX2 CPU, fp32: 17.1 s against 19.2). A gradient for the entropy too (not
+TRL's SFT loss) recomputes the logits as before. The token factor g multiplies after the GEMM, so a power-of-two
+loss scale stays exact.
 """
 
 from __future__ import annotations
 
 import torch
 
-ROW_ELEMENTS = 2**22  # logits per token block: 16 MiB of fp32, 85 tokens of a 49,152 vocabulary (measured fastest
-# of 2**19…2**23 for 700 tokens × SmolLM2, 2 threads: 287 ms forward + backward, TRL 4096-wide slices 531–621 ms)
+ROW_ELEMENTS = 2**22  # logits per token block: 16 MiB of fp32, 85 tokens of a 49,152 vocabulary (bf16 GEMMs on an
+# AVX-512-BF16 CPU: fastest of 2**19…2**23 for 700 tokens × SmolLM2, 2 threads: 287 ms forward + backward, TRL's
+# 4096-wide slices 531–621 ms). fp32 GEMMs take twice the tokens: on an AVX2 CPU their speed grows with the token
+# count (×49,152 vocabulary, forward: 85 tokens 49–57 GFLOP/s, 170 tokens 62, 341 tokens 80); 700 tokens with the
+# eager gradient took 1.51–1.63 s at 85 tokens a block, 1.29–1.40 s at 170.
 OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
 
@@ -51,15 +61,22 @@ def _block_logits(hidden, w, b, args, out):
     return _logits(hidden, w, b, *args)
 
 
-def _forward_blocks(hidden, w, b, targets, args, rows, logprobs, log_z, entropy, sum_sq, mean, top1) -> None:
-    """Fill the per-token outputs block by block (`rows` tokens at a time, in buffers reused by every block)."""
+def block_rows(vocab: int, fp32: bool) -> int:
+    """Tokens per block: `ROW_ELEMENTS` logits, twice as many for fp32 GEMMs."""
+    return max(1, ROW_ELEMENTS * (2 if fp32 else 1) // vocab)
+
+
+def _forward_blocks(hidden, w, b, targets, args, rows, outs, eager) -> None:
+    """Fill the per-token outputs block by block (`rows` tokens at a time, in buffers reused by every block), and
+    `eager` (when given) with each token's (p − onehot) · W."""
+    logprobs, log_z, entropy, sum_sq, mean, top1 = outs
     n = hidden.shape[0]
     rows = min(rows, n)
     logits = torch.empty(rows, w.shape[0], dtype=args[0], device=hidden.device) if _plain(b, *args[1:]) else None
     shifted, exp = torch.empty(2, rows, w.shape[0], dtype=torch.float32, device=hidden.device)
     for s in range(0, n, rows):
         e = min(s + rows, n)
-        z, _ = _block_logits(hidden[s:e], w, b, args, logits)
+        z, t = _block_logits(hidden[s:e], w, b, args, logits)
         top = z.amax(dim=-1, keepdim=True).float()
         z_top = torch.sub(z, top, out=shifted[: e - s])  # fp32 from the GEMM's dtype in one pass
         ez = torch.exp(z_top, out=exp[: e - s])  # exp(z - max): log Z, entropy and Σp² share it
@@ -79,16 +96,39 @@ def _forward_blocks(hidden, w, b, targets, args, rows, logprobs, log_z, entropy,
             entropy[s:e] = lz - torch.linalg.vecdot(ez, z_top) / total - top.squeeze(1)
         if sum_sq is not None:  # log Σ p²
             sum_sq[s:e] = torch.linalg.vecdot(ez, ez).log() - 2 * total.log()
+        if eager is not None:  # ez becomes p − onehot in place, times the transform's derivative
+            grad = ez.div_(total[:, None]).scatter_add_(1, targets[s:e, None], ez.new_full((e - s, 1), -1.0))
+            eager[s:e] = torch.mm(_chain(grad, t, args).to(args[0]), w)
+
+
+def _chain(grad, t, args):
+    """d loss / d z_raw from d loss / d z (in place): the temperature's, soft-cap's and logit scale's derivatives."""
+    _, scale, _, inv_t = args
+    if inv_t != 1.0:
+        grad.mul_(inv_t)
+    if t is not None:
+        grad.mul_(1 - t * t)
+    if scale != 1.0:
+        grad.mul_(scale)
+    return grad
 
 
 class CpuLogProbFunction(torch.autograd.Function):
     """(hidden [N, H], weight [V, H], bias, targets [N], temperature, chunk_size, softcap, logit_scale, outputs) →
     (log p(target), entropy, log Σp², mean logit, target is the argmax); `chunk_size` is TRL's vocabulary slice,
-    unused here."""
+    unused here. `apply` adds whether to compute the hidden gradient eagerly (decided where grad mode is visible)."""
+
+    @classmethod
+    def apply(cls, *args):
+        hidden, weight, bias = args[:3]
+        eager = (torch.is_grad_enabled() and hidden.requires_grad and not weight.requires_grad
+                 and bias is None)  # fmt: skip
+        args = args + (None, 1.0, OUTPUTS)[len(args) - 6 :]  # TRL passes all nine; the last three have defaults
+        return super().apply(*args, eager)
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
-                logit_scale=1.0, outputs=OUTPUTS):  # fmt: skip
+                logit_scale=1.0, outputs=OUTPUTS, eager=False):  # fmt: skip
         ctx.set_materialize_grads(False)
         autocast = torch.is_autocast_enabled(hidden.device.type)
         compute = torch.get_autocast_dtype(hidden.device.type) if autocast else hidden.dtype
@@ -102,26 +142,31 @@ class CpuLogProbFunction(torch.autograd.Function):
         sum_sq = torch.empty(n, **f32) if "log_sum_sq_probs" in outputs else None
         mean = torch.empty(n, **f32) if "mean_logits" in outputs else None
         top1 = torch.empty(n, dtype=torch.bool, device=hidden.device) if "is_top1" in outputs else None
-        rows = max(1, ROW_ELEMENTS // vocab)
+        rows = block_rows(vocab, compute == torch.float32)
+        early = torch.empty(n, hidden.shape[1], dtype=compute, device=hidden.device) if eager else None
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here (vecdot would go bf16)
-            _forward_blocks(hidden, w, b, targets, args, rows, logprobs, log_z, entropy, sum_sq, mean, top1)
-        ctx.save_for_backward(hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy)
+            outs = (logprobs, log_z, entropy, sum_sq, mean, top1)
+            _forward_blocks(hidden, w, b, targets, args, rows, outs, early)
+        ctx.save_for_backward(hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy, early)
         ctx.args = args
         ctx.mark_non_differentiable(*(x for x in (sum_sq, mean, top1) if x is not None))
         return logprobs, entropy, sum_sq, mean, top1
 
     @staticmethod
     def backward(ctx, grad_logprobs, grad_entropy, *_):
-        hidden, weight, bias, targets, log_z, entropy = ctx.saved_tensors
+        hidden, weight, bias, targets, log_z, entropy, early = ctx.saved_tensors
         compute, scale, softcap, inv_t = ctx.args
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        if early is not None and grad_entropy is None:  # d log p / dh = -(p - onehot) W, computed in the forward
+            g = grad_logprobs[:, None].float() if grad_logprobs is not None else early.new_zeros(())
+            return (early * -g).to(hidden.dtype), *(None,) * 9
         w = weight.to(compute)
         b = bias.to(compute) if bias is not None else None
         grad_hidden = torch.empty_like(hidden) if needs_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if needs_bias else None
         n, vocab = hidden.shape[0], weight.shape[0]
-        rows = min(max(1, ROW_ELEMENTS // vocab), n)
+        rows = min(block_rows(vocab, compute == torch.float32), n)
         logits = torch.empty(rows, vocab, dtype=compute, device=hidden.device) if _plain(b, *ctx.args[1:]) else None
         buffer = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
         low = torch.empty(rows, vocab, dtype=compute, device=hidden.device) if compute != torch.float32 else None
@@ -146,12 +191,7 @@ class CpuLogProbFunction(torch.autograd.Function):
                         grad = torch.zeros_like(p)
                     # d entropy / dz_j = -p_j (log p_j + entropy)
                     grad.sub_(log_p.add_(entropy[s:e, None]).mul_(p).mul_(grad_entropy[s:e, None].float()))
-                if inv_t != 1.0:
-                    grad.mul_(inv_t)
-                if t is not None:
-                    grad.mul_(1 - t * t)
-                if scale != 1.0:
-                    grad.mul_(scale)
+                _chain(grad, t, ctx.args)
                 if grad_hidden is not None:
                     operand = low[: e - s].copy_(grad) if low is not None else grad
                     grad_hidden[s:e] = torch.mm(operand, w).to(hidden.dtype)
@@ -161,4 +201,4 @@ class CpuLogProbFunction(torch.autograd.Function):
                     grad_bias += grad.sum(dim=0)
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None

@@ -27,7 +27,7 @@ LOSS_TILE_TOKENS = 4096  # and [training] loss_vocab_chunk vocabulary entries
 LOSS_TILES_TORCH, LOSS_TILES_TRITON = 9, 1
 # peftsft's CPU head (training/loss_head.py): one token block of logits at a time; its backward holds ~4 (logits,
 # turned into log-probabilities in place, probabilities, the gradient, a temporary; measured 4.2 blocks on the
-# benchmark's --quick job, fp32)
+# benchmark's --quick job, fp32); a LoRA run's eager forward holds 3 (logits, shifted, exp → p − onehot)
 LOSS_BLOCKS_PEFTSFT = 4
 
 
@@ -389,13 +389,13 @@ def _layers_keeping_activations(model: torch.nn.Module, layers: int) -> int:
 
 def _loss_head_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> int:
     """TRL's fused LM head: logits only ever exist as [tokens x vocab] tiles, plus fp32 gradient accumulators."""
-    from peftsft.training.loss_head import ROW_ELEMENTS
+    from peftsft.training.loss_head import block_rows
     from peftsft.training.rules import loss_kernel, loss_vocab_chunk
 
     dims = plan.dims
     tokens = plan.batch * (plan.seq - 1)
     if loss_kernel(recipe.training.loss_kernel, plan.device) == "peftsft":  # ≤ 3 fp32 token blocks + hidden grad
-        block = min(tokens * dims.vocab, max(dims.vocab, ROW_ELEMENTS))
+        block = min(tokens, block_rows(dims.vocab, plan.precision == "fp32")) * dims.vocab
         return int(LOSS_BLOCKS_PEFTSFT * block * 4 + tokens * dims.hidden * 4 + _head_weight_grad_bytes(model))
     vocab_slice = loss_vocab_chunk(recipe.training.loss_vocab_chunk, plan.device)
     tile = min(tokens, LOSS_TILE_TOKENS) * min(dims.vocab, vocab_slice)

@@ -41,7 +41,7 @@ def _run(function, h, w, b, targets, temperature=1.0, softcap=None, scale=1.0):
 def test_fp32_outputs_and_gradients_equal_trls(monkeypatch, temperature, softcap, scale, bias, weight_grad):
     from trl.kernels import ChunkedLogProbFunction
 
-    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)  # 5 tokens a block: 8 blocks, against TRL's 4 slices
+    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)  # 10 fp32 tokens a block: 4 blocks, against TRL's 4 slices
     h, w, b, targets = _inputs(bias=bias, weight_grad=weight_grad)
     ours, our_grads = _run(CpuLogProbFunction, h, w, b, targets, temperature, softcap, scale)
     trl, trl_grads = _run(ChunkedLogProbFunction, h, w, b, targets, temperature, softcap, scale)
@@ -95,6 +95,53 @@ def test_sft_loss_gradient_equals_trls(monkeypatch, dtype, positive_row):
     else:
         torch.testing.assert_close(our_grad, trl_grad, rtol=1e-2, atol=1e-4)
     assert our_grad[5:9].abs().max() == 0  # the unscored rows
+
+
+def _counting(monkeypatch, name):
+    """Count the calls of a loss_head function (the same function, still called)."""
+    calls = []
+    original = getattr(loss_head, name)
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(loss_head, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize(("temperature", "softcap", "scale"), [(1.0, None, 1.0), (0.7, 30.0, 0.5)])
+def test_sft_loss_takes_the_hidden_gradient_from_the_forward(monkeypatch, temperature, softcap, scale):
+    """A frozen head and only the log-probs carrying a gradient (LoRA under TRL's SFT loss): the forward computes
+    (p − onehot) · W through the transform's derivatives, and the backward runs no logits GEMM; TRL's gradient."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)  # 10 fp32 tokens a block: 4 blocks
+    logits_calls = _counting(monkeypatch, "_block_logits")
+    h, w, b, targets = _inputs()
+    weights = torch.linspace(-1.0, 0.5, len(targets))
+    grads = []
+    for function in (CpuLogProbFunction, ChunkedLogProbFunction):
+        out = function.apply(h, w, b, targets, temperature, 256, softcap, scale, OUTPUTS)
+        grads.append(torch.autograd.grad((out[0] * weights).sum(), [h])[0])
+    assert len(logits_calls) == 4  # the forward's blocks only
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_an_entropy_gradient_or_a_trainable_head_recomputes_and_no_grad_computes_nothing_eagerly(monkeypatch):
+    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)
+    logits_calls = _counting(monkeypatch, "_block_logits")
+    chain_calls = _counting(monkeypatch, "_chain")
+    h, w, b, targets = _inputs()
+    _run(CpuLogProbFunction, h, w, b, targets)  # the entropy carries a gradient too: the backward recomputes
+    assert (len(logits_calls), len(chain_calls)) == (8, 8)  # (the forward cannot know: its eager work is unused)
+    h, w, b, targets = _inputs(weight_grad=True)
+    out = CpuLogProbFunction.apply(h, w, b, targets, 1.0, 256, None, 1.0, OUTPUTS)
+    torch.autograd.grad(out[0].sum(), [h, w])
+    assert (len(logits_calls), len(chain_calls)) == (16, 12)  # a trainable head: nothing eager
+    with torch.no_grad():  # evaluation: the outputs only
+        CpuLogProbFunction.apply(h, w.detach(), b, targets, 1.0, 256)
+    assert (len(logits_calls), len(chain_calls)) == (20, 12)
 
 
 def test_the_lever_swaps_trls_kernel_in_and_back(tiny_recipe):
