@@ -129,7 +129,8 @@ def levers_applied(levers: Levers, model=None):
         with trl_compat.adapter_input_casts_skipped(model, skip_casts):
             with attention_applied(model, levers.attention) if model is not None else contextlib.nullcontext():
                 with trl_compat.lora_forward(levers.lora_kernel == "peftsft", levers.fallbacks):
-                    yield
+                    with trl_compat.fused_layers(model, levers.lora_kernel == "peftsft", levers.fallbacks):
+                        yield
 
 
 def make_trainer(

@@ -41,20 +41,68 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.
     q = query.reshape(batch * kv_heads, groups * q_len, dim)
     k = key.reshape(batch * kv_heads, k_len, dim)
     v = value.reshape(batch * kv_heads, k_len, dim)
-    scores = torch.baddbmm(q.new_zeros(()), q, k.transpose(1, 2), beta=0.0, alpha=scale)  # scaled in the GEMM
-    scores = scores.view(batch, kv_heads, groups, q_len, k_len)
-    keep = None
+    keep = additive = None
     if attention_mask is None:  # SDPA's is_causal case: a causal mask over the keys, aligned at the end
         if getattr(module, "is_causal", True) and is_causal is not False:
             keep = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
     elif attention_mask.dtype == torch.bool:
         keep = _grouped(attention_mask[..., :k_len], kv_heads, groups)
     else:
-        scores = scores + _grouped(attention_mask[..., :k_len], kv_heads, groups)
-    probs = MaskedSoftmax.apply(scores, keep, query.dtype)
-    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.bmm(probs.view(batch * kv_heads, groups * q_len, k_len), v)
+        additive = _grouped(attention_mask[..., :k_len], kv_heads, groups)
+    if dropout and module.training:  # dropout draws from the probabilities: autograd keeps them
+        probs = _probabilities(q, k, keep, additive, scale, (batch, kv_heads, groups, q_len, k_len), query.dtype)
+        probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
+        out = torch.bmm(probs.view(batch * kv_heads, groups * q_len, k_len), v)
+    else:
+        out = RecomputedAttention.apply(q, k, v, keep, additive, scale, (batch, kv_heads, groups, q_len, k_len),
+                                        query.dtype)  # fmt: skip
     return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
+
+
+def _probabilities(q, k, keep, additive, scale: float, shape: tuple, dtype) -> torch.Tensor:
+    """The attention probabilities (batch, kv_heads, groups, q, k) of grouped q, k: scaled scores in the GEMM,
+    `additive` added, softmax over the keys `keep` allows, in `dtype`."""
+    scores = torch.baddbmm(q.new_zeros(()), q, k.transpose(1, 2), beta=0.0, alpha=scale).view(shape)
+    if additive is not None:
+        scores = scores + additive
+    return MaskedSoftmax.apply(scores, keep, dtype)
+
+
+class RecomputedAttention(torch.autograd.Function):
+    """probabilities · v for grouped q, k, v (see `_probabilities`), keeping q, k and v but not the probabilities:
+    the backward computes them again, exactly (the same kernels on the same inputs).
+
+    Why: the probabilities are (batch × heads × q × k) per layer — at 4 rows of 260 tokens on SmolLM2, 0.3 GiB over
+    its 30 layers, growing with the square of the length — for one more q·kᵀ product and softmax per layer in the
+    backward. Under autocast the products run in its dtype and the softmax as MaskedSoftmax runs it."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, keep, additive, scale: float, shape: tuple, dtype):
+        device = q.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
+        with torch.autocast(device, enabled=False):
+            q, k, v = q.to(compute), k.to(compute), v.to(compute)
+            probs = _probabilities(q, k, keep, additive, scale, shape, dtype)
+            out = torch.bmm(probs.view(q.shape[0], q.shape[1], k.shape[1]).to(compute), v)
+        ctx.save_for_backward(q, k, v, keep, additive)
+        ctx.scale, ctx.shape, ctx.dtype = scale, shape, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, keep, additive = ctx.saved_tensors
+        with torch.autocast(grad.device.type, enabled=False):
+            probs = _probabilities(q, k, keep, additive, ctx.scale, ctx.shape, ctx.dtype)
+            probs = probs.view(q.shape[0], q.shape[1], k.shape[1])
+            grad = grad.to(v.dtype)
+            grad_v = torch.bmm(probs.to(v.dtype).transpose(1, 2), grad)
+            grad_probs = torch.bmm(grad, v.transpose(1, 2)).to(probs.dtype)
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype).to(q.dtype)
+            grad_q = torch.bmm(grad_scores, k).mul_(ctx.scale)
+            grad_k = torch.bmm(grad_scores.transpose(1, 2), q).mul_(ctx.scale)
+        grads = (t.to(dtype) for t, dtype in zip((grad_q, grad_k, grad_v), ctx.dtypes))
+        return (*grads, None, None, None, None, None)
 
 
 def _grouped(mask: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:

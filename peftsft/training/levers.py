@@ -3,7 +3,8 @@
 Kept because the benchmark shows they pay on the reference job (see README "Speed"): fp32 where bf16 matmuls are
 slow, length-grouped batches, activation checkpointing only when memory needs it, fp32 adapters on a quantized
 base where bf16 is slow, a bf16 frozen base where training runs in bf16, padding-free batches, fused AdamW, and
-on the CPU a matmul attention path for short sequences, peftsft's loss head and fused LoRA layers.
+on the CPU a matmul attention path for short sequences (probabilities recomputed in the backward), peftsft's loss
+head and fused LoRA layers (with the gated MLP and RMSNorm around them: training/fused_layers.py).
 TRL's fused, chunked LM head (no full-vocabulary logits) is always on.
 `decide_levers` is the one place the run's levers are decided; everything downstream receives the `Levers`.
 """

@@ -33,14 +33,59 @@ def eligible_adapter(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> str |
     return name if layer.lora_A[name].bias is None and layer.lora_B[name].bias is None else None
 
 
-def fused_forward(layer, x: torch.Tensor, name: str) -> torch.Tensor:
-    """peft's LoRA Linear forward for adapter `name` of a layer (see `eligible_adapter`), through
-    LoraLinearFunction."""
+def lora_arguments(layer, name: str) -> tuple:
+    """(weight, bias, lora_a, lora_b, scaling, dropout p) of adapter `name` of a peft LoRA Linear layer, as the
+    fused functions take them (p is 0 outside training)."""
     base, dropout = layer.base_layer, layer.lora_dropout[name]
     p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
     lora_a, lora_b = layer.lora_A[name].weight, layer.lora_B[name].weight
-    scaling = float(layer.scaling[name])
-    return LoraLinearFunction.apply(x, base.weight, base.bias, lora_a, lora_b, scaling, float(p))
+    return base.weight, base.bias, lora_a, lora_b, float(layer.scaling[name]), float(p)
+
+
+def fused_forward(layer, x: torch.Tensor, name: str) -> torch.Tensor:
+    """peft's LoRA Linear forward for adapter `name` of a layer (see `eligible_adapter`), through
+    LoraLinearFunction."""
+    return LoraLinearFunction.apply(x, *lora_arguments(layer, name))
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the products run in: autocast's where it is on, else the input's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def lora_products(flat, w, bias, a, b, scaling: float, p: float):
+    """Under autocast off, every tensor in the compute dtype: (out, dropped, mask, h) of
+    out = flat·Wᵀ + bias + s·(dropout_p(flat)·Aᵀ)·Bᵀ, the adapter's share added inside the GEMM's output."""
+    out = torch.mm(flat, w.t()) if bias is None else torch.addmm(bias, flat, w.t())
+    dropped, mask = torch.native_dropout(flat, p, True) if p > 0 else (flat, None)  # F.dropout's own mask
+    h = torch.mm(dropped, a.t())  # (tokens, r)
+    out.addmm_(h, b.t(), alpha=scaling)
+    return out, dropped, mask, h
+
+
+def lora_gradients(g, flat, dropped, h, w, a, b, mask, scaling: float, p: float, needs) -> list:
+    """The gradients (compute dtype, flat input's shape) for `needs` = (x, weight, bias, lora_a, lora_b) of
+    `lora_products`, given the output's gradient `g` (tokens, out); None where not needed. `flat` is read only for
+    the weight's gradient."""
+    need_x, need_w, need_bias, need_a, need_b = needs
+    grads = [None] * 5
+    gh = torch.mm(g, b)  # (tokens, r): the gradient reaching x·Aᵀ, before the scaling
+    if need_x:
+        grads[0] = torch.mm(g, w)
+        if mask is None:
+            grads[0].addmm_(gh, a, alpha=scaling)
+        else:  # dropout's gradient: the kept inputs, scaled by 1 / (1 - p)
+            grads[0].addcmul_(torch.mm(gh, a), mask, value=scaling / (1 - p))
+    if need_w:
+        grads[1] = torch.mm(g.t(), flat)
+    if need_bias:
+        grads[2] = g.sum(dim=0)
+    if need_a:
+        grads[3] = torch.mm(gh.t(), dropped).mul_(scaling)
+    if need_b:
+        grads[4] = torch.mm(g.t(), h).mul_(scaling)
+    return grads
 
 
 class LoraLinearFunction(torch.autograd.Function):
@@ -49,15 +94,12 @@ class LoraLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float = 0.0):
-        device = x.device.type
-        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        with torch.autocast(device, enabled=False):
+        compute = compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
             flat = x.reshape(-1, x.shape[-1]).to(compute)
             w, a, b = weight.to(compute), lora_a.to(compute), lora_b.to(compute)
-            out = torch.mm(flat, w.t()) if bias is None else torch.addmm(bias.to(compute), flat, w.t())
-            dropped, mask = torch.native_dropout(flat, p, True) if p > 0 else (flat, None)  # F.dropout's own mask
-            h = torch.mm(dropped, a.t())  # (tokens, r)
-            out.addmm_(h, b.t(), alpha=scaling)  # the adapter's share, added inside the GEMM
+            out, dropped, mask, h = lora_products(flat, w, None if bias is None else bias.to(compute), a, b,
+                                                  scaling, p)  # fmt: skip
         ctx.save_for_backward(flat if weight.requires_grad else None, dropped, h, w, a, b, mask)
         ctx.scaling, ctx.p = scaling, p
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype, lora_a.dtype, lora_b.dtype)
@@ -66,26 +108,10 @@ class LoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         flat, dropped, h, w, a, b, mask = ctx.saved_tensors
-        s = ctx.scaling
-        x_dtype, w_dtype, bias_dtype, a_dtype, b_dtype = ctx.dtypes
-        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
-        grad_x = grad_w = grad_bias = grad_a = grad_b = None
         with torch.autocast(grad.device.type, enabled=False):
             g = grad.reshape(-1, grad.shape[-1]).to(dropped.dtype)
-            gh = torch.mm(g, b)  # (tokens, r): the gradient reaching x·Aᵀ, before the scaling
-            if need_x:
-                grad_x = torch.mm(g, w)
-                if mask is None:
-                    grad_x.addmm_(gh, a, alpha=s)
-                else:  # dropout's gradient: the kept inputs, scaled by 1 / (1 - p)
-                    grad_x.addcmul_(torch.mm(gh, a), mask, value=s / (1 - ctx.p))
-                grad_x = grad_x.view(*grad.shape[:-1], w.shape[1]).to(x_dtype)
-            if need_a:
-                grad_a = torch.mm(gh.t(), dropped).mul_(s).to(a_dtype)
-            if need_b:
-                grad_b = torch.mm(g.t(), h).mul_(s).to(b_dtype)
-            if need_w:
-                grad_w = torch.mm(g.t(), flat).to(w_dtype)
-            if need_bias:
-                grad_bias = g.sum(dim=0).to(bias_dtype)
-        return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None
+            grads = lora_gradients(g, flat, dropped, h, w, a, b, mask, ctx.scaling, ctx.p, ctx.needs_input_grad[:5])
+        if grads[0] is not None:
+            grads[0] = grads[0].view(*grad.shape[:-1], w.shape[1])
+        grads = [None if t is None else t.to(dtype) for t, dtype in zip(grads, ctx.dtypes)]
+        return (*grads, None, None)

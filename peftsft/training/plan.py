@@ -14,6 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from peftsft.core.config import Recipe
 from peftsft.core.errors import UserError
+from peftsft.training.activations import (
+    fused_mlp,
+    layer_activation_elements,
+    layers_keeping_activations,
+    trains_base_weights,
+)
 from peftsft.training.rules import memory_available
 
 if TYPE_CHECKING:
@@ -312,31 +318,14 @@ def _optimizer_bytes(optim: str, trainable: list[torch.Tensor], notes: list[str]
     return 2 * nbytes
 
 
-def layer_activation_elements(dims: Dims, trains_base: bool, lora_modules: float, rank: int, dropout: float) -> float:
-    """Values autograd keeps per token per decoder layer (Llama family, transformers 5 + SDPA, padded batches).
-
-    Measured with torch.autograd.graph.saved_tensors_hooks: 2 RMSNorms (input, rms, output, flattened copy),
-    q/k/v after RoPE (k/v repeated to all heads when the batch has padding), attention output twice, the MLP's
-    gate, up, SiLU and product. Training the base's weights keeps 2 more hidden-sized inputs; each LoRA module
-    its rank-sized middle; LoRA dropout a dropped copy of each adapted input.
-    """
-    h, i, q = dims.hidden, dims.intermediate, dims.heads * dims.head_dim
-    elements = 4 * h + 4 * i + 2 * q + 2 * q + dims.heads + 2
-    if trains_base:
-        elements += 2 * h
-    elements += rank * lora_modules
-    if dropout > 0:
-        elements += (8 * h + 2 * q + i) * lora_modules / 7  # measured for all 7 linear layers of a block
-    return elements
-
-
 def _activation_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, params) -> int:
     dims, tokens = plan.dims, plan.batch * plan.seq
     per_value = 4 if plan.precision == "fp32" else 2.4  # autocast: half-precision matmul outputs, fp32 norms
     lora_modules = sum(1 for m in model.modules() if hasattr(m, "lora_A")) / max(dims.layers, 1)
-    trains_base = _trains_base_weights(model)
+    trains_base = trains_base_weights(model)
     per_layer = layer_activation_elements(
-        dims, trains_base, lora_modules, getattr(params, "r", 0) or 0, getattr(params, "dropout", 0.0) or 0.0
+        dims, trains_base, lora_modules, getattr(params, "r", 0) or 0, getattr(params, "dropout", 0.0) or 0.0,
+        fused_mlp(plan.device, model, recipe, params),
     )
     if getattr(params, "use_dora", False):
         # DoRA also keeps its weight-norm path per token and the layer's W + BA per layer (rough, measured)
@@ -345,7 +334,7 @@ def _activation_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, 
         plan.notes.append("DoRA activations are a rough estimate")
     else:
         extra_per_layer = 0
-    layers = _layers_keeping_activations(model, dims.layers)
+    layers = layers_keeping_activations(model, dims.layers)
     if plan.checkpointing:
         # each layer keeps its input; in backward one layer at a time is recomputed
         values = layers * dims.hidden * tokens + per_layer * tokens + extra_per_layer
@@ -356,35 +345,6 @@ def _activation_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, 
     values += 2 * per_layer * tokens
     values += 4 * dims.hidden * tokens  # embeddings output, final norm
     return int(values * per_value)
-
-
-def _trains_base_weights(model: torch.nn.Module) -> bool:
-    import torch
-
-    return any(type(m) is torch.nn.Linear and m.weight.requires_grad for m in _base_linears(model))
-
-
-def _base_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
-    import torch
-
-    output = model.get_output_embeddings()
-    return [m for name, m in model.named_modules() if type(m) is torch.nn.Linear and m is not output
-            and "lora_" not in name]
-
-
-def _layers_keeping_activations(model: torch.nn.Module, layers: int) -> int:
-    """Decoder layers whose activations backward needs: from the first one with something trainable on."""
-    import torch
-
-    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    blocks = max(stacks, key=len, default=[])
-    embeddings_train = any(p.requires_grad for p in model.get_input_embeddings().parameters())
-    if embeddings_train or len(blocks) != layers:
-        return layers
-    for index, block in enumerate(blocks):
-        if any(p.requires_grad for p in block.parameters()):
-            return layers - index
-    return layers
 
 
 def _loss_head_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> int:

@@ -9,7 +9,9 @@ in summary.json's levers (`fallbacks`), never a silent no-op, and whatever we ch
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
+import inspect
 import warnings
 from collections.abc import Iterator
 
@@ -160,3 +162,114 @@ def lora_forward(enabled: bool, fallbacks: list[str]) -> Iterator[None]:
         yield
     finally:
         lora_layer.Linear.forward = original
+
+
+# transformers 5's standard gated MLP forward (shared by ~130 modeling files: Llama, Qwen2/3, Mistral, Gemma 1-3,
+# SmolLM3...) and Llama-style RMSNorm forward, line by line: a module whose class's forward reads otherwise keeps it
+MLP_FORWARD = ("down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))", "return down_proj")
+RMSNORM_FORWARD = (
+    "input_dtype = hidden_states.dtype",
+    "hidden_states = hidden_states.to(torch.float32)",
+    "variance = hidden_states.pow(2).mean(-1, keepdim=True)",
+    "hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)",
+    "return self.weight * hidden_states.to(input_dtype)",
+)
+
+
+@functools.cache
+def forward_body(cls: type) -> tuple[str, ...]:
+    """The statements of `cls.forward` (stripped lines, without its signature, blanks and comments); () when its
+    source is not available."""
+    try:
+        lines = inspect.getsource(cls.forward).splitlines()
+    except (OSError, TypeError):
+        return ()
+    start = next((i for i, line in enumerate(lines) if line.rstrip().endswith(":")), len(lines)) + 1
+    return tuple(line.strip() for line in lines[start:] if line.strip() and not line.strip().startswith("#"))
+
+
+def activation_name(act) -> str | None:
+    """fused_layers' name for a transformers activation module, None for one it does not compute."""
+    import torch
+    from transformers.activations import GELUTanh, SiLUActivation
+
+    if type(act) in (SiLUActivation, torch.nn.SiLU):
+        return "silu"
+    tanh_gelu = type(act) is GELUTanh and isinstance(getattr(act, "act", None), functools.partial) \
+        and act.act.func is torch.nn.functional.gelu and act.act.keywords == {"approximate": "tanh"}  # fmt: skip
+    if tanh_gelu or (type(act) is torch.nn.GELU and act.approximate == "tanh"):
+        return "gelu_tanh"
+    return None
+
+
+def fusable_mlp(module) -> str | None:
+    """The activation's name (fused_layers.ACTIVATIONS) when `module` is a gated MLP with transformers' standard
+    forward and an activation fused_layers computes; None otherwise."""
+    if forward_body(type(module)) != MLP_FORWARD or getattr(type(module).forward, "peftsft_fused", False):
+        return None
+    return activation_name(module.act_fn)
+
+
+@contextlib.contextmanager
+def fused_layers(model, enabled: bool, fallbacks: list[str]) -> Iterator[None]:
+    """While the block runs, the standard gated MLPs (with a LoRA down projection) and Llama-style RMSNorms train
+    through training/fused_layers.py (fewer tensors kept for the backward; every other call — no grad, not on the
+    CPU, other adapters — runs the module's own forward); restored after. The classes of `model`'s modules are
+    patched, not the instances: transformers' kernels integration resets instance forwards on `train()`. A model
+    with gated MLPs none of which has the standard forward records the fallback."""
+    if not enabled or model is None:
+        yield
+        return
+    originals, gated = {}, False
+    for module in model.modules():
+        cls = type(module)
+        gated = gated or all(hasattr(module, f"{part}_proj") for part in ("gate", "up", "down"))
+        if cls in originals or getattr(cls.forward, "peftsft_fused", False):
+            continue
+        if fusable_mlp(module):
+            originals[cls] = cls.forward
+            cls.forward = _fused_mlp_forward(cls.forward)
+        elif forward_body(cls) == RMSNORM_FORWARD:
+            originals[cls] = cls.forward
+            cls.forward = _fused_norm_forward(cls.forward)
+    if gated and not any(body == MLP_FORWARD for body in map(forward_body, originals)):
+        fallbacks.append(f"transformers {importlib.metadata.version('transformers')}: no gated MLP of "
+                         f"{type(model).__name__} has the standard forward and a SiLU/tanh-GELU activation; they keep "
+                         "every activation")  # fmt: skip
+    try:
+        yield
+    finally:
+        for cls, forward in originals.items():
+            cls.forward = forward
+
+
+def _fused_mlp_forward(original):
+    from peft.tuners.lora import layer as lora_layer
+
+    from peftsft.training.fused_layers import gated_down
+    from peftsft.training.lora_linear import eligible_adapter
+
+    def forward(self, x):
+        act, down = activation_name(self.act_fn), self.down_proj
+        name = eligible_adapter(down, x, (), {}) if act and isinstance(down, lora_layer.Linear) else None
+        if name is None:
+            return original(self, x)
+        return gated_down(down, self.gate_proj(x), self.up_proj(x), name, act)
+
+    forward.peftsft_fused = True
+    return forward
+
+
+def _fused_norm_forward(original):
+    import torch
+
+    from peftsft.training.fused_layers import RMSNormFunction
+
+    def forward(self, hidden_states):
+        x = hidden_states
+        if not (x.requires_grad or self.weight.requires_grad) or not torch.is_grad_enabled() or x.device.type != "cpu":
+            return original(self, x)
+        return RMSNormFunction.apply(x, self.weight, self.variance_epsilon)
+
+    forward.peftsft_fused = True
+    return forward

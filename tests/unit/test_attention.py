@@ -104,3 +104,44 @@ def test_a_run_records_the_attention_it_trained_with(tiny_recipe):
     assert decide_levers(load_recipe(tiny_recipe()), "cpu", 64).attention == NAME
     assert decide_levers(load_recipe(tiny_recipe(), ["model.attention=sdpa"]), "cpu", 64).attention == "sdpa"
     assert NAME in decide_levers(load_recipe(tiny_recipe()), "cpu", 64).describe()
+
+
+@pytest.mark.parametrize("mask", ["causal", "additive", "none"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_recomputed_probabilities_give_autograds_gradients(mask, autocast):
+    """RecomputedAttention against autograd through the same probabilities (kept): equal outputs and q/k/v
+    gradients (fp32 1e-5; bf16 autocast within its rounding), gradients in the inputs' dtypes."""
+    from peftsft.training.attention import RecomputedAttention, _probabilities
+
+    torch.manual_seed(0)
+    shape = (2, 3, 2, 9, 9)  # batch, kv heads, groups, q, k
+    q, k, v = (torch.randn(6, n, 16, requires_grad=True) for n in (18, 9, 9))
+    keep = torch.ones(9, 9, dtype=torch.bool).tril() if mask == "causal" else None
+    additive = torch.randn(2, 1, 1, 9, 9) if mask == "additive" else None
+    results = []
+    for recompute in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if recompute:
+                out = RecomputedAttention.apply(q, k, v, keep, additive, 0.25, shape, q.dtype)
+            else:
+                out = torch.bmm(_probabilities(q, k, keep, additive, 0.25, shape, q.dtype).view(6, 18, 9), v)
+        grads = torch.autograd.grad((out.float() * torch.linspace(-1, 1, 16)).sum(), (q, k, v))
+        results.append((out.detach(), *grads))
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if autocast else {"rtol": 1e-5, "atol": 1e-6}
+    for ours, ref in zip(results[1], results[0]):
+        assert ours.dtype == ref.dtype
+        torch.testing.assert_close(ours, ref, **tolerance)
+
+
+def test_training_keeps_no_probabilities(tiny_model_dir):
+    """No (query × key)-sized tensor is kept for the backward: the probabilities are computed again in it."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").train()
+    batch = _batch([30, 30], model.config.vocab_size, False)
+    kept = []
+    with applied(model, NAME), torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.shape) or t,
+                                                                        lambda t: t):  # fmt: skip
+        model(**batch).loss.backward()
+    assert kept and not [shape for shape in kept if len(shape) >= 2 and tuple(shape[-2:]) == (30, 30)
+                         and shape.numel() > 30 * 30]  # fmt: skip

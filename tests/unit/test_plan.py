@@ -139,22 +139,26 @@ def test_checkpointing_and_batch_shape_move_activations(plan_of):
 
 
 @pytest.mark.parametrize(
-    "strategy, trains_base, dropout",
-    [("full", True, 0.0), ("lora", False, 0.0), ("lora", False, 0.1)],
+    "strategy, trains_base, dropout, fused",
+    [("full", True, 0.0, False), ("lora", False, 0.0, False), ("lora", False, 0.1, False), ("lora", False, 0.0, True),
+     ("lora", False, 0.1, True)],
 )
-def test_activation_formula_matches_autograd(strategy, trains_base, dropout):
-    """Per layer per token, the formula equals what autograd saves (padded batch, SDPA, fp32)."""
+def test_activation_formula_matches_autograd(strategy, trains_base, dropout, fused):
+    """Per layer per token, the formula equals what autograd saves (padded batch, SDPA, fp32), with peft's layers
+    or with peftsft's fused LoRA layers and gated MLP."""
     from transformers import LlamaConfig
 
     sizes = dict(hidden_size=48, intermediate_size=112, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
     tokens = 2 * 9
-    per_layer = _saved_values(2, sizes, strategy, dropout) - _saved_values(1, sizes, strategy, dropout)
+    per_layer = _saved_values(2, sizes, strategy, dropout, fused) - _saved_values(1, sizes, strategy, dropout, fused)
     dims = Dims.from_config(LlamaConfig(num_hidden_layers=2, vocab_size=100, **sizes))
-    expected = layer_activation_elements(dims, trains_base, 7 if strategy == "lora" else 0, 4, dropout)
+    expected = layer_activation_elements(dims, trains_base, 7 if strategy == "lora" else 0, 4, dropout, fused)
     assert per_layer / tokens == pytest.approx(expected, rel=0.01)
 
 
-def _saved_values(layers: int, sizes: dict, strategy: str, dropout: float) -> float:
+def _saved_values(layers: int, sizes: dict, strategy: str, dropout: float, fused: bool = False) -> float:
+    from peftsft.training import trl_compat
+
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -179,7 +183,8 @@ def _saved_values(layers: int, sizes: dict, strategy: str, dropout: float) -> fl
     ids = torch.randint(0, 100, (2, 9))
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0  # a padded row, as in any batch of mixed lengths
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), trl_compat.lora_forward(fused, []), \
+            trl_compat.fused_layers(model, fused, []):  # fmt: skip
         model(input_ids=ids, attention_mask=mask)
     return sum(saved.values()) / 4
 

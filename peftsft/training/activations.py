@@ -1,0 +1,73 @@
+"""What a training step keeps for the backward, per decoder layer: the formula `peftsft plan` sums (see plan.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from peftsft.core.config import Recipe
+
+
+def layer_activation_elements(dims, trains_base: bool, lora_modules: float, rank: int, dropout: float,
+                              fused: bool = False) -> float:  # fmt: skip
+    """Values autograd keeps per token per decoder layer of `dims` (plan.Dims; Llama family, transformers 5, padded
+    batches, SDPA or peftsft's CPU attention: neither keeps the attention probabilities).
+
+    Measured with torch.autograd.graph.saved_tensors_hooks: 2 RMSNorms (input, rms, output, flattened copy),
+    q/k/v after RoPE (k/v repeated to all heads when the batch has padding), attention output twice, the MLP's
+    gate, up, SiLU and product. Training the base's weights keeps 2 more hidden-sized inputs; each LoRA module
+    its rank-sized middle; LoRA dropout a dropped copy of each adapted input. `fused` (peftsft's LoRA kernel:
+    training/lora_linear.py and fused_layers.py): the MLP keeps gate and up only, dropout one copy per distinct input.
+    """
+    h, i, q = dims.hidden, dims.intermediate, dims.heads * dims.head_dim
+    elements = 4 * h + (2 if fused else 4) * i + 2 * q + 2 * q + dims.heads + 11  # 11: small per-token tensors
+    if trains_base:
+        elements += 2 * h
+    elements += rank * lora_modules
+    if dropout > 0:
+        copies = (5 * h + q + i) if fused else (8 * h + 2 * q + i)  # measured for all 7 linear layers of a block
+        elements += copies * lora_modules / 7
+    return elements
+
+
+def fused_mlp(device: str, model: torch.nn.Module, recipe: Recipe, params) -> bool:
+    """Whether training runs the model's gated MLPs through training/fused_layers.py (as trl_compat.fused_layers
+    decides it: peftsft's LoRA kernel, a plain LoRA down projection, the standard forward)."""
+    from peftsft.training.rules import lora_kernel
+    from peftsft.training.trl_compat import fusable_mlp
+
+    if lora_kernel(recipe.training.lora_kernel, device) != "peftsft" or getattr(params, "use_dora", False):
+        return False
+    mlp = next((m for m in model.modules() if hasattr(m, "down_proj") and hasattr(m, "act_fn")), None)
+    return mlp is not None and hasattr(mlp.down_proj, "lora_A") and fusable_mlp(mlp) is not None
+
+
+def trains_base_weights(model: torch.nn.Module) -> bool:
+    import torch
+
+    return any(type(m) is torch.nn.Linear and m.weight.requires_grad for m in _base_linears(model))
+
+
+def _base_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
+    import torch
+
+    output = model.get_output_embeddings()
+    return [m for name, m in model.named_modules() if type(m) is torch.nn.Linear and m is not output
+            and "lora_" not in name]
+
+
+def layers_keeping_activations(model: torch.nn.Module, layers: int) -> int:
+    """Decoder layers whose activations backward needs: from the first one with something trainable on."""
+    import torch
+
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    blocks = max(stacks, key=len, default=[])
+    embeddings_train = any(p.requires_grad for p in model.get_input_embeddings().parameters())
+    if embeddings_train or len(blocks) != layers:
+        return layers
+    for index, block in enumerate(blocks):
+        if any(p.requires_grad for p in block.parameters()):
+            return layers - index
+    return layers
