@@ -73,20 +73,24 @@ def _forward_blocks(hidden, w, b, targets, args, rows, outs, eager) -> None:
     n = hidden.shape[0]
     rows = min(rows, n)
     logits = torch.empty(rows, w.shape[0], dtype=args[0], device=hidden.device) if _plain(b, *args[1:]) else None
-    shifted, exp = torch.empty(2, rows, w.shape[0], dtype=torch.float32, device=hidden.device)
+    # fp32 logits are shifted in place (a third block-sized buffer less at the step's memory peak)
+    in_place = args[0] == torch.float32
+    exp = torch.empty(rows, w.shape[0], dtype=torch.float32, device=hidden.device)
+    shifted = None if in_place else torch.empty_like(exp)
     for s in range(0, n, rows):
         e = min(s + rows, n)
         z, t = _block_logits(hidden[s:e], w, b, args, logits)
         top = z.amax(dim=-1, keepdim=True).float()
-        z_top = torch.sub(z, top, out=shifted[: e - s])  # fp32 from the GEMM's dtype in one pass
+        target = z.gather(1, targets[s:e, None]).squeeze(1).float()
+        if mean is not None:
+            mean[s:e] = z.mean(dim=-1, dtype=torch.float32)
+        # fp32 from the GEMM's dtype in one pass; the argmax below is the same on shifted logits
+        z_top = z.sub_(top) if in_place else torch.sub(z, top, out=shifted[: e - s])
         ez = torch.exp(z_top, out=exp[: e - s])  # exp(z - max): log Z, entropy and Σp² share it
         total = ez.sum(dim=-1)
         lz = top.squeeze(1) + total.log()
         log_z[s:e] = lz
-        target = z.gather(1, targets[s:e, None]).squeeze(1).float()
         logprobs[s:e] = target - lz
-        if mean is not None:
-            mean[s:e] = z.mean(dim=-1, dtype=torch.float32)
         if top1 is not None:  # the target is the first maximum (TRL's count: a tie with an earlier token is not)
             hit = target >= top.squeeze(1)
             maybe = hit.nonzero().squeeze(1)
