@@ -1,11 +1,12 @@
 """A gated MLP's down projection and an RMSNorm as autograd functions that keep less for the backward.
 
 Why our own: autograd keeps every intermediate of `down(act(gate(x)) * up(x))` — gate, up, act(gate) and their
-product, four (tokens, intermediate) tensors per layer, half of all activations on SmolLM2 — and an RMSNorm keeps
-its input and its normalized input besides its output. Here the down projection (a plain LoRA layer, as
-training/lora_linear.py computes it) keeps only gate and up and recomputes act(gate) and the product in the backward
-(two elementwise passes), and the RMSNorm keeps its input and the per-token 1/rms. Same formulas, same roundings
-in the forward; activation checkpointing gives more memory back but re-runs every matmul of the layer.
+product, four (tokens, intermediate) tensors per layer, half of all activations on SmolLM2 — and an RMSNorm runs
+as eight elementwise ops each way. Here the down projection (a plain LoRA layer, as training/lora_linear.py computes
+it) keeps only gate and up and recomputes act(gate) and the product in the backward (two elementwise passes), and
+the RMSNorm keeps its input and the per-token 1/rms (what autograd keeps too where its weight is frozen; where it
+trains, autograd also keeps the normalized input) in fewer passes. Same formulas, same roundings in the forward;
+activation checkpointing gives more memory back but re-runs every matmul of the layer.
 Which transformers modules qualify (their forward is the standard one) is decided in trl_compat.
 """
 
@@ -47,10 +48,8 @@ class GatedLoraDownFunction(torch.autograd.Function):
         product = activate(act, gate) * up  # in gate/up's own dtype, as the module computes it
         compute = compute_dtype(product)
         with torch.autocast(gate.device.type, enabled=False):
-            flat = product.reshape(-1, product.shape[-1]).to(compute)
-            w, a, b = weight.to(compute), lora_a.to(compute), lora_b.to(compute)
-            out, dropped, mask, h = lora_products(flat, w, None if bias is None else bias.to(compute), a, b,
-                                                  scaling, p)  # fmt: skip
+            flat, (w, a, b), out, dropped, mask, h = lora_products(product, weight, bias, lora_a, lora_b, scaling, p,
+                                                                   compute)  # fmt: skip
         del product, flat  # recomputed in the backward (with dropout, its output is kept instead)
         ctx.save_for_backward(gate, up, dropped if mask is not None else None, h, w, a, b, mask)
         ctx.scaling, ctx.p, ctx.act, ctx.compute = scaling, p, act, compute

@@ -54,14 +54,17 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
-def lora_products(flat, w, bias, a, b, scaling: float, p: float):
-    """Under autocast off, every tensor in the compute dtype: (out, dropped, mask, h) of
-    out = flat·Wᵀ + bias + s·(dropout_p(flat)·Aᵀ)·Bᵀ, the adapter's share added inside the GEMM's output."""
-    out = torch.mm(flat, w.t()) if bias is None else torch.addmm(bias, flat, w.t())
+def lora_products(x, weight, bias, lora_a, lora_b, scaling: float, p: float, compute: torch.dtype) -> tuple:
+    """Under autocast off: x flattened to (tokens, in) and the weights in the compute dtype, and the products of
+    out = flat·Wᵀ + bias + s·(dropout_p(flat)·Aᵀ)·Bᵀ, the adapter's share added inside the GEMM's output. Returns
+    (flat, (w, a, b), out, dropped, mask, h)."""
+    flat = x.reshape(-1, x.shape[-1]).to(compute)
+    w, a, b = weight.to(compute), lora_a.to(compute), lora_b.to(compute)
+    out = torch.mm(flat, w.t()) if bias is None else torch.addmm(bias.to(compute), flat, w.t())
     dropped, mask = torch.native_dropout(flat, p, True) if p > 0 else (flat, None)  # F.dropout's own mask
     h = torch.mm(dropped, a.t())  # (tokens, r)
     out.addmm_(h, b.t(), alpha=scaling)
-    return out, dropped, mask, h
+    return flat, (w, a, b), out, dropped, mask, h
 
 
 def lora_gradients(g, flat, dropped, h, w, a, b, mask, scaling: float, p: float, needs) -> list:
@@ -94,12 +97,9 @@ class LoraLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float = 0.0):
-        compute = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            flat = x.reshape(-1, x.shape[-1]).to(compute)
-            w, a, b = weight.to(compute), lora_a.to(compute), lora_b.to(compute)
-            out, dropped, mask, h = lora_products(flat, w, None if bias is None else bias.to(compute), a, b,
-                                                  scaling, p)  # fmt: skip
+            flat, (w, a, b), out, dropped, mask, h = lora_products(x, weight, bias, lora_a, lora_b, scaling, p,
+                                                                   compute_dtype(x))  # fmt: skip
         ctx.save_for_backward(flat if weight.requires_grad else None, dropped, h, w, a, b, mask)
         ctx.scaling, ctx.p = scaling, p
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype, lora_a.dtype, lora_b.dtype)
