@@ -125,8 +125,9 @@ class MaskedSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: torch.Tensor, keep: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         with torch.autocast(scores.device.type, enabled=False):
-            if keep is not None:
-                scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            if keep is not None:  # in place where nothing else reads the scores (no copy of them)
+                fill = scores.masked_fill_ if not scores.requires_grad else scores.masked_fill
+                scores = fill(~keep, torch.finfo(scores.dtype).min)
             probs = torch.softmax(scores.to(dtype), dim=-1)
             if keep is not None:
                 empty = ~keep.any(dim=-1, keepdim=True)

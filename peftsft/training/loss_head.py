@@ -97,12 +97,18 @@ def _forward_blocks(hidden, w, b, targets, args, rows, outs, eager) -> None:
             hit[maybe] = z[maybe].argmax(dim=-1) == targets[s:e][maybe]
             top1[s:e] = hit
         if entropy is not None:  # log Z - Σ p z, with Σ p z = Σ p (z - max) + max
-            entropy[s:e] = lz - torch.linalg.vecdot(ez, z_top) / total - top.squeeze(1)
+            entropy[s:e] = lz - _row_dots(ez, z_top) / total - top.squeeze(1)
         if sum_sq is not None:  # log Σ p²
-            sum_sq[s:e] = torch.linalg.vecdot(ez, ez).log() - 2 * total.log()
+            sum_sq[s:e] = _row_dots(ez, ez).log() - 2 * total.log()
         if eager is not None:  # ez becomes p − onehot in place, times the transform's derivative
             grad = ez.div_(total[:, None]).scatter_add_(1, targets[s:e, None], ez.new_full((e - s, 1), -1.0))
             eager[s:e] = torch.mm(_chain(grad, t, args).to(args[0]), w)
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_j a_ij · b_ij per row, as a batched GEMM: `linalg.vecdot` materializes the block-sized product first, a
+    page-faulted allocation each time where large ones are mmapped (measured 28.7 ms per 170-token block in a step)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
 def _chain(grad, t, args):
