@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def layer_activation_elements(dims, trains_base: bool, lora_modules: float, rank: int, dropout: float,
-                              fused: bool = False) -> float:  # fmt: skip
+                              fused: bool = False, fused_norms: bool = False) -> float:  # fmt: skip
     """Values autograd keeps per token per decoder layer of `dims` (plan.Dims; Llama family, transformers 5, padded
     batches, SDPA or peftsft's CPU attention: neither keeps the attention probabilities).
 
@@ -19,11 +19,12 @@ def layer_activation_elements(dims, trains_base: bool, lora_modules: float, rank
     q/k/v after RoPE (k/v repeated to all heads when the batch has padding), attention output twice, the MLP's
     gate, up, SiLU and product. Training the base's weights keeps 2 more hidden-sized inputs; each LoRA module
     its rank-sized middle; LoRA dropout a dropped copy of each adapted input. `fused` (peftsft's LoRA kernel:
-    training/lora_linear.py and fused_layers.py): the MLP keeps gate and up only, dropout one copy per distinct input.
+    training/lora_linear.py and fused_layers.py): the MLP keeps gate and up only, dropout one copy per distinct input;
+    `fused_norms` (fused_layers' RMSNorm): a trained norm weight keeps no normalized input.
     """
     h, i, q = dims.hidden, dims.intermediate, dims.heads * dims.head_dim
     elements = 4 * h + (2 if fused else 4) * i + 2 * q + 2 * q + dims.heads + 11  # 11: small per-token tensors
-    if trains_base:
+    if trains_base and not fused_norms:
         elements += 2 * h
     elements += rank * lora_modules
     if dropout > 0:
@@ -42,6 +43,17 @@ def fused_mlp(device: str, model: torch.nn.Module, recipe: Recipe, params) -> bo
         return False
     mlp = next((m for m in model.modules() if hasattr(m, "down_proj") and hasattr(m, "act_fn")), None)
     return mlp is not None and hasattr(mlp.down_proj, "lora_A") and fusable_mlp(mlp) is not None
+
+
+def fused_norms(device: str, model: torch.nn.Module, recipe: Recipe) -> bool:
+    """Whether training runs the model's RMSNorms through training/fused_layers.py (trl_compat.fused_layers: peftsft's
+    LoRA kernel, the Llama-style forward)."""
+    from peftsft.training.rules import lora_kernel
+    from peftsft.training.trl_compat import RMSNORM_FORWARD, forward_body
+
+    if lora_kernel(recipe.training.lora_kernel, device) != "peftsft":
+        return False
+    return any(forward_body(type(m)) == RMSNORM_FORWARD for m in model.modules())
 
 
 def trains_base_weights(model: torch.nn.Module) -> bool:

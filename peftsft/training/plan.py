@@ -16,6 +16,7 @@ from peftsft.core.config import Recipe
 from peftsft.core.errors import UserError
 from peftsft.training.activations import (
     fused_mlp,
+    fused_norms,
     layer_activation_elements,
     layers_keeping_activations,
     trains_base_weights,
@@ -33,7 +34,8 @@ LOSS_TILE_TOKENS = 4096  # and [training] loss_vocab_chunk vocabulary entries
 LOSS_TILES_TORCH, LOSS_TILES_TRITON = 9, 1
 # peftsft's CPU head (training/loss_head.py): one token block of logits at a time; its backward holds ~4 (logits,
 # turned into log-probabilities in place, probabilities, the gradient, a temporary; measured 4.2 blocks on the
-# benchmark's --quick job, fp32); a LoRA run's eager forward holds 3 (logits, shifted, exp → p − onehot)
+# benchmark's --quick job, fp32, before fp32 logits were shifted in place: one block fewer since); a LoRA run's eager
+# forward holds 3 (logits, shifted, exp → p − onehot; 2 in fp32)
 LOSS_BLOCKS_PEFTSFT = 4
 
 
@@ -325,7 +327,7 @@ def _activation_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, 
     trains_base = trains_base_weights(model)
     per_layer = layer_activation_elements(
         dims, trains_base, lora_modules, getattr(params, "r", 0) or 0, getattr(params, "dropout", 0.0) or 0.0,
-        fused_mlp(plan.device, model, recipe, params),
+        fused_mlp(plan.device, model, recipe, params), fused_norms(plan.device, model, recipe),
     )
     if getattr(params, "use_dora", False):
         # DoRA also keeps its weight-norm path per token and the layer's W + BA per layer (rough, measured)
@@ -356,7 +358,8 @@ def _loss_head_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -
     tokens = plan.batch * (plan.seq - 1)
     if loss_kernel(recipe.training.loss_kernel, plan.device) == "peftsft":  # ≤ 3 fp32 token blocks + hidden grad
         block = min(tokens, block_rows(dims.vocab, plan.precision == "fp32")) * dims.vocab
-        return int(LOSS_BLOCKS_PEFTSFT * block * 4 + tokens * dims.hidden * 4 + _head_weight_grad_bytes(model))
+        blocks = LOSS_BLOCKS_PEFTSFT - (plan.precision == "fp32")  # fp32 logits are shifted in place: one fewer
+        return int(blocks * block * 4 + tokens * dims.hidden * 4 + _head_weight_grad_bytes(model))
     vocab_slice = loss_vocab_chunk(recipe.training.loss_vocab_chunk, plan.device)
     tile = min(tokens, LOSS_TILE_TOKENS) * min(dims.vocab, vocab_slice)
     if plan.device == "cuda":

@@ -140,7 +140,7 @@ def test_checkpointing_and_batch_shape_move_activations(plan_of):
 
 @pytest.mark.parametrize(
     "strategy, trains_base, dropout, fused",
-    [("full", True, 0.0, False), ("lora", False, 0.0, False), ("lora", False, 0.1, False), ("lora", False, 0.0, True),
+    [("full", True, 0.0, False), ("full", True, 0.0, True), ("lora", False, 0.0, False), ("lora", False, 0.1, False), ("lora", False, 0.0, True),
      ("lora", False, 0.1, True)],
 )
 def test_activation_formula_matches_autograd(strategy, trains_base, dropout, fused):
@@ -152,7 +152,8 @@ def test_activation_formula_matches_autograd(strategy, trains_base, dropout, fus
     tokens = 2 * 9
     per_layer = _saved_values(2, sizes, strategy, dropout, fused) - _saved_values(1, sizes, strategy, dropout, fused)
     dims = Dims.from_config(LlamaConfig(num_hidden_layers=2, vocab_size=100, **sizes))
-    expected = layer_activation_elements(dims, trains_base, 7 if strategy == "lora" else 0, 4, dropout, fused)
+    lora = strategy == "lora"
+    expected = layer_activation_elements(dims, trains_base, 7 if lora else 0, 4, dropout, fused and lora, fused)
     assert per_layer / tokens == pytest.approx(expected, rel=0.01)
 
 
