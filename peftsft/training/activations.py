@@ -36,10 +36,9 @@ def layer_activation_elements(dims, trains_base: bool, lora_modules: float, rank
 def fused_mlp(device: str, model: torch.nn.Module, recipe: Recipe, params) -> bool:
     """Whether training runs the model's gated MLPs through training/fused_layers.py (as trl_compat.fused_layers
     decides it: peftsft's LoRA kernel, a plain LoRA down projection, the standard forward)."""
-    from peftsft.training.rules import lora_kernel
     from peftsft.training.trl_compat import fusable_mlp
 
-    if lora_kernel(recipe.training.lora_kernel, device) != "peftsft" or getattr(params, "use_dora", False):
+    if not _peftsft_kernel(device, recipe) or getattr(params, "use_dora", False):
         return False
     mlp = next((m for m in model.modules() if hasattr(m, "down_proj") and hasattr(m, "act_fn")), None)
     return mlp is not None and hasattr(mlp.down_proj, "lora_A") and fusable_mlp(mlp) is not None
@@ -48,12 +47,16 @@ def fused_mlp(device: str, model: torch.nn.Module, recipe: Recipe, params) -> bo
 def fused_norms(device: str, model: torch.nn.Module, recipe: Recipe) -> bool:
     """Whether training runs the model's RMSNorms through training/fused_layers.py (trl_compat.fused_layers: peftsft's
     LoRA kernel, the Llama-style forward)."""
-    from peftsft.training.rules import lora_kernel
     from peftsft.training.trl_compat import RMSNORM_FORWARD, forward_body
 
-    if lora_kernel(recipe.training.lora_kernel, device) != "peftsft":
-        return False
-    return any(forward_body(type(m)) == RMSNORM_FORWARD for m in model.modules())
+    return _peftsft_kernel(device, recipe) and any(forward_body(type(m)) == RMSNORM_FORWARD for m in model.modules())
+
+
+def _peftsft_kernel(device: str, recipe: Recipe) -> bool:
+    """Whether the run's LoRA kernel setting resolves to peftsft's own (what the fused layers come with)."""
+    from peftsft.training.rules import lora_kernel
+
+    return lora_kernel(recipe.training.lora_kernel, device) == "peftsft"
 
 
 def trains_base_weights(model: torch.nn.Module) -> bool:

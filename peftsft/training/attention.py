@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from peftsft.training import trl_compat
+from peftsft.training.lora_linear import compute_dtype
 
 NAME = "peftsft_cpu"
 SHORT_KEYS = 320  # up to this many keys the matmul path; SDPA above (on par at ~450 keys in bf16: a safe margin)
@@ -78,10 +79,9 @@ class RecomputedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, keep, additive, scale: float, shape: tuple, dtype):
-        device = q.device.type
-        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
+        compute = compute_dtype(q)
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(q.device.type, enabled=False):
             q, k, v = q.to(compute), k.to(compute), v.to(compute)
             probs = _probabilities(q, k, keep, additive, scale, shape, dtype)
             out = torch.bmm(probs.view(q.shape[0], q.shape[1], k.shape[1]).to(compute), v)
