@@ -200,8 +200,8 @@ class TrainingSection(Section):
     )
     padding_free: bool | Literal["auto"] = Key(
         "auto", "flatten each batch into one sequence, position ids restarting per sample: no padding, same samples "
-        "per step; auto: on with flash/flex attention (per-sample attention); off with sdpa/eager, whose dense "
-        "block mask costs more than length-grouped batches' little padding"
+        "per step; auto: on with flash/flex attention and peftsft's CPU attention (per-sample attention); off with "
+        "sdpa/eager, whose dense block mask costs more than length-grouped batches' little padding, and at batch_size 1"
     )
     sampling: Literal["random", "group_by_length", "sequential"] = Key(
         "group_by_length", "batch order: group_by_length (similar lengths together: far less padding, same samples "

@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from peftsft.core.errors import UserError
 from peftsft.strategies.base import Strategy, StrategyContext
-from peftsft.strategies.peft_common import merge_peft, wrap
+from peftsft.strategies.peft_common import flattened_batch_problems, merge_peft, wrap
 
 # fields peftsft sets itself (or that describe a saved adapter, not a training choice)
 RESERVED = {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
@@ -143,9 +143,8 @@ def generic_problems(params: PeftParams, recipe: Any) -> list[str]:
         capable = sorted(t.value.lower() for t in KBIT)
         return [f"[strategy] peft method {params.method!r} has no layers for a {recipe.quantization.bits}-bit "
                 f"quantized base: remove [quantization], or use one of {', '.join(capable)} or a prompt method"]
-    if prompt_based and recipe.data.packing:
-        return [f"[strategy] peft method {params.method!r} cannot train on packed rows (peft ignores the position "
-                "ids that separate packed samples): set [data] packing = false"]
+    if prompt_based:
+        return flattened_batch_problems(f"peft method {params.method!r}", recipe)
     return []
 
 

@@ -53,6 +53,16 @@ def merge_peft(model: torch.nn.Module) -> torch.nn.Module:
     return model.merge_and_unload()
 
 
+def flattened_batch_problems(name: str, recipe: Any) -> list[str]:
+    """For peft's prompt-learning methods: they put virtual tokens before each row and drop the position ids that
+    keep the samples of a packed row or a padding-free batch apart — those samples would see each other."""
+    flat = [what for what, on in (("packed rows ([data] packing = false)", recipe.data.packing),
+                                  ("padding-free batches ([training] padding_free = \"auto\")",
+                                   recipe.training.padding_free is True)) if on]  # fmt: skip
+    return [f"[strategy] {name} cannot train on {what}: peft ignores the position ids that keep their samples "
+            "apart" for what in flat]
+
+
 def peft_strategy(
     name: str,
     description: str,

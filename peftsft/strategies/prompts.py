@@ -10,7 +10,7 @@ from typing import Any, Literal
 from peft import AdaptionPromptConfig, PrefixTuningConfig, PromptTuningConfig
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from peftsft.strategies.peft_common import peft_strategy
+from peftsft.strategies.peft_common import flattened_batch_problems, peft_strategy
 
 SERVE_ADAPTER = "serve the base with the adapter (export --format adapter), or train a mergeable strategy such as lora"
 
@@ -61,15 +61,11 @@ def llama_adapter_kwargs(params: LlamaAdapterParams, model) -> dict[str, Any]:
     return {"adapter_len": params.adapter_len, "adapter_layers": layers}
 
 
-def no_packing(name: str):
-    """Prefix and prompt tuning put virtual tokens before each row, and peft drops the position ids that keep
-    packed samples apart — packed samples would see each other."""
+def no_flattened_batches(name: str):
+    """Prefix and prompt tuning: neither packed rows nor padding-free batches (peft_common.flattened_batch_problems)."""
 
     def problems(params: BaseModel, recipe: Any) -> list[str]:
-        if recipe.data.packing:
-            return [f"[strategy] {name} cannot train on packed rows (peft ignores the position ids that separate "
-                    "packed samples): set [data] packing = false"]
-        return []
+        return flattened_batch_problems(name, recipe)
 
     return problems
 
@@ -80,7 +76,7 @@ PREFIX = peft_strategy(
     PrefixParams,
     PrefixTuningConfig,
     to_kwargs=prefix_kwargs,
-    problems=no_packing("prefix"),
+    problems=no_flattened_batches("prefix"),
     can_merge=False,
     cannot_merge_reason="prefix tuning's learned key/value vectors are extra attention inputs, not changes to any "
     f"weight, so there is nothing to fold into the base; {SERVE_ADAPTER}",
@@ -91,7 +87,7 @@ PROMPT = peft_strategy(
     PromptParams,
     PromptTuningConfig,
     to_kwargs=prompt_kwargs,
-    problems=no_packing("prompt"),
+    problems=no_flattened_batches("prompt"),
     can_merge=False,
     cannot_merge_reason="prompt tuning's virtual tokens are extra inputs, not changes to any weight, so there is "
     f"nothing to fold into the base; {SERVE_ADAPTER}",

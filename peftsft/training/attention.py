@@ -13,10 +13,12 @@ SDPA unchanged. Registered with transformers' AttentionInterface.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 from collections.abc import Iterator
 
 import torch
 
+from peftsft.core.errors import UserError
 from peftsft.training import trl_compat
 from peftsft.training.lora_linear import compute_dtype
 
@@ -28,6 +30,14 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.
                            sdpa, **kwargs):  # fmt: skip
     """transformers' attention signature: (batch, heads, q, dim) in, ((batch, q, heads, dim), None) out; `sdpa` is
     transformers' sdpa_attention_forward, bound by trl_compat.register_attention."""
+    positions = kwargs.pop("position_ids", None) if module.training else None
+    segments = _samples(attention_mask, query.shape[2], key.shape[2], positions, type(module).__name__) \
+        if query.device.type == "cpu" else None  # fmt: skip
+    if segments is not None:  # a flattened batch: each sample attends to its own tokens only
+        outs = [cpu_training_attention(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
+                                       attention_mask[..., s:e, s:e], dropout, scaling, is_causal, sdpa=sdpa,
+                                       **kwargs)[0] for s, e in segments]  # fmt: skip
+        return torch.cat(outs, dim=1), None
     short = key.shape[2] <= SHORT_KEYS and query.shape[2] > 1
     if not (short and torch.is_grad_enabled() and query.device.type == "cpu") or kwargs.get("position_bias") \
             is not None or kwargs.get("softcap") is not None:  # fmt: skip
@@ -58,6 +68,42 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.
         out = RecomputedAttention.apply(q, k, v, keep, additive, scale, (batch, kv_heads, groups, q_len, k_len),
                                         query.dtype)  # fmt: skip
     return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
+
+
+def _samples(mask: torch.Tensor | None, q_len: int, k_len: int, position_ids: torch.Tensor | None = None,
+             model: str = "the model") -> list[tuple[int, int]] | None:  # fmt: skip
+    """The samples of a flattened batch (padding-free or packed): [(start, end)] of the query/key positions when
+    there are at least two and the boolean `mask` (1, 1, n, n) lets no query attend outside its own sample; None
+    otherwise. Attention computed sample by sample is then exactly attention over the whole mask, at Σ lengths²
+    instead of (Σ lengths)² work.
+
+    Samples start where `position_ids` (1, n) restart (given while training); without them, where a query's first
+    visible key is itself (transformers' block-diagonal causal mask). A mask the rule misreads is not split; a mask
+    that lets the samples of restarting position ids see each other is an error (they would learn from each
+    other)."""
+    keep = None
+    if mask is not None and mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[:2] == (1, 1) \
+            and q_len == k_len:  # fmt: skip
+        keep = mask[0, 0, :, :k_len]
+    starts = None
+    if position_ids is not None and position_ids.dim() == 2 and tuple(position_ids.shape) == (1, q_len):
+        restarts = (position_ids[0, 1:] - position_ids[0, :-1] != 1).nonzero().squeeze(1) + 1
+        starts = [0, *restarts.tolist()] if len(restarts) else None
+        if starts is not None and (keep is None or not _apart(keep, starts)):
+            raise UserError(f"transformers {importlib.metadata.version('transformers')}: the attention mask "
+                            f"{model} receives lets the samples of a padding-free or packed batch see each other",
+                            hint="set [training] padding_free = false and [data] packing = false")  # fmt: skip
+    elif keep is not None and q_len > 1:
+        first = keep.to(torch.uint8).argmax(dim=1)  # first visible key of each query (0 where it sees none)
+        starts = (first == torch.arange(q_len, device=keep.device)).nonzero().squeeze(1).tolist()
+        starts = starts if len(starts) > 1 and starts[0] == 0 and _apart(keep, starts) else None
+    return list(zip(starts, starts[1:] + [q_len])) if starts else None
+
+
+def _apart(keep: torch.Tensor, starts: list[int]) -> bool:
+    """Whether the blocks beginning at `starts` hold every pair `keep` (queries × keys) allows."""
+    ends = starts[1:] + [keep.shape[0]]
+    return sum(int(keep[s:e, s:e].sum()) for s, e in zip(starts, ends)) == int(keep.sum())
 
 
 def _probabilities(q, k, keep, additive, scale: float, shape: tuple, dtype) -> torch.Tensor:

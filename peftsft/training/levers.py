@@ -26,6 +26,7 @@ from peftsft.training.rules import (
     optimizer_name,
     padding_free,
     resolve_precision,
+    takes_position_ids,
 )
 
 
@@ -94,6 +95,7 @@ def decide_levers(recipe: Recipe, device: str, longest_sample: int | None = None
         lora_kernel=lora_kernel(recipe.training.lora_kernel, device),
         optimizer=optimizer_name(recipe.training.optim),
         base_dtype=base_dtype(recipe, precision, model is not None and has_frozen_base(model)),
-        padding_free=padding_free(recipe.training.padding_free, attention, recipe.data.packing),
+        padding_free=padding_free(recipe.training.padding_free, attention, recipe.data.packing,
+                                  recipe.training.batch_size, model is None or takes_position_ids(model)),
         attention=attention,
     )

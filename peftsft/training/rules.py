@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftsft.core.config import Recipe
+from peftsft.training.attention import NAME as ATTENTION_BY_SAMPLE
 
 # TRL's own slice; its CUDA kernel scores a slice in place, the torch code it runs elsewhere keeps ~9 copies
 TRL_VOCAB_CHUNK, CPU_VOCAB_CHUNK = 32768, 4096
@@ -88,21 +89,28 @@ def base_dtype(recipe: Recipe, precision: str, has_adapters: bool) -> str | None
     return "bfloat16" if precision == "bf16" else None
 
 
-def padding_free(setting: bool | str, attention: str, packing: bool) -> bool:
+def padding_free(setting: bool | str, attention: str, packing: bool, batch_size: int, position_ids: bool = True) -> bool:
     """Padding-free batches (packing is padding-free already). auto: on where attention skips the other samples'
-    tokens (flash attention's per-sample lengths, flex attention's block mask); off for sdpa/eager, where
-    transformers 5 keeps the flattened samples apart with a dense block-diagonal mask: attention then costs
-    (sum of lengths)² instead of batch × longest², more than the little padding length-grouped batches (the
-    default sampling) leave. An explicit true works on every backend that keeps samples apart."""
+    tokens (flash attention's per-sample lengths, flex attention's block mask, peftsft's CPU attention sample by
+    sample); off for sdpa/eager, where transformers 5 keeps the flattened samples apart with a dense
+    block-diagonal mask: attention then costs (sum of lengths)² instead of batch × longest², more than the little
+    padding length-grouped batches (the default sampling) leave; off for one sample a batch (nothing to flatten,
+    and TRL warns) and where the model drops position ids (`takes_position_ids`). An explicit true works on every backend that keeps samples apart."""
     if packing:
         return False
     if setting != "auto":
         return bool(setting)
-    return attention in VARLEN_ATTENTION
+    return attention in VARLEN_ATTENTION and batch_size > 1 and position_ids
+
+
+def takes_position_ids(model) -> bool:
+    """Whether `model` passes position ids on to its layers, which is what keeps a flattened batch's samples apart:
+    peft's prompt-learning adapters (prompt, prefix, p-tuning) drop them."""
+    return not getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
 
 
 # attention backends whose cost on a flattened batch grows with each sample's length, not the batch's total
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention", ATTENTION_BY_SAMPLE)
 
 
 def has_frozen_base(model) -> bool:

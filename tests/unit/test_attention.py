@@ -145,3 +145,78 @@ def test_training_keeps_no_probabilities(tiny_model_dir):
         model(**batch).loss.backward()
     assert kept and not [shape for shape in kept if len(shape) >= 2 and tuple(shape[-2:]) == (30, 30)
                          and shape.numel() > 30 * 30]  # fmt: skip
+
+
+def _flattened(lengths: list[int], vocab: int) -> dict:
+    """A padding-free batch: the samples as one row, position ids restarting at each, no label across samples."""
+    torch.manual_seed(2)
+    ids = torch.randint(5, vocab, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    labels = ids.clone()
+    labels[0, positions[0] == 0] = -100
+    return {"input_ids": ids, "position_ids": positions, "labels": labels, "use_cache": False}  # no cache: packed
+
+
+def test_a_flattened_batch_attends_sample_by_sample_as_sdpa_does(tiny_model_dir, monkeypatch):
+    """Padding-free batches: each sample's block of the mask on its own (one of them long enough for SDPA), the
+    same loss and gradients as SDPA over the whole block-diagonal mask."""
+    from transformers import AutoModelForCausalLM
+
+    from peftsft.training import attention
+
+    lengths = [40, SHORT_KEYS + 9, 7, 23]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model.train()
+    batch = _flattened(lengths, model.config.vocab_size)
+    loss_sdpa, grads_sdpa = _loss_and_grads(model, batch)
+    found = []
+    original = attention._samples
+    monkeypatch.setattr(attention, "_samples", lambda *a: found.append(original(*a)) or found[-1])
+    with applied(model, NAME):
+        loss_ours, grads_ours = _loss_and_grads(model, batch)
+    starts = [0, 40, 40 + SHORT_KEYS + 9, 40 + SHORT_KEYS + 16]
+    assert found[0] == list(zip(starts, starts[1:] + [sum(lengths)]))
+    assert loss_ours == pytest.approx(loss_sdpa, rel=1e-5)
+    for ours, sdpa in zip(grads_ours, grads_sdpa, strict=True):
+        torch.testing.assert_close(ours, sdpa, rtol=1e-4, atol=1e-5)
+
+
+def test_only_masks_that_keep_their_blocks_apart_are_split():
+    from peftsft.training.attention import _samples
+
+    def block_causal(lengths):
+        n = sum(lengths)
+        keep = torch.zeros(n, n, dtype=torch.bool)
+        start = 0
+        for length in lengths:
+            keep[start : start + length, start : start + length] = torch.ones(length, length).tril().bool()
+            start += length
+        return keep[None, None]
+
+    mask = block_causal([3, 5, 2])
+    assert _samples(mask, 10, 10) == [(0, 3), (3, 8), (8, 10)]
+    leaky = mask.clone()
+    leaky[0, 0, 6, 1] = True  # a query of the second sample sees a key of the first
+    assert _samples(leaky, 10, 10) is None
+    assert _samples(block_causal([10]), 10, 10) is None  # one sample: nothing to split
+    assert _samples(mask.expand(2, 1, 10, 10), 10, 10) is None  # a padded batch of rows
+    assert _samples(torch.zeros(1, 1, 10, 10), 10, 10) is None  # an additive mask
+
+
+def test_restarting_position_ids_need_a_mask_that_keeps_their_samples_apart():
+    """While training, the position ids say where samples start; a mask that would let them see each other (a
+    model that builds no per-sample mask) stops training with a clear error instead of leaking across samples."""
+    from peftsft.core.errors import UserError
+    from peftsft.training.attention import _samples
+
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3, 4]])
+    block = torch.zeros(10, 10, dtype=torch.bool)
+    for s, e in [(0, 3), (3, 5), (5, 10)]:
+        block[s:e, s:e] = torch.ones(e - s, e - s).tril().bool()
+    assert _samples(block[None, None], 10, 10, positions) == [(0, 3), (3, 5), (5, 10)]
+    causal = torch.ones(10, 10).tril().bool()[None, None]
+    assert _samples(causal, 10, 10) is None  # one sample by the mask alone
+    for leaky in (causal, None):
+        with pytest.raises(UserError, match="see each other"):
+            _samples(leaky, 10, 10, positions, "LlamaAttention")
+    assert _samples(causal, 10, 10, torch.arange(10)[None]) is None  # one sample

@@ -194,9 +194,13 @@ def test_bf16_base_keeps_adapters_and_optimizer_states_fp32(tiny_recipe):
 def test_padding_free_is_on_only_where_attention_skips_other_samples(tiny_recipe):
     from peftsft.training.rules import padding_free
 
-    assert not decide_levers(load_recipe(tiny_recipe()), "cpu", 64).padding_free  # sdpa: dense block mask
-    assert padding_free("auto", "flash_attention_2", packing=False)  # per-sample lengths
-    assert not padding_free("auto", "flash_attention_2", packing=True)  # packed rows are padding-free already
+    cpu = decide_levers(load_recipe(tiny_recipe()), "cpu", 64)
+    assert cpu.attention == "peftsft_cpu" and cpu.padding_free  # sample by sample
+    sdpa = decide_levers(load_recipe(tiny_recipe(), ["model.attention=sdpa"]), "cpu", 64)
+    assert sdpa.attention == "sdpa" and not sdpa.padding_free  # a dense block mask
+    assert padding_free("auto", "flash_attention_2", packing=False, batch_size=4)  # per-sample lengths
+    assert not padding_free("auto", "flash_attention_2", packing=True, batch_size=4)  # packed rows: padding-free
+    assert not padding_free("auto", "peftsft_cpu", packing=False, batch_size=1)  # nothing to flatten
     assert decide_levers(load_recipe(tiny_recipe(), ["training.padding_free=true"]), "cpu", 64).padding_free
 
 

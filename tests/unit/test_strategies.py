@@ -275,6 +275,7 @@ def test_prompt_strategy_runs_end_to_end(harness, tmp_path):
     console = Console(record=True, width=200)
     summary = run(recipe, console)
     saved = json.loads((recipe.run_dir / "summary.json").read_text())
+    assert saved["levers"]["padding_free"] is False  # peft drops the position ids that keep flattened samples apart
     assert saved["strategy"] == "prompt" and saved["trainable_params"] == 4 * 64  # 4 virtual tokens × hidden size (64)
     assert f"strategy prompt: {summary['trainable_params']:,} trainable of" in console.export_text()
     assert (recipe.run_dir / "adapter" / "adapter_config.json").is_file()
@@ -307,6 +308,8 @@ def _problems(tmp_path: Path, strategy: str, extra: str = "") -> str:
         ('name = "pissa"\nuse_dora = true', "", r"keeps only the A/B matrices"),
         ('name = "loftq"', "", r"set \[quantization\] bits = 4"),
         ('name = "prefix"', "[data]\npacking = true", r"prefix cannot train on packed rows"),
+        ('name = "prompt"', "[training]\npadding_free = true", r"prompt cannot train on padding-free batches"),
+        ('name = "peft"\nmethod = "p_tuning"', "[training]\npadding_free = true", r"'p_tuning' cannot train on padding-free"),
         ('name = "peft"\nmethod = "loha"', "[quantization]\nbits = 4", r"'loha' has no layers for a 4-bit"),
         ('name = "ia3"\ntarget_module = ["k_proj"]', "", r"unknown parameter for 'ia3' — did you mean 'target_modules'"),
         ('name = "oft"\nr = 4', "", r"oft: set exactly one of r and oft_block_size"),
