@@ -103,7 +103,8 @@ def _samples(mask: torch.Tensor | None, q_len: int, k_len: int, position_ids: to
 def _apart(keep: torch.Tensor, starts: list[int]) -> bool:
     """Whether the blocks beginning at `starts` hold every pair `keep` (queries × keys) allows."""
     ends = starts[1:] + [keep.shape[0]]
-    return sum(int(keep[s:e, s:e].sum()) for s, e in zip(starts, ends)) == int(keep.sum())
+    inside = sum(int(torch.count_nonzero(keep[s:e, s:e])) for s, e in zip(starts, ends))
+    return inside == int(torch.count_nonzero(keep))  # count_nonzero: no int64 copy of the mask, as sum() makes
 
 
 def _probabilities(q, k, keep, additive, scale: float, shape: tuple, dtype) -> torch.Tensor:
