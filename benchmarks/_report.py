@@ -154,6 +154,7 @@ def _reference_job(job: dict) -> str:
         "TRL arms: SFTTrainer's defaults (bf16 where TRL picks it, gradient checkpointing, its loss head) on the "
         "rows in file order; peftsft arms: their default speed levers (results.json has each arm's). The loss "
         "covers every token in every arm (masking = \"all\")."
+        + _malloc_note(job)
     )
 
 
@@ -174,7 +175,8 @@ def _efficiency(record: dict, hw: dict) -> str:
 
 def _malloc_note(job: dict) -> str:
     if not job.get("env"):
-        return ""
+        return (" Arm processes run with glibc's malloc as it is (what `peftsft run` and a plain TRL script get): "
+                "peak RSS includes freed memory glibc keeps for reuse.")
     settings = ", ".join(f"{k}={v}" for k, v in job["env"].items())
     return (
         f" Arm processes run with {settings}: glibc then returns every freed tensor of 1 MiB or more to the OS, "

@@ -35,7 +35,8 @@ def quick(tmp_path_factory, tiny_model_dir):
         # copies — by 12-26% on this tiny model, scattered around the 25% goal by run-to-run noise (a known gap of
         # the plan, stated in the README's Benchmarks section); in fp32 the same arms come out within a few percent
         [sys.executable, str(SCRIPT), "--quick", "--model", str(tiny_model_dir), "--out", str(out),
-         "--set", "training.loss_vocab_chunk=32768", "--set", "training.precision=fp32"],
+         "--set", "training.loss_vocab_chunk=32768", "--set", "training.precision=fp32",
+         "--rss-live"],  # the plan estimates live memory: RSS then tracks it
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -51,6 +52,8 @@ def test_writes_all_three_outputs(quick):
         assert f"| {name} |" in md
     assert "×)" in md and "Machine:" in md and "transformers" in md
     assert report["hardware"]["logical_cores"] >= 1 and report["versions"]["trl"]
+    # --rss-live: every arm's process under a fixed mmap threshold, said in the report
+    assert report["job"]["env"] == {"MALLOC_MMAP_THRESHOLD_": "1048576"} and "MALLOC_MMAP_THRESHOLD_=1048576" in md
 
 
 def test_runs_the_two_arms_and_the_trl_baseline(quick):
