@@ -33,16 +33,21 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.
     positions = kwargs.pop("position_ids", None) if module.training else None
     segments = _samples(attention_mask, query.shape[2], key.shape[2], positions, type(module).__name__) \
         if query.device.type == "cpu" else None  # fmt: skip
-    if segments is not None:  # a flattened batch: each sample attends to its own tokens only
-        outs = [cpu_training_attention(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
-                                       attention_mask[..., s:e, s:e], dropout, scaling, is_causal, sdpa=sdpa,
-                                       **kwargs)[0] for s, e in segments]  # fmt: skip
-        return torch.cat(outs, dim=1), None
+    if segments is None:
+        return _attend(module, query, key, value, attention_mask, dropout, scaling, is_causal, sdpa, kwargs), None
+    outs = [_attend(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], attention_mask[..., s:e, s:e],
+                    dropout, scaling, is_causal, sdpa, kwargs) for s, e in segments]  # each sample on its own
+    return torch.cat(outs, dim=1), None
+
+
+def _attend(module, query, key, value, attention_mask, dropout, scaling, is_causal, sdpa, kwargs) -> torch.Tensor:
+    """One batch's attention output (batch, q, heads, dim): the matmul path for short keys under autograd on the
+    CPU, SDPA otherwise."""
     short = key.shape[2] <= SHORT_KEYS and query.shape[2] > 1
     if not (short and torch.is_grad_enabled() and query.device.type == "cpu") or kwargs.get("position_bias") \
             is not None or kwargs.get("softcap") is not None:  # fmt: skip
         return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
-                    **kwargs)
+                    **kwargs)[0]
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     groups = heads // kv_heads
@@ -67,7 +72,7 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.
     else:
         out = RecomputedAttention.apply(q, k, v, keep, additive, scale, (batch, kv_heads, groups, q_len, k_len),
                                         query.dtype)  # fmt: skip
-    return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
+    return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous()
 
 
 def _samples(mask: torch.Tensor | None, q_len: int, k_len: int, position_ids: torch.Tensor | None = None,
@@ -94,7 +99,7 @@ def _samples(mask: torch.Tensor | None, q_len: int, k_len: int, position_ids: to
                             f"{model} receives lets the samples of a padding-free or packed batch see each other",
                             hint="set [training] padding_free = false and [data] packing = false")  # fmt: skip
     elif keep is not None and q_len > 1:
-        first = keep.to(torch.uint8).argmax(dim=1)  # first visible key of each query (0 where it sees none)
+        first = keep.view(torch.uint8).argmax(dim=1)  # first visible key of each query (0 where it sees none)
         starts = (first == torch.arange(q_len, device=keep.device)).nonzero().squeeze(1).tolist()
         starts = starts if len(starts) > 1 and starts[0] == 0 and _apart(keep, starts) else None
     return list(zip(starts, starts[1:] + [q_len])) if starts else None

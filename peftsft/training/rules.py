@@ -89,13 +89,15 @@ def base_dtype(recipe: Recipe, precision: str, has_adapters: bool) -> str | None
     return "bfloat16" if precision == "bf16" else None
 
 
-def padding_free(setting: bool | str, attention: str, packing: bool, batch_size: int, position_ids: bool = True) -> bool:
+def padding_free(setting: bool | str, attention: str, packing: bool, batch_size: int,
+                 position_ids: bool = True) -> bool:
     """Padding-free batches (packing is padding-free already). auto: on where attention skips the other samples'
     tokens (flash attention's per-sample lengths, flex attention's block mask, peftsft's CPU attention sample by
     sample); off for sdpa/eager, where transformers 5 keeps the flattened samples apart with a dense
     block-diagonal mask: attention then costs (sum of lengths)² instead of batch × longest², more than the little
     padding length-grouped batches (the default sampling) leave; off for one sample a batch (nothing to flatten,
-    and TRL warns) and where the model drops position ids (`takes_position_ids`). An explicit true works on every backend that keeps samples apart."""
+    and TRL warns) and where the model drops position ids (`takes_position_ids`). An explicit true works on every
+    backend that keeps samples apart."""
     if packing:
         return False
     if setting != "auto":
