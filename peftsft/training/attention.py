@@ -34,20 +34,26 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.
     segments = _samples(attention_mask, query.shape[2], key.shape[2], positions, type(module).__name__) \
         if query.device.type == "cpu" else None  # fmt: skip
     if segments is None:
-        return _attend(module, query, key, value, attention_mask, dropout, scaling, is_causal, sdpa, kwargs), None
-    outs = [_attend(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], attention_mask[..., s:e, s:e],
-                    dropout, scaling, is_causal, sdpa, kwargs) for s, e in segments]  # each sample on its own
-    return torch.cat(outs, dim=1), None
+        out = _attend(module, query, key, value, attention_mask, dropout, scaling, is_causal, sdpa, kwargs)
+        return out.transpose(1, 2).contiguous(), None
+    # each sample on its own; split, not slices: its backward is one concatenation of the samples' gradients,
+    # where each slice's backward writes a zero-filled tensor of the whole batch's size to be summed
+    sizes = [e - s for s, e in segments]
+    parts = zip(segments, *(t.split(sizes, dim=2) for t in (query, key, value)))
+    outs = [_attend(module, q, k, v, attention_mask[..., s:e, s:e], dropout, scaling, is_causal, sdpa, kwargs)
+            for (s, e), q, k, v in parts]  # fmt: skip
+    return torch.cat([out.transpose(1, 2) for out in outs], dim=1), None  # one copy into (batch, q, heads, dim)
 
 
 def _attend(module, query, key, value, attention_mask, dropout, scaling, is_causal, sdpa, kwargs) -> torch.Tensor:
-    """One batch's attention output (batch, q, heads, dim): the matmul path for short keys under autograd on the
+    """One batch's attention output (batch, heads, q, dim): the matmul path for short keys under autograd on the
     CPU, SDPA otherwise."""
     short = key.shape[2] <= SHORT_KEYS and query.shape[2] > 1
     if not (short and torch.is_grad_enabled() and query.device.type == "cpu") or kwargs.get("position_bias") \
             is not None or kwargs.get("softcap") is not None:  # fmt: skip
-        return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
-                    **kwargs)[0]
+        out = sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
+                   **kwargs)[0]
+        return out.transpose(1, 2)  # transformers' sdpa_attention_forward returns (batch, q, heads, dim)
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     groups = heads // kv_heads
@@ -72,7 +78,7 @@ def _attend(module, query, key, value, attention_mask, dropout, scaling, is_caus
     else:
         out = RecomputedAttention.apply(q, k, v, keep, additive, scale, (batch, kv_heads, groups, q_len, k_len),
                                         query.dtype)  # fmt: skip
-    return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous()
+    return out.view(batch, heads, q_len, dim)
 
 
 def _samples(mask: torch.Tensor | None, q_len: int, k_len: int, position_ids: torch.Tensor | None = None,

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import torch
 
-ROW_ELEMENTS = 2**22  # logits per token block: 16 MiB of fp32, 85 tokens of a 49,152 vocabulary (bf16 GEMMs on an
-# AVX-512-BF16 CPU: fastest of 2**19…2**23 for 700 tokens × SmolLM2, 2 threads: 287 ms forward + backward, TRL's
-# 4096-wide slices 531–621 ms). fp32 GEMMs take twice the tokens: on an AVX2 CPU their speed grows with the token
-# count (×49,152 vocabulary, forward: 85 tokens 49–57 GFLOP/s, 170 tokens 62, 341 tokens 80); 700 tokens with the
-# eager gradient took 1.51–1.63 s at 85 tokens a block, 1.29–1.40 s at 170.
+ROW_ELEMENTS = 2**23  # logits per token block: 170 tokens of a 49,152 vocabulary. bf16 GEMMs (AVX-512-BF16, Zen 4, 2
+# threads, 700 tokens × SmolLM2 forward + backward): 347–355 ms at 170 tokens a block, 376–381 at 85, 404 at 256,
+# 418 at 341 (the block's fp32 buffers outgrow the cache); TRL's 4096-wide slices 531–621 ms on an AVX-512-BF16 +
+# AMX CPU. fp32 GEMMs (an AVX2 CPU) grow faster with the token count (×49,152 vocabulary, forward: 85 tokens 49–57
+# GFLOP/s, 170 tokens 62, 341 tokens 80); 700 tokens with the eager gradient took 1.51–1.63 s at 85 tokens a
+# block, 1.29–1.40 s at 170.
 VOCAB_SLICE_FP32 = 1024  # an fp32 block's logits GEMM runs over this many vocabulary rows at a time, written into
 # the block's columns: the weight slice (2.4 MB at hidden 576) stays in cache for all the block's tokens (AVX2, 2
 # threads, 170 tokens × SmolLM2's 49,152 × 576 head: 70 ms against 93 ms as one GEMM; 4,096-wide slices 75 ms).
@@ -70,9 +71,9 @@ def _block_logits(hidden, w, b, args, out):
     return out, None
 
 
-def block_rows(vocab: int, fp32: bool) -> int:
-    """Tokens per block: `ROW_ELEMENTS` logits, twice as many for fp32 GEMMs."""
-    return max(1, ROW_ELEMENTS * (2 if fp32 else 1) // vocab)
+def block_rows(vocab: int) -> int:
+    """Tokens per block: `ROW_ELEMENTS` logits."""
+    return max(1, ROW_ELEMENTS // vocab)
 
 
 def _forward_blocks(hidden, w, b, targets, args, rows, outs, eager) -> None:
@@ -94,7 +95,7 @@ def _forward_blocks(hidden, w, b, targets, args, rows, outs, eager) -> None:
         if mean is not None:
             mean[s:e] = z.mean(dim=-1, dtype=torch.float32)
         # fp32 from the GEMM's dtype in one pass; the argmax below is the same on shifted logits
-        z_top = z.sub_(top) if in_place else torch.sub(z, top, out=shifted[: e - s])
+        z_top = z.sub_(top) if in_place else shifted[: e - s].copy_(z).sub_(top)
         ez = torch.exp(z_top, out=exp[: e - s])  # exp(z - max): log Z, entropy and Σp² share it
         total = ez.sum(dim=-1)
         lz = top.squeeze(1) + total.log()
@@ -111,7 +112,10 @@ def _forward_blocks(hidden, w, b, targets, args, rows, outs, eager) -> None:
             sum_sq[s:e] = _row_dots(ez, ez).log() - 2 * total.log()
         if eager is not None:  # ez becomes p − onehot in place, times the transform's derivative
             grad = ez.div_(total[:, None]).scatter_add_(1, targets[s:e, None], ez.new_full((e - s, 1), -1.0))
-            eager[s:e] = torch.mm(_chain(grad, t, args).to(args[0]), w)
+            grad = _chain(grad, t, args)
+            if grad.dtype != args[0]:  # into the logits' buffer, read by nothing after this (no 8 MiB allocation)
+                grad = logits[: e - s].copy_(grad) if logits is not None else grad.to(args[0])
+            torch.mm(grad, w, out=eager[s:e])
 
 
 def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -161,7 +165,7 @@ class CpuLogProbFunction(torch.autograd.Function):
         sum_sq = torch.empty(n, **f32) if "log_sum_sq_probs" in outputs else None
         mean = torch.empty(n, **f32) if "mean_logits" in outputs else None
         top1 = torch.empty(n, dtype=torch.bool, device=hidden.device) if "is_top1" in outputs else None
-        rows = block_rows(vocab, compute == torch.float32)
+        rows = block_rows(vocab)
         early = torch.empty(n, hidden.shape[1], dtype=compute, device=hidden.device) if eager else None
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here (vecdot would go bf16)
             outs = (logprobs, log_z, entropy, sum_sq, mean, top1)
@@ -185,7 +189,7 @@ class CpuLogProbFunction(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if needs_bias else None
         n, vocab = hidden.shape[0], weight.shape[0]
-        rows = min(block_rows(vocab, compute == torch.float32), n)
+        rows = min(block_rows(vocab), n)
         logits = torch.empty(rows, vocab, dtype=compute, device=hidden.device) if _plain(b, *ctx.args[1:]) else None
         buffer = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
         low = torch.empty(rows, vocab, dtype=compute, device=hidden.device) if compute != torch.float32 else None

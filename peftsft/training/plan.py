@@ -357,7 +357,7 @@ def _loss_head_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -
     dims = plan.dims
     tokens = plan.batch * (plan.seq - 1)
     if loss_kernel(recipe.training.loss_kernel, plan.device) == "peftsft":  # ≤ 3 fp32 token blocks + hidden grad
-        block = min(tokens, block_rows(dims.vocab, plan.precision == "fp32")) * dims.vocab
+        block = min(tokens, block_rows(dims.vocab)) * dims.vocab
         blocks = LOSS_BLOCKS_PEFTSFT - (plan.precision == "fp32")  # fp32 logits are shifted in place: one fewer
         return int(blocks * block * 4 + tokens * dims.hidden * 4 + _head_weight_grad_bytes(model))
     vocab_slice = loss_vocab_chunk(recipe.training.loss_vocab_chunk, plan.device)

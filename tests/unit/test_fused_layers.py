@@ -62,15 +62,25 @@ def test_fp32_loss_and_gradients_equal_transformers(monkeypatch, family, dropout
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bf16_autocast_within_bf16_tolerance():
+def test_bf16_autocast_as_close_to_fp32_as_transformers_own_modules():
+    """Under bf16 autocast both paths round, at different places (a gradient summed from cancelling terms can move
+    by several % either way, more on some CPU kinds' bf16 kernels than others): ours must miss the fp32 loss and
+    gradients by no more than transformers' own modules do."""
     model = _tiny("llama").train()
     ids = torch.randint(0, 96, (2, 12))
+    loss_fp32, grads_fp32, _ = _loss_and_grads(model, ids, fused=False)
     loss_ref, grads_ref, _ = _loss_and_grads(model, ids, fused=False, autocast=True)
     loss, grads, _ = _loss_and_grads(model, ids, fused=True, autocast=True)
-    torch.testing.assert_close(loss, loss_ref, rtol=1e-2, atol=1e-2)
+    assert abs(loss - loss_fp32) <= 1.5 * abs(loss_ref - loss_fp32) + 1e-3
+
+    def error(grad, name):
+        return float((grad.float() - grads_fp32[name]).norm() / grads_fp32[name].norm())
+
+    assert grads.keys() == grads_ref.keys() == grads_fp32.keys()
     for name, grad in grads_ref.items():
         assert grads[name].dtype == grad.dtype
-        torch.testing.assert_close(grads[name], grad, rtol=5e-2, atol=2e-3, msg=name)
+        assert error(grads[name], name) <= 1.5 * error(grad, name) + 1e-3, (name, error(grads[name], name),
+                                                                           error(grad, name))  # fmt: skip
 
 
 def test_trainable_norm_weight_and_bf16_input_match_autograd():

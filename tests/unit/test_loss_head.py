@@ -41,7 +41,7 @@ def _run(function, h, w, b, targets, temperature=1.0, softcap=None, scale=1.0):
 def test_fp32_outputs_and_gradients_equal_trls(monkeypatch, temperature, softcap, scale, bias, weight_grad):
     from trl.kernels import ChunkedLogProbFunction
 
-    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)  # 10 fp32 tokens a block: 4 blocks, against TRL's 4 slices
+    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 10000)  # 10 tokens a block: 4 blocks, against TRL's 4 slices
     monkeypatch.setattr(loss_head, "VOCAB_SLICE_FP32", 300)  # fp32 logits in 4 slices, the last partial
     h, w, b, targets = _inputs(bias=bias, weight_grad=weight_grad)
     ours, our_grads = _run(CpuLogProbFunction, h, w, b, targets, temperature, softcap, scale)
@@ -75,7 +75,7 @@ def test_sft_loss_gradient_equals_trls(monkeypatch, dtype, positive_row):
     unscored rows weigh 0; a row with a positive weight too."""
     from trl.kernels import ChunkedLogProbFunction
 
-    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)
+    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 10000)  # 10 tokens a block: 4 blocks, the last partial
     monkeypatch.setattr(loss_head, "VOCAB_SLICE_FP32", 300)  # fp32 logits in 4 slices, the last partial
     h, w, b, targets = _inputs(dtype=dtype)
     weights = torch.full((len(targets),), -1.0 / len(targets))
@@ -118,7 +118,7 @@ def test_sft_loss_takes_the_hidden_gradient_from_the_forward(monkeypatch, temper
     (p − onehot) · W through the transform's derivatives, and the backward runs no logits GEMM; TRL's gradient."""
     from trl.kernels import ChunkedLogProbFunction
 
-    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)  # 10 fp32 tokens a block: 4 blocks
+    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 10000)  # 10 tokens a block: 4 blocks
     monkeypatch.setattr(loss_head, "VOCAB_SLICE_FP32", 300)  # fp32 logits in 4 slices, the last partial
     logits_calls = _counting(monkeypatch, "_block_logits")
     h, w, b, targets = _inputs()
@@ -132,7 +132,7 @@ def test_sft_loss_takes_the_hidden_gradient_from_the_forward(monkeypatch, temper
 
 
 def test_an_entropy_gradient_or_a_trainable_head_recomputes_and_no_grad_computes_nothing_eagerly(monkeypatch):
-    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 5000)
+    monkeypatch.setattr(loss_head, "ROW_ELEMENTS", 10000)  # 10 tokens a block: 4 blocks, the last partial
     monkeypatch.setattr(loss_head, "VOCAB_SLICE_FP32", 300)  # fp32 logits in 4 slices, the last partial
     logits_calls = _counting(monkeypatch, "_block_logits")
     chain_calls = _counting(monkeypatch, "_chain")
