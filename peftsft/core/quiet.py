@@ -18,6 +18,12 @@ NOISY_LOGS = [
         "logged at import on AVX-512-BF16 CPUs: an optional Hub kernel for bitsandbytes' packed inference layout, "
         "which peftsft does not use (models.BNB_CPU_PATHS); bitsandbytes falls back to its own kernel anyway",
     ),
+    (
+        "kernels._internals.hf_hub",
+        "Skipping publisher trust check for 'kernels-community/",
+        "logged by `kernels` (0.19+) on AVX-512-BF16 CPUs offline, on the way to the message above: the same optional "
+        "Hub kernel, not found in the cache and not used",
+    ),
 ]
 # (category, regex matching the start of the message, why it is harmless)
 NOISY_WARNINGS = [
