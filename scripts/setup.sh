@@ -46,4 +46,6 @@ fi
 if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
 fi
-"$VENV_PY" -c "import peftsft, torch, transformers, trl, peft; print('peftsft ready: torch', torch.__version__)"
+# the install check imports what a run imports, with the run's filter for known library noise (core/quiet.py)
+"$VENV_PY" -c "from peftsft.core.quiet import quiet_libraries; quiet_libraries()
+import torch, transformers, trl, peft; print('peftsft ready: torch', torch.__version__)"
