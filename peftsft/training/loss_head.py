@@ -94,7 +94,8 @@ def _forward_blocks(hidden, w, b, targets, args, rows, outs, eager) -> None:
         target = z.gather(1, targets[s:e, None]).squeeze(1).float()
         if mean is not None:
             mean[s:e] = z.mean(dim=-1, dtype=torch.float32)
-        # fp32 from the GEMM's dtype in one pass; the argmax below is the same on shifted logits
+        # fp32 from the GEMM's dtype: copied into the buffer and shifted there (a dtype-promoting sub would cast into
+        # a block-sized temporary first); the argmax below is the same on shifted logits
         z_top = z.sub_(top) if in_place else shifted[: e - s].copy_(z).sub_(top)
         ez = torch.exp(z_top, out=exp[: e - s])  # exp(z - max): log Z, entropy and Σp² share it
         total = ez.sum(dim=-1)
