@@ -111,20 +111,23 @@ def test_a_run_records_the_attention_it_trained_with(tiny_recipe):
 def test_recomputed_probabilities_give_autograds_gradients(mask, autocast):
     """RecomputedAttention against autograd through the same probabilities (kept): equal outputs and q/k/v
     gradients (fp32 1e-5; bf16 autocast within its rounding), gradients in the inputs' dtypes."""
-    from peftsft.training.attention import RecomputedAttention, _probabilities
+    from peftsft.training.attention import RecomputedAttention, _mask_terms, _probabilities
 
     torch.manual_seed(0)
     shape = (2, 3, 2, 9, 9)  # batch, kv heads, groups, q, k
     q, k, v = (torch.randn(6, n, 16, requires_grad=True) for n in (18, 9, 9))
-    keep = torch.ones(9, 9, dtype=torch.bool).tril() if mask == "causal" else None
-    additive = torch.randn(2, 1, 1, 9, 9) if mask == "additive" else None
+    bias = empty = None
+    if mask == "causal":
+        bias, empty = _mask_terms(torch.ones(9, 9, dtype=torch.bool).tril(), torch.bfloat16 if autocast else q.dtype)
+    elif mask == "additive":
+        bias = torch.randn(2, 1, 1, 9, 9)
     results = []
     for recompute in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             if recompute:
-                out = RecomputedAttention.apply(q, k, v, keep, additive, 0.25, shape, q.dtype)
+                out = RecomputedAttention.apply(q, k, v, bias, empty, 0.25, shape, q.dtype)
             else:
-                out = torch.bmm(_probabilities(q, k, keep, additive, 0.25, shape, q.dtype).view(6, 18, 9), v)
+                out = torch.bmm(_probabilities(q, k, bias, empty, 0.25, shape, q.dtype).view(6, 18, 9), v)
         grads = torch.autograd.grad((out.float() * torch.linspace(-1, 1, 16)).sum(), (q, k, v))
         results.append((out.detach(), *grads))
     tolerance = {"rtol": 2e-2, "atol": 2e-2} if autocast else {"rtol": 1e-5, "atol": 1e-6}
@@ -179,6 +182,82 @@ def test_a_flattened_batch_attends_sample_by_sample_as_sdpa_does(tiny_model_dir,
     assert loss_ours == pytest.approx(loss_sdpa, rel=1e-5)
     for ours, sdpa in zip(grads_ours, grads_sdpa, strict=True):
         torch.testing.assert_close(ours, sdpa, rtol=1e-4, atol=1e-5)
+
+
+def test_each_forward_derives_its_mask_once_not_per_layer(tiny_model_dir, monkeypatch):
+    """The samples of a flattened batch and each sample's mask bias are derived from the forward's mask once and
+    shared by every layer, forward and backward (2 layers here: counted calls, as many as samples)."""
+    from transformers import AutoModelForCausalLM
+
+    from peftsft.training import attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").train()
+    assert model.config.num_hidden_layers == 2
+    calls = {"_samples": 0, "_mask_terms": 0}
+
+    def counted(name, original):
+        return lambda *args: calls.update({name: calls[name] + 1}) or original(*args)
+
+    for name in calls:
+        monkeypatch.setattr(attention, name, counted(name, getattr(attention, name)))
+    with applied(model, NAME):
+        for forward in (1, 2):  # a new mask each forward: derived again
+            _loss_and_grads(model, _flattened([40, 7, 23], model.config.vocab_size))
+            assert calls == {"_samples": forward, "_mask_terms": 3 * forward}
+
+
+def test_derived_values_follow_the_mask_view_and_its_writes():
+    from peftsft.training.attention import _derived
+
+    mask = torch.ones(1, 1, 6, 6, dtype=torch.bool).tril()
+    made = []
+
+    def make(tag):
+        return lambda: made.append(tag) or len(made)
+
+    assert _derived(mask, ("k",), make("whole")) == _derived(mask, ("k",), make("again")) == 1
+    assert _derived(mask[..., 2:4, 2:4], ("k",), make("view")) == 2  # another view: its own entry
+    assert _derived(mask[..., 2:4, 2:4], ("k",), make("same view")) == 2
+    assert _derived(mask, ("other key",), make("other")) == 3
+    mask[0, 0, 0, 5] = True  # written to: everything derived from it is stale
+    assert _derived(mask, ("k",), make("after write")) == 4
+    assert _derived(None, ("k",), make("no mask")) == _derived(None, ("k",), make("no mask")) - 1 == 5
+
+
+def test_the_same_mask_with_other_position_ids_is_checked_again():
+    """The samples are derived per mask and position ids: position ids that disagree with a mask seen before still
+    stop training."""
+    from peftsft.core.errors import UserError
+    from peftsft.training.attention import cpu_training_attention
+
+    keep = torch.zeros(10, 10, dtype=torch.bool)
+    for s, e in [(0, 3), (3, 8), (8, 10)]:
+        keep[s:e, s:e] = torch.ones(e - s, e - s).tril().bool()
+    module = torch.nn.Module().train()
+    q, k, v = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)
+    fits = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 0, 1]])
+    cpu_training_attention(module, q, k, v, keep[None, None], sdpa=None, position_ids=fits)
+    other = torch.tensor([[0, 1, 2, 3, 4] * 2])
+    with pytest.raises(UserError, match="see each other"):
+        cpu_training_attention(module, q, k, v, keep[None, None], sdpa=None, position_ids=other)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_keys_get_exactly_zero_probability(dtype):
+    """However large a masked key's score, its probability is 0 and the allowed keys' sum to 1; a row that may
+    attend to no key is zeros (SDPA's output for it)."""
+    from peftsft.training.attention import _mask_terms, _probabilities
+
+    keep = torch.ones(4, 4, dtype=torch.bool).tril()
+    keep[0] = False  # the first query sees no key (left padding)
+    bias, empty = _mask_terms(keep[None, None, None], dtype)
+    q = torch.full((1, 4, 2), 30.0, dtype=dtype)
+    k = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [40.0, 40.0]], dtype=dtype)[None]  # the last: huge scores
+    probs = _probabilities(q, k, bias, empty, 1.0, (1, 1, 1, 4, 4), dtype)[0, 0, 0]
+    assert probs.dtype == dtype
+    assert probs[~keep].eq(0).all() and probs[0].eq(0).all()
+    torch.testing.assert_close(probs[1:].float().sum(-1), torch.ones(3), rtol=0, atol=1e-2)
+    assert probs[2, 2] > 0.99 and probs[3, 3] > 0.99  # the largest allowed score wins
 
 
 def test_only_masks_that_keep_their_blocks_apart_are_split():
