@@ -223,7 +223,12 @@ def trl_trainer(spec: dict, meter: StepMeter):
 
 
 def import_libraries(spec: dict) -> None:
-    """Import what the arm will use before the first RSS reading, so that the reading covers library code."""
+    """Import what the arm will use before the first RSS reading, so that the reading covers library code; a
+    peftsft arm bounds oneDNN's kernel caches first, as `peftsft run` does (TRL's arms keep the defaults)."""
+    if spec["kind"] == "peftsft":
+        from peftsft.core.kernel_caches import bound_kernel_caches
+
+        bound_kernel_caches()
     import datasets  # noqa: F401
     import peft  # noqa: F401
     import trl  # noqa: F401

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from peftsft.core.console import console, err_console
 from peftsft.core.errors import TrainingStopped, UserError
+from peftsft.core.kernel_caches import bound_kernel_caches
 from peftsft.core.quiet import quiet_libraries
 
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
@@ -157,6 +158,7 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    bound_kernel_caches()  # before any command's first product
     quiet_libraries(debug=getattr(args, "debug", False))  # before any command imports the libraries
     func: Callable[[argparse.Namespace], int] = args.func
     try:
