@@ -1,13 +1,14 @@
 """oneDNN's kernel caches, bounded for the process before its first bf16 product on the CPU.
 
 Why: PyTorch's CPU bf16 matmuls run through oneDNN, whose primitive cache and ideep's LRU cache each keep up to
-1,024 compiled kernels by default, keyed by shape (~0.45 MiB each). Padding-free batches give every product a new
-token count each step, so the caches filled up through an epoch with kernels no later step reuses: the reference
-job (Zen 4, bf16; ~41 new kernels a step, 4 per sample's attention and ~25 for the rest) held 1.54–1.58 GiB of
-training footprint against 1.17–1.19 GiB with both caches at 128 entries, at the same speed (44.5 / 50.7 s against
-45.4 / 56.0 s per epoch, alternating runs). 256 keeps a whole step's kernels for batches of up to ~50 samples: a
-step needing more than the capacity would rebuild its kernels in every layer (LRU order). Both variables are read
-once, when oneDNN builds its first kernel; a value the user set is kept.
+1,024 compiled kernels by default, keyed by shape (~0.5–0.75 MiB each, alike for 512² and 4096² weights).
+Padding-free batches give every product a new token count each step, so the caches filled up through an epoch
+with kernels no later step reuses: the reference job (Zen 4, bf16; ~41 new kernels a step, 4 per sample's
+attention and ~25 for the rest) held 1.54–1.58 GiB of training footprint against 1.17–1.19 GiB with both caches
+at 128 entries, at the same speed (44.5 / 50.7 s against 45.4 / 56.0 s per epoch, alternating runs). 256 keeps a
+whole step's kernels for batches of up to ~50 samples: a step needing more than the capacity would rebuild its
+kernels in every layer (LRU order). Both variables are read once, when oneDNN builds its first kernel; a value
+the user set is kept.
 """
 
 from __future__ import annotations
