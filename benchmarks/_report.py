@@ -211,8 +211,9 @@ def _plan_table(report: dict) -> list[str]:
     lines = [
         "## `peftsft plan` estimate vs measurement",
         "",
-        "| arm | estimate | measured footprint | error | weights | gradients | optimizer | activations + loss head |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| arm | estimate | measured footprint | error | weights | gradients | optimizer | activations + loss head "
+        "| kernel caches |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in report["arms"]:
         plan = r.get("plan") or {}
@@ -224,7 +225,7 @@ def _plan_table(report: dict) -> list[str]:
             f"| {r['plan_error']:+.0%} | {human_bytes(c['weights'])} (measured {human_bytes(r['weights_bytes'])}) "
             f"| {human_bytes(c['gradients'])} (measured {human_bytes(r['gradient_bytes'])}) "
             f"| {human_bytes(c['optimizer'])} (measured {human_bytes(r['optimizer_state_bytes'])}) "
-            f"| {human_bytes(c['activations'] + c['loss_head'])} |"
+            f"| {human_bytes(c['activations'] + c['loss_head'])} | {human_bytes(c.get('kernel_caches', 0))} |"
         )
     return lines
 

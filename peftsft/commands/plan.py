@@ -61,9 +61,11 @@ def print_plan(console, plan, recipe) -> None:
         else f"TRL's fused LM head: logit tiles ({recipe.training.loss_vocab_chunk} vocabulary slice) "
         "+ gradient accumulators",
     }
+    explain["kernel_caches"] = "oneDNN's compiled kernels for bf16 products on the CPU, one per shape, as many as " \
+        "its caches keep" if plan.components.get("kernel_caches") else "none: no bf16 products on the CPU"  # fmt: skip
     for name, nbytes in plan.components.items():
         table.add_row(name, gib(nbytes), escape(explain[name]))
-    formula = "weights + optimizer + max(activations + loss head, gradients)"
+    formula = "weights + optimizer + kernel caches + max(activations + loss head, gradients)"
     table.add_row("[bold]peak[/]", f"[bold]{gib(plan.peak_bytes)}[/]", formula)
     console.print(table)
     runtime = "the CUDA context (~0.5 GiB)" if plan.device == "cuda" else "the Python process (~0.5 GiB of libraries)"

@@ -2,8 +2,9 @@
 
 The estimate covers what training allocates on top of the runtime (Python + torch libraries, the CUDA context):
 weights (quantized where the recipe says so), gradients, optimizer states, saved activations and TRL's chunked
-loss head. Peak = weights + optimizer states + max(activations + loss head, gradients): activations are freed
-during backward while gradients are created, and both ends of backward are where memory tops out.
+loss head, and on the CPU in bf16 oneDNN's cached kernels (core/kernel_caches.py). Peak = weights + optimizer
+states + kernel caches + max(activations + loss head, gradients): activations are freed during backward while
+gradients are created, and both ends of backward are where memory tops out.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from peftsft.core.config import Recipe
 from peftsft.core.errors import UserError
+from peftsft.core.kernel_caches import cached_kernel_bytes
 from peftsft.training.activations import (
     fused_mlp,
     fused_norms,
@@ -86,7 +88,8 @@ class MemoryPlan:
     @property
     def peak_bytes(self) -> int:
         c = self.components
-        return c["weights"] + c["optimizer"] + max(c["activations"] + c["loss_head"], c["gradients"])
+        return c["weights"] + c["optimizer"] + c["kernel_caches"] + max(c["activations"] + c["loss_head"],
+                                                                        c["gradients"])  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "peak_bytes": self.peak_bytes}
@@ -275,6 +278,8 @@ def _fill_components(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, p
         "optimizer": _optimizer_bytes(optimizer_name(recipe.training.optim), trainable, plan.notes),
         "activations": _activation_bytes(plan, model, recipe, params),
         "loss_head": _loss_head_bytes(plan, model, recipe),
+        # bf16 products on the CPU go through oneDNN, which keeps a compiled kernel per shape
+        "kernel_caches": cached_kernel_bytes() if plan.device == "cpu" and plan.precision == "bf16" else 0,
     }
 
 

@@ -198,11 +198,29 @@ def test_plan_command_prints_table_and_json(tmp_path, tiny_model_dir, capsys):
     assert main(["plan", write_recipe(tmp_path, tiny_model_dir, "full"), "--device", "cpu", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["trainable_params"] == data["total_params"]
-    assert data["peak_bytes"] == data["components"]["weights"] + data["components"]["optimizer"] + max(
-        data["components"]["activations"] + data["components"]["loss_head"], data["components"]["gradients"]
+    c = data["components"]
+    assert data["peak_bytes"] == c["weights"] + c["optimizer"] + c["kernel_caches"] + max(
+        c["activations"] + c["loss_head"], c["gradients"]
     )
 
 
 def test_plan_command_reports_recipe_errors(tmp_path, tiny_model_dir, capsys):
     assert main(["plan", write_recipe(tmp_path, tiny_model_dir, "nope")]) == 2
     assert "unknown strategy 'nope'" in capsys.readouterr().err
+
+
+def test_bf16_on_the_cpu_counts_onednns_cached_kernels(plan_of, monkeypatch):
+    """bf16 products on the CPU keep a compiled kernel per shape (core/kernel_caches.py): counted at the caches'
+    capacity, the one peftsft sets or the user's; fp32 runs keep none."""
+    from peftsft.core.kernel_caches import CAPACITY, KERNEL_BYTES, VARIABLES
+
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    bf16, fp32 = plan_of("training.precision=bf16"), plan_of("training.precision=fp32")
+    assert bf16.components["kernel_caches"] == CAPACITY * KERNEL_BYTES and fp32.components["kernel_caches"] == 0
+    c = bf16.components
+    assert bf16.peak_bytes == c["weights"] + c["optimizer"] + CAPACITY * KERNEL_BYTES + max(
+        c["activations"] + c["loss_head"], c["gradients"]
+    )
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "1024")
+    assert plan_of("training.precision=bf16").components["kernel_caches"] == 1024 * KERNEL_BYTES
