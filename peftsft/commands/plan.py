@@ -61,8 +61,8 @@ def print_plan(console, plan, recipe) -> None:
         else f"TRL's fused LM head: logit tiles ({recipe.training.loss_vocab_chunk} vocabulary slice) "
         "+ gradient accumulators",
     }
-    explain["kernel_caches"] = "oneDNN's compiled kernels for bf16 products on the CPU, one per shape, as many as " \
-        "its caches keep" if plan.components.get("kernel_caches") else "none: no bf16 products on the CPU"  # fmt: skip
+    kept = "oneDNN's compiled kernels for bf16 products on the CPU, one per shape, as many as its caches keep"
+    explain["kernel_caches"] = kept if plan.components.get("kernel_caches") else "none: bf16 runs on the CPU only"
     for name, nbytes in plan.components.items():
         table.add_row(name, gib(nbytes), escape(explain[name]))
     formula = "weights + optimizer + kernel caches + max(activations + loss head, gradients)"
