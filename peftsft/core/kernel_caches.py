@@ -37,6 +37,6 @@ def cached_kernel_bytes(environ: MutableMapping[str, str] = os.environ) -> int:
     for name in VARIABLES:
         try:
             capacities.append(max(0, int(environ.get(name, CAPACITY))))
-        except ValueError:  # oneDNN ignores a value it cannot read, and so does the estimate
+        except ValueError:  # not a number: the estimate counts the bound instead of failing the plan
             capacities.append(CAPACITY)
     return max(capacities) * KERNEL_BYTES

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from peftsft.core.kernel_caches import CAPACITY, VARIABLES, bound_kernel_caches
+from peftsft.core.kernel_caches import CAPACITY, KERNEL_BYTES, VARIABLES, bound_kernel_caches, cached_kernel_bytes
 
 # bf16 products of 1,000 token counts; prints the RSS growth (MiB) over the last 400, after the caches would be full
 GROWTH = """
@@ -35,6 +35,9 @@ def test_bounds_both_caches_and_keeps_a_users_setting():
     environ = {"LRU_CACHE_CAPACITY": "2048"}
     bound_kernel_caches(environ)
     assert environ == {"LRU_CACHE_CAPACITY": "2048", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(CAPACITY)}
+    assert cached_kernel_bytes(environ) == 2048 * KERNEL_BYTES  # the larger capacity in effect
+    unreadable = {"LRU_CACHE_CAPACITY": "lots", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
+    assert cached_kernel_bytes(unreadable) == CAPACITY * KERNEL_BYTES  # a value that is no number: the bound
 
 
 def test_the_cli_bounds_them_before_a_command_runs(monkeypatch):
