@@ -13,7 +13,6 @@ from rich.table import Table
 
 from peftsft.core.console import console, err_console
 from peftsft.core.errors import TrainingStopped, UserError
-from peftsft.core.kernel_caches import bound_kernel_caches
 from peftsft.core.quiet import quiet_libraries
 
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
@@ -21,6 +20,7 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 def cmd_run(args: argparse.Namespace) -> int:
     from peftsft.artifacts.tasks import run
+    from peftsft.core.rundir import is_main_process
     from peftsft.training.recipe import load_recipe
 
     overrides = list(args.set or [])
@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append("data.enforce_contract=false")
     recipe = load_recipe(args.recipe, overrides)
     summary = run(recipe, console, overwrite=args.overwrite, resume=args.resume, force=args.force)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         console.print(f"[green]done[/] {summary.get('steps')} steps, {_loss_change(summary)} → {summary['run_dir']}")
     return 0
 
@@ -158,7 +158,9 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    bound_kernel_caches()  # before any command's first product
+    from peftsft.levers import prepare_process
+
+    prepare_process()  # before any command's first product (oneDNN reads its cache bounds once)
     quiet_libraries(debug=getattr(args, "debug", False))  # before any command imports the libraries
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -180,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(exc: UserError) -> None:
-    rank = int(os.environ.get("RANK", "0"))
+    from peftsft.core.compat import launched_rank
+
+    rank = launched_rank()
     if rank and isinstance(exc, TrainingStopped):  # every process stops alike: the main process tells the user
         return
     if rank:

@@ -1,4 +1,4 @@
-"""`peftsft plan RECIPE`: the memory plan of peftsft.training.plan, as a table (or JSON)."""
+"""`peftsft plan RECIPE`: the memory plan (peftsft.training.plan over the levers' terms), as a table (or JSON)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,7 @@ def print_plan(console, plan, recipe) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from peftsft.training.plan import gib
-    from peftsft.training.rules import loss_kernel
+    from peftsft.core.units import gib
 
     table = Table(title=escape(f"memory plan: {recipe.model.source} · {recipe.strategy.name} · {plan.device}"))
     table.add_column("component")
@@ -57,8 +56,8 @@ def print_plan(console, plan, recipe) -> None:
         "activations": f"{plan.dims.layers} layers x batch {plan.batch} x {plan.seq} tokens ({plan.seq_from}), "
         f"{plan.precision}{', checkpointed' if plan.checkpointing else ''}",
         "loss_head": "peftsft's CPU LM head: token blocks of logits over the whole vocabulary + the hidden gradient"
-        if loss_kernel(recipe.training.loss_kernel, plan.device) == "peftsft"
-        else f"TRL's fused LM head: logit tiles ({recipe.training.loss_vocab_chunk} vocabulary slice) "
+        if plan.levers.get("loss_kernel") == "peftsft"
+        else f"TRL's fused LM head: logit tiles ({plan.levers.get('loss_vocab_chunk')} vocabulary slice) "
         "+ gradient accumulators",
     }
     kept = "oneDNN's compiled kernels for bf16 products on the CPU, one per shape, as many as its caches keep"

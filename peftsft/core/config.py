@@ -178,13 +178,13 @@ class TrainingSection(Section):
     )
     loss_kernel: Literal["auto", "trl"] = Key(
         "auto", "the LM head's log-prob kernel; auto: peftsft's on the CPU (token blocks over the whole vocabulary, "
-        "one bf16 GEMM for the hidden state's gradient, training/loss_head.py), TRL's chunked one elsewhere; trl: "
+        "one bf16 GEMM for the hidden state's gradient, levers/loss_head), TRL's chunked one elsewhere; trl: "
         "TRL's everywhere"
     )
     lora_kernel: Literal["auto", "peft"] = Key(
         "auto", "LoRA layers' forward/backward; auto: on the CPU while training, peftsft's fused one where a layer is "
         "plain (nn.Linear base, one vanilla adapter, dropout or not): the adapter's product added inside the base GEMM "
-        "(training/lora_linear.py); peft's own elsewhere; peft: peft's everywhere"
+        "(levers/lora_kernel); peft's own elsewhere; peft: peft's everywhere"
     )
     loss_positions: Literal["supervised", "all"] = Key(
         "supervised", "positions the LM head scores: only those with a training target (same loss), or all (TRL's "

@@ -296,15 +296,14 @@ def enforce(contract: Contract) -> None:
         )
 
 
-def preflight(console, tokenizer, train_ds, eval_ds, stats, data, attention: str, summary_path) -> dict:
-    """Check, print the table, and stop the run on a failure (after saving it to summary.json); the report."""
+def preflight(console, tokenizer, train_ds, eval_ds, stats, data, attention: str, rundir) -> dict:
+    """Check, print the table, and stop the run on a failure (after saving it to the run dir's summary); the
+    report. `rundir`: a core.rundir.RunDir."""
     contract = check_contract(tokenizer, train_ds, eval_ds, stats, data, attention)
     print_contract(console, contract)
     if contract.failures and contract.enforced:
-        from peftsft.core.rundir import write_json
-
         stopped = {"stopped": "pre-flight data contract", "data": stats.as_dict(), "contract": contract.as_dict()}
-        write_json(summary_path, stopped)
+        rundir.write_summary(stopped)
     elif contract.failures:
         console.print("[bold yellow]warning:[/] the data contract failed; training anyway (enforce_contract = false)")
     enforce(contract)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Attention backends that keep packed samples apart given restarting position ids and no attention mask.
 ISOLATING_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
-PACKING_STRATEGY = "bfd"  # train.make_trainer passes the same to SFTConfig
+PACKING_STRATEGY = "bfd"  # TRL's best-fit decreasing; levers/batching.py passes the same to SFTConfig
 
 
 def pack(dataset, max_length: int):

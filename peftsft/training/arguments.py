@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from peftsft.core.compat import launched_world_size
 from peftsft.core.config import Recipe, gradient_accumulation
-from peftsft.training.distributed import world_size
-from peftsft.training.rules import optimizer_name
+from peftsft.levers import Levers, trainer_arguments as lever_arguments
 
 
-def trainer_arguments(
-    recipe: Recipe, device: str, evaluate_during: bool, precision: str, checkpointing: bool, best_metric: str = "loss"
-) -> dict:
-    """`precision` and `checkpointing` as the run decided them (levers); everything else from [training]."""
+def trainer_arguments(recipe: Recipe, device: str, evaluate_during: bool, levers: Levers,
+                      best_metric: str = "loss") -> dict:  # fmt: skip
+    """What the levers decided (precision, optimizer, sampling, checkpointing); everything else from [training]."""
     t = recipe.training
     early_stop = evaluate_during and t.early_stopping_patience is not None
     return dict(
@@ -20,13 +19,11 @@ def trainer_arguments(
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=gradient_accumulation(t, world_size()),  # global_batch_size → grad_accum
+        gradient_accumulation_steps=gradient_accumulation(t, launched_world_size()),  # global_batch_size → accum.
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=optimizer_name(t.optim),
-        activation_checkpointing=checkpointing,
         logging_steps=t.logging_steps,
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=t.eval_steps,
@@ -41,12 +38,10 @@ def trainer_arguments(
         data_seed=t.seed,
         report_to=t.report_to or "none",
         use_cpu=device == "cpu",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        train_sampling_strategy=t.sampling,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         dataloader_pin_memory=device == "cuda",
+        **lever_arguments(levers),
     )
 
 

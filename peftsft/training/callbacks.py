@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+from peftsft.core.rundir import RunDir
+
 
 class TokenRate:
     """Train tokens per second since training began, from the trainer's own token counter."""
@@ -152,15 +154,13 @@ class StopOnInterrupt(TrainerCallback):
             control.should_training_stop = True
 
 
-CHECKPOINT_SEAL = "peftsft.complete"
-
-
 class SealCheckpoints(TrainerCallback):
     """Marks a checkpoint complete once the Trainer has written all of it (its own files carry no such mark)."""
+
+    def __init__(self, rundir: RunDir) -> None:
+        self.rundir = rundir
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and args.should_save:
-            tmp = folder / f".{CHECKPOINT_SEAL}.tmp"
-            tmp.write_text(str(state.global_step), encoding="utf-8")
-            tmp.replace(folder / CHECKPOINT_SEAL)
+            self.rundir.seal_checkpoint(folder)

@@ -14,16 +14,6 @@ def process_state(device: str):
     return PartialState(cpu=device == "cpu")  # without cpu=True, CPU processes would each think they are alone
 
 
-def world_size() -> int:
-    """Processes training together: accelerate's count once process_state() ran, else the launcher's WORLD_SIZE."""
-    from accelerate import PartialState
-    from accelerate.utils import get_int_from_env
-
-    if PartialState._shared_state != {}:  # initialized; PartialState() would otherwise initialize it here
-        return PartialState().num_processes
-    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
-
-
 def console_for(state, console: Console) -> Console:
     """The real console on the main process; a silent one elsewhere, so the display appears once."""
     return console if state.is_main_process else Console(quiet=True)

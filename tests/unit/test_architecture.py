@@ -18,8 +18,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("peftsft", "peftsft.core")),
     ("blocks", ("peftsft.models", "peftsft.base_identity", "peftsft.data", "peftsft.strategies", "peftsft.generation",
                 "peftsft.loading")),
+    ("levers", ("peftsft.levers",)),
     ("training", ("peftsft.training",)),
     ("tasks", ("peftsft.tasks",)),
+    ("workflows", ("peftsft.workflows",)),
     ("artifacts", ("peftsft.artifacts",)),
     ("commands", ("peftsft.commands", "peftsft.__main__")),
 ]

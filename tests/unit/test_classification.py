@@ -176,7 +176,10 @@ def test_training_changes_only_the_adapter_and_the_head(tmp_path, bert_dir):
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
     assert any("classifier" in n for n in trainable)
-    make_trainer(recipe, model, tokenizer, train, evals, "cpu", EvalScorer(labels.names), []).train()
+    from tests.conftest import decide
+
+    levers = decide(recipe, "cpu", None, model)
+    make_trainer(recipe, model, tokenizer, train, evals, "cpu", EvalScorer(labels.names), [], levers).train()
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed <= trainable  # the base stayed frozen
     assert any("lora_B" in n for n in changed) and any("classifier" in n for n in changed)

@@ -324,7 +324,7 @@ def test_packed_batch_logits_equal_each_sample_alone(tmp_path, tok, tiny_model_d
     """The trainer's own packed batch (TRL bfd + padding-free collator) through the model, vs. each sample alone."""
     from transformers import AutoModelForCausalLM
 
-    from peftsft.tasks.chat import make_trainer
+    from tests.conftest import sft_trainer as make_trainer
 
     rows = [{"messages": chat(f"question {i} " * (i + 1), f"answer {i}")} for i in range(6)]
     data = DataSection(datasets=[one_file(tmp_path, rows)], packing=True, max_length=128, cache=False)
@@ -332,7 +332,7 @@ def test_packed_batch_logits_equal_each_sample_alone(tmp_path, tok, tiny_model_d
     assert stats.packing["enabled"] and stats.packing["rows"] < len(train) and 0 < stats.packing["efficiency"] <= 1
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32).eval()
     recipe = Recipe(data=data, training=TrainingSection(batch_size=2, max_steps=1), run={"output_dir": str(tmp_path)})
-    batch = next(iter(make_trainer(recipe, model, tok, train, None, "cpu", []).get_train_dataloader()))
+    batch = next(iter(make_trainer(recipe, model, tok, train).get_train_dataloader()))
     assert "attention_mask" not in batch
     starts = [*(batch["position_ids"][0] == 0).nonzero().flatten().tolist(), batch["input_ids"].shape[1]]
     assert len(starts) > 3  # several samples in the batch

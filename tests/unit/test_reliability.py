@@ -14,7 +14,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from peftsft.commands import cli
-from peftsft.training.callbacks import CHECKPOINT_SEAL
+from peftsft.core.rundir import CHECKPOINT_SEAL
 from peftsft.training.recipe import load_recipe
 from peftsft.core.errors import TrainingStopped, UserError
 from peftsft.artifacts.tasks import run
@@ -109,7 +109,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
 def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tiny_recipe, monkeypatch):
     import peftsft.tasks.chat as train_module
 
-    real_make_trainer = train_module.make_trainer
+    real_make_trainer = train_module.sft_trainer
 
     def poisoned(*args, **kwargs):
         trainer = real_make_trainer(*args, **kwargs)
@@ -122,7 +122,7 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(t
         trainer.compute_loss = compute_loss
         return trainer
 
-    monkeypatch.setattr(train_module, "make_trainer", poisoned)
+    monkeypatch.setattr(train_module, "sft_trainer", poisoned)
     recipe = load_recipe(tiny_recipe(), ["training.max_steps=8", "training.save_steps=2"])
     with pytest.raises(TrainingStopped) as info:
         run(recipe, Console(quiet=True))

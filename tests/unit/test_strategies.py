@@ -27,7 +27,7 @@ from peftsft.data import build_datasets
 from peftsft.core.errors import UserError
 from peftsft.models import quantization_config, use_bnb_cpu_path
 from peftsft.strategies import StrategyContext, get_strategy, list_strategies, merge_model, registry, trainable_summary
-from peftsft.tasks.chat import make_trainer
+from tests.conftest import sft_trainer as make_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 LORA_TINY = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -117,7 +117,7 @@ class Harness:
         model = strategy.apply(self.base(recipe.quantization.bits), strategy.Config.model_validate(params),
                                StrategyContext(quantized=recipe.quantization.bits is not None))
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        make_trainer(recipe, model, self.tokenizer, self.train_ds, None, "cpu", []).train()
+        make_trainer(recipe, model, self.tokenizer, self.train_ds).train()
         for param in model.parameters():  # TRL trains adapters on k-bit bases in bf16 (QLoRA); peft loads them
             if param.requires_grad:  # back as fp32: upcast (losslessly) to compare like with like
                 param.data = param.data.float()
@@ -230,7 +230,7 @@ def test_loraplus_trains_b_faster_than_a(harness):
     recipe = harness.recipe("loraplus", LORA_TINY)
     strategy = get_strategy("loraplus")
     model = strategy.apply(harness.base(), strategy.Config.model_validate(LORA_TINY), StrategyContext(quantized=False))
-    trainer = make_trainer(recipe, model, harness.tokenizer, harness.train_ds, None, "cpu", [])
+    trainer = make_trainer(recipe, model, harness.tokenizer, harness.train_ds)
     group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
     b_lr = {group_of[id(p)]["lr"] for n, p in model.named_parameters() if "lora_B" in n}
     a_lr = {group_of[id(p)]["lr"] for n, p in model.named_parameters() if "lora_A" in n}

@@ -315,7 +315,7 @@ def test_a_failing_run_records_failed_with_the_reason(tiny_recipe, monkeypatch):
     def broken_trainer(*args, **kwargs):
         raise RuntimeError("trainer exploded")
 
-    monkeypatch.setattr(chat_task, "make_trainer", broken_trainer)
+    monkeypatch.setattr(chat_task, "sft_trainer", broken_trainer)
     recipe = load_recipe(tiny_recipe())
     with pytest.raises(RuntimeError, match="exploded"):
         run(recipe, Console(quiet=True))

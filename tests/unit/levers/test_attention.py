@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftsft.training.attention import NAME, SHORT_KEYS, applied, attention_kernel
+from peftsft.levers.attention import NAME, patch as applied
+from peftsft.levers.attention.kernel import SHORT_KEYS
 
 
 def _batch(lengths: list[int], vocab: int, pad_left: bool) -> dict:
@@ -89,7 +90,17 @@ def test_the_matmul_path_runs_for_short_training_batches_only(tiny_model_dir, mo
         assert len(calls) == 2 * layers
 
 
-def test_auto_picks_it_on_the_cpu_over_sdpa_only():
+def test_auto_picks_it_on_the_cpu_over_sdpa_only(tiny_recipe):
+    from types import SimpleNamespace
+
+    from peftsft.levers import Situation
+    from peftsft.levers.attention import decide
+    from peftsft.training.recipe import load_recipe
+
+    def attention_kernel(setting: str, device: str, current: str) -> str:
+        model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=current))
+        return decide(Situation(load_recipe(tiny_recipe(), [f"model.attention={setting}"]), device, model))
+
     assert attention_kernel("auto", "cpu", "sdpa") == NAME
     assert attention_kernel("sdpa", "cpu", "sdpa") == "sdpa"  # the recipe said sdpa: exactly that
     assert attention_kernel("eager", "cpu", "eager") == "eager"
@@ -98,12 +109,12 @@ def test_auto_picks_it_on_the_cpu_over_sdpa_only():
 
 
 def test_a_run_records_the_attention_it_trained_with(tiny_recipe):
-    from peftsft.training.levers import decide_levers
+    from tests.conftest import decide as decide_levers
     from peftsft.training.recipe import load_recipe
 
-    assert decide_levers(load_recipe(tiny_recipe()), "cpu", 64).attention == NAME
-    assert decide_levers(load_recipe(tiny_recipe(), ["model.attention=sdpa"]), "cpu", 64).attention == "sdpa"
-    assert NAME in decide_levers(load_recipe(tiny_recipe()), "cpu", 64).describe()
+    assert decide_levers(load_recipe(tiny_recipe())).attention == NAME
+    assert decide_levers(load_recipe(tiny_recipe(), ["model.attention=sdpa"])).attention == "sdpa"
+    assert NAME in decide_levers(load_recipe(tiny_recipe())).describe()
 
 
 @pytest.mark.parametrize("mask", ["causal", "additive", "none"])
@@ -111,7 +122,7 @@ def test_a_run_records_the_attention_it_trained_with(tiny_recipe):
 def test_recomputed_probabilities_give_autograds_gradients(mask, autocast):
     """RecomputedAttention against autograd through the same probabilities (kept): equal outputs and q/k/v
     gradients (fp32 1e-5; bf16 autocast within its rounding), gradients in the inputs' dtypes."""
-    from peftsft.training.attention import RecomputedAttention, _mask_terms, _probabilities
+    from peftsft.levers.attention.kernel import RecomputedAttention, _mask_terms, _probabilities
 
     torch.manual_seed(0)
     shape = (2, 3, 2, 9, 9)  # batch, kv heads, groups, q, k
@@ -165,7 +176,7 @@ def test_a_flattened_batch_attends_sample_by_sample_as_sdpa_does(tiny_model_dir,
     same loss and gradients as SDPA over the whole block-diagonal mask."""
     from transformers import AutoModelForCausalLM
 
-    from peftsft.training import attention
+    from peftsft.levers.attention import kernel as attention
 
     lengths = [40, SHORT_KEYS + 9, 7, 23]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
@@ -189,7 +200,7 @@ def test_each_forward_derives_its_mask_once_not_per_layer(tiny_model_dir, monkey
     shared by every layer, forward and backward (2 layers here: counted calls, as many as samples)."""
     from transformers import AutoModelForCausalLM
 
-    from peftsft.training import attention
+    from peftsft.levers.attention import kernel as attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").train()
     assert model.config.num_hidden_layers == 2
@@ -207,7 +218,7 @@ def test_each_forward_derives_its_mask_once_not_per_layer(tiny_model_dir, monkey
 
 
 def test_derived_values_follow_the_mask_view_and_its_writes():
-    from peftsft.training.attention import _derived
+    from peftsft.levers.attention.kernel import _derived
 
     mask = torch.ones(1, 1, 6, 6, dtype=torch.bool).tril()
     made = []
@@ -228,7 +239,7 @@ def test_the_same_mask_with_other_position_ids_is_checked_again():
     """The samples are derived per mask and position ids: position ids that disagree with a mask seen before still
     stop training."""
     from peftsft.core.errors import UserError
-    from peftsft.training.attention import cpu_training_attention
+    from peftsft.levers.attention.kernel import cpu_training_attention
 
     keep = torch.zeros(10, 10, dtype=torch.bool)
     for s, e in [(0, 3), (3, 8), (8, 10)]:
@@ -246,7 +257,7 @@ def test_the_same_mask_with_other_position_ids_is_checked_again():
 def test_masked_keys_get_exactly_zero_probability(dtype):
     """However large a masked key's score, its probability is 0 and the allowed keys' sum to 1; a row that may
     attend to no key is zeros (SDPA's output for it)."""
-    from peftsft.training.attention import _mask_terms, _probabilities
+    from peftsft.levers.attention.kernel import _mask_terms, _probabilities
 
     keep = torch.ones(4, 4, dtype=torch.bool).tril()
     keep[0] = False  # the first query sees no key (left padding)
@@ -261,7 +272,7 @@ def test_masked_keys_get_exactly_zero_probability(dtype):
 
 
 def test_only_masks_that_keep_their_blocks_apart_are_split():
-    from peftsft.training.attention import _samples
+    from peftsft.levers.attention.kernel import _samples
 
     def block_causal(lengths):
         n = sum(lengths)
@@ -286,7 +297,7 @@ def test_restarting_position_ids_need_a_mask_that_keeps_their_samples_apart():
     """While training, the position ids say where samples start; a mask that would let them see each other (a
     model that builds no per-sample mask) stops training with a clear error instead of leaking across samples."""
     from peftsft.core.errors import UserError
-    from peftsft.training.attention import _samples
+    from peftsft.levers.attention.kernel import _samples
 
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3, 4]])
     block = torch.zeros(10, 10, dtype=torch.bool)

@@ -1,4 +1,4 @@
-"""What a training step keeps for the backward, per decoder layer: the formula `peftsft plan` sums (see plan.py)."""
+"""What a training step keeps for the backward, per decoder layer: the formula the memory plan sums (memory.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from peftsft.core.config import Recipe
-
 
 def layer_activation_elements(dims, trains_base: bool, lora_modules: float, rank: int, dropout: float,
                               fused: bool = False, fused_norms: bool = False) -> float:  # fmt: skip
-    """Values autograd keeps per token per decoder layer of `dims` (plan.Dims; Llama family, transformers 5, padded
+    """Values autograd keeps per token per decoder layer of `dims` (memory.Dims; Llama family, transformers 5, padded
     batches, SDPA or peftsft's CPU attention: neither keeps the attention probabilities).
 
     Measured with torch.autograd.graph.saved_tensors_hooks: 2 RMSNorms (input, rms, output, flattened copy),
     q/k/v after RoPE (k/v repeated to all heads when the batch has padding), attention output twice, the MLP's
     gate, up, SiLU and product. Training the base's weights keeps 2 more hidden-sized inputs; each LoRA module
-    its rank-sized middle; LoRA dropout a dropped copy of each adapted input. `fused` (peftsft's LoRA kernel:
-    training/lora_linear.py and fused_layers.py): the MLP keeps gate and up only, dropout one copy per distinct input;
+    its rank-sized middle; LoRA dropout a dropped copy of each adapted input. `fused` (the lora_kernel lever's fused
+    layers): the MLP keeps gate and up only, dropout one copy per distinct input;
     `fused_norms` (fused_layers' RMSNorm): a trained norm weight keeps no normalized input.
     """
     h, i, q = dims.hidden, dims.intermediate, dims.heads * dims.head_dim
@@ -31,32 +29,6 @@ def layer_activation_elements(dims, trains_base: bool, lora_modules: float, rank
         copies = (5 * h + q + i) if fused else (8 * h + 2 * q + i)  # measured for all 7 linear layers of a block
         elements += copies * lora_modules / 7
     return elements
-
-
-def fused_mlp(device: str, model: torch.nn.Module, recipe: Recipe, params) -> bool:
-    """Whether training runs the model's gated MLPs through training/fused_layers.py (as trl_compat.fused_layers
-    decides it: peftsft's LoRA kernel, a plain LoRA down projection, the standard forward)."""
-    from peftsft.training.trl_compat import fusable_mlp
-
-    if not _peftsft_kernel(device, recipe) or getattr(params, "use_dora", False):
-        return False
-    mlp = next((m for m in model.modules() if hasattr(m, "down_proj") and hasattr(m, "act_fn")), None)
-    return mlp is not None and hasattr(mlp.down_proj, "lora_A") and fusable_mlp(mlp) is not None
-
-
-def fused_norms(device: str, model: torch.nn.Module, recipe: Recipe) -> bool:
-    """Whether training runs the model's RMSNorms through training/fused_layers.py (trl_compat.fused_layers: peftsft's
-    LoRA kernel, the Llama-style forward)."""
-    from peftsft.training.trl_compat import RMSNORM_FORWARD, forward_body
-
-    return _peftsft_kernel(device, recipe) and any(forward_body(type(m)) == RMSNORM_FORWARD for m in model.modules())
-
-
-def _peftsft_kernel(device: str, recipe: Recipe) -> bool:
-    """Whether the run's LoRA kernel setting resolves to peftsft's own (what the fused layers come with)."""
-    from peftsft.training.rules import lora_kernel
-
-    return lora_kernel(recipe.training.lora_kernel, device) == "peftsft"
 
 
 def trains_base_weights(model: torch.nn.Module) -> bool:

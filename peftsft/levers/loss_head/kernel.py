@@ -1,38 +1,29 @@
 """The LM head's per-token log-probabilities on the CPU: a drop-in for TRL's `ChunkedLogProbFunction` there.
 
-Why our own: TRL's kernel slices the vocabulary (4096-wide here) and, off CUDA, adds each slice's share of the
-hidden state's gradient in fp32 by casting both bf16 operands to fp32 (`acc.addmm_(a.float(), b.float())`, as
-bf16 GEMMs with an fp32 output exist only on CUDA) — fp32 GEMMs on CPUs whose bf16 GEMMs are 3–4× faster — and
-folds every slice into online-softmax statistics with a dozen elementwise passes. Here the blocks are token rows
-over the whole vocabulary: the log-softmax is one fused kernel, and the hidden state's gradient is one GEMM whose
-inner dimension is the whole vocabulary (bf16 operands under autocast, fp32 accumulation inside the GEMM, one
-rounding of the result — what autocast's own LM head backward does), so no partial product is rounded before it
-is summed, which is what TRL's fp32 accumulation guards against. A trainable head's weight gradient is summed
-over token blocks in fp32, as in TRL. Same signature and outputs; memory stays one block of logits at a time.
+Why our own: TRL's kernel slices the vocabulary and, off CUDA, accumulates each slice's share of the hidden state's
+gradient in fp32 by casting both bf16 operands to fp32 (fp32 GEMMs on CPUs whose bf16 GEMMs are several times
+faster), folding every slice into online-softmax statistics with a dozen elementwise passes. Here the blocks are
+token rows over the whole vocabulary: the log-softmax is one fused kernel, and the hidden state's gradient is one
+GEMM whose inner dimension is the whole vocabulary (fp32 accumulation inside the GEMM, one rounding of the result —
+what autocast's own LM head backward does). A trainable head's weight gradient is summed over blocks in fp32, as in
+TRL. Same signature and outputs; memory stays one block of logits at a time.
 
-Where only the log-probs can carry a gradient back to the hidden state (a frozen head, no bias — LoRA — and grad
-mode on), the forward also computes that gradient up to each token's incoming factor: E = (p − onehot(target)) · W
-per block, while the block's probabilities are at hand (what Liger's fused linear cross-entropy does on GPUs). The
-backward is then −g ⊙ E: no second logits GEMM and no second softmax pass, a third of the head's GEMMs (3
-profiled steps of the reference job, AVX2 CPU, fp32: 17.1 s against 19.2). A gradient for the entropy too (not
-TRL's SFT loss) recomputes the logits as before. The token factor g multiplies after the GEMM, so a power-of-two
-loss scale stays exact.
+Where only the log-probs carry a gradient back (a frozen head without bias — LoRA — in grad mode), the forward also
+computes that gradient up to each token's incoming factor, E = (p − onehot(target)) · W per block, while the
+block's probabilities are at hand (as Liger's fused linear cross-entropy does on GPUs): the backward is then −g ⊙ E,
+with no second logits GEMM or softmax pass. The factor g multiplies after the GEMM, so a power-of-two loss scale
+stays exact.
 """
 
 from __future__ import annotations
 
 import torch
 
-ROW_ELEMENTS = 2**23  # logits per token block: 170 tokens of a 49,152 vocabulary. bf16 GEMMs (AVX-512-BF16, Zen 4, 2
-# threads, 700 tokens × SmolLM2 forward + backward): 347–355 ms at 170 tokens a block, 376–381 at 85, 404 at 256,
-# 418 at 341 (the block's fp32 buffers outgrow the cache); TRL's 4096-wide slices 531–621 ms on an AVX-512-BF16 +
-# AMX CPU. fp32 GEMMs (an AVX2 CPU) grow faster with the token count (×49,152 vocabulary, forward: 85 tokens 49–57
-# GFLOP/s, 170 tokens 62, 341 tokens 80); 700 tokens with the eager gradient took 1.51–1.63 s at 85 tokens a
-# block, 1.29–1.40 s at 170.
-VOCAB_SLICE_FP32 = 1024  # an fp32 block's logits GEMM runs over this many vocabulary rows at a time, written into
-# the block's columns: the weight slice (2.4 MB at hidden 576) stays in cache for all the block's tokens (AVX2, 2
-# threads, 170 tokens × SmolLM2's 49,152 × 576 head: 70 ms against 93 ms as one GEMM; 4,096-wide slices 75 ms).
-# bf16 GEMMs run whole: not measured where they are fast.
+# logits per token block: 170 tokens of a 49,152 vocabulary; larger blocks outgrow the cache (docs/speed.md)
+ROW_ELEMENTS = 2**23
+# an fp32 block's logits GEMM runs over this many vocabulary rows at a time, so the weight slice stays in cache for
+# all the block's tokens; bf16 GEMMs run whole
+VOCAB_SLICE_FP32 = 1024
 OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
 
@@ -121,7 +112,7 @@ def _forward_blocks(hidden, w, b, targets, args, rows, outs, eager) -> None:
 
 def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Σ_j a_ij · b_ij per row, as a batched GEMM: `linalg.vecdot` materializes the block-sized product first, a
-    page-faulted allocation each time where large ones are mmapped (measured 28.7 ms per 170-token block in a step)."""
+    page-faulted allocation each time where large ones are mmapped."""
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 

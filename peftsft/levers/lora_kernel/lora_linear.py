@@ -1,13 +1,12 @@
 """A LoRA linear layer's forward and backward as one autograd function: a drop-in for peft's on the CPU.
 
 Why our own: peft computes base(x) + lora_B(lora_A(x)) * scaling as separate ops, so every adapted layer adds two
-full-size elementwise passes in the forward (the scaling and the sum) and two in the backward (the scaling's
-gradient and the sum of the input's two gradients), plus autocast's casts — at hidden 576 those passes cost about
-what the rank-16 products themselves do. Here the adapter's product is added inside the base GEMM's output
-(`addmm_`, scaling as its alpha, fp32 accumulation), the input's gradient likewise (g·W + s·(g·B)·A), and the
-scaling is applied to rank-sized tensors only; dropout on the adapter's input draws the same mask as peft's. Same
-values as peft's (fewer roundings under autocast); eligible layers only: a plain `nn.Linear` base, one active
-vanilla adapter without bias (see `eligible_adapter`).
+full-size elementwise passes in the forward (the scaling and the sum) and two in the backward, plus autocast's
+casts — at small hidden sizes about what the rank-16 products themselves cost. Here the adapter's product is added
+inside the base GEMM's output (`addmm_`, scaling as its alpha, fp32 accumulation), the input's gradient likewise
+(g·W + s·(g·B)·A), and the scaling touches rank-sized tensors only; dropout on the adapter's input draws the same
+mask as peft's. Same values as peft's (fewer roundings under autocast); eligible layers only: a plain `nn.Linear`
+base, one active vanilla adapter without bias (see `eligible_adapter`).
 """
 
 from __future__ import annotations

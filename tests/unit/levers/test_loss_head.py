@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import trl.trainer.utils as trl_utils
 
-import peftsft.training.loss_head as loss_head
-from peftsft.training.loss_head import CpuLogProbFunction
+import peftsft.levers.loss_head.kernel as loss_head
+from peftsft.levers.loss_head import LossHead, patch
+from peftsft.levers.loss_head.kernel import CpuLogProbFunction
 
 OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
@@ -149,18 +151,41 @@ def test_an_entropy_gradient_or_a_trainable_head_recomputes_and_no_grad_computes
 
 
 def test_the_lever_swaps_trls_kernel_in_and_back(tiny_recipe):
-    import trl.trainer.utils as trl_utils
-
-    from peftsft.training import trl_compat
-    from peftsft.training.levers import decide_levers
     from peftsft.training.recipe import load_recipe
+    from tests.conftest import decide
 
-    assert decide_levers(load_recipe(tiny_recipe()), "cpu", 64).loss_kernel == "peftsft"
-    assert decide_levers(load_recipe(tiny_recipe()), "cuda", 64).loss_kernel == "trl"
-    assert decide_levers(load_recipe(tiny_recipe(), ["training.loss_kernel=trl"]), "cpu", 64).loss_kernel == "trl"
+    assert decide(load_recipe(tiny_recipe()), "cpu").loss_head.kernel == "peftsft"
+    assert decide(load_recipe(tiny_recipe()), "cuda").loss_head.kernel == "trl"
+    assert decide(load_recipe(tiny_recipe(), ["training.loss_kernel=trl"]), "cpu").loss_head.kernel == "trl"
     original = trl_utils._ChunkedLogProbFunction
-    with trl_compat.loss_head(4096, True, [], kernel="peftsft"):
+    with patch(LossHead("peftsft", 4096, "supervised"), []):
         assert trl_utils._ChunkedLogProbFunction is CpuLogProbFunction
     assert trl_utils._ChunkedLogProbFunction is original
-    with trl_compat.loss_head(4096, True, [], kernel="trl"):
+    with patch(LossHead("trl", 4096, "supervised"), []):
         assert trl_utils._ChunkedLogProbFunction is original
+
+
+def test_the_lever_sets_trls_slice_and_positions_and_restores_them():
+    chunk, use_triton = trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, trl_utils._use_triton
+    fallbacks: list[str] = []
+    with patch(LossHead("trl", 1024, "supervised"), fallbacks):
+        assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == 1024
+        assert trl_utils._use_triton("cpu") is True  # compact scoring: supervised positions only, on any device
+    assert (trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, trl_utils._use_triton) == (chunk, use_triton)
+    assert fallbacks == []
+
+
+def test_the_lever_restores_trl_even_when_training_fails():
+    chunk = trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE
+    with pytest.raises(RuntimeError), patch(LossHead("trl", 512, "all"), []):
+        raise RuntimeError("training broke")
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == chunk
+
+
+def test_a_renamed_trl_attribute_is_a_named_fallback_not_silence(monkeypatch):
+    monkeypatch.delattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE")
+    fallbacks: list[str] = []
+    with pytest.warns(UserWarning, match="_CHUNKED_LOGPROB_CHUNK_SIZE"):
+        with patch(LossHead("trl", 1024, "all"), fallbacks):
+            assert not hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE")
+    assert len(fallbacks) == 1 and "_CHUNKED_LOGPROB_CHUNK_SIZE" in fallbacks[0]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
-from peftsft.training import trl_compat
-from peftsft.training.lora_linear import LoraLinearFunction
+from peftsft.levers.lora_kernel import patch_lora_forward as lora_forward
+from peftsft.levers.lora_kernel.lora_linear import LoraLinearFunction
 
 
 def _lora_model(dropout: float = 0.0, bias: bool = True, use_dora: bool = False, dtype=torch.float32):
@@ -29,7 +31,7 @@ def _grads(model, x: torch.Tensor, fused: bool, autocast: bool = False, seed: in
     model.zero_grad()
     x = x.detach().clone().requires_grad_()
     torch.manual_seed(seed)  # dropout draws the same mask on both paths
-    with trl_compat.lora_forward(fused, []), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with lora_forward([]) if fused else contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = model(x)
         (out.float() ** 2).mean().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -92,16 +94,16 @@ def test_ineligible_layers_and_calls_keep_pefts_forward(monkeypatch):
     calls = _count_fused(monkeypatch)
     _grads(_lora_model(use_dora=True), torch.randn(2, 3, 64), fused=True)
     model = _lora_model()
-    with trl_compat.lora_forward(True, []), torch.no_grad():
+    with lora_forward([]), torch.no_grad():
         model(torch.randn(2, 3, 64))
     assert calls == []
     assert lora_layer.Linear.forward is original
 
 
 def test_auto_is_the_fused_kernel_on_the_cpu_only(tiny_recipe):
-    from peftsft.training.levers import decide_levers
     from peftsft.training.recipe import load_recipe
+    from tests.conftest import decide as decide_levers
 
-    assert decide_levers(load_recipe(tiny_recipe()), "cpu", 64).lora_kernel == "peftsft"
-    assert decide_levers(load_recipe(tiny_recipe()), "cuda", 64).lora_kernel == "peft"
-    assert decide_levers(load_recipe(tiny_recipe(), ["training.lora_kernel=peft"]), "cpu", 64).lora_kernel == "peft"
+    assert decide_levers(load_recipe(tiny_recipe()), "cpu").lora_kernel == "peftsft"
+    assert decide_levers(load_recipe(tiny_recipe()), "cuda").lora_kernel == "peft"
+    assert decide_levers(load_recipe(tiny_recipe(), ["training.lora_kernel=peft"]), "cpu").lora_kernel == "peft"

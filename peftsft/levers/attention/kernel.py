@@ -1,37 +1,31 @@
-"""CPU training attention: short sequences through two matmuls and a softmax, long ones through PyTorch's SDPA.
+"""peftsft's CPU training attention: short sequences through two matmuls and a softmax, long ones through SDPA.
 
-Why our own: PyTorch's CPU flash-attention kernel (what SDPA runs on the CPU) spends ~8× its forward time in its
-backward at chat-row lengths; at ≤ 320 keys the plain product — the query heads of a key/value group as one batched
-matmul (no repeated K/V), PyTorch's softmax kernel on the scores' own dtype (fp32 accumulation), one more matmul,
-all differentiated by autograd — trains faster (fwd+bwd, 4 rows × 9 heads over 3 KV heads × 64 dims, bf16 autocast,
-2 threads: 6.6–12 ms at 200 tokens against 18–27 ms for the first version of this path and 14–26 ms for SDPA;
-23–27 ms against SDPA's 33–41 ms at 320, on par at ~450). Both paths see the same boolean mask transformers builds
-for SDPA, so samples and padding are kept apart exactly as with SDPA; under no_grad (generation, evaluation) it is
-SDPA unchanged. Registered with transformers' AttentionInterface.
+Why our own: PyTorch's CPU flash-attention kernel (what SDPA runs on the CPU) spends several times its forward time
+in its backward at chat-row lengths; up to SHORT_KEYS keys the plain product — the query heads of a key/value group
+as one batched matmul (no repeated K/V), PyTorch's softmax kernel on the scores' own dtype, one more matmul, the
+probabilities recomputed in the backward — trains faster (figures: docs/speed.md). Both paths see the mask
+transformers builds for SDPA, so samples and padding are kept apart exactly as with SDPA; under no_grad
+(generation, evaluation) it is SDPA unchanged. A flattened batch is attended sample by sample.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.metadata
-from collections.abc import Iterator
 
 import torch
 import torch.utils.weak
 
 from peftsft.core.errors import UserError
-from peftsft.training import trl_compat
-from peftsft.training.lora_linear import compute_dtype
+from peftsft.levers.lora_kernel.lora_linear import compute_dtype
 
-NAME = "peftsft_cpu"
-SHORT_KEYS = 320  # up to this many keys the matmul path; SDPA above (on par at ~450 keys in bf16: a safe margin)
+SHORT_KEYS = 320  # up to this many keys the matmul path, SDPA above (on par near 450 keys: a margin)
 
 
 def cpu_training_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, *,
                            sdpa, **kwargs):  # fmt: skip
     """transformers' attention signature: (batch, heads, q, dim) in, ((batch, q, heads, dim), None) out; `sdpa` is
-    transformers' sdpa_attention_forward, bound by trl_compat.register_attention."""
+    transformers' sdpa_attention_forward, bound by the lever's register()."""
     positions = kwargs.pop("position_ids", None) if module.training else None
     segments = None
     if query.device.type == "cpu":  # the same for every layer of a forward: derived from the mask once
@@ -91,11 +85,9 @@ def _attend(module, query, key, value, attention_mask, dropout, scaling, is_caus
 
 # What a forward's layers derive from its attention mask again and again (transformers builds the mask once and
 # passes the same tensor to every layer): the samples of a flattened batch, each block's additive bias and rows
-# without keys. Why a cache: deriving them per layer and per sample — the checks' host syncs, a masked fill of
-# every score block in the forward and again in the backward — made a masked softmax of a 175-token sample 0.38
-# ms against 0.23 with the bias added (bf16, Zen 4, 2 threads); 30 layers of a 700-token padding-free batch, forward
-# and backward: 269–325 ms against 380–478 ms (two alternating runs). Keyed weakly by the tensor a mask is a view of
-# (an entry goes with its mask) and by the view's place in it, and dropped when the mask is written to.
+# without keys. Why a cache: deriving them per layer and per sample costs host syncs and a masked fill of every
+# score block. Keyed weakly by the tensor a mask is a view of (an entry goes with its mask) and by the view's place
+# in it, and dropped when the mask is written to.
 _DERIVED = torch.utils.weak.WeakTensorKeyDictionary()
 
 
@@ -221,9 +213,8 @@ class MaskedSoftmax(torch.autograd.Function):
     SDPA gives them.
 
     Why our own: PyTorch's softmax on bf16 scores accumulates in fp32 and writes bf16 in one pass, and its
-    backward kernel is one more (measured 4 × 9 × 200² bf16, one thread: 2.0 ms forward and 0.6 ms backward,
-    against 7.3 and 24 ms for an fp32 softmax, its cast and autograd's fp32 backward). Autocast would run softmax
-    in fp32, hence autocast is off inside. Only the probabilities are kept for the backward: masked keys have
+    backward kernel is one more, where autocast's fp32 softmax adds a cast and an fp32 backward; hence autocast is
+    off inside. Only the probabilities are kept for the backward: masked keys have
     probability 0, so their gradient is 0 without a pass of its own."""
 
     @staticmethod
@@ -245,34 +236,3 @@ class MaskedSoftmax(torch.autograd.Function):
         with torch.autocast(probs.device.type, enabled=False):
             grad_scores = torch._softmax_backward_data(grad.to(probs.dtype), probs, -1, probs.dtype)
         return grad_scores.to(ctx.scores_dtype), None, None, None
-
-
-def register() -> str:
-    """Make NAME known to transformers (attention function and SDPA's mask format) through trl_compat; idempotent."""
-    trl_compat.register_attention(NAME, cpu_training_attention)
-    return NAME
-
-
-def attention_kernel(setting: str, device: str, current: str) -> str:
-    """The attention training runs with. "auto" on the CPU: NAME over SDPA (sdpa/auto models only); otherwise the
-    model's own (`current`), so a recipe's explicit "sdpa"/"eager" and CUDA's kernels stay as they are."""
-    if setting == "auto" and device == "cpu" and current == "sdpa":
-        return NAME
-    return current
-
-
-@contextlib.contextmanager
-def applied(model, name: str) -> Iterator[None]:
-    """`model` (a peft wrapper or a transformers model) attends with `name` inside the block, as before after it."""
-    pretrained = next((m for m in model.modules() if hasattr(m, "set_attn_implementation")), None)
-    before = getattr(getattr(pretrained, "config", None), "_attn_implementation", None)
-    if pretrained is None or name == before:
-        yield
-        return
-    if name == NAME:
-        register()
-    pretrained.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        pretrained.set_attn_implementation(before)

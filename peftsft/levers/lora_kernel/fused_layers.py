@@ -1,20 +1,18 @@
 """A gated MLP's down projection and an RMSNorm as autograd functions that keep less for the backward.
 
 Why our own: autograd keeps every intermediate of `down(act(gate(x)) * up(x))` — gate, up, act(gate) and their
-product, four (tokens, intermediate) tensors per layer, half of all activations on SmolLM2 — and an RMSNorm runs
-as eight elementwise ops each way. Here the down projection (a plain LoRA layer, as training/lora_linear.py computes
-it) keeps only gate and up and recomputes act(gate) and the product in the backward (two elementwise passes), and
-the RMSNorm keeps its input and the per-token 1/rms (what autograd keeps too where its weight is frozen; where it
-trains, autograd also keeps the normalized input) in fewer passes. Same formulas, same roundings in the forward;
-activation checkpointing gives more memory back but re-runs every matmul of the layer.
-Which transformers modules qualify (their forward is the standard one) is decided in trl_compat.
+product, four (tokens, intermediate) tensors per layer — and an RMSNorm runs as eight elementwise ops each way.
+Here the down projection (a plain LoRA layer, computed as lora_linear.py does) keeps only gate and up and recomputes
+act(gate) and the product in the backward, and the RMSNorm keeps its input and the per-token 1/rms in fewer passes.
+Same formulas, same roundings in the forward; activation checkpointing gives more memory back but re-runs every
+matmul of the layer. Which transformers modules qualify: modules.py.
 """
 
 from __future__ import annotations
 
 import torch
 
-from peftsft.training.lora_linear import compute_dtype, lora_arguments, lora_gradients, lora_products
+from peftsft.levers.lora_kernel.lora_linear import compute_dtype, lora_arguments, lora_gradients, lora_products
 
 ACTIVATIONS = ("silu", "gelu_tanh")
 

@@ -12,7 +12,9 @@ import torch
 from peftsft.commands.cli import main
 from peftsft.training.recipe import load_recipe
 from peftsft.models import quantized_layer_bytes
-from peftsft.training.plan import Dims, estimate, layer_activation_elements
+from peftsft.levers.activations import layer_activation_elements
+from peftsft.levers.memory import Dims
+from peftsft.training.plan import estimate
 
 
 def write_recipe(tmp_path, model_dir, strategy: str = "lora") -> str:
@@ -83,17 +85,17 @@ def _tiny_linear_shapes() -> list[tuple[int, int]]:
 
 
 def test_quantized_adapters_follow_the_precision_auto_picks(plan_of, monkeypatch):
-    import peftsft.training.rules as rules
+    import peftsft.levers.precision as precision
 
     for fast_bf16, dtype in ((True, 2), (False, 4)):  # an AVX-512-BF16/AMX CPU trains in bf16, an AVX2 one in fp32
-        monkeypatch.setattr(rules, "cpu_has_fast_bf16", lambda fast=fast_bf16: fast)
+        monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda fast=fast_bf16: fast)
         qlora = plan_of("quantization.bits=4")
         assert qlora.precision == ("bf16" if fast_bf16 else "fp32")
         assert qlora.components["gradients"] == dtype * qlora.trainable_params
 
 
 def test_checkpointing_auto_turns_on_only_when_memory_needs_it(plan_of, monkeypatch):
-    import peftsft.training.plan as plan_module
+    import peftsft.levers.checkpointing as plan_module
 
     roomy = plan_of()  # the tiny model in this machine's free RAM: off, and the reason names the numbers
     assert not roomy.checkpointing and roomy.checkpointing_reason.startswith("auto: off")
@@ -101,7 +103,7 @@ def test_checkpointing_auto_turns_on_only_when_memory_needs_it(plan_of, monkeypa
     # activations that outweigh everything else are no reason on their own while memory is plentiful
     dominated = plan_of("training.batch_size=64", "training.loss_vocab_chunk=256")
     assert not dominated.checkpointing
-    just_fits = int(roomy.peak_bytes / plan_module.CHECKPOINTING_THRESHOLD) + 1
+    just_fits = int(roomy.peak_bytes / plan_module.THRESHOLD) + 1
     monkeypatch.setattr(plan_module, "memory_available", lambda device: just_fits)
     assert not plan_of().checkpointing  # at 80% of the available memory: still off
     monkeypatch.setattr(plan_module, "memory_available", lambda device: just_fits - 2)
@@ -118,7 +120,7 @@ def test_checkpointing_auto_turns_on_only_when_memory_needs_it(plan_of, monkeypa
 
 def test_checkpointing_plans_for_a_given_memory_size(plan_of, monkeypatch):
     """`available_bytes` (plan --memory) stands for a device this machine lacks: it wins over the measurement."""
-    import peftsft.training.plan as plan_module
+    import peftsft.levers.checkpointing as plan_module
 
     monkeypatch.setattr(plan_module, "memory_available", lambda device: 2**50)
     roomy = plan_of()
@@ -158,8 +160,6 @@ def test_activation_formula_matches_autograd(strategy, trains_base, dropout, fus
 
 
 def _saved_values(layers: int, sizes: dict, strategy: str, dropout: float, fused: bool = False) -> float:
-    from peftsft.training import trl_compat
-
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -184,8 +184,9 @@ def _saved_values(layers: int, sizes: dict, strategy: str, dropout: float, fused
     ids = torch.randint(0, 100, (2, 9))
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0  # a padded row, as in any batch of mixed lengths
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), trl_compat.lora_forward(fused, []), \
-            trl_compat.fused_layers(model, fused, []):  # fmt: skip
+    from peftsft.levers.lora_kernel import patch
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), patch(model, "peftsft" if fused else "peft", []):
         model(input_ids=ids, attention_mask=mask)
     return sum(saved.values()) / 4
 
@@ -210,9 +211,9 @@ def test_plan_command_reports_recipe_errors(tmp_path, tiny_model_dir, capsys):
 
 
 def test_bf16_on_the_cpu_counts_onednns_cached_kernels(plan_of, monkeypatch):
-    """bf16 products on the CPU keep a compiled kernel per shape (core/kernel_caches.py): counted at the caches'
+    """bf16 products on the CPU keep a compiled kernel per shape (the kernel_caches lever): counted at the caches'
     capacity, the one peftsft sets or the user's; fp32 runs keep none."""
-    from peftsft.core.kernel_caches import CAPACITY, KERNEL_BYTES, VARIABLES
+    from peftsft.levers.kernel_caches import CAPACITY, KERNEL_BYTES, VARIABLES
 
     for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)

@@ -8,14 +8,19 @@ import sys
 
 import pytest
 
-from peftsft.core.kernel_caches import CAPACITY, KERNEL_BYTES, VARIABLES, bound_kernel_caches, cached_kernel_bytes
+from peftsft.levers.kernel_caches import CAPACITY, KERNEL_BYTES, VARIABLES, memory_bytes
+from peftsft.levers.kernel_caches import prepare_process as bound_kernel_caches
+
+
+def cached_kernel_bytes(environ):
+    return memory_bytes("cpu", "bf16", environ)
 
 # bf16 products of 1,000 token counts; prints the RSS growth (MiB) over the last 400, after the caches would be full
 GROWTH = """
 import sys, torch
 if sys.argv[1] == "bounded":
-    from peftsft.core.kernel_caches import bound_kernel_caches
-    bound_kernel_caches()
+    from peftsft.levers import prepare_process
+    prepare_process()
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 w = torch.randn(128, 128, dtype=torch.bfloat16)

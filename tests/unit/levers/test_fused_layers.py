@@ -1,4 +1,4 @@
-"""training/fused_layers.py through trl_compat.fused_layers: the same loss and gradients as transformers' own gated
+"""levers/lora_kernel/fused_layers.py through the lora_kernel lever: the same loss and gradients as transformers' own gated
 MLP and RMSNorm, fewer bytes kept for the backward, used only where the module's forward is the standard one."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftsft.training import trl_compat
-from peftsft.training.fused_layers import GatedLoraDownFunction, RMSNormFunction
+from peftsft.levers.lora_kernel import modules
+from peftsft.levers.lora_kernel import patch_fused_modules as fused_layers, patch_lora_forward as lora_forward
+from peftsft.levers.lora_kernel.fused_layers import GatedLoraDownFunction, RMSNormFunction
 
 
 def _tiny(family: str, dropout: float = 0.0):
@@ -29,7 +30,7 @@ def _loss_and_grads(model, ids, fused: bool, autocast: bool = False, seed: int =
     model.zero_grad()
     fallbacks: list[str] = []
     torch.manual_seed(seed)
-    with trl_compat.lora_forward(True, []), trl_compat.fused_layers(model, fused, fallbacks), \
+    with lora_forward([]), fused_layers(model if fused else None, fallbacks), \
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # fmt: skip
         loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
@@ -114,7 +115,7 @@ def _saved_bytes(model, ids, fused: bool) -> int:
             total += t.untyped_storage().nbytes()
         return t
 
-    with trl_compat.lora_forward(True, []), trl_compat.fused_layers(model, fused, []), \
+    with lora_forward([]), fused_layers(model if fused else None, []), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # fmt: skip
         model(input_ids=ids, labels=ids).loss.backward()
     return total
@@ -136,12 +137,12 @@ def test_only_in_grad_mode_and_restored_after(monkeypatch):
     before = (LlamaMLP.forward, LlamaRMSNorm.forward)
     model = _tiny("llama").eval()
     mlps = _count(monkeypatch, GatedLoraDownFunction)
-    with trl_compat.lora_forward(True, []), trl_compat.fused_layers(model, True, []):
+    with lora_forward([]), fused_layers(model, []):
         assert (LlamaMLP.forward, LlamaRMSNorm.forward) != before
         with torch.no_grad():
             model(input_ids=torch.randint(0, 96, (1, 5)))
     assert mlps == [] and (LlamaMLP.forward, LlamaRMSNorm.forward) == before
-    with trl_compat.fused_layers(model, False, []):
+    with fused_layers(None, []):
         assert (LlamaMLP.forward, LlamaRMSNorm.forward) == before
 
 
@@ -151,7 +152,7 @@ def test_survives_train_mode_switch(monkeypatch):
     model = _tiny("llama").eval()
     model.base_model.model.set_use_kernels(True)  # as from_pretrained does where `kernels` is installed
     norms = _count(monkeypatch, RMSNormFunction)
-    with trl_compat.lora_forward(True, []), trl_compat.fused_layers(model, True, []):
+    with lora_forward([]), fused_layers(model, []):
         model.train()
         model(input_ids=torch.randint(0, 96, (1, 5)), labels=torch.randint(0, 96, (1, 5))).loss.backward()
     assert len(norms) == 4
@@ -165,9 +166,38 @@ def test_non_standard_mlp_forward_is_left_alone_and_recorded(monkeypatch):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)) * 0.5
 
     monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", scaled)
-    trl_compat.forward_body.cache_clear()
     model = _tiny("llama").train()
     mlps = _count(monkeypatch, GatedLoraDownFunction)
     _, _, fallbacks = _loss_and_grads(model, torch.randint(0, 96, (2, 8)), fused=True)
-    trl_compat.forward_body.cache_clear()
-    assert mlps == [] and len(fallbacks) == 1 and "standard forward" in fallbacks[0]
+    assert mlps == [] and len(fallbacks) == 1 and "listed class with its own forward" in fallbacks[0]
+
+
+# transformers' standard gated MLP forward and Llama-style RMSNorm forward, statement by statement
+MLP_FORWARD = ("down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))", "return down_proj")
+RMSNORM_FORWARD = (
+    "input_dtype = hidden_states.dtype",
+    "hidden_states = hidden_states.to(torch.float32)",
+    "variance = hidden_states.pow(2).mean(-1, keepdim=True)",
+    "hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)",
+    "return self.weight * hidden_states.to(input_dtype)",
+)
+
+
+def _statements(cls) -> tuple[str, ...]:
+    import inspect
+
+    lines = inspect.getsource(cls.forward).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.rstrip().endswith(":")) + 1
+    return tuple(line.strip() for line in lines[start:] if line.strip() and not line.strip().startswith("#"))
+
+
+@pytest.mark.parametrize("name", sorted(modules.GATED_MLPS | modules.RMSNORMS))
+def test_every_listed_class_computes_what_the_fused_function_does(name):
+    """The guard for a transformers upgrade: a listed class whose forward changed fails here (this test reads the
+    source; the lever itself selects by name, never by source text)."""
+    import importlib
+
+    module, _, class_name = name.rpartition(".")
+    cls = getattr(importlib.import_module(module), class_name)
+    expected = MLP_FORWARD if name in modules.GATED_MLPS else RMSNORM_FORWARD
+    assert _statements(cls) == expected

@@ -1,0 +1,81 @@
+"""The compatibility module: version gates, and every touch of library internals that no speed lever owns.
+
+A lever (peftsft/levers/) gates its own patch with `require`; what is left — the attention backend transformers
+chose, accelerate's process state, transformers' packed-sequence reader — lives here. Each names the versions it was
+written for and fails loudly outside them, never silently doing something else.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+from peftsft.core.errors import UserError
+
+# The releases the training path was written and tested against: another major fails loudly.
+SUPPORTED = {"trl": ((1, 16), (1, 99)), "transformers": ((5, 0), (5, 99))}
+
+
+def version(package: str) -> tuple[int, int]:
+    """(major, minor) of an installed package."""
+    major, minor, *_ = (importlib.metadata.version(package).split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def within(package: str, low: tuple[int, int], high: tuple[int, int]) -> bool:
+    return low <= version(package) <= high
+
+
+def require(package: str, low: tuple[int, int], high: tuple[int, int], what: str) -> None:
+    """A UserError naming `what` needs `package` in [low, high] when the installed one is outside."""
+    if not within(package, low, high):
+        found = importlib.metadata.version(package)
+        raise UserError(
+            f"{package} {found} is not supported by this peftsft ({what} was written for "
+            f"{low[0]}.{low[1]} to {high[0]}.x)",
+            hint=f"pip install '{package}>={low[0]}.{low[1]},<{high[0] + 1}'",
+        )
+
+
+def check_versions() -> dict[str, str]:
+    """The installed TRL/transformers versions; a UserError naming the supported range when outside it."""
+    for package, (low, high) in SUPPORTED.items():
+        require(package, low, high, "training")
+    return {package: importlib.metadata.version(package) for package in SUPPORTED}
+
+
+def attention_implementation(model) -> str:
+    """The attention backend transformers chose for `model` (a private config attribute in transformers 5)."""
+    require("transformers", (5, 0), (5, 99), "reading the attention backend")
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+
+
+def launched_world_size() -> int:
+    """Processes training together: accelerate's count once its state exists, else the launcher's environment.
+
+    Why private: `PartialState()` would initialise the process group when asked before the run sets it up."""
+    from accelerate import PartialState
+    from accelerate.utils import get_int_from_env
+
+    require("accelerate", (1, 0), (1, 99), "reading the process count")
+    if PartialState._shared_state != {}:
+        return PartialState().num_processes
+    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+
+
+def packed_sequence_starts(position_ids):
+    """transformers' own reading of where packed samples start (the rule its masks follow), for the contract."""
+    require("transformers", (5, 0), (5, 99), "reading packed samples")
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    return find_packed_sequence_indices(position_ids)
+
+
+def launched_rank() -> int:
+    """This process's rank: accelerate's once its state exists, else the launcher's RANK (0 when launched alone)."""
+    from accelerate import PartialState
+
+    require("accelerate", (1, 0), (1, 99), "reading the process rank")
+    if PartialState._shared_state != {}:
+        return PartialState().process_index
+    return int(os.environ.get("RANK", "0") or 0)

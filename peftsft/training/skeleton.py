@@ -1,0 +1,150 @@
+"""The training skeleton every task fills in: set up → decide the levers → train → finish, around one RunDir.
+
+A task (chat SFT, classification, preference) supplies what differs — how its model and data are loaded, which
+trainer it builds, what it saves and reports — as a `Task`; this module does what every run does, once: the run
+dir opened (or resumed), the process group, the seed, the levers decided and applied, the guards (NaN, Ctrl-C),
+metrics.jsonl and the progress display, the adapter written atomically, loss.png and summary.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from rich.console import Console
+
+from peftsft.core.config import Recipe, gradient_accumulation
+from peftsft.core.rundir import RunDir, checkpoint_step, write_dir
+from peftsft.levers import Levers, applied, decide_levers, prepare_model, trainer_built
+from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt
+from peftsft.training.callbacks import TokenRate
+from peftsft.training.distributed import console_for, on_main, process_state
+from peftsft.training.report import plot_loss
+from peftsft.training.runs import open_run_dir, run_summary, train_guarded
+
+
+@dataclass
+class Session:
+    """One run's context, handed to every step of a task."""
+
+    recipe: Recipe
+    console: Console
+    device: str
+    state: Any  # accelerate's PartialState
+    rundir: RunDir
+    checkpoint: Path | None  # the checkpoint a resumed run continues from
+
+
+@dataclass
+class Prepared:
+    """What a task's setup hands to the skeleton: the model with its strategy applied, and the data."""
+
+    model: Any
+    tokenizer: Any
+    train_ds: Any
+    eval_ds: Any | None
+    stats: Any  # the data statistics (an object with as_dict())
+    source: Any  # models.ModelSource
+    strategy: Any
+    params: dict  # strategy.trainable_summary
+    longest_sample: int | None = None  # tokens, for the memory plan behind the levers
+    extra: dict[str, Any] = field(default_factory=dict)  # the task's own (labels, contract, scores before…)
+
+
+class Task(Protocol):
+    name: str
+
+    def setup(self, session: Session) -> Prepared:
+        """Load the model, apply the strategy, build the data."""
+
+    def before_training(self, session: Session, prepared: Prepared, levers: Levers) -> None:
+        """What the task measures on the untrained model (with its adapter off)."""
+
+    def trainer(self, session: Session, prepared: Prepared, levers: Levers, callbacks: list):
+        """The trainer (TRL's or transformers'), built from the levers' arguments."""
+
+    def save(self, session: Session, prepared: Prepared, directory: Path) -> None:
+        """Write the adapter (and whatever loads with it) into `directory`."""
+
+    def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float) -> dict:
+        """Main process, after the adapter is saved: samples and scores; returns summary.json's task keys."""
+
+    def report(self, session: Session, prepared: Prepared, summary: dict) -> None:
+        """Main process, last: what the task prints about the finished run."""
+
+
+def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False, resume: str | bool | None = None,
+          force: bool = False) -> dict:  # fmt: skip
+    """Train per the recipe (or resume its run from a checkpoint); returns summary.json's contents."""
+    from transformers import set_seed
+
+    from peftsft.models import pick_device
+
+    device = pick_device(recipe.training.device)
+    state = process_state(device)
+    gradient_accumulation(recipe.training, state.num_processes)  # a global batch this launch cannot split fails now
+    console = console_for(state, console)
+    rundir = RunDir(recipe.run_dir)
+    checkpoint = on_main(state, lambda: open_run_dir(recipe, rundir, console, overwrite, resume, force))
+    state.wait_for_everyone()
+    set_seed(recipe.training.seed)
+    if recipe.model.trust_remote_code:
+        console.print("[bold yellow]warning:[/] trust_remote_code = true: code shipped with the model will run")
+    session = Session(recipe, console, device, state, rundir, checkpoint)
+
+    prepared = task.setup(session)
+    levers = decide_levers(recipe, device, prepared.model, prepared.longest_sample)
+    console.print(f"speed: {levers.describe()}")
+    task.before_training(session, prepared, levers)
+
+    rate = TokenRate()
+    keep = checkpoint_step(checkpoint) if checkpoint else None
+    metrics = MetricsLog(rundir.metrics_file, rate, keep_until_step=keep)
+    interrupt = StopOnInterrupt()
+    callbacks = [metrics, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints(rundir)]
+    trainer = with_levers(levers, prepared.model, lambda: task.trainer(session, prepared, levers, callbacks))
+    with applied(levers, prepared.model):
+        result = train_guarded(trainer, interrupt, checkpoint, rundir)
+        train_seconds = rate.elapsed
+        eval_metrics = trainer.evaluate() if prepared.eval_ds is not None else {}
+
+    def finish() -> dict:
+        write_dir(rundir.adapter_dir, lambda tmp: task.save(session, prepared, tmp))
+        extra = task.finish(session, prepared, trainer, levers, train_seconds)
+        plot_loss(metrics.records, rundir.loss_plot)
+        summary = run_summary(
+            recipe, trainer, result, eval_metrics, task=task.name, model_spec=prepared.source.spec,
+            strategy_name=prepared.strategy.name, params=prepared.params, device=device, train_seconds=train_seconds,
+            stats=prepared.stats,
+        )
+        summary.update(
+            world_size=state.num_processes,
+            global_batch_size=trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps
+            * state.num_processes,
+            levers=levers.as_dict(),
+            **extra,
+        )
+        rundir.write_summary(summary)
+        task.report(session, prepared, summary)
+        return summary
+
+    summary = on_main(state, finish)
+    state.wait_for_everyone()
+    return summary
+
+
+def with_levers(levers: Levers, model, build):
+    """build() → a trainer, with the model's dtypes as the levers say before and after it is built."""
+    prepare_model(levers, model)
+    trainer = build()
+    trainer_built(levers, trainer.model)
+    return trainer
+
+
+def adapter_off(model):
+    """A context in which `model` answers as its base: the adapter disabled (peft), or as it is (full/freeze
+    strategies change no weight before training)."""
+    import contextlib
+
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
