@@ -155,7 +155,7 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     from peftsft.strategies import StrategyContext, get_strategy
     from peftsft.strategies.registry import validate_params
     from peftsft.tasks.chat import sft_trainer
-    from peftsft.training.skeleton import with_levers
+    from peftsft.levers import build_trainer as with_levers
 
     recipe = load_recipe(spec["recipe"])
     set_seed(recipe.training.seed)

@@ -252,9 +252,9 @@ def use_bnb_cpu_path(model: torch.nn.Module, path: str = "reference") -> int:
         raise ValueError(f"bitsandbytes CPU path {path!r}: one of {BNB_CPU_PATHS}")
     try:
         import bitsandbytes as bnb
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu
     except ImportError:
         return 0
+    from peftsft.core.compat import bnb_pack_for_cpu
     converted = 0
     for module in model.modules():
         if not isinstance(module, bnb.nn.Linear4bit) or module.weight.quant_state is None:
@@ -263,7 +263,7 @@ def use_bnb_cpu_path(model: torch.nn.Module, path: str = "reference") -> int:
         current = bnb_cpu_path_of(module)
         if current is None or current == path:
             continue
-        convert = _convert_weight_packed_for_cpu if path == "packed" else _unpack
+        convert = bnb_pack_for_cpu if path == "packed" else _unpack
         module.weight.data, module.weight.quant_state = convert(module.weight.data, module.weight.quant_state)
         module.quant_state = module.weight.quant_state
         converted += 1
@@ -275,9 +275,9 @@ def _unpack(data: torch.Tensor, state) -> tuple[torch.Tensor, object]:
     the packed layout's bf16 [in/64, out] matrix, which the reference kernels would read as scales of the wrong
     blocks (weights off by ~5% of their range). Either way the weights come back within ~0.3% of their range of
     what they were before packing: the packed layout rounded the scales to bf16."""
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from peftsft.core.compat import bnb_unpack_for_cpu
 
-    data, state = _convert_weight_packed_for_cpu_inverse(data, state)
+    data, state = bnb_unpack_for_cpu(data, state)
     if state.absmax.dim() == 2:
         state.absmax = state.absmax.T.reshape(-1).float().contiguous()
     return data, state

@@ -1,7 +1,8 @@
 """The compatibility module: version gates, and every touch of library internals that no speed lever owns.
 
 A lever (peftsft/levers/) gates its own patch with `require`; what is left — the attention backend transformers
-chose, accelerate's process state, transformers' packed-sequence reader — lives here. Each names the versions it was
+chose, accelerate's process state, transformers' packed-sequence reader and RoPE tables, TRL's padding-free
+collator, bitsandbytes' CPU weight layouts — lives here. Each names the versions it was
 written for and fails loudly outside them, never silently doing something else.
 """
 
@@ -79,3 +80,39 @@ def launched_rank() -> int:
     if PartialState._shared_state != {}:
         return PartialState().process_index
     return int(os.environ.get("RANK", "0") or 0)
+
+
+def padding_free_collator():
+    """TRL's own collator for padding-free batches (the samples flattened, position ids restarting), which the
+    SFT trainer uses: the contract previews a batch exactly as training will see it."""
+    require("trl", (1, 16), (1, 99), "previewing padding-free batches")
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+
+
+def rope_inverse_frequencies(rope_type: str, config):
+    """transformers' own RoPE initialisation for `rope_type` (e.g. llama3's scaled frequencies), on the CPU."""
+    require("transformers", (5, 0), (5, 99), "reading RoPE frequencies")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    return ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")[0]
+
+
+BITSANDBYTES = ((0, 48), (0, 99))  # the packed CPU layout and its inverse, as bitsandbytes.functional names them
+
+
+def bnb_pack_for_cpu(data, state):
+    """bitsandbytes' conversion of a 4-bit weight to its packed AVX-512-BF16 CPU layout."""
+    require("bitsandbytes", *BITSANDBYTES, "choosing bitsandbytes' CPU layout")
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    return _convert_weight_packed_for_cpu(data, state)
+
+
+def bnb_unpack_for_cpu(data, state):
+    """bitsandbytes' inverse of `bnb_pack_for_cpu` (back to the reference layout)."""
+    require("bitsandbytes", *BITSANDBYTES, "choosing bitsandbytes' CPU layout")
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    return _convert_weight_packed_for_cpu_inverse(data, state)

@@ -15,7 +15,7 @@ PACKING_STRATEGY = "bfd"  # TRL's best-fit decreasing; levers/batching.py passes
 
 def pack(dataset, max_length: int):
     """Rows of whole samples (input_ids, labels, seq_lengths), at most `max_length` tokens each."""
-    from trl.data_utils import pack_dataset
+    from trl import pack_dataset
 
     return pack_dataset(dataset.select_columns(["input_ids", "labels"]), max_length, PACKING_STRATEGY)
 
@@ -29,15 +29,16 @@ def packing_stats(dataset, max_length: int) -> dict:
 
 def collate(rows: list[dict]) -> dict:
     """A padding-free batch, as the trainer's collator builds it."""
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    from peftsft.core.compat import padding_free_collator
 
-    return DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+    return padding_free_collator()(rows)
 
 
 def isolation_problem(dataset, max_length: int, attention: str) -> str | None:
     """Why packed samples could see each other with this data and attention backend, or None."""
     import torch
-    from transformers.masking_utils import find_packed_sequence_indices
+
+    from peftsft.core.compat import packed_sequence_starts
 
     attention = "sdpa" if attention == "auto" else attention  # transformers' default where torch has it
     if attention not in ISOLATING_ATTENTION:
@@ -49,7 +50,7 @@ def isolation_problem(dataset, max_length: int, attention: str) -> str | None:
         return "the packed batch carries an attention mask, which hides the sample boundaries from the model"
     lengths = torch.tensor([n for row in rows for n in row["seq_lengths"]])
     expected = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    found = find_packed_sequence_indices(batch["position_ids"])
+    found = packed_sequence_starts(batch["position_ids"])
     found = torch.zeros_like(expected) if found is None else found[0]
     if not torch.equal(found, expected):
         return "position ids do not restart at every sample boundary, so samples would attend to each other"

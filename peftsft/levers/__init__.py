@@ -1,10 +1,10 @@
 """The speed levers: each one module — its rule (decide), its memory term, its patch — and this, their one door.
 
 A run decides every lever once (`decide_levers`), from its recipe, device and model; everything downstream reads the
-`Levers` it returns: the trainer's arguments (`trainer_arguments`, `sft_arguments`), the model's dtypes before and
-after the trainer is built (`prepare_model`, `trainer_built`), the patches while training (`applied`: one
-ExitStack over every lever's patch, each restored after) and the memory plan (`memory.plan`, summing the levers'
-terms). Nothing outside this package calls a lever's rule or applies its patch.
+`Levers` it returns: the trainer's arguments (`trainer_arguments`, `sft_arguments`), `training` (the model's
+dtypes set around building the trainer, then every lever's patch entered on one ExitStack while it trains, each
+restored after) and the memory plan (`memory_plan`, summing the levers' terms). Nothing outside this package calls
+a lever's rule or applies its patch.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from peftsft.core.config import Recipe
 from peftsft.levers import attention, batching, checkpointing, dtypes, kernel_caches, loss_head, lora_kernel
 from peftsft.levers import optimizer, precision
 from peftsft.levers.decision import Levers
-from peftsft.levers.memory import MemoryPlan, plan, skeleton
+from peftsft.levers.memory import MemoryPlan, plan
+from peftsft.levers.model_skeleton import skeleton
 from peftsft.levers.situation import Situation
 
-__all__ = ["Levers", "MemoryPlan", "Situation", "applied", "decide_levers", "memory_plan", "prepare_model",
-           "prepare_process", "sft_arguments", "skeleton", "trainer_arguments", "trainer_built"]  # fmt: skip
+__all__ = ["Levers", "MemoryPlan", "Situation", "applied", "build_trainer", "decide_levers", "memory_plan",
+           "prepare_process", "sft_arguments", "skeleton", "trainer_arguments", "training"]  # fmt: skip
 
 
 def decide_levers(recipe: Recipe, device: str, model, longest_sample: int | None = None,
@@ -57,16 +58,6 @@ def prepare_process() -> None:
     kernel_caches.prepare_process()
 
 
-def prepare_model(levers: Levers, model) -> None:
-    """Before the trainer is built: the frozen base in its dtype."""
-    dtypes.prepare(model, levers.base_dtype)
-
-
-def trainer_built(levers: Levers, model) -> None:
-    """After the trainer is built (TRL casts adapters on a quantized base to bf16): the adapters in their dtype."""
-    dtypes.settle(model, levers.adapter_dtype)
-
-
 def trainer_arguments(levers: Levers) -> dict:
     """The TrainingArguments keys the levers set (every task)."""
     return {**precision.trainer_arguments(levers.precision), **optimizer.trainer_arguments(levers.optimizer),
@@ -78,9 +69,27 @@ def sft_arguments(levers: Levers, max_length: int) -> dict:
     return batching.sft_arguments(levers.batching, max_length)
 
 
+def build_trainer(levers: Levers, model, build):
+    """build() → a trainer, the model's dtypes as the levers say: the frozen base before it is built, the adapters
+    after (TRL casts adapters on a quantized base to bf16 while it builds)."""
+    dtypes.prepare(model, levers.base_dtype)
+    trainer = build()
+    dtypes.settle(trainer.model, levers.adapter_dtype)
+    return trainer
+
+
+@contextlib.contextmanager
+def training(levers: Levers, model, build) -> Iterator:
+    """`with training(levers, model, build) as trainer:` — the trainer built as `build_trainer` does, and every
+    lever's patch entered while the block trains and evaluates, restored afterwards (in reverse order)."""
+    trainer = build_trainer(levers, model, build)
+    with applied(levers, model):
+        yield trainer
+
+
 @contextlib.contextmanager
 def applied(levers: Levers, model) -> Iterator[None]:
-    """While training and evaluating: every lever's patch, restored afterwards (in reverse order)."""
+    """Every lever's patch while the block runs, restored afterwards (in reverse order)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(loss_head.patch(levers.loss_head, levers.fallbacks))
         stack.enter_context(dtypes.patch(model, levers.base_dtype, levers.precision))

@@ -58,3 +58,15 @@ def layers_keeping_activations(model: torch.nn.Module, layers: int) -> int:
         if any(p.requires_grad for p in block.parameters()):
             return layers - index
     return layers
+
+
+def activation_values(hidden: int, tokens: int, per_layer: float, extra_per_layer: float, layers: int,
+                      checkpointed: bool) -> float:  # fmt: skip
+    """Values alive at the backward's peak: every kept layer's (checkpointing: each layer's input, and one layer
+    recomputed at a time), the backward's own gradients and temporaries (about twice a layer's saved values), the
+    embeddings' output and the final norm."""
+    if checkpointed:
+        values = layers * hidden * tokens + per_layer * tokens + extra_per_layer
+    else:
+        values = layers * (per_layer * tokens + extra_per_layer)
+    return values + 2 * per_layer * tokens + 4 * hidden * tokens

@@ -10,16 +10,15 @@ memory tops out. The model is a meta-device skeleton: shapes, no memory.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from peftsft.core.config import Recipe
-from peftsft.core.errors import UserError
 from peftsft.levers import dtypes, kernel_caches, loss_head, lora_kernel, optimizer, precision
-from peftsft.levers.activations import layer_activation_elements, layers_keeping_activations, trains_base_weights
+from peftsft.levers.activations import activation_values, layer_activation_elements, layers_keeping_activations
+from peftsft.levers.activations import trains_base_weights
 from peftsft.levers.decision import Levers
 from peftsft.levers.situation import Situation
+from peftsft.levers.model_skeleton import skeleton
 
 if TYPE_CHECKING:
     import torch
@@ -80,166 +79,98 @@ class MemoryPlan:
         return {**asdict(self), "peak_bytes": self.peak_bytes}
 
 
+@dataclass
+class ModelFacts:
+    """What the plan reads off the skeleton, in one pass."""
+
+    total_params: int
+    trainable_params: int
+    trainable_bytes: int  # the trainable weights as they train (dtype levers applied)
+    head_grad_bytes: int  # the fp32 accumulator of a trainable LM head's gradient (0 for a frozen head)
+    quantized_shapes: list[tuple[int, int]]  # [out, in] of the frozen linear layers (what a k-bit base quantizes)
+    unquantized_bytes: int  # every other tensor (quantized runs: frozen float ones upcast to fp32 by k-bit prep)
+    lora_modules_per_layer: float
+    trains_base: bool
+    layers_kept: int  # decoder layers whose activations the backward needs
+
+
 def plan(situation: Situation, levers: Levers) -> MemoryPlan:
     """The run's peak memory with `levers`, on a skeleton of its model (the situation's, when it is one)."""
-    recipe, device, notes = situation.recipe, situation.device, []
+    from peftsft.models import quantized_layer_bytes
+
+    recipe, device, notes, quant = situation.recipe, situation.device, [], situation.recipe.quantization
     model, params = skeleton(recipe, device, notes, situation.model)
     dtypes.prepare(model, levers.base_dtype)  # what the run does to its model, before and after building the trainer
     dtypes.settle(model, levers.adapter_dtype)
+    dims, facts = Dims.from_config(model.config), model_facts(model, quant.bits is not None)
     batch, seq, seq_from = recipe.training.batch_size, recipe.data.max_length, "[data] max_length"
     if situation.longest_sample and not recipe.data.packing:
         seq, seq_from = min(situation.longest_sample, recipe.data.max_length), "longest sample in the data"
     seq += getattr(params, "num_virtual_tokens", 0) or 0  # prompt-learning methods lengthen every row
-    result = MemoryPlan(
-        device=device, dims=Dims.from_config(model.config), total_params=0, trainable_params=0, quantized_params=0,
-        batch=batch, seq=seq, seq_from=seq_from, precision=levers.precision, checkpointing=levers.activation_checkpointing,
-        checkpointing_reason=levers.checkpointing_reason, available_bytes=situation.available_bytes, notes=notes,
-        levers=levers.as_dict(),
-    )  # fmt: skip
-    _count(result, model, recipe)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
-    output = model.get_output_embeddings()
-    head_grad = output.weight.numel() * 4 if output is not None and output.weight.requires_grad else 0
-    tokens = batch * (seq - 1)
-    result.components = {
-        "weights": _weight_bytes(result, model, recipe, levers),
-        "gradients": trainable_bytes,
-        "optimizer": optimizer.state_bytes(levers.optimizer, sum(p.numel() for p in trainable), trainable_bytes, notes),
-        "activations": _activation_bytes(result, model, levers, params),
-        "loss_head": loss_head.memory_bytes(levers.loss_head, tokens, result.dims.hidden, result.dims.vocab, device,
-                                            levers.precision, head_grad) if levers.loss_head else 0,
+    weights = facts.unquantized_bytes
+    if quant.bits is not None:  # the bitsandbytes layout peftsft trains on, on every CPU and on CUDA
+        held = sum(quantized_layer_bytes(shape, quant.bits, quant.double_quant) for shape in facts.quantized_shapes)
+        quantized = sum(o * i for o, i in facts.quantized_shapes)
+        notes.append(f"{quant.bits}-bit base: {held / max(quantized, 1):.3f} bytes per quantized weight; trainable "
+                     f"weights in {levers.adapter_dtype}")  # fmt: skip
+        weights += held
+    dora, rank, dropout = getattr(params, "use_dora", False), getattr(params, "r", 0) or 0, getattr(params, "dropout", 0.0)
+    per_layer = layer_activation_elements(
+        dims, facts.trains_base, facts.lora_modules_per_layer, rank, dropout or 0.0,
+        lora_kernel.fused_mlp(levers.lora_kernel, model, dora), lora_kernel.fused_norms(levers.lora_kernel, model),
+    )
+    extra_per_layer = 0.0
+    if dora:  # DoRA also keeps its weight-norm path per token and the layer's W + BA per layer (rough, measured)
+        per_layer *= 2
+        extra_per_layer = 0.85 * sum(o * i for o, i in facts.quantized_shapes) / max(dims.layers, 1)
+        notes.append("DoRA activations are a rough estimate")
+    values = activation_values(dims.hidden, batch * seq, per_layer, extra_per_layer, facts.layers_kept,
+                               levers.activation_checkpointing)  # fmt: skip
+    components = {
+        "weights": int(weights),
+        "gradients": facts.trainable_bytes,
+        "optimizer": optimizer.state_bytes(levers.optimizer, facts.trainable_params, facts.trainable_bytes, notes),
+        "activations": int(values * precision.activation_bytes(levers.precision)),
+        "loss_head": loss_head.memory_bytes(levers.loss_head, batch * (seq - 1), dims.hidden, dims.vocab, device,
+                                            levers.precision, facts.head_grad_bytes) if levers.loss_head else 0,
         "kernel_caches": kernel_caches.memory_bytes(device, levers.precision),
     }  # fmt: skip
-    return result
+    return MemoryPlan(
+        device=device, dims=dims, total_params=facts.total_params, trainable_params=facts.trainable_params,
+        quantized_params=sum(o * i for o, i in facts.quantized_shapes) if quant.bits else 0, batch=batch, seq=seq, seq_from=seq_from,
+        precision=levers.precision, checkpointing=levers.activation_checkpointing,
+        checkpointing_reason=levers.checkpointing_reason, available_bytes=situation.available_bytes,
+        components=components, notes=notes, levers=levers.as_dict(),
+    )  # fmt: skip
 
 
-def skeleton(recipe: Recipe, device: str, notes: list[str], model=None):
-    """(the model on the `meta` device with the recipe's strategy applied, the strategy's parameters); `model` is
-    returned as it is when it is such a skeleton already."""
-    from peftsft.strategies.registry import get_strategy, validate_params
-
-    params = validate_params(get_strategy(recipe.strategy.name), recipe.strategy.params)
-    if model is not None and next(model.parameters()).device.type == "meta":
-        return model, params
-    config = _load_config(recipe)
-    return _with_strategy(config, recipe, _weights_dtype(recipe, device, notes), params), params
-
-
-def _load_config(recipe: Recipe):
-    from transformers import AutoConfig
-
-    from peftsft.models import materialize, resolve_source
-
-    location = materialize(resolve_source(recipe.model.source))  # a GGUF is converted once and cached
-    try:
-        return AutoConfig.from_pretrained(
-            location, trust_remote_code=recipe.model.trust_remote_code, revision=recipe.model.revision
-        )
-    except OSError as exc:
-        raise UserError(
-            f"[model] source: no config.json for {recipe.model.source!r}: {str(exc).splitlines()[0]}",
-            hint="the plan reads the model's config only; give a local model dir, a .gguf or a cached Hub id",
-        ) from None
-
-
-def _weights_dtype(recipe: Recipe, device: str, notes: list[str]):
+def model_facts(model: torch.nn.Module, quantized: bool) -> ModelFacts:
     import torch
 
-    from peftsft.models import resolve_dtype
-
-    if device == "cuda" and not torch.cuda.is_available():
-        notes.append("no CUDA device here: planned for one with bf16 support (Ampere or newer)")
-        return torch.bfloat16 if recipe.model.dtype == "auto" else getattr(torch, recipe.model.dtype)
-    return resolve_dtype(recipe.model.dtype, device)
-
-
-def _with_strategy(config, recipe: Recipe, dtype, params):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from peftsft.strategies import StrategyContext, get_strategy
-
-    strategy = get_strategy(recipe.strategy.name)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # peft asks a deprecated transformers property
-            return strategy.apply(model, params, StrategyContext())
-    except RuntimeError:
-        if not hasattr(params, "init"):
-            raise
-        # PiSSA/OLoRA decompose real weights to start from; the adapter's shapes are LoRA's all the same
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        return strategy.apply(model, params.model_copy(update={"init": "default"}), StrategyContext())
-
-
-def _count(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe) -> None:
     from peftsft.strategies import trainable_summary
 
     summary = trainable_summary(model)
-    plan.total_params, plan.trainable_params = summary["total_params"], summary["trainable_params"]
-    if recipe.quantization.bits is not None:
-        plan.quantized_params = sum(m.weight.numel() for m in quantizable_linears(model))
-
-
-def quantizable_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Frozen nn.Linear layers of the base (bitsandbytes keeps the LM head and the adapters in float)."""
-    import torch
-
     output = model.get_output_embeddings()
-    return [
+    linears = [
         m for name, m in model.named_modules()
         if type(m) is torch.nn.Linear and m is not output and not m.weight.requires_grad
         and not any(part.startswith(("lora_", "hada_", "lokr_", "oft_", "vera_")) for part in name.split("."))
-    ]
-
-
-def _weight_bytes(plan: MemoryPlan, model: torch.nn.Module, recipe: Recipe, levers: Levers) -> int:
+    ]  # frozen nn.Linear layers of the base: bitsandbytes keeps the LM head and the adapters in float
+    quantized_ids = {id(m.weight) for m in linears} if quantized else set()
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    if recipe.quantization.bits is None:
-        return sum(t.numel() * t.element_size() for t in tensors.values())
-    from peftsft.models import quantized_layer_bytes
-
-    quant = recipe.quantization
-    quantized = quantizable_linears(model)
-    quantized_ids = {id(m.weight) for m in quantized}
-    # the bitsandbytes layout peftsft trains on, on every CPU and on CUDA: see models.BNB_CPU_PATHS
-    held = sum(quantized_layer_bytes(tuple(m.weight.shape), quant.bits, quant.double_quant) for m in quantized)
-    per_param = held / max(plan.quantized_params, 1)
     # k-bit preparation (peft) upcasts the remaining frozen float weights (embeddings, norms) to fp32
-    rest = sum(
-        t.numel() * (t.element_size() if t.requires_grad else 4) for i, t in tensors.items() if i not in quantized_ids
+    rest = sum(t.numel() * (t.element_size() if t.requires_grad or not quantized else 4)
+               for i, t in tensors.items() if i not in quantized_ids)  # fmt: skip
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    layers = model.config.get_text_config().num_hidden_layers
+    return ModelFacts(
+        total_params=summary["total_params"],
+        trainable_params=summary["trainable_params"],
+        trainable_bytes=sum(p.numel() * p.element_size() for p in trainable),
+        head_grad_bytes=output.weight.numel() * 4 if output is not None and output.weight.requires_grad else 0,
+        quantized_shapes=[tuple(m.weight.shape) for m in linears],
+        unquantized_bytes=rest,
+        lora_modules_per_layer=sum(1 for m in model.modules() if hasattr(m, "lora_A")) / max(layers, 1),
+        trains_base=trains_base_weights(model),
+        layers_kept=layers_keeping_activations(model, layers),
     )
-    plan.notes.append(f"{quant.bits}-bit base: {per_param:.3f} bytes per quantized weight; trainable weights in "
-                      f"{levers.adapter_dtype}")  # fmt: skip
-    return int(rest + held)
-
-
-def _activation_bytes(plan: MemoryPlan, model: torch.nn.Module, levers: Levers, params) -> int:
-    dims, tokens = plan.dims, plan.batch * plan.seq
-    lora_modules = sum(1 for m in model.modules() if hasattr(m, "lora_A")) / max(dims.layers, 1)
-    dora = getattr(params, "use_dora", False)
-    per_layer = layer_activation_elements(
-        dims, trains_base_weights(model), lora_modules, getattr(params, "r", 0) or 0,
-        getattr(params, "dropout", 0.0) or 0.0, lora_kernel.fused_mlp(levers.lora_kernel, model, dora),
-        lora_kernel.fused_norms(levers.lora_kernel, model),
-    )
-    extra_per_layer = 0
-    if dora:
-        # DoRA also keeps its weight-norm path per token and the layer's W + BA per layer (rough, measured)
-        per_layer *= 2
-        extra_per_layer = 0.85 * sum(m.weight.numel() for m in quantizable_linears(model)) / max(dims.layers, 1)
-        plan.notes.append("DoRA activations are a rough estimate")
-    layers = layers_keeping_activations(model, dims.layers)
-    if plan.checkpointing:
-        # each layer keeps its input; in backward one layer at a time is recomputed
-        values = layers * dims.hidden * tokens + per_layer * tokens + extra_per_layer
-    else:
-        values = layers * (per_layer * tokens + extra_per_layer)
-    # the backward of a layer holds gradients and temporaries about twice its saved activations
-    values += 2 * per_layer * tokens
-    values += 4 * dims.hidden * tokens  # embeddings output, final norm
-    return int(values * precision.activation_bytes(plan.precision))

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from peftsft.core.config import Recipe, gradient_accumulation
 from peftsft.core.rundir import RunDir, checkpoint_step, write_dir
-from peftsft.levers import Levers, applied, decide_levers, prepare_model, trainer_built
+from peftsft.levers import Levers, decide_levers, training
 from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt
 from peftsft.training.callbacks import TokenRate
 from peftsft.training.distributed import console_for, on_main, process_state
@@ -103,8 +103,8 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
     metrics = MetricsLog(rundir.metrics_file, rate, keep_until_step=keep)
     interrupt = StopOnInterrupt()
     callbacks = [metrics, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints(rundir)]
-    trainer = with_levers(levers, prepared.model, lambda: task.trainer(session, prepared, levers, callbacks))
-    with applied(levers, prepared.model):
+    build = lambda: task.trainer(session, prepared, levers, callbacks)  # noqa: E731
+    with training(levers, prepared.model, build) as trainer:
         result = train_guarded(trainer, interrupt, checkpoint, rundir)
         train_seconds = rate.elapsed
         eval_metrics = trainer.evaluate() if prepared.eval_ds is not None else {}
@@ -132,14 +132,6 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
     summary = on_main(state, finish)
     state.wait_for_everyone()
     return summary
-
-
-def with_levers(levers: Levers, model, build):
-    """build() → a trainer, with the model's dtypes as the levers say before and after it is built."""
-    prepare_model(levers, model)
-    trainer = build()
-    trainer_built(levers, trainer.model)
-    return trainer
 
 
 def adapter_off(model):

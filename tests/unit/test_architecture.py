@@ -157,3 +157,117 @@ def test_the_checks_catch_a_planted_cycle_and_an_upward_import(tmp_path):
                                            ("peftsft.commands.cli", "commands"), ("peftsft", "core")])
 def test_layer_lookup(module, layer):
     assert LAYERS[layer_of(module)][0] == layer
+
+
+# ---------------------------------------------------------------------------------------------- one owner per decision
+
+LEVERS = "peftsft.levers"
+# the places allowed to touch library internals: a lever (behind its version gate) and the compatibility module
+INTERNALS_ALLOWED = (LEVERS, "peftsft.core.compat")
+LIBRARIES = ("torch", "trl", "transformers", "peft", "accelerate", "bitsandbytes")
+# modules of those libraries that are internals (not their documented API)
+INTERNAL_MODULES = ("trl.trainer.", "transformers.masking_utils", "transformers.integrations", "transformers.modeling_",
+                    "peft.tuners", "torch._")  # fmt: skip
+PRIVATE_ATTRIBUTES = {"_attn_implementation", "_shared_state"}  # library internals reached through an object
+
+
+def _outside(module: str, prefixes: tuple[str, ...]) -> bool:
+    return not any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def lever_rule_calls(root: Path = PACKAGE) -> list[str]:
+    """Calls of a lever's rule (`decide…`) outside the lever's own module and the levers' door (levers/__init__);
+    imports of a lever's module from outside the levers package."""
+    problems = []
+    files = module_files(root)
+    for name, path in sorted(files.items()):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        for target in imports_of(name, path, set(files)):
+            if target.startswith(LEVERS + ".") and _outside(name, (LEVERS,)):
+                problems.append(f"{name} imports {target}: outside the levers package, only `{LEVERS}` is imported")
+        if name == LEVERS:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                called = getattr(node.func, "attr", None) or getattr(node.func, "id", None) or ""
+                if called.startswith("decide") and called != "decide_levers" and called not in defined:
+                    problems.append(f"{name} calls the lever rule {called} (line {node.lineno})")
+    return problems
+
+
+def internals_touched(root: Path = PACKAGE) -> list[str]:
+    """Library internals reached outside the levers and the compatibility module; any `inspect.getsource`."""
+    problems = []
+    for name, path in sorted(module_files(root).items()):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "getsource":
+                problems.append(f"{name}:{node.lineno} reads source text (inspect.getsource)")
+        if not _outside(name, INTERNALS_ALLOWED):
+            continue
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] in LIBRARIES:
+                        aliases[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [
+                a.name for a in getattr(node, "names", [])] if isinstance(node, ast.Import) else []  # fmt: skip
+            for module in modules:
+                if module.startswith(INTERNAL_MODULES):
+                    problems.append(f"{name}:{node.lineno} imports {module}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in LIBRARIES:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                problems += [f"{name}:{node.lineno} imports {node.module}.{p}" for p in private]
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            if node.attr in PRIVATE_ATTRIBUTES:
+                problems.append(f"{name}:{node.lineno} reads .{node.attr}")
+                continue
+            chain, value = [node.attr], node.value
+            while isinstance(value, ast.Attribute):
+                chain.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name) and value.id in aliases:
+                dotted = ".".join([aliases[value.id], *reversed(chain)])
+                if any(part.startswith("_") and not part.startswith("__") for part in dotted.split(".")):
+                    problems.append(f"{name}:{node.lineno} reaches {dotted}")
+    return sorted(set(problems))
+
+
+def test_a_levers_rule_is_called_only_by_its_module_and_the_levers_door():
+    assert lever_rule_calls() == []
+
+
+def test_library_internals_are_touched_only_in_a_lever_or_the_compatibility_module():
+    assert internals_touched() == []
+
+
+def test_the_ownership_checks_catch_planted_violations(tmp_path):
+    """Each check, on a throwaway package with its fault planted once."""
+    root = tmp_path / "peftsft"
+    for folder in ("levers", "training", "core"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "levers" / "precision.py").write_text("def decide(situation):\n    return 'bf16'\n")
+    (root / "levers" / "__init__.py").write_text("from peftsft.levers import precision\n"
+                                                 "def decide_levers(s):\n    return precision.decide(s)\n")
+    (root / "training" / "plan.py").write_text(
+        "from peftsft.levers import precision\nimport torch\nimport trl.trainer.utils as trl_utils\n"
+        "def f(model):\n    precision.decide(None)\n    torch._softmax_backward_data\n    trl_utils._CHUNK\n"
+        "    return model.config._attn_implementation\n")
+    (root / "core" / "compat.py").write_text("import torch\ndef g():\n    return torch._C\n")  # allowed here
+    assert lever_rule_calls(root) == [
+        "peftsft.training.plan imports peftsft.levers.precision: outside the levers package, only `peftsft.levers` "
+        "is imported",
+        "peftsft.training.plan calls the lever rule decide (line 5)",
+    ]
+    assert internals_touched(root) == [
+        "peftsft.training.plan:3 imports trl.trainer.utils",
+        "peftsft.training.plan:6 reaches torch._softmax_backward_data",
+        "peftsft.training.plan:7 reaches trl.trainer.utils._CHUNK",
+        "peftsft.training.plan:8 reads ._attn_implementation",
+    ]

@@ -148,10 +148,10 @@ def load_gguf_file(path: Path) -> TransformersRuntime:
 
 def gguf_file_quant(path: Path) -> str:
     """The --quant name of an existing GGUF's file type (its tolerance applies to a LoRA over it)."""
-    from transformers.integrations.gguf import read_gguf_metadata
+    from gguf import GGUFReader
 
     from peftsft.artifacts.export.gguf.quants import QUANTS, file_type
 
-    metadata, _ = read_gguf_metadata(str(path))
+    field = GGUFReader(str(path)).fields.get("general.file_type")
     by_type = {file_type(q): q for q in QUANTS}
-    return by_type.get(int(metadata.get("general.file_type", -1)), "q4_0")
+    return by_type.get(int(field.contents()) if field is not None else -1, "q4_0")
