@@ -67,7 +67,7 @@ def _print_base_identity(recipe) -> None:
     from peftsft.base_identity import detect_base_identity
 
     if recipe.model.base_id is not None:
-        console.print(f"base id: {recipe.model.base_id} ([model] base_id)")
+        console.print(f"base id: {recipe.model.base_id} ([model] base_id)", markup=False, highlight=False)
         return
     identity = detect_base_identity(recipe.model.source)
     if identity.id is not None:

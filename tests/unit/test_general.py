@@ -52,7 +52,7 @@ def knowing_model_dir(tmp_path_factory, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from peftsft.data.masking import encode
-    from peftsft.training.scoring import _pad
+    from peftsft.training.scoring import _left_pad as _pad
 
     tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     tokenizer.chat_template = TEMPLATE
