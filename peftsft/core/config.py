@@ -203,6 +203,11 @@ class TrainingSection(Section):
         "per step; auto: on with flash/flex attention and peftsft's CPU attention (per-sample attention); off with "
         "sdpa/eager, whose dense block mask costs more than length-grouped batches' little padding, and at batch_size 1"
     )
+    mlp_tiling: bool | Literal["auto"] = Key(
+        "auto", "run the gated MLPs over a long batch in token tiles, each recomputed in the backward: their "
+        "intermediates (4 × tokens × intermediate size) never exist for the whole batch at once, at the cost of one "
+        "more MLP forward; auto: on with activation checkpointing for batches over 4,096 tokens"
+    )
     sampling: Literal["random", "group_by_length", "sequential"] = Key(
         "group_by_length", "batch order: group_by_length (similar lengths together: far less padding, same samples "
         "per epoch), random, or sequential (file order, for reproducible comparisons)"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from peftsft.core.config import Recipe
 from peftsft.levers import attention, batching, checkpointing, dtypes, kernel_caches, loss_head, lora_kernel
-from peftsft.levers import optimizer, precision
+from peftsft.levers import mlp_tiling, optimizer, precision
 from peftsft.levers.decision import Levers
 from peftsft.levers.memory import MemoryPlan, plan
 from peftsft.levers.model_skeleton import skeleton
@@ -44,7 +44,9 @@ def decide_levers(recipe: Recipe, device: str, model, longest_sample: int | None
         base_dtype=dtypes.decide_base_dtype(situation, chosen_precision),
         threads=torch.get_num_threads(),
     )
-    return checkpointing.decide(situation, levers)
+    levers = checkpointing.decide(situation, levers)
+    levers.mlp_tiling = mlp_tiling.decide(situation, levers.activation_checkpointing)
+    return levers
 
 
 def memory_plan(recipe: Recipe, device: str, model, levers: Levers, longest_sample: int | None = None,
@@ -95,4 +97,5 @@ def applied(levers: Levers, model) -> Iterator[None]:
         stack.enter_context(dtypes.patch(model, levers.base_dtype, levers.precision))
         stack.enter_context(attention.patch(model, levers.attention))
         stack.enter_context(lora_kernel.patch(model, levers.lora_kernel, levers.fallbacks))
+        stack.enter_context(mlp_tiling.patch(model, levers.mlp_tiling))  # over the fused MLP: entered after it
         yield

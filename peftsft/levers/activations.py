@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 
 def layer_activation_elements(dims, trains_base: bool, lora_modules: float, rank: int, dropout: float,
-                              fused: bool = False, fused_norms: bool = False) -> float:  # fmt: skip
+                              fused: bool = False, fused_norms: bool = False, tiled_mlp: bool = False) -> float:  # fmt: skip
     """Values autograd keeps per token per decoder layer of `dims` (memory.Dims; Llama family, transformers 5, padded
     batches, SDPA or peftsft's CPU attention: neither keeps the attention probabilities).
 
@@ -18,10 +18,12 @@ def layer_activation_elements(dims, trains_base: bool, lora_modules: float, rank
     gate, up, SiLU and product. Training the base's weights keeps 2 more hidden-sized inputs; each LoRA module
     its rank-sized middle; LoRA dropout a dropped copy of each adapted input. `fused` (the lora_kernel lever's fused
     layers): the MLP keeps gate and up only, dropout one copy per distinct input;
-    `fused_norms` (fused_layers' RMSNorm): a trained norm weight keeps no normalized input.
+    `fused_norms` (fused_layers' RMSNorm): a trained norm weight keeps no normalized input. `tiled_mlp` (the
+    mlp_tiling lever): the MLP keeps no intermediates per token (a tile's are counted apart).
     """
     h, i, q = dims.hidden, dims.intermediate, dims.heads * dims.head_dim
-    elements = 4 * h + (2 if fused else 4) * i + 2 * q + 2 * q + dims.heads + 11  # 11: small per-token tensors
+    mlp = 0 if tiled_mlp else (2 if fused else 4) * i
+    elements = 4 * h + mlp + 2 * q + 2 * q + dims.heads + 11  # 11: small per-token tensors
     if trains_base and not fused_norms:
         elements += 2 * h
     elements += rank * lora_modules

@@ -21,6 +21,7 @@ class Levers:
     threads: int
     activation_checkpointing: bool = False
     checkpointing_reason: str = "set in the recipe"
+    mlp_tiling: bool = False  # gated MLPs run in token tiles, each recomputed in the backward
     fallbacks: list[str] = field(default_factory=list)  # patches that could not apply on these versions, and why
 
     def describe(self) -> str:
@@ -31,6 +32,7 @@ class Levers:
             f"{self.precision}{dtypes}, {self.batching.describe()}, {self.attention} attention, {self.optimizer}, "
             f"{self.threads} threads{head}, {self.lora_kernel} LoRA layers, activation checkpointing "
             f"{'on' if self.activation_checkpointing else 'off'} ({self.checkpointing_reason})"
+            + (", MLP in token tiles" if self.mlp_tiling else "")
         )
 
     def as_dict(self) -> dict:

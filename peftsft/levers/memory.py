@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from peftsft.levers import dtypes, kernel_caches, loss_head, lora_kernel, optimizer, precision
+from peftsft.levers import dtypes, kernel_caches, loss_head, lora_kernel, mlp_tiling, optimizer, precision
 from peftsft.levers.activations import activation_values, layer_activation_elements, layers_keeping_activations
 from peftsft.levers.activations import trains_base_weights
 from peftsft.levers.decision import Levers
@@ -118,6 +118,7 @@ def plan(situation: Situation, levers: Levers) -> MemoryPlan:
     per_layer = layer_activation_elements(
         dims, facts.trains_base, facts.lora_modules_per_layer, rank, dropout or 0.0,
         lora_kernel.fused_mlp(levers.lora_kernel, model, dora), lora_kernel.fused_norms(levers.lora_kernel, model),
+        levers.mlp_tiling,
     )
     extra_per_layer = 0.0
     if dora:  # DoRA also keeps its weight-norm path per token and the layer's W + BA per layer (rough, measured)
@@ -126,6 +127,8 @@ def plan(situation: Situation, levers: Levers) -> MemoryPlan:
         notes.append("DoRA activations are a rough estimate")
     values = activation_values(dims.hidden, batch * seq, per_layer, extra_per_layer, facts.layers_kept,
                                levers.activation_checkpointing)  # fmt: skip
+    if levers.mlp_tiling:
+        values += mlp_tiling.tile_elements(dims.intermediate)
     components = {
         "weights": int(weights),
         "gradients": facts.trainable_bytes,
