@@ -52,7 +52,7 @@ def print_plan(console, plan, recipe) -> None:
     explain = {
         "weights": f"{plan.total_params:,} parameters{quant}",
         "gradients": f"{plan.trainable_params:,} trainable parameters",
-        "optimizer": f"{recipe.training.optim} states",
+        "optimizer": f"{plan.levers.get('optimizer', recipe.training.optim)} states",
         "activations": f"{plan.dims.layers} layers x batch {plan.batch} x {plan.seq} tokens ({plan.seq_from}), "
         f"{plan.precision}{', checkpointed' if plan.checkpointing else ''}",
         "loss_head": "peftsft's CPU LM head: token blocks of logits over the whole vocabulary + the hidden gradient"
@@ -60,11 +60,15 @@ def print_plan(console, plan, recipe) -> None:
         else f"TRL's fused LM head: logit tiles ({plan.levers.get('loss_vocab_chunk')} vocabulary slice) "
         "+ gradient accumulators",
     }
+    explain["general_check"] = ("scoring the general check before and after training (replies' logits in bounded "
+                                "batches, a batch of answers), beyond the weights")
     kept = "oneDNN's compiled kernels for bf16 products on the CPU, one per shape, as many as its caches keep"
     explain["kernel_caches"] = kept if plan.components.get("kernel_caches") else "none: bf16 runs on the CPU only"
     for name, nbytes in plan.components.items():
         table.add_row(name, gib(nbytes), escape(explain[name]))
     formula = "weights + optimizer + kernel caches + max(activations + loss head, gradients)"
+    if plan.components.get("general_check"):
+        formula = f"max(training: {formula}, general check: weights + kernel caches + general check)"
     table.add_row("[bold]peak[/]", f"[bold]{gib(plan.peak_bytes)}[/]", formula)
     console.print(table)
     runtime = "the CUDA context (~0.5 GiB)" if plan.device == "cuda" else "the Python process (~0.5 GiB of libraries)"

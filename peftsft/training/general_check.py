@@ -20,8 +20,21 @@ from peftsft.data.replay import CHECK_SET
 from peftsft.generation import Sampling, answer_batch
 from peftsft.training.scoring import assistant_loss, contains_reference, exact_match
 
-LOSS_BATCH = 8  # full-vocabulary logits: 8 rows × ~60 tokens × 49k entries stay under 100 MB
+LOSS_BATCH = 8  # rows per scoring forward at most (fewer where their replies' logits pass scoring.LOGITS_BUDGET)
 ANSWER_BATCH = 64  # one generate call for the whole shipped set: on CPU, per-step overhead dominates small batches
+ANSWER_TOKENS = 96  # what the memory term assumes a shipped row's prompt and answer take, template included
+
+
+def memory_bytes(dims, answer_tokens: int = ANSWER_TOKENS) -> int:
+    """What scoring holds beyond the model's weights (for the plan): the replies' logits of one scoring batch (bf16,
+    their fp32 copy and the cross-entropy's fp32 softmax), autocast's bf16 copy of the largest weight (the vocabulary
+    matrix), and the key/value cache of one batch of answers. `dims`: levers.memory.Dims."""
+    from peftsft.training.scoring import LOGITS_BUDGET
+
+    logits = LOGITS_BUDGET * (2 + 4 + 4)
+    head_copy = dims.vocab * dims.hidden * 2
+    cache = ANSWER_BATCH * answer_tokens * dims.layers * 2 * dims.kv_heads * dims.head_dim * 4
+    return logits + head_copy + cache
 
 
 @dataclass(frozen=True)

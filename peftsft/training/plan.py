@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from peftsft.core.config import Recipe
 from peftsft.levers import MemoryPlan, decide_levers, memory_plan, skeleton
+from peftsft.training import general_check
 
 
 def estimate(
@@ -28,6 +29,8 @@ def estimate(
     levers = decide_levers(recipe, device, model, longest_sample, available_bytes)
     plan = memory_plan(recipe, device, model, levers, longest_sample, available_bytes)
     plan.notes[:0] = notes
+    if recipe.task == "chat" and recipe.eval.general_check:
+        plan.components["general_check"] = general_check.memory_bytes(plan.dims)
     return plan
 
 

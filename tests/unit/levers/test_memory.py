@@ -225,3 +225,41 @@ def test_bf16_on_the_cpu_counts_onednns_cached_kernels(plan_of, monkeypatch):
     )
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "1024")
     assert plan_of("training.precision=bf16").components["kernel_caches"] == 1024 * KERNEL_BYTES
+
+
+def test_the_general_check_counts_where_it_outgrows_training(tiny_recipe, monkeypatch):
+    """Chat runs score the general check around training: the plan's peak is the larger of the two."""
+    from peftsft.training import general_check
+
+    recipe = load_recipe(tiny_recipe())
+    plain = estimate(load_recipe(tiny_recipe(), ["eval.general_check=false"]), "cpu", read_data=False)
+    assert "general_check" not in plain.components and plain.peak_bytes == plain.training_peak_bytes
+    checked = estimate(recipe, "cpu", read_data=False)
+    assert checked.components["general_check"] == general_check.memory_bytes(checked.dims)
+    monkeypatch.setattr(general_check, "memory_bytes", lambda dims: 100 * 2**30)
+    large = estimate(recipe, "cpu", read_data=False)
+    c = large.components
+    assert large.peak_bytes == c["weights"] + c["kernel_caches"] + 100 * 2**30 > large.training_peak_bytes
+
+
+def test_what_only_training_needs_is_released_before_scoring(tiny_recipe):
+    from peftsft.training.skeleton import release_training_memory
+    from tests.conftest import sft_trainer
+
+    from peftsft.data import build_datasets
+    from peftsft.models import load_model
+    from peftsft.strategies import StrategyContext, get_strategy
+    from peftsft.strategies.registry import validate_params
+
+    recipe = load_recipe(tiny_recipe(), ["training.max_steps=1"])
+    model, tokenizer, _ = load_model(recipe.model, recipe.quantization, "cpu")
+    train_ds, _, _ = build_datasets(tokenizer, recipe.data, recipe.training.seed)
+    strategy = get_strategy("lora")
+    model = strategy.apply(model, validate_params(strategy, recipe.strategy.params), StrategyContext())
+    trainer = sft_trainer(recipe, model, tokenizer, train_ds)
+    trainer.train()
+    kept = next(p for p in model.parameters() if p.requires_grad)
+    kept.grad = torch.ones_like(kept)  # a gradient left behind
+    release_training_memory(trainer, model)
+    assert all(p.grad is None for p in model.parameters())
+    assert trainer.optimizer is None and trainer.accelerator._optimizers == []
