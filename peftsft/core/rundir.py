@@ -217,7 +217,7 @@ class RunDir:
     def seal_checkpoint(self, folder: Path) -> None:
         """Mark a checkpoint complete (after the trainer wrote its last file)."""
         tmp = folder / f".{CHECKPOINT_SEAL}.tmp"
-        tmp.write_text("complete\n", encoding="utf-8")
+        tmp.write_text(str(checkpoint_step(folder)), encoding="utf-8")  # the step it holds
         tmp.replace(folder / CHECKPOINT_SEAL)
 
 
