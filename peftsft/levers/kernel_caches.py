@@ -16,7 +16,7 @@ from collections.abc import MutableMapping
 
 CAPACITY = 256
 VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # oneDNN's own cache; ideep's, in PyTorch
-KERNEL_BYTES = 2**20  # what one cached shape holds in both caches together, a measured round figure (docs/memory.md)
+KERNEL_BYTES = 2**20  # what one cached shape holds in both caches together, a measured round figure (docs/memory-plan.md)
 
 
 def prepare_process(environ: MutableMapping[str, str] = os.environ) -> None:
