@@ -103,7 +103,7 @@ def test_checkpointing_auto_turns_on_only_when_memory_needs_it(plan_of, monkeypa
     # activations that outweigh everything else are no reason on their own while memory is plentiful
     dominated = plan_of("training.batch_size=64", "training.loss_vocab_chunk=256")
     assert not dominated.checkpointing
-    just_fits = int(roomy.peak_bytes / plan_module.THRESHOLD) + 1
+    just_fits = int(roomy.training_peak_bytes / plan_module.THRESHOLD) + 1  # checkpointing helps training only
     monkeypatch.setattr(plan_module, "memory_available", lambda device: just_fits)
     assert not plan_of().checkpointing  # at 80% of the available memory: still off
     monkeypatch.setattr(plan_module, "memory_available", lambda device: just_fits - 2)
@@ -124,9 +124,9 @@ def test_checkpointing_plans_for_a_given_memory_size(plan_of, monkeypatch):
 
     monkeypatch.setattr(plan_module, "memory_available", lambda device: 2**50)
     roomy = plan_of()
-    small = plan_of(available_bytes=roomy.peak_bytes)
-    assert small.checkpointing and small.available_bytes == roomy.peak_bytes
-    assert not plan_of(available_bytes=2 * roomy.peak_bytes).checkpointing
+    small = plan_of(available_bytes=roomy.training_peak_bytes)
+    assert small.checkpointing and small.available_bytes == roomy.training_peak_bytes
+    assert not plan_of(available_bytes=2 * roomy.training_peak_bytes).checkpointing
 
 
 def test_checkpointing_and_batch_shape_move_activations(plan_of):
@@ -200,7 +200,7 @@ def test_plan_command_prints_table_and_json(tmp_path, tiny_model_dir, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["trainable_params"] == data["total_params"]
     c = data["components"]
-    assert data["peak_bytes"] == c["weights"] + c["optimizer"] + c["kernel_caches"] + max(
+    assert data["training_peak_bytes"] == c["weights"] + c["optimizer"] + c["kernel_caches"] + max(
         c["activations"] + c["loss_head"], c["gradients"]
     )
 
@@ -220,7 +220,7 @@ def test_bf16_on_the_cpu_counts_onednns_cached_kernels(plan_of, monkeypatch):
     bf16, fp32 = plan_of("training.precision=bf16"), plan_of("training.precision=fp32")
     assert bf16.components["kernel_caches"] == CAPACITY * KERNEL_BYTES and fp32.components["kernel_caches"] == 0
     c = bf16.components
-    assert bf16.peak_bytes == c["weights"] + c["optimizer"] + CAPACITY * KERNEL_BYTES + max(
+    assert bf16.training_peak_bytes == c["weights"] + c["optimizer"] + CAPACITY * KERNEL_BYTES + max(
         c["activations"] + c["loss_head"], c["gradients"]
     )
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "1024")
