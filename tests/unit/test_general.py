@@ -182,6 +182,16 @@ def test_replay_mixes_in_exactly_the_share(tiny_recipe, tokenizer, share):
     assert positions[0] < len(train) // replayed and positions[-1] >= len(train) - len(train) // replayed  # spread
 
 
+def test_replay_shares_that_do_not_divide_the_rows_round_to_the_nearest_row(tiny_recipe, tokenizer):
+    assert replay_count(24, 0.35) == 13  # 12.92: flooring would give 12
+    assert replay_count(10, 1 / 3) == 5 and replay_count(7, 0.5) == 7  # exact shares stay exact in floats
+    assert replay_count(3, 0.1) == 0 and replay_count(24, 0.0) == 0
+    recipe = load_recipe(tiny_recipe(), ["data.cache=false", "data.replay=0.35"])
+    train, _, stats = build_datasets(tokenizer, recipe.data, 7)
+    assert stats.replay["task_rows"] == 24 and stats.replay["replay_rows"] == 13 and len(train) == 37
+    assert stats.replay["actual_share"] == round(13 / 37, 4)
+
+
 def test_replay_path_is_drawn_from_and_repeated_when_small(tiny_recipe, tokenizer, tmp_path):
     pool = write_jsonl(tmp_path / "pool.jsonl", [chat_row("What is 1 + 1?", "2."), chat_row("Say hi.", "Hi!")])
     recipe = load_recipe(tiny_recipe(), ["data.cache=false", "data.replay=0.25", f"data.replay_path='{pool}'"])
