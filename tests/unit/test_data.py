@@ -483,6 +483,7 @@ def test_contract_catches_a_template_without_end_of_turn(tmp_path, tok):
     assert contract_for(tmp_path, tok, NO_END_OF_TURN, enforce_contract=False).enforced is False
 
 
+@pytest.mark.slow
 def test_run_stops_on_a_contract_failure_unless_skipped(tiny_recipe, tmp_path, capsys):
     (tmp_path / "think.jinja").write_text(THINK)
     recipe = tiny_recipe()

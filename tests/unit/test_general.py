@@ -99,6 +99,7 @@ output_dir = "{tmp_path / 'runs'}"
 # ---------------------------------------------------------------------------------------------- the check
 
 
+@pytest.mark.slow
 def test_a_model_trained_to_say_one_sentence_is_caught(tmp_path, knowing_model_dir):
     questions = ["Who are you?", "What can you do?", "Tell me a story.", "What is the weather like?",
                  "How do I cook rice?", "Name a colour.", "What time is it?", "Say something."]
@@ -117,6 +118,7 @@ def test_a_model_trained_to_say_one_sentence_is_caught(tmp_path, knowing_model_d
     assert json.loads((recipe.run_dir / "summary.json").read_text())["general"]["regressed"] is True
 
 
+@pytest.mark.slow
 def test_nothing_changed_does_not_fire(tmp_path, knowing_model_dir):
     recipe = load_recipe(general_recipe(tmp_path, knowing_model_dir, [chat_row(q, ref) for q, _, ref in GENERAL],
                                         "learning_rate = 1e-8\nmax_steps = 1"))
