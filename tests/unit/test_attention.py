@@ -97,6 +97,7 @@ def test_auto_picks_it_on_the_cpu_over_sdpa_only():
     assert attention_kernel("auto", "cpu", "flash_attention_2") == "flash_attention_2"
 
 
+@pytest.mark.slow
 def test_a_run_records_the_attention_it_trained_with(tiny_recipe):
     from peftsft.training.levers import decide_levers
     from peftsft.training.recipe import load_recipe

@@ -331,6 +331,7 @@ def test_generation_markers_give_the_same_masks(tmp_path, tok):
 # ---------------------------------------------------------------------------------------------- packing
 
 
+@pytest.mark.slow  # builds the trainer (TRL) to read its packed batch
 def test_packed_batch_logits_equal_each_sample_alone(tmp_path, tok, tiny_model_dir):
     """The trainer's own packed batch (TRL bfd + padding-free collator) through the model, vs. each sample alone."""
     from transformers import AutoModelForCausalLM
