@@ -79,18 +79,24 @@ def test_tools_column_is_mapped_with_fields():
     assert len(to_messages(row, "sharegpt", Mapping(spec.fields)).tools) == 2
 
 
-def test_malformed_tools_stop_at_file_line_or_are_skipped(tmp_path):
+def read_failing_then_skipping(tmp_path, rows: list[dict]) -> tuple[str, int, list[str]]:
+    """A file of `rows` read with on_bad_row = "fail" (its error) and "skip" (rows kept, bad rows reported)."""
     path = tmp_path / "tools.jsonl"
-    bad = sharegpt_row(tools='[{"name": "get_weather", ')
-    path.write_text("".join(json.dumps(r) + "\n" for r in [sharegpt_row(), bad, sharegpt_row(tools='[{"x": 1}]')]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = DataSection(datasets=[DatasetSpec(path=str(path))])
     with pytest.raises(UserError) as info:
         load_items(data.datasets[0], 0, data, DataStats())
-    assert f"{path}:2: 'tools' is not valid JSON" in str(info.value)
     data = DataSection(datasets=[DatasetSpec(path=str(path))], on_bad_row="skip")
     stats = DataStats()
-    assert len(load_items(data.datasets[0], 0, data, stats)) == 1
-    assert len(stats.bad_rows) == 2 and stats.bad_rows[1].startswith(f"{path}:3: 'tools' [0] needs a function name")
+    kept = len(load_items(data.datasets[0], 0, data, stats))
+    return str(info.value).replace(str(path), "FILE"), kept, [b.replace(str(path), "FILE") for b in stats.bad_rows]
+
+
+def test_malformed_tools_stop_at_file_line_or_are_skipped(tmp_path):
+    bad = sharegpt_row(tools='[{"name": "get_weather", ')
+    error, kept, bad_rows = read_failing_then_skipping(tmp_path, [sharegpt_row(), bad, sharegpt_row(tools='[{"x": 1}]')])
+    assert "FILE:2: 'tools' is not valid JSON" in error
+    assert kept == 1 and len(bad_rows) == 2 and bad_rows[1].startswith("FILE:3: 'tools' [0] needs a function name")
 
 
 def legacy_openai_row(call: dict | None = None) -> dict:
@@ -139,20 +145,13 @@ def test_calls_written_with_parameters_are_read_as_their_arguments(call):
 
 
 def test_a_call_to_a_function_the_row_does_not_offer_is_a_bad_row(tmp_path):
-    path = tmp_path / "tools.jsonl"
     unoffered = sharegpt_row(tools=json.dumps([TIMER]))  # the reply calls get_weather; only set_timer is offered
     untooled = sharegpt_row(tools=None)  # no schemas at all: the functions may be described in the text, not judged
     misnamed = sharegpt_row()
     misnamed["conversations"][1]["value"] = json.dumps({"name": "get_time", "arguments": {}})
-    path.write_text("".join(json.dumps(r) + "\n" for r in [sharegpt_row(), unoffered, untooled, misnamed]))
-    data = DataSection(datasets=[DatasetSpec(path=str(path))])
-    with pytest.raises(UserError) as info:
-        load_items(data.datasets[0], 0, data, DataStats())
-    assert f"{path}:2: a reply calls 'get_weather', which the row's tools do not offer (set_timer)" in str(info.value)
-    data = DataSection(datasets=[DatasetSpec(path=str(path))], on_bad_row="skip")
-    stats = DataStats()
-    assert len(load_items(data.datasets[0], 0, data, stats)) == 2
-    assert len(stats.bad_rows) == 2 and stats.bad_rows[1].startswith(f"{path}:4: a reply calls 'get_time'")
+    error, kept, bad_rows = read_failing_then_skipping(tmp_path, [sharegpt_row(), unoffered, untooled, misnamed])
+    assert "FILE:2: a reply calls 'get_weather', which the row's tools do not offer (set_timer)" in error
+    assert kept == 2 and len(bad_rows) == 2 and bad_rows[1].startswith("FILE:4: a reply calls 'get_time'")
     with pytest.raises(RowError, match="calls 'get_time', which the row's tools do not offer"):  # legacy calls too
         to_messages(legacy_openai_row({"name": "get_time", "arguments": "{}"}), "messages")
 
