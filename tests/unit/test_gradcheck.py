@@ -2,7 +2,8 @@
 small random shapes, over masks (causal, padding, flattened samples), grouped-query heads, dropout, soft-capping,
 temperature and logit scale.
 
-Dropout draws a new mask per call, and gradcheck calls the forward many times: each call runs under a forked RNG
+The attention function's checks (every head, query and key of a batch as inputs) use gradcheck's fast mode: the
+Jacobian against random vectors rather than entry by entry. Dropout draws a new mask per call, and gradcheck calls the forward many times: each call runs under a forked RNG
 seeded alike (`seeded`), so every call draws the same mask and the backward is checked against that one mask.
 Two Functions compute in float32 by design whatever their input: the loss head's outputs are float32 buffers, and
 RMSNorm takes its statistics in float32 (as transformers' RMSNorm does). Their inputs are float64 too, but the
@@ -110,7 +111,7 @@ def qkv(batch: int, q_len: int) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_training_attention_with_grouped_heads_masks_and_dropout(mask, dropout):
     keep = MASKS[mask]()
-    assert gradcheck(seeded(lambda q, k, v: attention(q, k, v, keep, dropout)), qkv(BATCH, Q_LEN))
+    assert gradcheck(seeded(lambda q, k, v: attention(q, k, v, keep, dropout)), qkv(BATCH, Q_LEN), fast_mode=True)
 
 
 def test_training_attention_on_flattened_samples():
@@ -123,7 +124,8 @@ def test_training_attention_on_flattened_samples():
         keep[start : start + length, start : start + length] = causal(length, length)
         start += length
     positions = torch.cat([torch.arange(length) for length in lengths])[None]
-    assert gradcheck(lambda q, k, v: attention(q, k, v, keep[None, None], position_ids=positions), qkv(1, n))
+    assert gradcheck(lambda q, k, v: attention(q, k, v, keep[None, None], position_ids=positions), qkv(1, n),
+                     fast_mode=True)
 
 
 # ---------------------------------------------------------------------------------------------- LoRA layers

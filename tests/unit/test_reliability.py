@@ -46,6 +46,7 @@ def _adapter(run_dir: Path) -> dict:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_recipe, tmp_path):
     recipe = tiny_recipe()
     straight = _cli(recipe, *_sets(RESUME_STEPS + ["run.name=straight"]))
@@ -83,6 +84,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
     recipe = tiny_recipe()
     overrides = _sets(["training.max_steps=400", "run.name=interrupted"])
@@ -106,6 +108,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == step + 2
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tiny_recipe, monkeypatch):
     import peftsft.tasks.chat as train_module
 
@@ -252,6 +255,7 @@ def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
     assert code == 2 and "cannot create run directory" in output
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_leaves_no_partial_adapter(tiny_recipe, monkeypatch, capsys):
     import errno
 
@@ -270,6 +274,7 @@ def test_disk_full_while_saving_leaves_no_partial_adapter(tiny_recipe, monkeypat
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".adapter")]
 
 
+@pytest.mark.slow
 def test_existing_run_dir_needs_overwrite(tiny_recipe, capsys):
     recipe = tiny_recipe()
     assert _main(["run", str(recipe)], capsys)[0] == 0
@@ -281,6 +286,7 @@ def test_existing_run_dir_needs_overwrite(tiny_recipe, capsys):
 # ------------------------------------------------------------------------------------ safe by default
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_the_run_dir_and_only_safetensors_hold_weights(tiny_recipe, monkeypatch):
     secret = "hf_SECRETtoken1234567890"
     monkeypatch.setenv("HF_TOKEN", secret)
