@@ -282,6 +282,9 @@ def test_parse_tool_calls_into_openai_objects():
         {"id": "call_1", "type": "function", "function": {"name": "set_timer", "arguments": '{"minutes": 5}'}},
     ]
     assert reply.message()["tool_calls"] == reply.tool_calls
+    calls_only = parse_tool_calls('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>').message()
+    assert calls_only["content"] is None and len(calls_only["tool_calls"]) == 1  # OpenAI: no text, only calls
+    assert parse_tool_calls("").message() == {"role": "assistant", "content": ""}
 
 
 @pytest.mark.parametrize("text", [

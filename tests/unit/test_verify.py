@@ -175,7 +175,11 @@ def test_require_passed_names_every_diverged_artifact_and_problem(tmp_path):
     with pytest.raises(UserError) as info:
         require_passed([good, bad], tmp_path / "out")
     assert f"the gguf export diverged from base + adapter; nothing was written to {tmp_path / 'out'}" in str(info.value)
-    assert info.value.problems == ["gguf: max |Δ logit| 0.5 > 0.04"] and "--no-verify" in info.value.hint
+    assert info.value.problems == ["gguf: max |Δ logit| 0.5 > 0.04"]
+    assert info.value.hint.startswith("a corrupted or wrongly converted artifact; --no-verify skips this check")
+    worse = Check("merged", "float32", 4.0, 1.0, 0.5, 0.0, 0, 3, problems=["greedy agreement 0.0% < 99%"])
+    with pytest.raises(UserError, match="the gguf, merged export diverged"):
+        require_passed([bad, good, worse], tmp_path)
 
 
 def test_print_checks_shows_results_and_each_tolerance_in_logits():
