@@ -285,6 +285,9 @@ def test_parse_tool_calls_into_openai_objects():
     calls_only = parse_tool_calls('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>').message()
     assert calls_only["content"] is None and len(calls_only["tool_calls"]) == 1  # OpenAI: no text, only calls
     assert parse_tool_calls("").message() == {"role": "assistant", "content": ""}
+    llama = parse_tool_calls('<tool_call>{"name": "get_weather", "parameters": {"city": "Oslo"}}</tool_call>'
+                             '<tool_call>{"name": "set_timer"}</tool_call>')  # Llama 3's key; no arguments at all
+    assert [c["function"]["arguments"] for c in llama.tool_calls] == ['{"city": "Oslo"}', "{}"]
 
 
 @pytest.mark.parametrize("text", [

@@ -186,8 +186,14 @@ def test_print_checks_shows_results_and_each_tolerance_in_logits():
     console = Console(record=True, width=240)
     print_checks(console, checks())
     text = console.export_text()
-    assert "adapter" in text and "ok" in text and "DIVERGED" in text and "llama.cpp" in text
-    assert "1.00e-06" in text and "50.0%" in text and "1/3" in text
+    lines = [line.rstrip() for line in text.splitlines()]
+    assert lines[0].strip() == "verification: artifact re-loaded from disk vs base + adapter"
+    assert lines[2:6] == [
+        "  artifact   checked in        max Δ     mean Δ   greedy   replies   result",
+        " " + "─" * 77,
+        "  adapter    transformers   1.00e-06   1.00e-07   100.0%       3/3   ok",
+        "  gguf       llama.cpp      5.00e-01   1.00e-01    50.0%       1/3   DIVERGED",
+    ]  # numbers right-aligned under their headers
     assert "adapter (float32 tolerance): max Δ ≤ 4.00e-04, mean Δ ≤ 4.00e-05 (0.0001 and 1e-05" in text
     assert "gguf (gguf f16 tolerance): max Δ ≤ 4.00e-02, mean Δ ≤ 4.00e-03" in text and "greedy ≥ 95%" in text
 
