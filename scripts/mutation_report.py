@@ -1,6 +1,6 @@
 """The mutation score of each entry of [tool.mutmut] only_mutate, from mutmut's results under mutants/.
 
-Score = killed (or timed out) / mutants checked; "no tests" counts against it (code no selected test runs), mutants
+Score = killed (timeouts included, shown apart) / mutants checked; "no tests" counts against it (code no selected test runs), mutants
 not checked yet are listed apart. `--survivors` lists the survivors' names for `mutmut show NAME`.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mutmut.stats import status_by_exit_code
 
-KILLED = ("killed", "timeout", "caught by type check")
+KILLED = ("killed", "timeout", "caught by type check")  # as mutmut's own score counts them
 
 
 def results(root: Path) -> dict[str, dict[str, str]]:
@@ -31,7 +31,8 @@ def results(root: Path) -> dict[str, dict[str, str]]:
 def report(root: Path, survivors: bool) -> list[str]:
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
     found = results(root)
-    lines = [f"{'code mutated':40} {'killed':>7} {'survived':>8} {'no tests':>8} {'other':>6} {'unchecked':>9} {'score':>6}"]
+    lines = [f"{'code mutated':40} {'killed':>7} {'(timeout)':>9} {'survived':>8} {'no tests':>8} {'other':>6} "
+             f"{'unchecked':>9} {'score':>6}"]
     for pattern in patterns:
         statuses = Counter(s for path, named in found.items() if fnmatch.fnmatch(path, pattern) for s in named.values())
         killed = sum(statuses[s] for s in KILLED)
@@ -39,8 +40,8 @@ def report(root: Path, survivors: bool) -> list[str]:
         other = sum(statuses.values()) - killed - statuses["survived"] - statuses["no tests"] - unchecked
         checked = sum(statuses.values()) - unchecked
         score = f"{killed / checked:.1%}" if checked else "-"
-        lines.append(f"{pattern:40} {killed:>7} {statuses['survived']:>8} {statuses['no tests']:>8} {other:>6} "
-                     f"{unchecked:>9} {score:>6}")
+        lines.append(f"{pattern:40} {killed:>7} {statuses['timeout']:>9} {statuses['survived']:>8} "
+                     f"{statuses['no tests']:>8} {other:>6} {unchecked:>9} {score:>6}")
         if survivors:
             lines += [f"    {name}  ({status})" for path, named in found.items() if fnmatch.fnmatch(path, pattern)
                       for name, status in named.items() if status not in KILLED and status != "not checked"]
