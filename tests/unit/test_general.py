@@ -128,6 +128,7 @@ def test_nothing_changed_does_not_fire(tmp_path, knowing_model_dir):
     assert general["change"]["accuracy"] == 0 and "lost general ability" not in console.export_text()
 
 
+@pytest.mark.slow
 def test_same_scores_compare_as_unchanged_and_limit_is_the_recipes(knowing_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
