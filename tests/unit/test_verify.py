@@ -134,6 +134,19 @@ def test_greedy_agreement_counts_reply_positions_only(limits):
     assert check_artifact("a", flipped(1, 1), ref, limits(min_agreement=0.6)).passed
 
 
+def test_every_limit_is_inclusive():
+    """A difference exactly at its limit passes (scale 4 and powers of two: exact in floats)."""
+    at_limit = Check("a", "test", 4.0, max_diff=0.5, mean_diff=0.25, agreement=0.5, same_replies=0, prompts=1)
+    assert verify._logit_problems(at_limit, Tolerance(0.125, 0.0625, 0.5)) == []
+    assert len(verify._logit_problems(at_limit, Tolerance(0.12, 0.06, 0.51))) == 3
+
+
+def test_agreement_over_a_single_reply_position():
+    ref = reference()
+    ref.prompt_ids, ref.sequences, ref.logits = [[4, 5]], [SEQUENCES[1]], [ref.logits[1]]
+    assert check_artifact("a", Artifact(ref), ref, "float32").agreement == 1.0
+
+
 def test_same_replies_count_only_identical_greedy_replies():
     ref = reference()
     other = Artifact(ref, replies={0: SEQUENCES[0], 1: torch.tensor([4, 5, 2])})
@@ -153,6 +166,11 @@ def test_tokens_that_differ_name_the_text_and_the_first_difference():
         "its tokenizer splits '<p>'… differently from training (first at token 2: [7, 8] vs [3])",
         "its tokenizer splits '<probe>'… differently from training (first at token 1: [] vs [9])",
     ]
+    long = "<" + "x" * 48 + ">"  # quoted up to 40 characters, 3 tokens from the first difference on
+    ref.rendered, ref.prompt_ids = [long, "<q>"], [[1, 2, 3, 4, 5, 6], [4, 5]]
+    split = Artifact(ref, tokens={long: [1, 2, 7, 8, 9, 0], "<q>": [4, 5], "<probe>": [9, 9]})
+    assert check_artifact("a", split, ref, "float32").problems == [
+        f"its tokenizer splits {long[:40]!r}… differently from training (first at token 2: [7, 8, 9] vs [3, 4, 5])"]
 
 
 def test_loosest_tolerance_and_held_out_prompts():
@@ -194,6 +212,8 @@ def test_print_checks_shows_results_and_each_tolerance_in_logits():
         "  adapter    transformers   1.00e-06   1.00e-07   100.0%       3/3   ok",
         "  gguf       llama.cpp      5.00e-01   1.00e-01    50.0%       1/3   DIVERGED",
     ]  # numbers right-aligned under their headers
+    assert ("Δ: |logit difference| over every position of the prompts and replies; greedy: reply positions where "
+            "both pick the same next token; replies: identical greedy replies") in text
     assert "adapter (float32 tolerance): max Δ ≤ 4.00e-04, mean Δ ≤ 4.00e-05 (0.0001 and 1e-05" in text
     assert "gguf (gguf f16 tolerance): max Δ ≤ 4.00e-02, mean Δ ≤ 4.00e-03" in text and "greedy ≥ 95%" in text
 
