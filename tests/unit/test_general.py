@@ -195,6 +195,17 @@ def test_replay_shares_that_do_not_divide_the_rows_round_to_the_nearest_row(tiny
     assert stats.replay["actual_share"] == round(13 / 37, 4)
 
 
+def test_replay_draws_are_seeded_whole_passes_first_and_spread_evenly():
+    from peftsft.data.replay import draw_replay, interleave
+
+    pool = list(range(10))
+    assert draw_replay(pool, 4, 7) == draw_replay(pool, 4, 7) != draw_replay(pool, 4, 8)
+    assert len(draw_replay(pool, 1, 7)) == 1 and draw_replay(pool, 0, 7) == [] and draw_replay([], 5, 7) == []
+    twice = draw_replay(pool, 23, 7)  # two whole passes, then 3 rows
+    assert sorted(twice[:10]) == sorted(twice[10:20]) == pool and len(set(twice[20:])) == 3
+    assert interleave(["t0", "t1", "t2", "t3"], ["r0", "r1"]) == ["t0", "r0", "t1", "t2", "r1", "t3"]
+
+
 def test_replay_path_is_drawn_from_and_repeated_when_small(tiny_recipe, tokenizer, tmp_path):
     pool = write_jsonl(tmp_path / "pool.jsonl", [chat_row("What is 1 + 1?", "2."), chat_row("Say hi.", "Hi!")])
     recipe = load_recipe(tiny_recipe(), ["data.cache=false", "data.replay=0.25", f"data.replay_path='{pool}'"])
