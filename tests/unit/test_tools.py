@@ -288,6 +288,7 @@ def test_parse_tool_calls_into_openai_objects():
     llama = parse_tool_calls('<tool_call>{"name": "get_weather", "parameters": {"city": "Oslo"}}</tool_call>'
                              '<tool_call>{"name": "set_timer"}</tool_call>')  # Llama 3's key; no arguments at all
     assert [c["function"]["arguments"] for c in llama.tool_calls] == ['{"city": "Oslo"}', "{}"]
+    assert parse_tool_calls("<tool_call>{</tool_call> <tool_call>[1]</tool_call>").invalid == 2
 
 
 @pytest.mark.parametrize("text", [
