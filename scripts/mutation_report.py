@@ -28,9 +28,11 @@ def results(root: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def report(root: Path, survivors: bool) -> list[str]:
+def report(root: Path, survivors: bool, files: bool = False) -> list[str]:
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
     found = results(root)
+    if files:  # one row per mutated file (a run limited to some files scores them apart)
+        patterns = [path for path in found if any(fnmatch.fnmatch(path, p) for p in patterns)]
     lines = [f"{'code mutated':40} {'killed':>7} {'(timeout)':>9} {'survived':>8} {'no tests':>8} {'other':>6} "
              f"{'unchecked':>9} {'score':>6}"]
     for pattern in patterns:
@@ -52,8 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="the folder holding pyproject.toml and mutants/")
     parser.add_argument("--survivors", action="store_true", help="list every mutant not killed")
+    parser.add_argument("--files", action="store_true", help="a row per mutated file")
     args = parser.parse_args()
-    print("\n".join(report(args.root, args.survivors)))
+    print("\n".join(report(args.root, args.survivors, args.files)))
 
 
 if __name__ == "__main__":
