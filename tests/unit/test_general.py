@@ -204,6 +204,7 @@ def test_replay_draws_are_seeded_whole_passes_first_and_spread_evenly():
     twice = draw_replay(pool, 23, 7)  # two whole passes, then 3 rows
     assert sorted(twice[:10]) == sorted(twice[10:20]) == pool and len(set(twice[20:])) == 3
     assert interleave(["t0", "t1", "t2", "t3"], ["r0", "r1"]) == ["t0", "r0", "t1", "t2", "r1", "t3"]
+    assert interleave(["t0", "t1"], ["r0", "r1"]) == ["t0", "r0", "t1", "r1"]  # a tie: the task row first
 
 
 def test_replay_path_is_drawn_from_and_repeated_when_small(tiny_recipe, tokenizer, tmp_path):

@@ -14,7 +14,7 @@ from peftsft.data.contract import ReplyChecks, _tool_masks, check_contract, enfo
 from peftsft.data.formats import RowError, to_messages
 from peftsft.data.masking import IGNORE, encode
 from peftsft.data.templates import BUILTINS, end_of_turn, generation_header, render
-from peftsft.data.tools import ToolChat, normalize_tool_calls, normalize_tools, parse_tool_calls, tool_names
+from peftsft.data.tools import ToolChat, ToolsError, normalize_tool_calls, normalize_tools, parse_tool_calls, tool_names
 
 WEATHER = {
     "name": "get_weather",
@@ -56,6 +56,8 @@ def test_bare_and_openai_schemas_normalise_alike():
     bare, wrapped = normalize_tools([WEATHER]), normalize_tools(json.dumps([{"type": "function", "function": WEATHER}]))
     assert bare == wrapped == [{"type": "function", "function": WEATHER}]
     assert normalize_tools(None) == [] and normalize_tools("") == []
+    with pytest.raises(ToolsError, match=r"\[1\] needs a function name"):
+        normalize_tools([WEATHER, "get_weather"])
 
 
 def test_sharegpt_function_call_becomes_structured_tool_calls():
@@ -289,6 +291,12 @@ def test_parse_tool_calls_into_openai_objects():
                              '<tool_call>{"name": "set_timer"}</tool_call>')  # Llama 3's key; no arguments at all
     assert [c["function"]["arguments"] for c in llama.tool_calls] == ['{"city": "Oslo"}', "{}"]
     assert parse_tool_calls("<tool_call>{</tool_call> <tool_call>[1]</tool_call>").invalid == 2
+    zurich = parse_tool_calls('<tool_call>{"name": "get_weather", "arguments": {"city": "Zürich"}}</tool_call>')
+    assert zurich.tool_calls[0]["function"]["arguments"] == '{"city": "Zürich"}'  # as written, not \u00fc
+    from peftsft.data.tools import call_text
+
+    assert call_text({"name": "get_weather", "arguments": {"city": "Zürich"}}) == (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich"}}\n</tool_call>')
 
 
 @pytest.mark.parametrize("text", [
