@@ -64,7 +64,8 @@ class ReplyChecks:
             self._close(supervised_runs(enc)[-1:], markers["eos"], where)
             return
         replies = [m for m in fit_messages(tokenizer, content) if m["role"] == "assistant"]
-        if masking == "all":
+        if masking == "all":  # tool rows are counted, so the report says why their masks are not judged
+            self.tool_rows += bool(_tool_texts(content) or any(reply.get("tool_calls") for reply in replies))
             self._close_all(enc, replies, markers["eot"], where)
             return
         replies = replies[-1:] if masking == "last_turn" else replies

@@ -44,6 +44,7 @@ def quick(tmp_path_factory, tiny_model_dir):
     return out, report, {arm["arm"]: arm for arm in report["arms"]}, proc.stdout
 
 
+@pytest.mark.slow
 def test_writes_all_three_outputs(quick):
     out, report, arms, _ = quick
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -56,6 +57,7 @@ def test_writes_all_three_outputs(quick):
     assert report["job"]["env"] == {"MALLOC_MMAP_THRESHOLD_": "1048576"} and "MALLOC_MMAP_THRESHOLD_=1048576" in md
 
 
+@pytest.mark.slow
 def test_runs_the_two_arms_and_the_trl_baseline(quick):
     _, report, arms, stdout = quick
     assert list(arms) == ["trl_lora", "full", "lora"]
@@ -64,6 +66,7 @@ def test_runs_the_two_arms_and_the_trl_baseline(quick):
     assert "step 3/3" in stdout  # progress while it runs
 
 
+@pytest.mark.slow
 def test_numbers_are_sane(quick):
     _, report, arms, _ = quick
     full, lora = arms["full"], arms["lora"]
@@ -79,6 +82,7 @@ def test_numbers_are_sane(quick):
     assert len({arm["data"]["supervised_tokens"] for arm in arms.values()}) == 1
 
 
+@pytest.mark.slow
 def test_ratios_are_against_the_baseline_of_the_same_run(quick):
     _, _, arms, _ = quick
     base, lora = arms["trl_lora"], arms["lora"]
@@ -87,6 +91,7 @@ def test_ratios_are_against_the_baseline_of_the_same_run(quick):
     assert lora["ratios"]["trainable_params"] == 1.0  # both: LoRA r=16 on every linear layer
 
 
+@pytest.mark.slow
 def test_plan_estimate_is_within_tolerance_of_the_measurement(quick):
     _, _, arms, _ = quick
     for name in ("full", "lora"):

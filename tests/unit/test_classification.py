@@ -162,6 +162,7 @@ def test_labels_from_names_or_ids_and_bad_labels_point_at_the_row(tmp_path, bert
 # ---------------------------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_training_changes_only_the_adapter_and_the_head(tmp_path, bert_dir):
     from transformers import AutoTokenizer
 
@@ -186,6 +187,7 @@ def test_training_changes_only_the_adapter_and_the_head(tmp_path, bert_dir):
 
 
 @pytest.mark.parametrize("strategy", ['name = "freeze"\nlayers = 1', 'name = "ia3"'])
+@pytest.mark.slow
 def test_other_strategies_train_the_head_too(tmp_path, bert_dir, strategy):
     from peftsft.tasks.classification.model import apply_strategy, load_encoder
 
@@ -208,6 +210,7 @@ def cls_run(tmp_path_factory, bert_dir) -> Path:
     return tmp / "runs" / "cls"
 
 
+@pytest.mark.slow
 def test_run_dir_holds_adapter_head_labels_and_metrics(cls_run):
     for name in ("recipe.resolved.toml", "metrics.jsonl", "summary.json", "loss.png", "samples.md"):
         assert (cls_run / name).is_file(), name
@@ -224,6 +227,7 @@ def test_run_dir_holds_adapter_head_labels_and_metrics(cls_run):
     assert sum("eval_macro_f1" in r for r in evaluations) >= 2  # every eval_steps, and at the end
 
 
+@pytest.mark.slow
 def test_training_learns_well_above_chance(tmp_path, bert_dir):
     """Three balanced labels: chance is 1/3 (the 6-step run above still labels every row alike). LoRA r4 on the
     pretrained MiniLM encoder labels the held-out rows at 7/9 or better; a run that learns nothing (or the wrong
@@ -239,6 +243,7 @@ def test_training_learns_well_above_chance(tmp_path, bert_dir):
     assert sum(n > 0 for n in predicted) == 3, predicted  # every label is predicted for some row
 
 
+@pytest.mark.slow
 def test_merged_and_exported_adapter_predict_like_the_run(cls_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -258,6 +263,7 @@ def test_merged_and_exported_adapter_predict_like_the_run(cls_run, tmp_path):
     assert main(["export", str(cls_run), "--format", "gguf", "--out", str(tmp_path / "x.gguf")]) == 2
 
 
+@pytest.mark.slow
 def test_predict_and_eval_on_the_run(cls_run, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("item 3 was lovely\n\nitem 9 was poor\n")
@@ -278,6 +284,7 @@ def test_predict_and_eval_on_the_run(cls_run, tmp_path):
     assert main(["chat", str(cls_run)]) == 2  # a classifier labels text; chat says so and points at predict
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint_then_exports(tmp_path, bert_dir):
     recipe = str(write_recipe(tmp_path, bert_dir))
     assert main(["run", recipe, "--set", "training.max_steps=3", "--set", "training.save_steps=3"]) == 0

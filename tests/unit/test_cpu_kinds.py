@@ -24,6 +24,7 @@ BF16_LOSS_RTOL = 1e-3
 LIBRARY_NOISE = ("Warning", "warnings.warn", "Failed to load", "deprecated", "kernels-community")
 
 
+@pytest.mark.slow
 def test_bf16_autocast_training_tracks_fp32_loss(tiny_recipe):
     from peftsft.artifacts.tasks import run
 
@@ -78,12 +79,14 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_validate_prints_no_library_warning():
     proc = _cli("validate", "recipes/llama-chat-lora.toml")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and proc.stdout.startswith("ok "), proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_a_qlora_run_prints_no_library_warning(tiny_recipe):
     """4-bit (bitsandbytes imported and used), "before" samples (a no-grad forward), 3 steps."""
     recipe = tiny_recipe('sample_prompts = ["Who are you?"]\nsample_max_new_tokens = 2')

@@ -112,10 +112,12 @@ def assert_two_processes_like_one(result: subprocess.CompletedProcess, run_dir: 
 
 
 @needs_torchrun
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_match_one_process(recipe, one_process):
     assert_two_processes_like_one(*_run(torchrun(), recipe, "torchrun"), one_process)
 
 
+@pytest.mark.slow
 def test_negative_control_a_different_global_batch_ends_elsewhere(recipe, one_process):
     """The equality above can fail: the same steps over a global batch of 4 instead of 8 give another adapter."""
     _, other = _run([sys.executable], recipe, "global4", "training.global_batch_size=4")
@@ -124,6 +126,7 @@ def test_negative_control_a_different_global_batch_ends_elsewhere(recipe, one_pr
 
 
 @needs_torchrun
+@pytest.mark.slow
 def test_a_global_batch_two_processes_cannot_split_stops_before_loading(recipe):
     result = _launch(torchrun(), recipe, "split", "training.global_batch_size=12")  # validates: 12 = 3 × 4
     assert result.returncode != 0, result.stdout[-3000:]  # torchrun exits 1 when a process fails (peftsft: 2)
@@ -132,6 +135,7 @@ def test_a_global_batch_two_processes_cannot_split_stops_before_loading(recipe):
 
 
 @pytest.mark.skipif(_tool("accelerate") is None, reason="accelerate CLI not installed")
+@pytest.mark.slow
 def test_accelerate_launch_with_shipped_ddp_cpu_config(recipe, one_process):
     launcher = [_tool("accelerate"), "launch", "--config_file", str(CONFIGS / "ddp-cpu.yaml"),
                 "--main_process_port", free_port()]
@@ -167,6 +171,7 @@ GPU_EXTRA = {
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("config", GPU_ONLY)
+@pytest.mark.slow
 def test_gpu_configs_train_on_two_gpus(config, recipe):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")

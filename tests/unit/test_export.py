@@ -120,6 +120,7 @@ def adapter_logits(run_dir: Path, base_dir: Path, ids: torch.Tensor) -> torch.Te
 # ---------------------------------------------------------------------------------------------- merge
 
 
+@pytest.mark.slow
 def test_merged_fp32_equals_adapter_and_loads_with_plain_transformers(exporter, trained, small_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,6 +146,7 @@ def test_merged_fp32_equals_adapter_and_loads_with_plain_transformers(exporter, 
     assert "recipe.resolved.toml" in names and not any(n.endswith(".bin") for n in names)
 
 
+@pytest.mark.slow
 def test_merged_bfloat16_stores_bfloat16_and_passes_its_tolerance(exporter, tmp_path):
     from safetensors import safe_open
 
@@ -157,6 +159,7 @@ def test_merged_bfloat16_stores_bfloat16_and_passes_its_tolerance(exporter, tmp_
     assert check.max_diff > 0  # rounding to bf16 is visible, and within the stated tolerance
 
 
+@pytest.mark.slow
 def test_4bit_run_merges_into_its_dequantized_base_not_the_original_weights(trained, small_model_dir, tmp_path):
     """The adapter of a 4-bit run was trained against the 4-bit weights: the merge must fold it into those."""
     from peft import PeftModel
@@ -185,6 +188,7 @@ def test_4bit_run_merges_into_its_dequantized_base_not_the_original_weights(trai
 # ---------------------------------------------------------------------------------------------- GGUF
 
 
+@pytest.mark.slow
 def test_gguf_f16_reloads_through_transformers_and_matches(exporter, gguf_f16):
     from transformers import AutoModelForCausalLM
     from transformers.integrations.gguf import read_gguf_metadata
@@ -208,6 +212,7 @@ def test_gguf_f16_reloads_through_transformers_and_matches(exporter, gguf_f16):
     assert (got - reference.logits[0]).abs().max() <= TOLERANCES["float16"].max_rel * reference.scale
 
 
+@pytest.mark.slow
 def test_gguf_q8_0_is_quantized_and_within_its_stated_tolerance(exporter, tmp_path):
     import gguf
 
@@ -221,6 +226,7 @@ def test_gguf_q8_0_is_quantized_and_within_its_stated_tolerance(exporter, tmp_pa
     assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
 
 
+@pytest.mark.slow
 def test_modelfile_carries_the_training_template_and_stop_tokens(exporter, gguf_f16):
     text = gguf_f16.with_suffix(".Modelfile").read_text()
     lines = text.splitlines()
@@ -270,6 +276,7 @@ def test_gguf_export_refuses_architectures_llama_cpp_names_differently():
 # ---------------------------------------------------------------------------------------------- verification
 
 
+@pytest.mark.slow
 def test_verify_catches_a_corrupted_merged_model(exporter, tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
@@ -290,6 +297,7 @@ def test_verify_catches_a_corrupted_merged_model(exporter, tmp_path, monkeypatch
     assert "max |Δ logit|" in str(err.value) and not out.exists()
 
 
+@pytest.mark.slow
 def test_verify_catches_a_gguf_without_the_llama_cpp_qk_permutation(exporter, tmp_path, monkeypatch):
     import peftsft.artifacts.export.gguf.writer as gguf_writer
 
@@ -303,6 +311,7 @@ def test_verify_catches_a_gguf_without_the_llama_cpp_qk_permutation(exporter, tm
 # ---------------------------------------------------------------------------------------------- atomic writes
 
 
+@pytest.mark.slow
 def test_interrupted_merge_leaves_nothing_at_out(exporter, tmp_path, monkeypatch):
     def interrupted(directory):
         assert (directory / "model.safetensors").is_file()  # the weights were written: interrupt after that
@@ -314,6 +323,7 @@ def test_interrupted_merge_leaves_nothing_at_out(exporter, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_failed_gguf_write_leaves_nothing_at_out(exporter, tmp_path, monkeypatch):
     import peftsft.artifacts.export.gguf as gguf_export
 
@@ -327,6 +337,7 @@ def test_failed_gguf_write_leaves_nothing_at_out(exporter, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_existing_out_is_refused_unless_forced(exporter, tmp_path):
     out = tmp_path / "adapter"
     out.mkdir()
@@ -343,6 +354,7 @@ def test_existing_out_is_refused_unless_forced(exporter, tmp_path):
 # ---------------------------------------------------------------------------------------------- runs and CLI
 
 
+@pytest.mark.slow
 def test_recipe_export_section_runs_after_training(trained):
     run_dir, summary = trained
     exported = run_dir / "exports" / "adapter"
@@ -351,6 +363,7 @@ def test_recipe_export_section_runs_after_training(trained):
     assert json.loads((run_dir / "summary.json").read_text())["exports"] == [str(exported)]
 
 
+@pytest.mark.slow
 def test_non_mergeable_strategy_refuses_merge_but_exports_its_adapter(trained, tmp_path, monkeypatch):
     from peftsft.strategies import registry
     from peftsft.strategies.lora import LORA
@@ -370,6 +383,7 @@ def test_non_mergeable_strategy_refuses_merge_but_exports_its_adapter(trained, t
     assert (written / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clean(trained, tmp_path, capsys):
     from peftsft.commands.cli import main
 

@@ -41,6 +41,7 @@ def train(tiny_recipe, name: str, overrides: list[str]) -> dict:
     return {**summary, "losses": losses}
 
 
+@pytest.mark.slow
 def test_levers_keep_the_loss_curve_and_eval_loss(tiny_recipe):
     for sampling in ("sequential", "group_by_length"):  # the same batches on both paths, in either order
         plain = train(tiny_recipe, f"plain-{sampling}", UNOPTIMISED + [f"training.sampling={sampling}"])
@@ -56,6 +57,7 @@ def test_levers_keep_the_loss_curve_and_eval_loss(tiny_recipe):
         assert (fast["levers"]["attention"], plain["levers"]["attention"]) == ("peftsft_cpu", "sdpa")
 
 
+@pytest.mark.slow
 def test_length_grouping_learns_as_well_as_random_batches(tiny_recipe):
     """Length-grouped batches hold the same rows per epoch in another grouping: the eval loss after two epochs
     stays within 5% of random batches'."""
@@ -83,6 +85,7 @@ def test_summary_records_the_resolved_levers(tiny_recipe):
 BF16_RTOL = 3e-2
 
 
+@pytest.mark.slow
 def test_precision_auto_trains_as_the_precision_it_resolves_to_and_bf16_learns_like_fp32(tiny_recipe):
     auto = train(tiny_recipe, "precision-auto", ["training.sampling=sequential"])
     resolved = auto["levers"]["precision"]
@@ -121,6 +124,7 @@ def llama64_dir(tmp_path_factory, tokenizer):
     return out
 
 
+@pytest.mark.slow
 def test_adapter_dtype_auto_is_the_dtype_it_records_and_bf16_adapters_learn_like_fp32(tiny_recipe, llama64_dir):
     """On a 4-bit base: the adapters train (and are saved) in the dtype the levers record; auto follows precision."""
     common = [f'model.source="{llama64_dir}"', "quantization.bits=4", "training.sampling=sequential", "training.precision=fp32"]
@@ -139,6 +143,7 @@ def test_adapter_dtype_auto_is_the_dtype_it_records_and_bf16_adapters_learn_like
 BF16_BASE_RTOL = 2e-2
 
 
+@pytest.mark.slow
 def test_padding_free_batches_and_fused_adamw_keep_the_loss_curve(tiny_recipe):
     """The same samples per step, flattened with restarting position ids instead of padded, and AdamW's fused
     kernel instead of its loop: in fp32 only the summation order changes."""
@@ -153,6 +158,7 @@ def test_padding_free_batches_and_fused_adamw_keep_the_loss_curve(tiny_recipe):
     assert (fast["levers"]["optimizer"], plain["levers"]["optimizer"]) == ("adamw_torch_fused", "adamw_torch")
 
 
+@pytest.mark.slow
 def test_bf16_frozen_base_learns_like_the_fp32_base(tiny_recipe):
     """A bf16 copy of the frozen base under bf16 autocast: the same learning within bf16's rounding."""
     common = UNOPTIMISED + ["training.precision=bf16", "training.sampling=sequential"]

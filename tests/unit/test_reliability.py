@@ -46,6 +46,7 @@ def _adapter(run_dir: Path) -> dict:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_recipe, tmp_path):
     recipe = tiny_recipe()
     straight = _cli(recipe, *_sets(RESUME_STEPS + ["run.name=straight"]))
@@ -83,6 +84,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
     recipe = tiny_recipe()
     overrides = _sets(["training.max_steps=400", "run.name=interrupted"])
@@ -106,6 +108,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == step + 2
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tiny_recipe, monkeypatch):
     import peftsft.tasks.chat as train_module
 
@@ -152,6 +155,26 @@ def test_non_finite_guard_stops_on_a_non_finite_loss_or_gradient(bad):
     model.bias.grad[1] = bad
     with pytest.raises(NonFiniteError, match="non-finite gradient of bias at step 4"):
         guard.on_pre_optimizer_step(args, state, control, model=model)
+
+
+def test_resume_picks_the_highest_step_among_complete_checkpoints(tmp_path):
+    from peftsft.training.resume import checkpoint_to_resume
+
+    folder = tmp_path / "checkpoints"
+    for step in (2, 9, 10, 100, 1000):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        if step != 1000:  # cut short by a kill: no seal
+            (folder / f"checkpoint-{step}" / CHECKPOINT_SEAL).write_text("")
+    (folder / "checkpoint-final").mkdir()  # not a step: ignored
+    (folder / "checkpoint-final" / CHECKPOINT_SEAL).write_text("")
+    assert checkpoint_to_resume(tmp_path, True) == folder / "checkpoint-100"  # numeric: not "checkpoint-9"
+    assert not (folder / "checkpoint-1000").exists() and (folder / "checkpoint-final").exists()
+    for step in (100, 10):
+        (folder / f"checkpoint-{step}" / CHECKPOINT_SEAL).unlink()
+    assert checkpoint_to_resume(tmp_path, True) == folder / "checkpoint-9"
+    assert checkpoint_to_resume(tmp_path, str(folder / "checkpoint-2")) == folder / "checkpoint-2"
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        checkpoint_to_resume(tmp_path, str(folder / "checkpoint-1000"))
 
 
 def test_resume_without_checkpoint_or_run_is_a_clear_error(tiny_recipe):
@@ -232,6 +255,7 @@ def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
     assert code == 2 and "cannot create run directory" in output
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_leaves_no_partial_adapter(tiny_recipe, monkeypatch, capsys):
     import errno
 
@@ -250,6 +274,7 @@ def test_disk_full_while_saving_leaves_no_partial_adapter(tiny_recipe, monkeypat
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".adapter")]
 
 
+@pytest.mark.slow
 def test_existing_run_dir_needs_overwrite(tiny_recipe, capsys):
     recipe = tiny_recipe()
     assert _main(["run", str(recipe)], capsys)[0] == 0
@@ -261,6 +286,7 @@ def test_existing_run_dir_needs_overwrite(tiny_recipe, capsys):
 # ------------------------------------------------------------------------------------ safe by default
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_the_run_dir_and_only_safetensors_hold_weights(tiny_recipe, monkeypatch):
     secret = "hf_SECRETtoken1234567890"
     monkeypatch.setenv("HF_TOKEN", secret)

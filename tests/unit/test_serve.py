@@ -136,11 +136,13 @@ def streamed(client, model: str, question: str, **options) -> tuple[str, list]:
 # ---------------------------------------------------------------------------------------------- answers
 
 
+@pytest.mark.slow
 def test_models_are_the_runs_and_base(client, url):
     assert [m.id for m in client.models.list()] == ["base", "pip", "qa"]
     assert httpx.get(f"{url}/v1/models/qa").json()["id"] == "qa"
 
 
+@pytest.mark.slow
 def test_tuned_answers_the_held_out_name_probe_as_pip_base_does_not(client, tokenizer):
     reply = client.chat.completions.create(model="pip", messages=user(PROBE), **GREEDY)
     assert reply.choices[0].message.content == "I'm Pip." and reply.choices[0].finish_reason == "stop"
@@ -152,6 +154,7 @@ def test_tuned_answers_the_held_out_name_probe_as_pip_base_does_not(client, toke
     assert reply.usage.total_tokens == len(prompt) + len(answer)
 
 
+@pytest.mark.slow
 def test_two_adapters_answer_differently_from_one_process(client):
     question, fact = QA[0]
     assert ask(client, "qa", question) == fact
@@ -160,6 +163,7 @@ def test_two_adapters_answer_differently_from_one_process(client):
 
 
 @pytest.mark.parametrize("model", ["pip", "base"])
+@pytest.mark.slow
 def test_streaming_yields_the_same_text_as_non_streaming_at_temperature_0(client, model):
     whole = client.chat.completions.create(model=model, messages=user(PROBE), **GREEDY)
     text, chunks = streamed(client, model, PROBE)
@@ -169,6 +173,7 @@ def test_streaming_yields_the_same_text_as_non_streaming_at_temperature_0(client
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
 
 
+@pytest.mark.slow
 def test_stream_is_server_sent_events_ending_with_done(url):
     body = {"model": "qa", "messages": user(QA[1][0]), "stream": True, "temperature": 0}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
@@ -180,6 +185,7 @@ def test_stream_is_server_sent_events_ending_with_done(url):
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == QA[1][1]
 
 
+@pytest.mark.slow
 def test_stop_strings_end_the_reply_before_them_and_seed_repeats_sampling(client):
     reply = client.chat.completions.create(model="pip", messages=user(PROBE), stop=["Pip"], **GREEDY)
     assert reply.choices[0].message.content == "I'm " and reply.choices[0].finish_reason == "stop"
@@ -196,6 +202,7 @@ def test_stop_trimmer_holds_back_what_may_start_a_stop_string():
     assert trimmer.feed("end #") == "end " and trimmer.flush() == "#" and not trimmer.hit
 
 
+@pytest.mark.slow
 def test_eight_concurrent_requests_all_get_their_own_answer(client):
     asks = [(model, question) for question, _ in QA[:2] for model in ("pip", "qa", "base")] + [("qa", QA[2][0])] * 2
     expected = [ask(client, model, question) for model, question in asks]
@@ -235,6 +242,7 @@ BAD_REQUESTS = [  # (body, status, param, code)
 ]
 
 
+@pytest.mark.slow
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(url, client):
     for body, status, param, code in BAD_REQUESTS:
         response = post(url, body)
@@ -251,6 +259,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(url, client
     assert ask(client, "qa", QA[2][0]) == QA[2][1]
 
 
+@pytest.mark.slow
 def test_a_client_that_disconnects_mid_stream_frees_the_slot(url, client, engine):
     before = engine.stats.cancelled
     body = {"model": "base", "messages": user("hi"), "stream": True, "temperature": 1.0, "seed": 1,
@@ -277,6 +286,7 @@ def tensor_bytes(path: Path) -> int:
         return sum(weights.get_tensor(key).nbytes for key in weights.keys())
 
 
+@pytest.mark.slow
 def test_memory_holds_one_base_copy_and_small_adapters(engine, base_dir, runs):
     base = tensor_bytes(base_dir / "model.safetensors")
     adapter = tensor_bytes(runs[0] / "adapter" / "adapter_model.safetensors")
@@ -286,6 +296,7 @@ def test_memory_holds_one_base_copy_and_small_adapters(engine, base_dir, runs):
     assert 2 * adapter < base / 50
 
 
+@pytest.mark.slow
 def test_api_key_is_required_when_set(engine):
     server = ServerThread(create_app(engine, api_key="sekrit")).start()
     try:
@@ -301,6 +312,7 @@ def test_api_key_is_required_when_set(engine):
         server.stop()
 
 
+@pytest.mark.slow
 def test_runs_of_different_bases_or_named_base_are_refused(runs, tmp_path):
     import shutil
 
@@ -315,6 +327,7 @@ def test_runs_of_different_bases_or_named_base_are_refused(runs, tmp_path):
         Engine.load([runs[1], shutil.copytree(runs[1], tmp_path / "x" / "qa")], "cpu")
 
 
+@pytest.mark.slow
 def test_serve_command_prints_url_and_examples_that_work_and_logs_no_prompt(runs, tmp_path):
     env = os.environ | {"PEFTSFT_API_KEY": "k3y", "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "server.log").open("w+")

@@ -161,6 +161,7 @@ def test_every_registered_strategy_is_in_the_matrix():
     assert {s.name for s in list_strategies()} <= set(MATRIX)
 
 
+@pytest.mark.slow
 def test_trainable_parameters_changed_and_frozen_ones_bit_identical(trained):
     trainable = {n for n, p in trained.model.named_parameters() if p.requires_grad}
     assert trainable, "nothing trains"
@@ -171,6 +172,7 @@ def test_trainable_parameters_changed_and_frozen_ones_bit_identical(trained):
             assert torch.equal(param, trained.before[name]), f"frozen {name} changed"
 
 
+@pytest.mark.slow
 def test_trainable_counts_match_peft(trained, harness):
     from peft import get_peft_model
 
@@ -185,6 +187,7 @@ def test_trainable_counts_match_peft(trained, harness):
         assert summary["total_params"] == sum(p.numel() for p in harness.base().parameters())
 
 
+@pytest.mark.slow
 def test_save_then_load_gives_the_trained_logits(trained, harness):
     loaded = harness.logits(harness.load(trained))
     base = harness.logits(harness.base(trained.bits))
@@ -199,6 +202,7 @@ def test_save_then_load_gives_the_trained_logits(trained, harness):
         assert not torch.allclose(loaded, base, atol=1e-4), "training left the model unchanged"
 
 
+@pytest.mark.slow
 def test_merged_equals_unmerged_or_merge_is_refused(trained, harness):
     strategy = get_strategy(trained.name)
     unmerged = harness.load(trained, dequantize=True)  # a quantized run merges into its dequantized base
@@ -226,6 +230,7 @@ def test_lora_variants_are_lora_with_one_default_changed():
         assert get_strategy(name).Config().model_dump() == plain | defaults, name
 
 
+@pytest.mark.slow
 def test_loraplus_trains_b_faster_than_a(harness):
     recipe = harness.recipe("loraplus", LORA_TINY)
     strategy = get_strategy("loraplus")
@@ -237,6 +242,7 @@ def test_loraplus_trains_b_faster_than_a(harness):
     assert a_lr == {1e-2} and b_lr == {1e-2 * 16}
 
 
+@pytest.mark.slow
 def test_loftq_starts_closer_to_the_unquantized_model(harness):
     # the quantization error is noise-like (a flat spectrum): rank 16 of the tiny model's 64 dims takes out a share
     # of it that shows in the logits (rank 4 of 64 moved them only ~5%)
@@ -249,6 +255,7 @@ def test_loftq_starts_closer_to_the_unquantized_model(harness):
     assert (started - full).abs().mean() < 0.8 * (plain - full).abs().mean()
 
 
+@pytest.mark.slow
 def test_freeze_trains_exactly_the_last_layers_and_patterns(harness):
     freeze = get_strategy("freeze")
     model = freeze.apply(harness.base(), freeze.Config.model_validate({"layers": 1, "patterns": ["^lm_head"]}), StrategyContext(quantized=False))
@@ -266,6 +273,7 @@ def test_generic_peft_reaches_methods_without_a_dedicated_entry():
     assert problems == []
 
 
+@pytest.mark.slow
 def test_prompt_strategy_runs_end_to_end(harness, tmp_path):
     """run(): strategy summary printed and in summary.json; generation before/after works with virtual tokens."""
     from peftsft.artifacts.tasks import run
@@ -329,6 +337,7 @@ def test_bad_combinations_are_rejected_at_validate_time(tmp_path, strategy, extr
     assert re.search(expected, _problems(tmp_path, strategy, extra)), _problems(tmp_path, strategy, extra)
 
 
+@pytest.mark.slow
 def test_merge_of_a_prompt_method_through_generic_peft_is_refused(harness):
     peft = get_strategy("peft")
     model = peft.apply(harness.base(), peft.Config.model_validate({"method": "prefix_tuning", "num_virtual_tokens": 2}),
@@ -408,6 +417,7 @@ def plugin(tmp_path, monkeypatch):
     sys.modules.pop("peftsft_norms", None)
 
 
+@pytest.mark.slow
 def test_a_plugin_strategy_works_in_recipes_like_a_builtin(plugin, harness, tmp_path):
     assert "norms_only" in {s.name for s in list_strategies()}
     recipe_text = textwrap.dedent(f"""

@@ -91,6 +91,7 @@ def loss_records(run_dir: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- over HTTP
 
 
+@pytest.mark.slow
 def test_runs_table_lists_every_run_with_its_status(server, runs_root):
     url, _ = server
     status, html = get(url + "/")
@@ -100,6 +101,7 @@ def test_runs_table_lists_every_run_with_its_status(server, runs_root):
     assert "status-done" in html
 
 
+@pytest.mark.slow
 def test_runs_table_sorts_by_a_column(server):
     import httpx
 
@@ -111,6 +113,7 @@ def test_runs_table_sorts_by_a_column(server):
     assert order == sorted(order)
 
 
+@pytest.mark.slow
 def test_loss_chart_has_one_point_per_logged_step(server, runs_root):
     import httpx
 
@@ -121,6 +124,7 @@ def test_loss_chart_has_one_point_per_logged_step(server, runs_root):
     assert 'data-name="train loss" data-points="4"' in live["charts"]["loss"]
 
 
+@pytest.mark.slow
 def test_malformed_metrics_line_shows_an_error_panel_and_the_rest(server):
     url, _ = server
     status, html = get(url + "/runs/broken")
@@ -129,6 +133,7 @@ def test_malformed_metrics_line_shows_an_error_panel_and_the_rest(server):
     assert 'data-name="train loss" data-points="4"' in html
 
 
+@pytest.mark.slow
 def test_missing_run_dir_is_an_error_panel_not_a_crash(server):
     url, _ = server
     status, html = get(url + "/runs/no-such-run")
@@ -137,6 +142,7 @@ def test_missing_run_dir_is_an_error_panel_not_a_crash(server):
     assert status == 404
 
 
+@pytest.mark.slow
 def test_compare_highlights_the_recipe_differences(server):
     url, _ = server
     status, html = get(url + "/compare?run=tiny-a&run=tiny-b")
@@ -146,6 +152,7 @@ def test_compare_highlights_the_recipe_differences(server):
     assert html.count('class="series"') == 2
 
 
+@pytest.mark.slow
 def test_stopped_run_shows_why(server, runs_root):
     url, _ = server
     stopped = runs_root / "stopped"
@@ -157,6 +164,7 @@ def test_stopped_run_shows_why(server, runs_root):
     shutil.rmtree(stopped)
 
 
+@pytest.mark.slow
 def test_data_view_marks_exactly_the_supervised_tokens(server, runs_root, tokenizer):
     from html import unescape
 
@@ -176,6 +184,7 @@ def test_data_view_marks_exactly_the_supervised_tokens(server, runs_root, tokeni
     assert "Pre-flight contract: passed" in html
 
 
+@pytest.mark.slow
 def test_chat_answers_with_the_tuned_model_and_its_base(server, runs_root):
     import httpx
 
@@ -217,6 +226,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_browser_runs_table_and_compare(server, tab):
     url, _ = server
     tab.goto(url + "/")
@@ -231,6 +241,7 @@ def test_browser_runs_table_and_compare(server, tab):
     shot(tab, "compare")
 
 
+@pytest.mark.slow
 def test_browser_loss_chart_renders_every_point(server, tab, runs_root):
     url, _ = server
     tab.goto(url + "/runs/tiny-a")
@@ -239,6 +250,7 @@ def test_browser_loss_chart_renders_every_point(server, tab, runs_root):
     shot(tab, "run")
 
 
+@pytest.mark.slow
 def test_browser_error_panels(server, tab):
     url, _ = server
     tab.goto(url + "/runs/broken")
@@ -247,6 +259,7 @@ def test_browser_error_panels(server, tab):
     assert tab.locator("#error-panel").is_visible()
 
 
+@pytest.mark.slow
 def test_browser_live_run_gains_points_within_seconds(server, tab, runs_root, tmp_path):
     """A run started now (a real `peftsft run` process) shows new loss points while it trains."""
     import os
@@ -283,6 +296,7 @@ def test_browser_live_run_gains_points_within_seconds(server, tab, runs_root, tm
             process.kill()
 
 
+@pytest.mark.slow
 def test_browser_data_view_highlights_supervised_tokens(server, tab):
     url, _ = server
     tab.goto(url + "/runs/tiny-a/data?n=1")
@@ -292,6 +306,7 @@ def test_browser_data_view_highlights_supervised_tokens(server, tab):
     shot(tab, "data")
 
 
+@pytest.mark.slow
 def test_browser_chat_shows_tuned_and_base_answers(server, tab, runs_root):
     url, backend = server
     expected = backend.answers(runs_root / "tiny-a", "Who are you?")
@@ -308,6 +323,7 @@ def test_browser_chat_shows_tuned_and_base_answers(server, tab, runs_root):
 # ---------------------------------------------------------------------------------------------- status.json
 
 
+@pytest.mark.slow
 def test_a_failing_run_records_failed_with_the_reason(tiny_recipe, monkeypatch):
     import peftsft.tasks.chat as chat_task
     from peftsft.artifacts.ui.runs import read_run
@@ -323,6 +339,7 @@ def test_a_failing_run_records_failed_with_the_reason(tiny_recipe, monkeypatch):
     assert (info.status, info.reason) == ("failed", "RuntimeError: trainer exploded")
 
 
+@pytest.mark.slow
 def test_a_refused_run_leaves_the_existing_runs_status_alone(tiny_recipe):
     from peftsft.core.errors import UserError
 

@@ -108,6 +108,7 @@ def test_auto_picks_it_on_the_cpu_over_sdpa_only(tiny_recipe):
     assert attention_kernel("auto", "cpu", "flash_attention_2") == "flash_attention_2"
 
 
+@pytest.mark.slow
 def test_a_run_records_the_attention_it_trained_with(tiny_recipe):
     from tests.conftest import decide as decide_levers
     from peftsft.training.recipe import load_recipe

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from peftsft.training.recipe import load_recipe
 from tests.conftest import decide as decide_levers
 
 
+@pytest.mark.slow
 def test_bf16_base_keeps_adapters_and_optimizer_states_fp32(tiny_recipe):
     import torch
 

@@ -60,6 +60,7 @@ def test_the_cli_bounds_them_before_a_command_runs(monkeypatch):
     assert seen == {name: str(CAPACITY) for name in VARIABLES}
 
 
+@pytest.mark.slow
 def test_bounded_caches_stop_growing_with_new_shapes():
     """Measured in fresh processes (the variables are read at the first kernel): past the capacity, new shapes
     evict old kernels instead of adding ~0.5 MiB each (measured: the default caches +100 MiB for every 150 new

@@ -150,6 +150,7 @@ def test_an_entropy_gradient_or_a_trainable_head_recomputes_and_no_grad_computes
     assert (len(logits_calls), len(chain_calls)) == (20, 12)
 
 
+@pytest.mark.slow
 def test_the_lever_swaps_trls_kernel_in_and_back(tiny_recipe):
     from peftsft.training.recipe import load_recipe
     from tests.conftest import decide
