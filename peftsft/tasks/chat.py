@@ -27,6 +27,7 @@ from peftsft.training.rules import resolve_precision
 from peftsft.training.rules import cast_frozen_base
 from peftsft.training.report import plot_loss, write_samples
 from peftsft.training.runs import checkpoint_step, open_run_dir, run_summary, save_adapter, train_guarded
+from peftsft.training.sharding import engine_summary, gathered_state, is_sharded, saving_from, trainer_for_launch
 from peftsft.core.rundir import write_dir, write_json
 
 
@@ -70,6 +71,7 @@ def train(
     params = validate_params(strategy, recipe.strategy.params)
     model = strategy.apply(model, params, StrategyContext(quantized=recipe.quantization.bits is not None))
     params_summary = trainable_summary(model)
+    quantized_base = quantized_footprint(model)  # now: under FSDP the weights become shards
     console.print(
         f"strategy {strategy.name}: {params_summary['trainable_params']:,} trainable of "
         f"{params_summary['total_params']:,} parameters ({params_summary['trainable_percent']:.3f}%)"
@@ -87,11 +89,19 @@ def train(
         train_seconds = rate.elapsed
         eval_metrics = trainer.evaluate() if eval_ds is not None else {}
 
+    def tuned() -> tuple:
+        """The tuned model's answers and general-check score."""
+        after = answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens)
+        return after, general.score(model, tokenizer, levers.precision) if general else None
+
+    sharded = is_sharded(model)  # FSDP: every process takes part in each forward pass and in gathering the adapter
+    adapter_state = gathered_state(model)
+    after, general_tuned = tuned() if sharded else on_main(state, tuned)
+
     def finish() -> dict:
         """Main process: adapter, samples, plot and summary."""
-        write_dir(run_dir / "adapter", lambda tmp: save_adapter(model, tokenizer, tmp, strategy, recipe.model.base_id))
-        after = answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens)
-        general_tuned = general.score(model, tokenizer, levers.precision) if general else None
+        with saving_from(model, adapter_state):
+            write_dir(run_dir / "adapter", lambda tmp: save_adapter(model, tokenizer, tmp, strategy, recipe.model.base_id))
         general_result = general.compare(general_base, general_tuned) if general else None
         write_samples(run_dir / "samples.md", prompts, before, after, general_result)
         plot_loss(metrics.records, run_dir / "loss.png")
@@ -101,9 +111,10 @@ def train(
         )
         summary.update(
             world_size=state.num_processes,
+            engine=engine_summary(trainer),
             global_batch_size=trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps
             * state.num_processes,
-            quantized_base=quantized_footprint(model),
+            quantized_base=quantized_base,
             levers=levers.as_dict(),
             contract=contract,
             general=for_summary(general_result, train_seconds) if general_result else None,
@@ -154,7 +165,7 @@ def make_trainer(
     )
     cast_frozen_base(model, levers.base_dtype)
     model.config.use_cache = False
-    trainer = SFTTrainer(
+    trainer = trainer_for_launch(lambda: SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -162,7 +173,7 @@ def make_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
         optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
-    )
+    ), device)
     trl_compat.set_adapter_dtype(trainer.model, levers.adapter_dtype)  # after TRL's bf16 cast on a quantized base
     use_our_callbacks(trainer, recipe, evaluate_during)
     return trainer
