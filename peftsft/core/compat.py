@@ -56,12 +56,13 @@ def launched_world_size() -> int:
 
     Why private: `PartialState()` would initialise the process group when asked before the run sets it up."""
     from accelerate import PartialState
-    from accelerate.utils import get_int_from_env
+
+    from peftsft.core.launch import current_launch
 
     require("accelerate", (1, 0), (1, 99), "reading the process count")
     if PartialState._shared_state != {}:
         return PartialState().num_processes
-    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    return current_launch().processes
 
 
 def packed_sequence_starts(position_ids):
@@ -116,3 +117,26 @@ def bnb_unpack_for_cpu(data, state):
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
     return _convert_weight_packed_for_cpu_inverse(data, state)
+
+
+ACCELERATE_FSDP_ON_CPU = ((1, 16), (1, 99))
+
+
+def fsdp_on_cpu_processes() -> None:
+    """accelerate's AcceleratorState turns an FSDP launch into FSDP only for GPU-like processes: on CPU ones (its
+    MULTI_CPU type) it keeps plain DDP and says nothing. Told the processes are several-device ones before the trainer
+    builds its accelerator, it builds FSDP; the process group (gloo), the device (cpu) and the rest stay as set up."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    require("accelerate", *ACCELERATE_FSDP_ON_CPU, "FSDP on CPU processes")
+    state = PartialState()
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type = DistributedType.MULTI_GPU  # read once, by AcceleratorState, which replaces it by FSDP
+
+
+def deepspeed_zero3_enabled() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    require("transformers", (5, 0), (5, 99), "reading DeepSpeed's ZeRO stage")
+    return is_deepspeed_zero3_enabled()

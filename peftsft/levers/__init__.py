@@ -21,7 +21,7 @@ from peftsft.levers.model_skeleton import skeleton
 from peftsft.levers.situation import Situation
 
 __all__ = ["Levers", "MemoryPlan", "Situation", "applied", "build_trainer", "decide_levers", "memory_plan",
-           "prepare_process", "sft_arguments", "skeleton", "trainer_arguments", "training"]  # fmt: skip
+           "precision_for", "prepare_process", "sft_arguments", "skeleton", "trainer_arguments", "training"]  # fmt: skip
 
 
 def decide_levers(recipe: Recipe, device: str, model, longest_sample: int | None = None,
@@ -47,6 +47,11 @@ def decide_levers(recipe: Recipe, device: str, model, longest_sample: int | None
     levers = checkpointing.decide(situation, levers)
     levers.mlp_tiling = mlp_tiling.decide(situation, levers.activation_checkpointing)
     return levers
+
+
+def precision_for(recipe: Recipe, device: str) -> str:
+    """The precision a run of `recipe` would train in on `device`, before any model exists (launch checks)."""
+    return precision.decide(Situation(recipe, device, None))
 
 
 def memory_plan(recipe: Recipe, device: str, model, levers: Levers, longest_sample: int | None = None,

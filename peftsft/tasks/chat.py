@@ -26,6 +26,7 @@ from peftsft.training.distributed import on_main
 from peftsft.training.general_check import GeneralCheck, for_summary, report as report_general
 from peftsft.training.report import write_samples
 from peftsft.training.runs import save_adapter
+from peftsft.training.sharding import trainer_for_launch
 from peftsft.training.skeleton import Prepared, Session, adapter_off
 
 
@@ -50,8 +51,9 @@ class ChatTask:
         summary = trainable_summary(model)
         console.print(f"strategy {strategy.name}: {summary['trainable_params']:,} trainable of "
                       f"{summary['total_params']:,} parameters ({summary['trainable_percent']:.3f}%)")  # fmt: skip
-        return Prepared(model, tokenizer, train_ds, eval_ds, stats, source, strategy, summary, stats.max_tokens,
-                        extra={"contract": contract, "general": GeneralCheck.for_recipe(recipe)})  # fmt: skip
+        extra = {"contract": contract, "general": GeneralCheck.for_recipe(recipe),
+                 "quantized_base": quantized_footprint(model)}  # before training: FSDP turns the weights into shards
+        return Prepared(model, tokenizer, train_ds, eval_ds, stats, source, strategy, summary, stats.max_tokens, extra)
 
     def before_training(self, session: Session, prepared: Prepared, levers: Levers) -> None:
         """The base's answers and general-check score (main process), with the adapter off."""
@@ -72,17 +74,22 @@ class ChatTask:
     def save(self, session: Session, prepared: Prepared, directory: Path) -> None:
         save_adapter(prepared.model, prepared.tokenizer, directory, prepared.strategy, session.recipe.model.base_id)
 
-    def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float) -> dict:
-        recipe, model, tokenizer, extra = session.recipe, prepared.model, prepared.tokenizer, prepared.extra
-        after = answer_prompts(model, tokenizer, recipe.run.sample_prompts, recipe.run.sample_max_new_tokens)
-        general = extra["general"]
-        result = None
-        if general:
-            result = general.compare(extra["general_base"], general.score(model, tokenizer, levers.precision))
-        extra["general_result"] = result
-        write_samples(session.rundir.samples_file, recipe.run.sample_prompts, extra["before"], after, result)
+    def score(self, session: Session, prepared: Prepared, levers: Levers) -> dict:
+        """The tuned model's answers and general-check score."""
+        recipe, model, tokenizer, general = session.recipe, prepared.model, prepared.tokenizer, prepared.extra["general"]
         return {
-            "quantized_base": quantized_footprint(model),
+            "after": answer_prompts(model, tokenizer, recipe.run.sample_prompts, recipe.run.sample_max_new_tokens),
+            "general_tuned": general.score(model, tokenizer, levers.precision) if general else None,
+        }
+
+    def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float,
+               scores: dict) -> dict:  # fmt: skip
+        recipe, extra, general = session.recipe, prepared.extra, prepared.extra["general"]
+        result = general.compare(extra["general_base"], scores["general_tuned"]) if general else None
+        extra["general_result"] = result
+        write_samples(session.rundir.samples_file, recipe.run.sample_prompts, extra["before"], scores["after"], result)
+        return {
+            "quantized_base": extra["quantized_base"],
             "contract": extra["contract"],
             "general": for_summary(result, train_seconds) if result else None,
         }
@@ -107,7 +114,7 @@ def sft_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str
     arguments = trainer_arguments(recipe, device, evaluate_during, levers)
     args = SFTConfig(**{**arguments, **sft_arguments(levers, recipe.data.max_length)})
     model.config.use_cache = False
-    trainer = SFTTrainer(
+    trainer = trainer_for_launch(lambda: SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -115,6 +122,6 @@ def sft_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str
         processing_class=tokenizer,
         callbacks=callbacks,
         optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
-    )
+    ), device)  # FSDP launches: sharding set up (and checked) for this process
     use_our_callbacks(trainer, recipe, evaluate_during)
     return trainer

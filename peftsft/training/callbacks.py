@@ -39,14 +39,17 @@ class MetricsLog(TrainerCallback):
         """On resume, records logged after the checkpoint (`keep_until_step`) are dropped: they will be redone."""
         self.path = path
         self.rate = rate
+        self.keep_until_step = keep_until_step
         self.records: list[dict] = []
-        if keep_until_step is not None and path.is_file():
-            old = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            self.records = [r for r in old if r.get("step", 0) <= keep_until_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.rate.__init__()
+        # the main process alone rewrites the file (as it alone appends): with several processes, one of them could
+        # read it while another truncates it, and write back nothing
+        if self.keep_until_step is not None and state.is_world_process_zero and self.path.is_file():
+            old = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            self.records = [r for r in old if r.get("step", 0) <= self.keep_until_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:

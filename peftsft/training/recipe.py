@@ -13,6 +13,7 @@ from peftsft.data.sources import source_problem
 from peftsft.data.templates import BUILTINS, dropped_tools_problem
 from peftsft.models import resolve_source
 from peftsft.strategies.registry import strategy_problems
+from peftsft.training.launch import launch_problems
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -33,8 +34,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def block_problems(recipe: Recipe) -> list[str]:
-    """Checks that need the files on disk or the installed packages (no model is loaded)."""
-    problems = quantization_problems(recipe.quantization)
+    """Checks that need the files on disk, the installed packages or the launch (no model is loaded)."""
+    problems = quantization_problems(recipe.quantization) + launch_problems(recipe)
     try:
         resolve_source(recipe.model.source)
     except UserError as exc:

@@ -22,6 +22,7 @@ from peftsft.training.callbacks import TokenRate
 from peftsft.training.distributed import console_for, on_main, process_state
 from peftsft.training.report import plot_loss
 from peftsft.training.runs import open_run_dir, run_summary, train_guarded
+from peftsft.training.sharding import engine_summary, gathered_state, is_sharded, saving_from
 
 
 @dataclass
@@ -64,11 +65,16 @@ class Task(Protocol):
     def trainer(self, session: Session, prepared: Prepared, levers: Levers, callbacks: list):
         """The trainer (TRL's or transformers'), built from the levers' arguments."""
 
+    def score(self, session: Session, prepared: Prepared, levers: Levers) -> dict:
+        """The tuned model's forward passes (samples, scores): on the main process, or on every process where the
+        model is sharded (each one gathers the layers from the others)."""
+
     def save(self, session: Session, prepared: Prepared, directory: Path) -> None:
         """Write the adapter (and whatever loads with it) into `directory`."""
 
-    def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float) -> dict:
-        """Main process, after the adapter is saved: samples and scores; returns summary.json's task keys."""
+    def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float,
+               scores: dict) -> dict:  # fmt: skip
+        """Main process, after the adapter is saved: writes samples and scores; returns summary.json's task keys."""
 
     def report(self, session: Session, prepared: Prepared, summary: dict) -> None:
         """Main process, last: what the task prints about the finished run."""
@@ -109,10 +115,15 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
         train_seconds = rate.elapsed
         eval_metrics = trainer.evaluate() if prepared.eval_ds is not None else {}
     release_training_memory(trainer, prepared.model)
+    sharded = is_sharded(prepared.model)
+    adapter_state = gathered_state(prepared.model)  # every process takes part; whole tensors on the main one
+    score = lambda: task.score(session, prepared, levers)  # noqa: E731
+    scores = score() if sharded else on_main(state, score)
 
     def finish() -> dict:
-        write_dir(rundir.adapter_dir, lambda tmp: task.save(session, prepared, tmp))
-        extra = task.finish(session, prepared, trainer, levers, train_seconds)
+        with saving_from(prepared.model, adapter_state):
+            write_dir(rundir.adapter_dir, lambda tmp: task.save(session, prepared, tmp))
+        extra = task.finish(session, prepared, trainer, levers, train_seconds, scores)
         plot_loss(metrics.records, rundir.loss_plot)
         summary = run_summary(
             recipe, trainer, result, eval_metrics, task=task.name, model_spec=prepared.source.spec,
@@ -123,6 +134,7 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
             world_size=state.num_processes,
             global_batch_size=trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps
             * state.num_processes,
+            engine=engine_summary(trainer),
             levers=levers.as_dict(),
             **extra,
         )

@@ -146,7 +146,7 @@ def test_shipped_accelerate_configs_load_and_say_where_they_run():
     from accelerate.commands.config.config_args import load_config_from_file
 
     readme = (REPO / "README.md").read_text()
-    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(["ddp-cpu.yaml", *GPU_ONLY])
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(["ddp-cpu.yaml", "fsdp-cpu.yaml", *GPU_ONLY])
     for path in CONFIGS.glob("*.yaml"):
         config = load_config_from_file(str(path))
         gpu_only = path.name in GPU_ONLY

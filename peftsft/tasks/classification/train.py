@@ -61,12 +61,19 @@ class ClassificationTask:
         prepared.tokenizer.save_pretrained(directory)
         prepared.extra["labels"].save(directory)
 
-    def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float) -> dict:
-        recipe, extra = session.recipe, prepared.extra
-        if recipe.run.sample_prompts:  # labelled by the tuned model → samples.md
-            tuned = Classifier(prepared.model.eval(), prepared.tokenizer, extra["labels"], str(session.rundir.path),
-                               recipe)  # fmt: skip
-            samples = predictions(tuned, recipe.run.sample_prompts, batch_size=32)
+    def score(self, session: Session, prepared: Prepared, levers: Levers) -> dict:
+        """The sample prompts labelled by the tuned model."""
+        recipe = session.recipe
+        if not recipe.run.sample_prompts:
+            return {"samples": None}
+        tuned = Classifier(prepared.model.eval(), prepared.tokenizer, prepared.extra["labels"],
+                           str(session.rundir.path), recipe)  # fmt: skip
+        return {"samples": predictions(tuned, recipe.run.sample_prompts, batch_size=32)}
+
+    def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float,
+               scores: dict) -> dict:  # fmt: skip
+        extra, samples = prepared.extra, scores["samples"]
+        if samples is not None:  # labelled by the tuned model → samples.md
             write_text(session.rundir.samples_file, samples_markdown(samples))
             session.console.print(prediction_table(samples))
         scored = extra["scorer"].last if prepared.eval_ds is not None else None
