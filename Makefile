@@ -2,6 +2,7 @@
 # done): `make demo` only what the demo runs; `make test` everything the tests and the docs build need.
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export NO_MKDOCS_2_WARNING := 1  # mkdocs-material's banner about its successor, printed on every build
 
 .PHONY: setup demo test docs gguf
 
