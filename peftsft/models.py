@@ -57,8 +57,8 @@ def resolve_source(spec: str) -> ModelSource:
             looked.append(f"{inner} inside installed package {package!r} ({location})")
         else:
             looked.append(f"installed Python package {package!r} (not installed)")
-    if _looks_like_hub_id(spec):
-        return ModelSource("hub", spec, spec)
+    if _looks_like_hub_id(spec) and package not in PACKAGE_HINTS:  # a model package's name is no Hub owner:
+        return ModelSource("hub", spec, spec)  # when it is missing, say how to install it (below)
     hint = PACKAGE_HINTS.get(package, "give a local directory, a .gguf file, package/path.gguf or a Hub id")
     raise UserError(f"[model] source: {spec!r} not found", hint=hint, problems=[f"looked for {w}" for w in looked])
 
@@ -305,8 +305,9 @@ def quantized_layer_bytes(shape: tuple[int, int], bits: int, double_quant: bool,
 def load_tokenizer(location: str, model_cfg: ModelSection):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        location, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision
+    tokenizer = _load_guard(
+        AutoTokenizer.from_pretrained, location, trust_remote_code=model_cfg.trust_remote_code,
+        revision=model_cfg.revision,
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -322,7 +323,7 @@ def load_model(
 
     source = resolve_source(model_cfg.source)
     location = _load_guard(materialize, source)
-    tokenizer = _load_guard(load_tokenizer, location, model_cfg)
+    tokenizer = load_tokenizer(location, model_cfg)
     kwargs = dict(
         dtype=resolve_dtype(model_cfg.dtype, device),
         attn_implementation=None if model_cfg.attention == "auto" else model_cfg.attention,

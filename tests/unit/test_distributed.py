@@ -145,7 +145,7 @@ def test_accelerate_launch_with_shipped_ddp_cpu_config(recipe, one_process):
 def test_shipped_accelerate_configs_load_and_say_where_they_run():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    readme = (REPO / "README.md").read_text()
+    table = (REPO / "docs" / "distributed.md").read_text()
     assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(["ddp-cpu.yaml", "fsdp-cpu.yaml", *GPU_ONLY])
     for path in CONFIGS.glob("*.yaml"):
         config = load_config_from_file(str(path))
@@ -156,7 +156,7 @@ def test_shipped_accelerate_configs_load_and_say_where_they_run():
         assert config.distributed_type != "MULTI_CPU", path.name
         # DeepSpeed takes gradient accumulation from [training] ("auto") when the config leaves it out
         assert "gradient_accumulation_steps" not in (getattr(config, "deepspeed_config", None) or {}), path.name
-        row = next(line for line in readme.splitlines() if line.startswith(f"| `{path.name}`"))  # README table
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{path.name}`"))  # the docs table
         assert ("GPU only" in row) is gpu_only, row
 
 

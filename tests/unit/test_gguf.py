@@ -346,11 +346,24 @@ def test_bad_gguf_requests_are_one_clear_error_and_write_nothing(exporter_of, tm
     assert main(["export", run_dir, "--format", "gguf", "--quant", "q4_k_m", "--out", out]) == 2
     err = capsys.readouterr().err
     assert "--quant q4_k_m is made by llama.cpp's own quantizer, and llama-cpp-python is not installed" in err
-    assert 'pip install -e ".[gguf]"' in err and "Traceback" not in err
+    assert quants.install_command().split("  (")[0] in " ".join(err.split()) and "Traceback" not in err
     with pytest.raises(SystemExit) as exit_code:  # argparse: an unknown type is refused with the list of choices
         main(["export", run_dir, "--format", "gguf", "--quant", "q2_xs", "--out", out])
     assert exit_code.value.code == 2 and "invalid choice: 'q2_xs'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_install_command_fits_the_interpreter(monkeypatch):
+    """The checkout's .venv: `make gguf` (setup.sh's build flags); any other interpreter: its own pip, pinned."""
+    import sys
+
+    import peftsft.artifacts.export.gguf.quants as quants
+
+    root = Path(quants.__file__).resolve().parents[4]
+    monkeypatch.setattr(sys, "prefix", str(root / ".venv"))
+    assert quants.install_command().startswith(f"make -C {root} gguf")
+    monkeypatch.setattr(sys, "prefix", str(root / "elsewhere"))
+    assert quants.install_command().startswith(f'{sys.executable} -m pip install "llama-cpp-python')
 
 
 @pytest.mark.slow

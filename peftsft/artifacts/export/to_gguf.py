@@ -96,7 +96,7 @@ def export_gguf_lora(exporter, job) -> Path:
 
 def _require_lora_exportable(exporter) -> None:
     from peftsft.artifacts.export.gguf import lora_problems
-    from peftsft.artifacts.export.gguf.quants import INSTALL
+    from peftsft.artifacts.export.gguf.quants import install_command
 
     run = exporter.run
     if not run.is_peft:
@@ -108,7 +108,7 @@ def _require_lora_exportable(exporter) -> None:
                         hint="use --format gguf (the adapter merged into the base) instead")
     if exporter.verify and not llama_cpp_importable():
         raise UserError("a GGUF LoRA is verified in llama.cpp, and llama-cpp-python is not installed",
-                        hint=f"install it: {INSTALL}; or pass --no-verify (not recommended)")
+                        hint=f"install it: {install_command()}; or pass --no-verify (not recommended)")
 
 
 def _place(stack: ExitStack, files: dict[Path, Path], job, text: str | None) -> list[Path]:
