@@ -183,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_error(exc: UserError) -> None:
     from peftsft.core.compat import launched_rank
+    from peftsft.core.rundir import is_main_process
 
-    rank = launched_rank()
-    if rank and isinstance(exc, TrainingStopped):  # every process stops alike: the main process tells the user
+    main = is_main_process()
+    if not main and isinstance(exc, TrainingStopped):  # every process stops alike: the main process tells the user
         return
-    if rank:
-        err_console.print(f"[rank {rank}] ", end="")
+    if not main:
+        err_console.print(f"[rank {launched_rank()}] ", end="")
     err_console.print("[bold red]error:[/] ", end="")
     err_console.print(str(exc), markup=False, highlight=False)
 

@@ -17,9 +17,9 @@ import torch
 from rich.console import Console
 
 from peftsft.core.errors import UserError
-from peftsft.artifacts.export import pipeline
+from peftsft.artifacts.export.formats import merged as merged_format
 from peftsft.artifacts.export.pipeline import Exporter, ExportJob, export_run
-from peftsft.artifacts.export.runs import open_run
+from peftsft.artifacts.export.run_models import open_run
 from peftsft.artifacts.export.template import ollama_template, stop_tokens, turn_format
 from peftsft.artifacts.export.verify import TOLERANCES
 
@@ -162,7 +162,7 @@ def test_4bit_run_merges_into_its_dequantized_base_not_the_original_weights(trai
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from peftsft.artifacts.export.runs import load_tuned
+    from peftsft.artifacts.export.run_models import load_tuned
 
     run_dir = shutil.copytree(trained[0], tmp_path / "run", ignore=shutil.ignore_patterns("exports", "checkpoints"))
     recipe = run_dir / "recipe.resolved.toml"
@@ -308,7 +308,7 @@ def test_interrupted_merge_leaves_nothing_at_out(exporter, tmp_path, monkeypatch
         assert (directory / "model.safetensors").is_file()  # the weights were written: interrupt after that
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "load_merged_dir", interrupted)
+    monkeypatch.setattr(merged_format, "load_merged_dir", interrupted)
     with pytest.raises(KeyboardInterrupt):
         exporter.export(ExportJob("merged", tmp_path / "merged", dtype="float32"))
     assert list(tmp_path.iterdir()) == []

@@ -161,12 +161,12 @@ def test_data_view_marks_exactly_the_supervised_tokens(server, runs_root, tokeni
     from html import unescape
 
     from peftsft.data.build import build_datasets
-    from peftsft.loading import read_run_recipe
+    from peftsft.core.rundir import RunDir
 
     url, _ = server
     status, html = get(url + "/runs/tiny-a/data?n=1")
     assert status == 200
-    recipe = read_run_recipe(runs_root / "tiny-a" / "recipe.resolved.toml")
+    recipe = RunDir(runs_root / "tiny-a").recipe()
     train, _, _ = build_datasets(tokenizer, recipe.data, recipe.training.seed)
     sample = train[0]
     supervised = [t for t, label in zip(sample["input_ids"], sample["labels"]) if label != -100]
@@ -310,7 +310,7 @@ def test_browser_chat_shows_tuned_and_base_answers(server, tab, runs_root):
 
 def test_a_failing_run_records_failed_with_the_reason(tiny_recipe, monkeypatch):
     import peftsft.tasks.chat as chat_task
-    from peftsft.artifacts.ui.runs import read_run
+    from peftsft.artifacts.ui.run_info import read_run
 
     def broken_trainer(*args, **kwargs):
         raise RuntimeError("trainer exploded")
