@@ -100,7 +100,8 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 # Modules that add their own subcommands: each defines `add_commands(subparsers)` and keeps heavy imports
 # inside its command functions, so `peftsft --help` stays fast.
 COMMAND_MODULES: list[str] = [
-    "peftsft.commands.chat",
+    "peftsft.commands.talk",
+    "peftsft.commands.generate",
     "peftsft.commands.evaluate",
     "peftsft.commands.export",
     "peftsft.commands.doctor",
