@@ -23,7 +23,7 @@ from peftsft.artifacts.export.formats import REGISTRY, format_named
 from peftsft.artifacts.export.record import RECORD, artifact_files, read_record, record_path, unverified_reason
 from peftsft.artifacts.export.run_models import TrainedRun, open_run
 from peftsft.core.errors import UserError
-from peftsft.core.rundir import write_dir
+from peftsft.core.rundir import require_parent_folders, write_dir
 
 WHAT = tuple(name for name, fmt in REGISTRY.items() if fmt.pushable)
 REPO_ID = re.compile(r"^[A-Za-z0-9](?:[\w-]|\.(?!\.)){0,94}/[A-Za-z0-9](?:[\w-]|\.(?!\.)){0,94}$")
@@ -115,6 +115,7 @@ def check_staging_folder(folder: Path, run: TrainedRun, artifact: Path) -> None:
     protected = (run.path.resolve(), run.adapter_dir.resolve(), artifact.resolve())
     if any(target == p or target in p.parents for p in protected):
         raise UserError(f"--out {folder}: would replace the run or its export", hint="choose a new folder")
+    require_parent_folders(folder, "--out")
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / RECORD).is_file())):
         raise UserError(f"--out {folder} exists and is not an earlier push folder (it would be replaced)",
                         hint="choose a new or empty folder")
@@ -122,9 +123,9 @@ def check_staging_folder(folder: Path, run: TrainedRun, artifact: Path) -> None:
 
 def require_network() -> None:
     """Offline mode (HF_HUB_OFFLINE) is known before anything is staged or sent."""
-    from huggingface_hub import constants
+    from peftsft.models import hub_offline
 
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         raise UserError("cannot push: no network (HF_HUB_OFFLINE is set); nothing was uploaded", hint=NO_NETWORK)
 
 

@@ -15,7 +15,7 @@ from peftsft.core.console import console, err_console
 from peftsft.core.errors import TrainingStopped, UserError
 from peftsft.core.quiet import quiet_libraries
 
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -64,6 +64,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _print_base_identity(recipe) -> None:
     """The base's public id the artifacts will name; unknown is a warning (the run still trains)."""
+    from rich.markup import escape
+
     from peftsft.base_identity import detect_base_identity
 
     if recipe.model.base_id is not None:
@@ -73,8 +75,8 @@ def _print_base_identity(recipe) -> None:
     if identity.id is not None:
         console.print(f"base id: {identity.id} (from {identity.found_in})")
     else:
-        console.print(f"[bold yellow]warning:[/] the base model's Hub id is unknown ({identity.found_in}): the adapter "
-                      "and its model card cannot name it; set [model] base_id = \"OWNER/NAME\"", highlight=False)
+        console.print(f"[bold yellow]warning:[/] the base model's Hub id is unknown ({escape(identity.found_in)}): the "
+                      "adapter and its model card cannot name it; set \\[model] base_id = \"OWNER/NAME\"", highlight=False)
 
 
 def _value_at(resolved: dict, key: str) -> str:
@@ -175,11 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or exc.errno not in DISK_ERRNOS:
             raise
         _print_error(UserError(f"could not write {exc.filename or 'output'}: {exc.strerror}",
-                               hint="free some disk space or choose another place with --output"))
+                               hint=f"free some disk space or choose another place with {_output_flag(args)}"))
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         return 130
+
+
+def _output_flag(args: argparse.Namespace) -> str:
+    """The flag by which this command is told where to write (`run --output DIR`; export, merge, ... `--out`)."""
+    return "--output" if hasattr(args, "output") else "--out" if hasattr(args, "out") else "another output path"
 
 
 def _print_error(exc: UserError) -> None:

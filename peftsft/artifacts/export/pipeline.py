@@ -38,6 +38,7 @@ from peftsft.artifacts.export.verify import (
     require_passed,
 )
 from peftsft.core.errors import UserError
+from peftsft.core.rundir import require_parent_folders
 
 __all__ = ["ExportJob", "ExportRequest", "Exporter", "export_chat", "export_chat_after_training", "export_run"]
 
@@ -141,6 +142,7 @@ def refuse_existing(job: ExportJob, run: TrainedRun, force: bool) -> None:
     protected = [run.path.resolve(), run.adapter_dir.resolve()]
     if any(out == p or out in p.parents for p in protected) or protected[1] in out.parents:
         raise UserError(f"--out {job.out}: would overwrite the run itself", hint="choose a path outside the run dir")
+    require_parent_folders(job.out, "--out")
     if fmt.single_file and job.out.suffix != ".gguf":
         raise UserError(f"--out {job.out}: a GGUF export is one file ending in .gguf", hint="e.g. --out model.gguf")
     existing = [t for t in [job.out, *fmt.companions(job, run)] if t.exists()]

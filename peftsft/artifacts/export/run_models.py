@@ -81,7 +81,7 @@ def load_training_tokenizer(run: TrainedRun):
 
 
 def base_location(run: TrainedRun) -> str:
-    return materialize(resolve_source(run.recipe.model.source))
+    return materialize(resolve_source(run.recipe.model.source), run.recipe.model.revision)
 
 
 def base_gguf_file(run: TrainedRun) -> str | None:

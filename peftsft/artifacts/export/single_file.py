@@ -9,10 +9,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from peftsft.core.rundir import require_parent_folders
+
 
 @contextmanager
 def staged(path: Path) -> Iterator[Path]:
     """A temporary name beside `path`; removed unless it was renamed into place."""
+    require_parent_folders(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:

@@ -26,6 +26,7 @@ from peftsft.core.rundir.files import (  # noqa: F401 (the atomic writes are par
     first_line,
     read_json_object,
     read_text_or_empty,
+    require_parent_folders,
     write_dir,
     write_json,
     write_text,

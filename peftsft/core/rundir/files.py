@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from peftsft.core.errors import UserError
+
 
 def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -21,8 +23,18 @@ def write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def require_parent_folders(path: Path, flag: str | None = None) -> None:
+    """Every existing folder on the way to `path` is a folder (else mkdir fails with a bare FileExistsError)."""
+    blocking = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        where = f"{flag} {path}" if flag else str(path)
+        raise UserError(f"{where}: {blocking} is a file, not a folder, so nothing can be written under it",
+                        hint=f"choose another {flag or 'output path'} (its folders must be folders or not exist yet)")
+
+
 def write_dir(path: Path, fill: Callable[[Path], None]) -> None:
     """Let `fill` write into a temp folder beside `path`, then move it into place."""
+    require_parent_folders(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
