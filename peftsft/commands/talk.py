@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rich.console import Console
 
 from peftsft.commands.model_args import add_model_args, add_sampling_args, load_for_args, read_tools, sampling_from_args
+from peftsft.core.errors import UserError
 
 COMMANDS_HELP = (
     "/reset clears the conversation · /tool RESULT answers the last tool call · /quit (or Ctrl-D) leaves · "
@@ -55,6 +56,10 @@ class Conversation:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
+    if sys.stdin is None or sys.stdin.closed:  # `peftsft chat RUN <&-`, or a service without a terminal
+        raise UserError("chat reads your messages from standard input, and standard input is closed",
+                        hint="run it in a terminal, or pipe the messages in: echo 'Hello' | peftsft chat RUN; "
+                        "for a file of prompts use `peftsft generate RUN --prompts FILE.jsonl --out OUT.jsonl`")
     loaded = load_for_args(args)
     interactive = sys.stdin.isatty()
     console = Console(highlight=False)
@@ -102,6 +107,13 @@ def read_messages(console: Console, interactive: bool) -> Iterator[str]:
 def _answer_turn(console, loaded, chats, message, sampling, args, interactive) -> None:
     """Every side answers `message`; each keeps its own history. An answer stopped with Ctrl-C is not kept."""
     prompts = {side: chat.with_turn(message) for side, chat in chats.items()}
+    try:
+        sampling = _within_context(loaded, prompts, sampling)
+    except UserError as exc:  # on a terminal the conversation goes on; a script gets exit 2
+        if not interactive:
+            raise
+        console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        return
     if args.show_prompt:
         for side, messages in prompts.items():
             _show_prompt(console, loaded.tokenizer, messages, side)
@@ -135,6 +147,19 @@ def _answer_turn(console, loaded, chats, message, sampling, args, interactive) -
 
         for side, side_calls in calls.items():
             console.print(Text(f"{side} tool_calls: {json.dumps(side_calls, ensure_ascii=False)}", style="dim"))
+
+
+def _within_context(loaded, prompts: dict[str, list[dict]], sampling):
+    """`sampling` with the reply's length cut to the room the context leaves (as `serve` does); a UserError when
+    the conversation alone fills it (a pasted 100 kB line would otherwise run for minutes, or forever)."""
+    from peftsft.generation import chat_inputs, context_length
+
+    limit = context_length(loaded.model, loaded.tokenizer)
+    longest = max(chat_inputs(loaded.tokenizer, messages, "cpu")["input_ids"].shape[1] for messages in prompts.values())
+    if longest >= limit:
+        raise UserError(f"the message does not fit: the conversation takes {longest} tokens and the model's context "
+                        f"is {limit} tokens; it was not answered", hint="shorten the message, or /reset the conversation")
+    return replace(sampling, max_new_tokens=min(sampling.max_new_tokens, limit - longest))
 
 
 def _parse_reply(tokenizer, reply: str) -> tuple[dict, list[dict]]:

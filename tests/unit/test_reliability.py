@@ -252,6 +252,14 @@ def test_a_dataset_in_another_encoding_names_it_and_how_to_re_save(tiny_recipe, 
     assert "re-save it as UTF-8" in output and "iconv" in output
 
 
+def test_chat_with_standard_input_closed_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """`peftsft chat RUN <&-`: refused before the model loads, and the hint says what works (#40 B7)."""
+    monkeypatch.setattr(sys, "stdin", None)
+    code, output = _main(["chat", str(tmp_path / "not-even-loaded")], capsys)
+    assert code == 2 and "standard input is closed" in output and "Traceback" not in output, output
+    assert "echo 'Hello' | peftsft chat RUN" in output
+
+
 def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

@@ -16,7 +16,6 @@ from peftsft.core.errors import UserError
 from peftsft.core.rundir import RunDir
 
 BASE = "base"
-DEFAULT_CONTEXT = 2048  # when neither the model config nor the tokenizer states one
 
 
 @dataclass(frozen=True)
@@ -60,13 +59,6 @@ def load_models(run_dirs: list[str | Path], device: str) -> tuple[Any, dict[str,
         system = getattr(run.recipe.data, "system_prompt", None)
         served[run.id] = _served(run.id, _adapter_name(index), tokenizer, system, str(run.path))
     return model.eval(), served
-
-
-def context_length(model, tokenizer) -> int:
-    """Tokens the model attends over: its config's position limit, else the tokenizer's, else a default."""
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    known = [n for n in limits if isinstance(n, int) and 0 < n < 10**7]  # tokenizers say 1e30 when they do not know
-    return min(known) if known else DEFAULT_CONTEXT
 
 
 def _served(model_id, adapter, tokenizer, system, source) -> ServedModel:

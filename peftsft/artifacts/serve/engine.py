@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from transformers import StoppingCriteriaList, TextStreamer
 
-from peftsft.artifacts.serve.adapters import BASE, ServedModel, context_length, load_models
+from peftsft.artifacts.serve.adapters import BASE, ServedModel, load_models
 from peftsft.artifacts.serve.stops import StopTrimmer
-from peftsft.generation import Sampling, chat_inputs, inference_mode
+from peftsft.generation import Sampling, chat_inputs, context_length, inference_mode
 
 log = logging.getLogger("peftsft.serve")
 _END = object()
