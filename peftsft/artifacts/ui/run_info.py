@@ -23,6 +23,7 @@ SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "train_tokens_per_s": (int, float), "peak_memory_bytes": (int, float), "trainable_params": (int,),
     "strategy": (str,), "model": (str,), "base_id": (str,),
 }
+TYPE_NAMES = {(int,): "an integer", (int, float): "a number", (str,): "a string"}
 
 
 @dataclass
@@ -123,8 +124,7 @@ def typed_summary(summary: dict[str, Any], errors: list[str]) -> dict[str, Any]:
         if isinstance(value, types) and not isinstance(value, bool):
             kept[key] = value
         else:
-            errors.append(f"summary.json: {key!r} should be a {' or '.join(t.__name__ for t in types)}, "
-                          f"not {json.dumps(value, default=str)[:40]}")
+            errors.append(f"summary.json: {key!r} should be {TYPE_NAMES[types]}, not {json.dumps(value, default=str)[:40]}")
     return kept
 
 
