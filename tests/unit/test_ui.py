@@ -372,6 +372,10 @@ def test_error_pages_never_show_server_paths(broken_root, monkeypatch):
         assert str(broken_root) not in page.text and str(broken_root.parent) not in page.text
     assert client.get(f"/runs/{'x' * 300}/live").status_code == 404
 
+    page = client.get("/runs/binary-recipe/data")  # the recipe cannot be read: a 422 naming it from runs/ on
+    assert page.status_code == 422 and "runs/binary-recipe/recipe.resolved.toml: unreadable" in page.text
+    assert str(broken_root) not in page.text
+
     def failing(run):
         raise RuntimeError(f"cannot read {broken_root}/good/metrics.jsonl")
 

@@ -61,9 +61,15 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, name, {"runs_root": str(runs_root), **context}, status_code=status)
 
+    def private(text: str) -> str:
+        """`text` without where the runs live on the server: a run is named from the runs folder on."""
+        for root in sorted({str(runs_root.resolve()), str(runs_root.absolute())}, key=len, reverse=True):
+            text = text.replace(root, runs_root.name)
+        return text
+
     def error(request: Request, message: str, status: int = 404) -> HTMLResponse:
         """An error page; it never shows where the runs live on the server (the header's runs folder included)."""
-        return TEMPLATES.TemplateResponse(request, "error.html", {"runs_root": "", "message": message},
+        return TEMPLATES.TemplateResponse(request, "error.html", {"runs_root": "", "message": private(message)},
                                           status_code=status)
 
     def missing(request: Request, name: str) -> HTMLResponse:
@@ -156,7 +162,7 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
 
             return await anyio.to_thread.run_sync(chat.answers, run.path, prompt)
         except UserError as exc:
-            return JSONResponse({"error": exc.message}, status_code=422)
+            return JSONResponse({"error": private(exc.message)}, status_code=422)
         except Exception as exc:  # the engine's ServeError (prompt too long, …): its OpenAI-style message
             status = getattr(exc, "status", None)
             if status is None:
