@@ -114,8 +114,11 @@ def gguf_cache_dir(gguf: Path) -> Path:
     return cache_root() / "gguf" / f"{gguf.stem}-{key}"
 
 
-def materialize(source: ModelSource) -> str:
-    """A directory or hub id that `from_pretrained` loads; GGUF is dequantized once and cached on disk."""
+def materialize(source: ModelSource, revision: str | None = None) -> str:
+    """A directory or hub id that `from_pretrained` loads; GGUF is dequantized once and cached on disk. A Hub id
+    that offline mode cannot reach is refused here, before any loader's long traceback."""
+    if source.kind == "hub":
+        require_hub_cached(source.location, revision)
     if source.kind != "gguf":
         return source.location
     target = gguf_cache_dir(Path(source.location))
@@ -322,8 +325,8 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     source = resolve_source(model_cfg.source)
-    location = _load_guard(materialize, source)
-    tokenizer = load_tokenizer(location, model_cfg)
+    location = _load_guard(materialize, source, model_cfg.revision)
+    tokenizer = load_tokenizer(location, model_cfg)  # guarded inside
     kwargs = dict(
         dtype=resolve_dtype(model_cfg.dtype, device),
         attn_implementation=None if model_cfg.attention == "auto" else model_cfg.attention,
@@ -339,12 +342,32 @@ def load_model(
     return model, tokenizer, source
 
 
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def require_hub_cached(repo_id: str, revision: str | None = None) -> None:
+    """Offline, a Hub id loads only from the local cache: say so (and how to fill it) when it is not there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not hub_offline() or isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
+        return
+    raise UserError(
+        f"[model] source {repo_id!r} is a Hugging Face Hub id that is not in the local cache, and offline mode is on "
+        "(HF_HUB_OFFLINE=1)",
+        hint=f"download it once where there is network (`hf download {repo_id}`, or `huggingface-cli download "
+        f"{repo_id}`), or unset HF_HUB_OFFLINE to let it download, or set [model] source to a local model dir or .gguf",
+    )
+
+
 def _load_guard(fn, location, *args, **kwargs):
     """Turn the Hub's offline/not-found errors into one clear message."""
     try:
         return fn(location, *args, **kwargs)
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        offline = hub_offline()
         raise UserError(
             f"[model] source: could not load {getattr(location, 'location', location)!r}: {str(exc).splitlines()[0]}",
             hint="offline mode is on (HF_HUB_OFFLINE=1): use a local directory or a .gguf"

@@ -173,7 +173,7 @@ def _expected(row: EvalRow) -> dict:
 
 def evaluate_chat(request: EvalRequest, console: Console) -> Path:
     """Base vs tuned on held-out chat data; the report is saved as JSON (returned: where)."""
-    from peftsft.core.rundir import write_json
+    from peftsft.core.rundir import RunDir, write_json
     from peftsft.loading import load
 
     if request.batch_size < 1 or request.max_new_tokens < 1 or (request.limit is not None and request.limit < 1):
@@ -191,7 +191,7 @@ def evaluate_chat(request: EvalRequest, console: Console) -> Path:
     report = {"model": request.model, "base": loaded.base_source if compare else None, "data": source,
               "rows": len(conversations), "max_length": max_length, "max_new_tokens": request.max_new_tokens, **report}
     report["general"] = general_report(loaded, compare, console)
-    default_out = Path(request.model) / "eval.json" if loaded.kind == "run" else Path("eval.json")
+    default_out = RunDir(request.model).eval_file if loaded.kind == "run" else Path("eval.json")
     out = Path(request.out) if request.out else default_out
     write_json(out, report)
     console.print(results_table(report["results"], f"{source}: {len(conversations)} row(s)"))

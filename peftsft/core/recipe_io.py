@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from peftsft.core.config import ClassificationSection, Recipe, StrategySection, TrainingSection, _batch_sizes, _multiples
 from peftsft.core.errors import UserError
+from peftsft.core.text_files import read_utf8
 
 
 def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], Recipe | None, list[str]]:
@@ -45,7 +46,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"recipe not found: {path}", hint="check the path; recipes live in recipes/*.toml")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_utf8(path, "recipe"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: malformed TOML: {exc}", hint="fix the syntax at that line") from None
 

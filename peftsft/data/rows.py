@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from peftsft.core.errors import UserError
+from peftsft.core.text_files import HEAD, check_head, decode_utf8, read_utf8
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,9 @@ def read_rows(path: str | Path, on_bad_row: str = "fail", bad: list[str] | None 
 
 def _jsonl_rows(path: Path, on_bad_row: str, bad: list[str]) -> Iterator[Row]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read dataset: {exc}") from None
+        lines = read_utf8(path, "dataset").splitlines()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read dataset: {exc.strerror or exc}") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -61,8 +62,8 @@ def _jsonl_rows(path: Path, on_bad_row: str, bad: list[str]) -> Iterator[Row]:
 
 def _json_rows(path: Path) -> Iterator[Row]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = json.loads(read_utf8(path, "dataset"))
+    except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read dataset: {exc}", hint="a .json dataset is a list of objects") from None
     if not isinstance(data, list):
         raise UserError(f"{path}: a .json dataset must be a list of objects", hint="or use .jsonl, one per line")
@@ -84,7 +85,9 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
 def _csv_rows(path: Path) -> Iterator[Row]:
     """CSV rows keyed by the header; the row's line number is where it starts (quoted fields may span lines)."""
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        with path.open("rb") as raw:
+            check_head(raw.read(HEAD), path, "dataset")
+        handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise UserError(f"{path}: cannot read dataset: {exc}") from None
     with handle:
@@ -94,7 +97,10 @@ def _csv_rows(path: Path) -> Iterator[Row]:
             for data in reader:
                 yield Row(dict(data), f"{path}:{start}")
                 start = reader.line_num + 1
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            decode_utf8(path.read_bytes(), path, "dataset")  # raises, naming where in the file it stops being UTF-8
+            raise
+        except csv.Error as exc:
             raise UserError(f"{path}:{start}: malformed CSV: {exc}") from None
 
 

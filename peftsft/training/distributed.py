@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from peftsft.core.rundir import is_main_process
+
 
 def process_state(device: str):
     """accelerate's view of this process; sets up the process group (gloo on CPU) when launched distributed."""
@@ -16,7 +18,7 @@ def process_state(device: str):
 
 def console_for(state, console: Console) -> Console:
     """The real console on the main process; a silent one elsewhere, so the display appears once."""
-    return console if state.is_main_process else Console(quiet=True)
+    return console if is_main_process() else Console(quiet=True)
 
 
 def on_main(state, fn: Callable[[], Any]) -> Any:
@@ -26,7 +28,7 @@ def on_main(state, fn: Callable[[], Any]) -> Any:
     from accelerate.utils import broadcast_object_list
 
     box: list[Any] = [None]
-    if state.is_main_process:
+    if is_main_process():
         try:
             box[0] = ("ok", fn())
         except Exception as exc:  # re-raised on every process below, so no process waits forever

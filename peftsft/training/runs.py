@@ -45,7 +45,7 @@ def fill_base_identity(recipe: Recipe, console: Console) -> None:
             recipe.model.license = identity.license
     if recipe.model.base_id is None:
         console.print("[bold yellow]warning:[/] the base model's Hub id is unknown: the adapter will name the local "
-                      "path of its base; set [model] base_id = \"OWNER/NAME\" to share it")
+                      "path of its base; set \\[model] base_id = \"OWNER/NAME\" to share it")
 
 
 def train_guarded(trainer, interrupt: StopOnInterrupt, checkpoint: Path | None, rundir: RunDir):

@@ -13,10 +13,13 @@ from rich.console import Console
 from peftsft.core.config import Recipe
 from peftsft.core.errors import UserError
 from peftsft.core.rundir import RunDir, is_main_process
-from peftsft.tasks import chat, classification
+from peftsft.tasks.chat import train as train_chat
+from peftsft.tasks.classification.train import train as train_classifier
 
-# task name → its training function: (recipe, console, overwrite, resume, force) -> summary.json's contents
-TRAINERS: dict[str, Callable[..., dict]] = {"chat": chat.train, "classification": classification.train}
+# task name → its training function: (recipe, console, overwrite, resume, force) -> summary.json's contents.
+# Named by their modules: `classification.train` is the package's function until its submodule `train` is
+# imported, then the submodule (a test importing it first turned the table's entry into a module).
+TRAINERS: dict[str, Callable[..., dict]] = {"chat": train_chat, "classification": train_classifier}
 
 
 def run(recipe: Recipe, console: Console, overwrite: bool = False, resume: str | bool | None = None,

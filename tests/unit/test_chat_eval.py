@@ -156,6 +156,28 @@ def test_chat_from_stdin_keeps_history_uses_training_template_resets_and_quits(m
     assert "never asked" not in out
 
 
+class TerminalInput(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.slow
+def test_a_message_longer_than_the_context_is_refused_not_generated(memo_run, monkeypatch, capsys):
+    """A pasted 100 kB line: piped, exit 2 at once; on a terminal, an error and the conversation goes on (#40 B7)."""
+    pasted = "word " * 20_000
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{pasted}\n{QA[0][0]}\n"))
+    assert main(["chat", str(memo_run), "--temperature", "0", "--max-new-tokens", "6"]) == 2
+    captured = capsys.readouterr()
+    assert "the message does not fit" in captured.err and "the model's context is 256 tokens" in captured.err
+    assert "Traceback" not in captured.err and "Paris." not in captured.out
+
+    monkeypatch.setattr(sys, "stdin", TerminalInput(f"{pasted}\n{QA[0][0]}\n"))
+    assert main(["chat", str(memo_run), "--temperature", "0", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "the message does not fit" in out and "/reset the conversation" in out
+    assert out.index("does not fit") < out.index("Paris.")  # the next message is answered, without the long one
+
+
 @pytest.mark.slow
 def test_chat_compare_base_scripted_with_jsonl(memo_run, monkeypatch, capsys):
     args = [str(memo_run), "--compare-base", "--jsonl", "--temperature", "0", "--max-new-tokens", "4"]

@@ -247,10 +247,11 @@ def test_training_learns_well_above_chance(tmp_path, bert_dir):
 def test_merged_and_exported_adapter_predict_like_the_run(cls_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from peftsft.core.rundir import RunDir
     from peftsft.tasks.classification.model import load_run, logits_for
 
     texts = ["item 5 was great", "item 7 was dreadful", "the shop is located downtown", "it opened"]
-    want = logits_for(load_run(cls_run), texts)
+    want = logits_for(load_run(RunDir(cls_run)), texts)
     assert main(["merge", str(cls_run), "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")  # plain transformers
     batch = AutoTokenizer.from_pretrained(tmp_path / "merged")(texts, padding=True, return_tensors="pt")

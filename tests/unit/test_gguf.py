@@ -18,7 +18,7 @@ from rich.console import Console
 
 from peftsft.core.errors import UserError
 from peftsft.artifacts.export.pipeline import Exporter, ExportJob
-from peftsft.artifacts.export.runs import open_run
+from peftsft.artifacts.export.run_models import open_run
 from peftsft.artifacts.export.verify import TOLERANCES
 
 from peftsft.artifacts.export.runtimes import llama_cpp_importable

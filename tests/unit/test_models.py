@@ -40,8 +40,8 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError) as info:
         models.load_model(ModelSection(source="someone/no-such-model-xyz"), QuantizationSection())
-    assert "could not load 'someone/no-such-model-xyz'" in str(info.value)
-    assert "offline" in str(info.value)
+    assert "'someone/no-such-model-xyz' is a Hugging Face Hub id that is not in the local cache" in str(info.value)
+    assert "offline" in str(info.value) and "hf download someone/no-such-model-xyz" in str(info.value)
 
 
 def test_a_missing_model_package_says_how_to_install_it_and_a_tokenizer_offline_is_a_clear_error(monkeypatch):

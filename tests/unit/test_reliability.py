@@ -248,6 +248,41 @@ def test_a_conversation_opening_with_the_reply_names_the_missing_user_turn(tiny_
     assert f"{where}: the conversation starts with an assistant reply: no user turn before it" in output, output
 
 
+def test_a_recipe_saved_with_a_utf8_byte_order_mark_is_read(tiny_recipe, capsys):
+    """Windows editors save UTF-8 with a BOM; it is the same recipe (#40 B5)."""
+    recipe = tiny_recipe()
+    recipe.write_bytes(b"\xef\xbb\xbf" + recipe.read_bytes())
+    code, output = _main(["validate", str(recipe)], capsys)
+    assert code == 0 and "ok " in output, output
+
+
+@pytest.mark.parametrize("name, encode, says", [
+    ("with-bom.jsonl", lambda text: text.encode("utf-16"), "the file is UTF-16-encoded"),
+    ("no-bom.jsonl", lambda text: text.encode("utf-16-le"), "the file looks UTF-16-encoded"),
+    ("with-bom.csv", lambda text: text.encode("utf-16"), "the file is UTF-16-encoded"),
+    ("no-bom.csv", lambda text: text.encode("utf-16-le"), "the file looks UTF-16-encoded"),
+    ("cp1252.jsonl", lambda text: text.replace("Hello", "Caf\u00e9").encode("cp1252"), "not UTF-8 (byte 0xe9"),
+])  # fmt: skip
+def test_a_dataset_in_another_encoding_names_it_and_how_to_re_save(tiny_recipe, tmp_path, capsys, name, encode, says):
+    """A UTF-16 (or cp1252) dataset is one message naming the file, the encoding and the fix (#40 B5)."""
+    rows = '{"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}]}\n'
+    text = rows if name.endswith(".jsonl") else "prompt,completion\nHello,Hi\n"
+    data = tmp_path / name
+    data.write_bytes(encode(text))
+    code, output = _main(["data", "preview", str(tiny_recipe()), "--set", f'data.datasets.0.path="{data}"'], capsys)
+    assert code == 2 and "Traceback" not in output, output
+    assert f"{data}" in output and "cannot read dataset" in output and says in output, output
+    assert "re-save it as UTF-8" in output and "iconv" in output
+
+
+def test_chat_with_standard_input_closed_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """`peftsft chat RUN <&-`: refused before the model loads, and the hint says what works (#40 B7)."""
+    monkeypatch.setattr(sys, "stdin", None)
+    code, output = _main(["chat", str(tmp_path / "not-even-loaded")], capsys)
+    assert code == 2 and "standard input is closed" in output and "Traceback" not in output, output
+    assert "echo 'Hello' | peftsft chat RUN" in output
+
+
 def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

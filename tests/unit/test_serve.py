@@ -433,3 +433,95 @@ def test_without_tools_the_reply_text_is_passed_through_and_bad_tools_are_a_400(
     assert body["choices"][0]["message"] == {"role": "assistant", "content": CALL_TEXT}
     bad = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("hi"), "tools": [{"x": 1}]})
     assert bad.status_code == 400 and "name" in bad.json()["error"]["message"]
+
+
+def test_a_tool_call_without_a_function_name_is_a_400_and_the_server_goes_on(caplog):
+    from fastapi.testclient import TestClient
+
+    engine = ScriptedEngine("fine")
+    client = TestClient(create_app(engine))
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": None,
+                "tool_calls": [{"id": "c0", "type": "function", "function": {"arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "c0", "content": "sunny"}]
+    with caplog.at_level("ERROR", logger="peftsft.serve"):
+        bad = client.post("/v1/chat/completions", json={"model": "tools", "messages": history, "tools": [WEATHER]})
+    error = bad.json()["error"]
+    assert bad.status_code == 400 and error["param"] == "messages.1.tool_calls", error
+    assert "needs a function name" in error["message"] and not caplog.records  # no "request failed" logged
+    assert engine.seen == []
+    ok = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("hi")})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "fine"
+
+
+OTHER = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("choice, status, tools, call", [
+    ({"type": "function", "function": {"name": "get_weather"}}, 200, ["get_weather"], "get_weather"),
+    ("required", 200, ["get_weather", "get_time"], ""),
+    ("auto", 200, ["get_weather", "get_time"], None),
+    ("none", 200, None, None),
+    ({"type": "function", "function": {"name": "book_flight"}}, 400, None, None),
+    ("sometimes", 400, None, None),
+])  # fmt: skip
+def test_tool_choice_is_honoured_or_refused(choice, status, tools, call):
+    from fastapi.testclient import TestClient
+
+    engine = ScriptedEngine(CALL_TEXT)
+    client = TestClient(create_app(engine))
+    response = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("Weather in Paris?"),
+                                                          "tools": [WEATHER, OTHER], "tool_choice": choice})
+    assert response.status_code == status, response.json()
+    if status == 400:
+        error = response.json()["error"]
+        assert error["param"] == "tool_choice" and engine.seen == []
+        assert "book_flight" in error["message"] if isinstance(choice, dict) else '"required"' in error["message"]
+        return
+    _, options = engine.seen[0]
+    assert [t["function"]["name"] for t in options.get("tools") or []] == (tools or [])
+    assert options.get("call") == call
+    message = response.json()["choices"][0]["message"]
+    assert ("tool_calls" in message) == (choice != "none")  # with tools withdrawn, the reply is plain text
+
+
+def test_tool_choice_needs_tools():
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(ScriptedEngine("hi")))
+    response = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("hi"),
+                                                          "tool_choice": "required"})
+    assert response.status_code == 400 and "offers no tools" in response.json()["error"]["message"]
+
+
+def test_a_forced_call_is_generated_after_the_opening_of_its_block(engine):
+    """`call`: the reply starts with the call's opening (as the model would write it), then the model goes on."""
+    from peftsft.artifacts.serve.engine import call_opening
+
+    named = engine.complete("qa", user("Weather in Paris?"), tools=[WEATHER], call="get_weather", max_tokens=3,
+                            temperature=0)
+    assert call_opening("get_weather") == '<tool_call>\n{"name": "get_weather", "arguments": '
+    assert named.text.startswith(call_opening("get_weather")) and named.completion_tokens <= 3
+    free = engine.complete("qa", user("Weather in Paris?"), tools=[WEATHER], max_tokens=3, temperature=0)
+    opening_ids = engine.served["qa"].tokenizer(call_opening("get_weather"), add_special_tokens=False)["input_ids"]
+    assert named.prompt_tokens == free.prompt_tokens + len(opening_ids)
+    assert engine.complete("qa", user("hi"), tools=[WEATHER], call="", max_tokens=2, temperature=0).text \
+        .startswith("<tool_call>\n")
+
+
+def test_serving_a_run_whose_adapter_is_cut_short_is_one_clear_error(runs, tmp_path, capsys):
+    import shutil
+
+    from peftsft.commands.cli import main
+
+    broken = shutil.copytree(runs[1], tmp_path / "broken", ignore=shutil.ignore_patterns("checkpoints", "exports"))
+    weights = broken / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    assert main(["serve", str(broken), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: cannot be read" in err and "copy the run's adapter/ again" in err and "Traceback" not in err
+    config = broken / "adapter" / "adapter_config.json"
+    config.write_text((runs[1] / "adapter" / "adapter_config.json").read_text()[:100])
+    assert main(["serve", str(broken), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: not valid JSON" in err and "Traceback" not in err

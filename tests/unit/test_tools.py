@@ -350,7 +350,7 @@ def test_generation_prompt_carries_the_row_tools(hermes):
 
 
 def test_generate_reads_tools_per_prompt_row(tmp_path):
-    from peftsft.commands.chat import _responses, read_prompts
+    from peftsft.commands.generate import _responses, read_prompts
 
     path = tmp_path / "prompts.jsonl"
     rows = [{"prompt": "Weather in Oslo?", "tools": [WEATHER]}, {"prompt": "Hi"}, {"prompt": "x", "tools": "[{"}]
@@ -407,7 +407,8 @@ def test_eval_scores_tool_rows_end_to_end_on_a_tiny_model(tiny_model_dir, hermes
 
 
 def test_chat_keeps_parsed_calls_in_the_history_and_reads_tools_file(tmp_path, hermes, tokenizer):
-    from peftsft.commands.chat import Conversation, _parse_reply, read_tools
+    from peftsft.commands.model_args import read_tools
+    from peftsft.commands.talk import Conversation, _parse_reply
 
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
     history, calls = _parse_reply(hermes, text)

@@ -86,6 +86,15 @@ def file_type(quant: str) -> int:
     return int(getattr(gguf.LlamaFileType, QUANTS[quant].file_type))
 
 
+def quant_of_file(path: Path) -> str:
+    """The --quant name of an existing GGUF's file type (its tolerance applies to a LoRA over it)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("general.file_type")
+    by_type = {file_type(q): q for q in QUANTS}
+    return by_type.get(int(field.contents()) if field is not None else -1, "q4_0")
+
+
 def encode(array: np.ndarray, quant: str):
     """(data, ggml type): 1-D tensors stay F32 (as llama.cpp keeps them); 2-D weights whose rows split into whole
     blocks get the chosen type, others F16."""

@@ -4,7 +4,8 @@
 template), checkpoints/, metrics.jsonl, status.json, summary.json, samples.md, loss.png and exports/. Every other
 module asks a `RunDir`, never the file names. Writes are atomic: a file or folder appears whole or not at all.
 Reads come in two kinds: strict ones (`recipe`, `load_adapter`) raise a UserError naming the file and the fix;
-lenient ones (`read_*`) return what is readable and say what is not, for the dashboard.
+lenient ones (`read_*`) return what is readable and say what is not, for the dashboard. An export that carries the
+resolved recipe beside its weights is read through `RunDir.recipe_beside`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,23 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peftsft.core.errors import UserError
+from peftsft.core.rundir import adapter
+from peftsft.core.rundir.files import (  # noqa: F401 (the atomic writes are part of this package's API)
+    first_line,
+    read_json_object,
+    read_text_or_empty,
+    require_parent_folders,
+    write_dir,
+    write_json,
+    write_text,
+)
 
 CHECKPOINT_SEAL = "peftsft.complete"  # written into a checkpoint after the trainer's last file of it
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -46,8 +55,11 @@ class RunDir:
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
     samples_file = property(lambda self: self.path / "samples.md")
     loss_plot = property(lambda self: self.path / "loss.png")
+    eval_file = property(lambda self: self.path / "eval.json")
     exports_dir = property(lambda self: self.path / "exports")
+    push_dir = property(lambda self: self.path / "push")
     card_file = property(lambda self: self.adapter_dir / "README.md")
+    chat_template_file = property(lambda self: self.adapter_dir / "chat_template.jinja")
 
     @property
     def name(self) -> str:
@@ -85,9 +97,9 @@ class RunDir:
     def raw_recipe(self) -> dict[str, Any]:
         """recipe.resolved.toml as a dict; a UserError when it is unreadable."""
         try:
-            return tomllib.loads(self.recipe_file.read_text(encoding="utf-8"))
+            return tomllib.loads(self.recipe_file.read_text(encoding="utf-8-sig"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise UserError(f"{self.recipe_file}: unreadable ({_first_line(exc)})",
+            raise UserError(f"{self.recipe_file}: unreadable ({first_line(exc)})",
                             hint="the file was changed or damaged after the run; retrain, or restore it") from None
 
     def task(self) -> str:
@@ -98,35 +110,38 @@ class RunDir:
             return "chat"
         return task if isinstance(task, str) else "chat"
 
+    def recipe_text(self) -> str:
+        """recipe.resolved.toml as written (the model card quotes it)."""
+        self.raw_recipe()  # unreadable: the same UserError as every strict read
+        return self.recipe_file.read_text(encoding="utf-8-sig")
+
+    @staticmethod
+    def recipe_beside(folder: str | Path):
+        """The resolved recipe an export carries beside its weights (merge/export copy it); None without one."""
+        path = Path(folder).expanduser()
+        folder = path if path.is_dir() else path.parent
+        return RunDir(folder).recipe() if path.exists() and (folder / RunDir.RECIPE).is_file() else None
+
+    def copy_recipe(self, folder: Path) -> None:
+        """Put the resolved recipe beside an export's weights (it names the base and the template)."""
+        shutil.copy2(self.recipe_file, folder / self.RECIPE)
+
     def adapter_kind(self) -> str:
         """"peft" (adapter_config.json) or "model" (a whole model: full / freeze); a UserError when neither."""
-        if (self.adapter_dir / "adapter_config.json").is_file():
-            return "peft"
-        if (self.adapter_dir / "config.json").is_file():
-            return "model"
-        missing = "adapter/" if not self.adapter_dir.is_dir() else "adapter/adapter_config.json"
-        raise UserError(f"{self.path}: incomplete run dir, {missing} is missing",
-                        hint="did the run finish? a run dir gets adapter/ only after training ends")
+        return adapter.adapter_kind(self.adapter_dir, self.path)
+
+    def adapter_config(self) -> dict[str, Any]:
+        """adapter/adapter_config.json; a UserError naming the file when it is damaged."""
+        return adapter.adapter_config(self.adapter_dir)
 
     def load_adapter(self, model, name: str = "default", trainable: bool = False):
         """`model` with this run's PEFT adapter: wrapped (a plain model) or added under `name` (a PeftModel)."""
-        import warnings
-
-        from peft import PeftModel
-
         self.adapter_kind()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # peft asks transformers a since-renamed question
-                if isinstance(model, PeftModel):
-                    model.load_adapter(str(self.adapter_dir), adapter_name=name, is_trainable=trainable)
-                    return model
-                return PeftModel.from_pretrained(model, str(self.adapter_dir), adapter_name=name,
-                                                 is_trainable=trainable)  # fmt: skip
-        except (ValueError, OSError, RuntimeError, KeyError) as exc:
-            raise UserError(f"{self.adapter_dir}: the adapter cannot be loaded: {_first_line(exc)}",
-                            hint="the files are damaged or incomplete (cut short?); retrain the run, or copy its "
-                            "adapter/ again") from None
+        return adapter.load_adapter(model, self.adapter_dir, name, trainable)
+
+    def reading_adapter(self):
+        """A context for loading anything from adapter/ (a whole model too): a damaged file is a UserError."""
+        return adapter.damaged_files_are_user_errors(self.adapter_dir)
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints (sealed), in step order: checkpoint-10 after checkpoint-9."""
@@ -144,14 +159,41 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------------ lenient reads
     def read_summary(self, errors: list[str] | None = None) -> dict[str, Any]:
-        return _read_json(self.summary_file, errors)
+        return read_json_object(self.summary_file, errors)
 
     def read_status(self, errors: list[str] | None = None) -> dict[str, Any]:
-        return _read_json(self.status_file, errors)
+        return read_json_object(self.status_file, errors)
+
+    def read_eval(self, errors: list[str] | None = None) -> dict[str, Any]:
+        """eval.json, written by `peftsft eval RUN`."""
+        return read_json_object(self.eval_file, errors)
+
+    def read_samples(self, errors: list[str] | None = None) -> str:
+        return read_text_or_empty(self.samples_file, errors)
+
+    def read_card(self, errors: list[str] | None = None) -> str:
+        return read_text_or_empty(self.card_file, errors)
+
+    def exports(self) -> list[Path]:
+        """What `export` wrote into exports/ (dirs, .gguf files, Modelfiles), without temporaries or records."""
+        if not self.exports_dir.is_dir():
+            return []
+        return [p for p in sorted(self.exports_dir.iterdir())
+                if not p.name.startswith(".") and not p.name.endswith(".verification.json")]  # fmt: skip
+
+    def last_write(self) -> float:
+        """When training last wrote progress (metrics or status), as a timestamp; 0 before it did."""
+        stamps = []
+        for path in (self.metrics_file, self.status_file):
+            try:
+                stamps.append(path.stat().st_mtime)
+            except OSError:
+                pass
+        return max(stamps, default=0.0)
 
     def read_recipe(self, errors: list[str] | None = None) -> dict[str, Any]:
         """The resolved recipe as a dict; {} (and a line in `errors`) when it is missing or unreadable."""
-        if not self.recipe_file.is_file():
+        if not self.recipe_file.exists():
             return {}
         try:
             return self.raw_recipe()
@@ -163,9 +205,7 @@ class RunDir:
     def read_metrics(self) -> Metrics:
         """metrics.jsonl's records; a broken line is reported and skipped."""
         metrics = Metrics()
-        if not self.metrics_file.is_file():
-            return metrics
-        lines = self.metrics_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = read_text_or_empty(self.metrics_file, metrics.errors).splitlines()
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -241,51 +281,3 @@ def is_main_process() -> bool:
     from peftsft.core.compat import launched_rank
 
     return launched_rank() == 0
-
-
-def _read_json(path: Path, errors: list[str] | None) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        if errors is not None:
-            errors.append(f"{path.name}: unreadable JSON ({_first_line(exc)})")
-        return {}
-    if not isinstance(data, dict):
-        if errors is not None:
-            errors.append(f"{path.name}: not a JSON object")
-        return {}
-    return data
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-# ---------------------------------------------------------------------------------------------- atomic writes
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def write_dir(path: Path, fill: Callable[[Path], None]) -> None:
-    """Let `fill` write into a temp folder beside `path`, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        fill(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -6,16 +6,15 @@ never merged into 4-bit, so the merged model is the model whose adapter was trai
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 
 from peftsft.core.config import Recipe
-from peftsft.core.recipe_io import read_toml
 from peftsft.core.errors import UserError
+from peftsft.core.rundir import RunDir
+from peftsft.core.rundir.adapter import damaged_files_are_user_errors, load_adapter
 from peftsft.models import materialize, quantization_config, resolve_source, use_bnb_cpu_path
 from peftsft.strategies import get_strategy
 from peftsft.strategies.registry import merge_model
@@ -23,12 +22,18 @@ from peftsft.strategies.registry import merge_model
 
 @dataclass(frozen=True)
 class TrainedRun:
-    path: Path
+    """A finished run as export sees it: its RunDir and its recipe, read once."""
+
+    dir: RunDir
     recipe: Recipe
 
     @property
+    def path(self) -> Path:
+        return self.dir.path
+
+    @property
     def adapter_dir(self) -> Path:
-        return self.path / "adapter"
+        return self.dir.adapter_dir
 
     @property
     def name(self) -> str:
@@ -40,22 +45,18 @@ class TrainedRun:
 
     @property
     def is_peft(self) -> bool:
-        return (self.adapter_dir / "adapter_config.json").is_file()
+        return self.dir.adapter_kind() == "peft"
 
 
 def open_run(run_dir: str | Path) -> TrainedRun:
     """Check the run dir has what export needs; the resolved recipe is read as saved (data files may be gone)."""
-    path = Path(run_dir)
-    recipe_file = path / "recipe.resolved.toml"
-    if not recipe_file.is_file():
-        raise UserError(f"not a run directory: {path} (no recipe.resolved.toml)", hint="pass runs/<name> of a run")
-    if not (path / "adapter").is_dir():
-        raise UserError(f"{path} has no adapter/: the run did not finish", hint="train it again or pick another run")
-    try:
-        recipe = Recipe.model_validate(read_toml(recipe_file))
-    except ValidationError as exc:
-        raise UserError(f"{recipe_file}: not a valid resolved recipe", problems=[str(exc)]) from None
-    return TrainedRun(path, recipe)
+    run = RunDir(run_dir)
+    if not run.recipe_file.is_file():
+        raise UserError(f"not a run directory: {run.path} (no {RunDir.RECIPE})", hint="pass runs/<name> of a run")
+    recipe = run.recipe()
+    if run.adapter_kind() == "peft":
+        run.adapter_config()  # a damaged adapter is refused before any model is loaded
+    return TrainedRun(run, recipe)
 
 
 def require_mergeable(run: TrainedRun) -> None:
@@ -72,14 +73,15 @@ def load_training_tokenizer(run: TrainedRun):
     """The tokenizer saved with the adapter, carrying the exact chat template used in training."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir, trust_remote_code=run.recipe.model.trust_remote_code)
+    with run.dir.reading_adapter():
+        tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir, trust_remote_code=run.recipe.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def base_location(run: TrainedRun) -> str:
-    return materialize(resolve_source(run.recipe.model.source))
+    return materialize(resolve_source(run.recipe.model.source), run.recipe.model.revision)
 
 
 def base_gguf_file(run: TrainedRun) -> str | None:
@@ -114,17 +116,16 @@ def load_base(run: TrainedRun, dequantize: bool = False) -> torch.nn.Module:
 def load_tuned(run: TrainedRun, base: torch.nn.Module | None = None, adapter_dir: Path | None = None):
     """Base + adapter, unmerged: the model as trained (and the reference every export is checked against).
 
-    Strategies that train every weight save a whole model in adapter/; that model is loaded as it is."""
-    from peft import PeftModel
+    Strategies that train every weight save a whole model in adapter/; that model is loaded as it is.
+    `adapter_dir`: another copy of the adapter (an export being verified)."""
     from transformers import AutoModelForCausalLM
 
     adapter_dir = adapter_dir or run.adapter_dir
-    if not (adapter_dir / "adapter_config.json").is_file():
-        return AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32).eval()
+    if not run.is_peft:
+        with damaged_files_are_user_errors(adapter_dir):
+            return AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32).eval()
     base = base if base is not None else load_base(run)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # peft asks transformers a since-renamed question
-        return PeftModel.from_pretrained(base, adapter_dir).eval()
+    return load_adapter(base, adapter_dir).eval()
 
 
 def merged_model(run: TrainedRun) -> torch.nn.Module:
