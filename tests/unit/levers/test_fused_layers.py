@@ -3,10 +3,13 @@ MLP and RMSNorm, fewer bytes kept for the backward, used only where the module's
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from peftsft.levers.lora_kernel import modules
+from tests.unit.levers.saved import saved_bytes
 from peftsft.levers.lora_kernel import patch_fused_modules as fused_layers, patch_lora_forward as lora_forward
 from peftsft.levers.lora_kernel.fused_layers import GatedLoraDownFunction, RMSNormFunction
 
@@ -105,20 +108,10 @@ def test_trainable_norm_weight_and_bf16_input_match_autograd():
 
 
 def _saved_bytes(model, ids, fused: bool) -> int:
-    seen, params, total = set(), {p.data_ptr() for p in model.parameters()}, 0
-
-    def pack(t):
-        nonlocal total
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in seen and ptr not in params:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with lora_forward([]), fused_layers(model if fused else None, []), \
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # fmt: skip
-        model(input_ids=ids, labels=ids).loss.backward()
-    return total
+    patches = contextlib.ExitStack()
+    patches.enter_context(lora_forward([]))
+    patches.enter_context(fused_layers(model if fused else None, []))
+    return saved_bytes(model, ids, patches)
 
 
 def test_keeps_two_intermediates_per_mlp_less():

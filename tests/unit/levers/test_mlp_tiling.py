@@ -8,6 +8,7 @@ import torch
 
 from peftsft.levers import mlp_tiling
 from peftsft.levers.lora_kernel import patch as lora_kernel_patch
+from tests.unit.levers.saved import saved_bytes
 
 INTERMEDIATE, HIDDEN = 160, 64
 
@@ -51,19 +52,7 @@ def test_tiles_give_the_same_loss_and_gradients(small_tiles, fused):
 
 
 def _saved_bytes(model, ids, tiled: bool) -> int:
-    params, seen, total = {p.untyped_storage().data_ptr() for p in model.parameters()}, set(), 0
-
-    def pack(t):
-        nonlocal total
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in seen and ptr not in params:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with mlp_tiling.patch(model, tiled), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids).loss.backward()
-    return total
+    return saved_bytes(model, ids, mlp_tiling.patch(model, tiled))
 
 
 def test_tiles_keep_no_mlp_intermediates_for_the_backward(small_tiles):
