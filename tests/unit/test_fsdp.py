@@ -54,9 +54,9 @@ def test_fsdp_two_cpu_processes_match_one_process_and_write_a_peft_adapter(recip
 
 
 def _sealed(run_dir, step: int) -> bool:
-    from peftsft.training.resume import COMPLETE_MARKER
+    from peftsft.core.rundir import CHECKPOINT_SEAL
 
-    return (run_dir / "checkpoints" / f"checkpoint-{step}" / COMPLETE_MARKER).is_file()
+    return (run_dir / "checkpoints" / f"checkpoint-{step}" / CHECKPOINT_SEAL).is_file()
 
 
 def test_fsdp_run_killed_mid_run_resumes_to_the_same_adapter(recipe, one_process):

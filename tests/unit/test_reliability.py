@@ -158,8 +158,10 @@ def test_non_finite_guard_stops_on_a_non_finite_loss_or_gradient(bad):
 
 
 def test_resume_picks_the_highest_step_among_complete_checkpoints(tmp_path):
+    from peftsft.core.rundir import RunDir
     from peftsft.training.resume import checkpoint_to_resume
 
+    run = RunDir(tmp_path)
     folder = tmp_path / "checkpoints"
     for step in (2, 9, 10, 100, 1000):
         (folder / f"checkpoint-{step}").mkdir(parents=True)
@@ -167,14 +169,14 @@ def test_resume_picks_the_highest_step_among_complete_checkpoints(tmp_path):
             (folder / f"checkpoint-{step}" / CHECKPOINT_SEAL).write_text("")
     (folder / "checkpoint-final").mkdir()  # not a step: ignored
     (folder / "checkpoint-final" / CHECKPOINT_SEAL).write_text("")
-    assert checkpoint_to_resume(tmp_path, True) == folder / "checkpoint-100"  # numeric: not "checkpoint-9"
+    assert checkpoint_to_resume(run, True) == folder / "checkpoint-100"  # numeric: not "checkpoint-9"
     assert not (folder / "checkpoint-1000").exists() and (folder / "checkpoint-final").exists()
     for step in (100, 10):
         (folder / f"checkpoint-{step}" / CHECKPOINT_SEAL).unlink()
-    assert checkpoint_to_resume(tmp_path, True) == folder / "checkpoint-9"
-    assert checkpoint_to_resume(tmp_path, str(folder / "checkpoint-2")) == folder / "checkpoint-2"
+    assert checkpoint_to_resume(run, True) == folder / "checkpoint-9"
+    assert checkpoint_to_resume(run, str(folder / "checkpoint-2")) == folder / "checkpoint-2"
     with pytest.raises(UserError, match="not a complete checkpoint"):
-        checkpoint_to_resume(tmp_path, str(folder / "checkpoint-1000"))
+        checkpoint_to_resume(run, str(folder / "checkpoint-1000"))
 
 
 def test_resume_without_checkpoint_or_run_is_a_clear_error(tiny_recipe):
