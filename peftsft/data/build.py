@@ -91,7 +91,7 @@ def _build(tokenizer, data: DataSection, seed: int):
     train_items = [item for items in per_source for item in items]
     eval_items = load_items(eval_spec(data, data.eval_path), -1, data, stats) if data.eval_path else []
     if not data.eval_path and data.eval_fraction > 0:
-        # the same split evaluate.held_out_conversations reproduces: shuffle with the seed, eval rows first
+        # the same split training.held_out.held_out_conversations reproduces: shuffle with the seed, eval rows first
         random.Random(seed).shuffle(train_items)
         n_eval = max(1, round(len(train_items) * data.eval_fraction))
         eval_items, train_items = train_items[:n_eval], train_items[n_eval:]

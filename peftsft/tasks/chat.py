@@ -28,6 +28,7 @@ from peftsft.training.report import write_samples
 from peftsft.training.runs import save_adapter
 from peftsft.training.sharding import trainer_for_launch
 from peftsft.training.skeleton import Prepared, Session, adapter_off
+from peftsft.training.task_metrics import ChatMetrics
 
 
 class ChatTask:
@@ -51,9 +52,11 @@ class ChatTask:
         summary = trainable_summary(model)
         console.print(f"strategy {strategy.name}: {summary['trainable_params']:,} trainable of "
                       f"{summary['total_params']:,} parameters ({summary['trainable_percent']:.3f}%)")  # fmt: skip
-        extra = {"contract": contract, "general": GeneralCheck.for_recipe(recipe),
+        general = GeneralCheck.for_recipe(recipe)
+        extra = {"contract": contract, "general": general,
                  "quantized_base": quantized_footprint(model)}  # before training: FSDP turns the weights into shards
-        return Prepared(model, tokenizer, train_ds, eval_ds, stats, source, strategy, summary, stats.max_tokens, extra)
+        return Prepared(model, tokenizer, train_ds, eval_ds, stats, source, strategy, summary, stats.max_tokens, extra,
+                        measure=ChatMetrics.for_recipe(recipe, general))
 
     def before_training(self, session: Session, prepared: Prepared, levers: Levers) -> None:
         """The base's answers and general-check score (main process), with the adapter off."""
@@ -101,9 +104,9 @@ class ChatTask:
 
 
 def train(recipe: Recipe, console, overwrite: bool = False, resume: str | bool | None = None,
-          force: bool = False) -> dict:  # fmt: skip
+          force: bool = False, callbacks=()) -> dict:  # fmt: skip
     """Train per the recipe (or resume its run from a checkpoint); returns summary.json's contents."""
-    return skeleton.train(ChatTask(), recipe, console, overwrite, resume, force)
+    return skeleton.train(ChatTask(), recipe, console, overwrite, resume, force, callbacks)
 
 
 def sft_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, callbacks: list, levers: Levers):

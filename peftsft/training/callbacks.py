@@ -41,6 +41,7 @@ class MetricsLog(TrainerCallback):
         self.rate = rate
         self.keep_until_step = keep_until_step
         self.records: list[dict] = []
+        self.trained = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.rate.__init__()
@@ -50,16 +51,28 @@ class MetricsLog(TrainerCallback):
             old = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
             self.records = [r for r in old if r.get("step", 0) <= self.keep_until_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+        self.trained = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trained = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:
             return
-        record = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch, **(logs or {})}
+        step = weights_step(args, state, self.trained)  # a final evaluation of the best weights: the best's step
+        record = {"step": step, "max_steps": state.max_steps, "epoch": state.epoch, **(logs or {})}
         record["tokens_per_s"] = round(self.rate.update(state.num_input_tokens_seen), 2)
         record["elapsed_s"] = round(self.rate.elapsed, 3)
         self.records.append(record)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def weights_step(args, state, trained: bool) -> int:
+    """The step whose weights the model holds: after training with the best checkpoint loaded, the best step's."""
+    if trained and args.load_best_model_at_end and state.best_global_step:
+        return state.best_global_step
+    return state.global_step
 
 
 class RichProgress(TrainerCallback):
@@ -89,6 +102,11 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
 
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        """One line per evaluation during training, every metric in it (task metrics are added before this runs)."""
+        if self.progress is not None and metrics:
+            self.console.print(eval_line(state.global_step, metrics), highlight=False)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.progress is None or not logs or "loss" not in logs:
             return
@@ -109,6 +127,17 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def eval_line(step: int, logs: dict) -> str:
+    """'eval @ step 20: loss 1.234 · tool_accuracy 0.8 · token_f1 0.4567 (task 3.2 s, general 0.4 s)'."""
+    timing = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch"}
+    shown = {k.removeprefix("eval_"): v for k, v in logs.items()
+             if k.startswith("eval_") and k not in timing and not k.endswith("_seconds") and isinstance(v, (int, float))}
+    cost = [f"{k.removeprefix('eval_').removesuffix('_seconds')} {v:.1f} s" for k, v in logs.items()
+            if k.startswith("eval_") and k.endswith("_seconds")]
+    values = " · ".join(f"{k} {v:.4g}" for k, v in shown.items())
+    return f"eval @ step {step}: {values}" + (f" ({', '.join(cost)})" if cost else "")
 
 
 class NonFiniteGuard(TrainerCallback):

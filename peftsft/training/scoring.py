@@ -1,12 +1,18 @@
 """Scoring a chat model on references: assistant-token loss, and answers matched the usual (SQuAD) way.
 
-Shared by the general check around training and by `eval` (artifacts), so both score alike.
+Shared by the general check around training, the task metrics during it and `eval` (artifacts), so all score alike.
+Answer metrics compare texts normalised the usual (SQuAD) way: lowercase, punctuation removed, whitespace collapsed;
+ROUGE-L (F-measure, `rouge-score`) and BLEU (corpus-level, 0-100, `sacrebleu`, effective n-gram order) use the raw
+texts.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
+
+ANSWER_METRICS = ("exact_match", "contains_reference", "token_f1", "rouge_l", "bleu")
 
 
 def normalize(text: str) -> str:
@@ -23,6 +29,37 @@ def contains_reference(prediction: str, reference: str) -> float:
     """1 when the whole reference appears in the prediction, on word boundaries."""
     ref = normalize(reference)
     return float(bool(ref) and f" {ref} " in f" {normalize(prediction)} ")
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize(prediction).split(), normalize(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean per-answer scores, ROUGE-L F-measure, and corpus BLEU (0-100)."""
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU
+
+    if not references:
+        return {}
+    n = len(references)
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    pairs = list(zip(predictions, references))
+    return {
+        "exact_match": sum(exact_match(p, r) for p, r in pairs) / n,
+        "contains_reference": sum(contains_reference(p, r) for p, r in pairs) / n,
+        "token_f1": sum(token_f1(p, r) for p, r in pairs) / n,
+        "rouge_l": sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in pairs) / n,
+        # effective order: short answers have no 4-grams, which would make plain BLEU 0 even for exact copies
+        "bleu": BLEU(effective_order=True).corpus_score(predictions, [references]).score,
+    }
 
 
 # logits one scoring forward may hold (elements, fp32): a batch takes as many rows as fit, so a 150k-entry

@@ -8,6 +8,7 @@ metrics.jsonl and the progress display, the adapter written atomically, loss.png
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ from peftsft.training.distributed import console_for, on_main, process_state
 from peftsft.training.report import plot_loss
 from peftsft.training.runs import open_run_dir, run_summary, train_guarded
 from peftsft.training.sharding import engine_summary, gathered_state, is_sharded, saving_from
+from peftsft.training.task_metrics import EvaluateTask, best_summary, check_measurable, task_metrics_summary
+from peftsft.training.trackers import tracking
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Prepared:
     params: dict  # strategy.trainable_summary
     longest_sample: int | None = None  # tokens, for the memory plan behind the levers
     extra: dict[str, Any] = field(default_factory=dict)  # the task's own (labels, contract, scores before…)
+    measure: Any | None = None  # what every evaluation measures beyond the loss (training.task_metrics.ChatMetrics)
 
 
 class Task(Protocol):
@@ -81,8 +85,9 @@ class Task(Protocol):
 
 
 def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False, resume: str | bool | None = None,
-          force: bool = False) -> dict:  # fmt: skip
-    """Train per the recipe (or resume its run from a checkpoint); returns summary.json's contents."""
+          force: bool = False, callbacks: Sequence = ()) -> dict:  # fmt: skip
+    """Train per the recipe (or resume its run from a checkpoint); returns summary.json's contents. `callbacks`:
+    more Trainer callbacks (a sweep's pruner), after the run's own, so they see every evaluation's task metrics."""
     from transformers import set_seed
 
     from peftsft.models import pick_device
@@ -108,11 +113,16 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
     keep = checkpoint_step(checkpoint) if checkpoint else None
     metrics = MetricsLog(rundir.metrics_file, rate, keep_until_step=keep)
     interrupt = StopOnInterrupt()
-    callbacks = [metrics, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints(rundir)]
+    evaluate = task_evaluation(recipe, prepared, levers, state)
+    callbacks = [metrics, *evaluate, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints(rundir),
+                 *callbacks]  # fmt: skip
     build = lambda: task.trainer(session, prepared, levers, callbacks)  # noqa: E731
-    with training(levers, prepared.model, build) as trainer:
+    with tracking(recipe, rundir, state.is_main_process), training(levers, prepared.model, build) as trainer:
+        for callback in evaluate:
+            callback.bind(trainer)
         result = train_guarded(trainer, interrupt, checkpoint, rundir)
         train_seconds = rate.elapsed
+        best = best_summary(recipe, trainer)
         eval_metrics = trainer.evaluate() if prepared.eval_ds is not None else {}
     release_training_memory(trainer, prepared.model)
     sharded = is_sharded(prepared.model)
@@ -136,6 +146,9 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
             * state.num_processes,
             engine=engine_summary(trainer),
             levers=levers.as_dict(),
+            best=best,
+            eval={k.removeprefix("eval_"): v for k, v in eval_metrics.items() if isinstance(v, (int, float))},
+            task_metrics=task_metrics_summary(next(iter(evaluate), None), trainer, train_seconds),
             **extra,
         )
         rundir.write_summary(summary)
@@ -145,6 +158,17 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
     summary = on_main(state, finish)
     state.wait_for_everyone()
     return summary
+
+
+def task_evaluation(recipe: Recipe, prepared: Prepared, levers: Levers, state) -> list[EvaluateTask]:
+    """The callback that adds the task's metrics to every evaluation (none without eval data or anything to measure);
+    a metric the recipe names that this run cannot measure fails here, before training."""
+    check_measurable(recipe, prepared.measure.names if prepared.measure else [])
+    if prepared.measure is None or prepared.eval_ds is None:
+        return []
+    # as the scores after training: split weights need every process in each forward, whole ones the main alone
+    everywhere = lambda fn: fn() if is_sharded(prepared.model) else on_main(state, fn)  # noqa: E731
+    return [EvaluateTask(prepared.measure.measure, levers.precision, everywhere)]
 
 
 def release_training_memory(trainer, model) -> None:

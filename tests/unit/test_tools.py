@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from peftsft.artifacts.evaluate_tools import tool_metrics
+from peftsft.training.tool_scoring import tool_metrics
 from peftsft.core.config import DataSection, DatasetSpec
 from peftsft.core.errors import UserError
 from peftsft.data.build import DataStats, build_datasets, load_items
@@ -335,8 +335,11 @@ def test_tool_metrics_on_hand_made_predictions():
                    call("get_weather", {"city": "Oslo"}),  # wrong: a call where none was needed
                    call("get_weather", {})]  # a row without tools is not scored
     metrics = tool_metrics(predictions, rows)
-    assert metrics == {"tool_name_accuracy": 0.5, "tool_call_exact": 0.25, "tool_json_valid": 0.5,
-                       "no_call_accuracy": 0.5, "tool_call_rows": 4, "no_call_rows": 2}
+    assert metrics == {"tool_accuracy": 0.5, "tool_name_accuracy": 0.5, "tool_call_exact": 0.25,
+                       "tool_json_valid": 0.5, "no_call_accuracy": 0.5, "tool_call_rows": 4, "no_call_rows": 2}
+    # the balanced score: calling on a no-call row and staying quiet on a call row both count against it
+    always_call = tool_metrics([call("get_weather", {"city": "Oslo"})] * 2, rows[:1] + rows[4:5])
+    assert always_call["tool_name_accuracy"] == 1.0 and always_call["tool_accuracy"] == 0.5
     assert tool_metrics(["x"], [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]]) == {}
 
 

@@ -58,6 +58,7 @@ class RunDir:
     eval_file = property(lambda self: self.path / "eval.json")
     exports_dir = property(lambda self: self.path / "exports")
     push_dir = property(lambda self: self.path / "push")
+    trackers_dir = property(lambda self: self.path / "trackers")  # TensorBoard, MLflow, W&B ([training] report_to)
     card_file = property(lambda self: self.adapter_dir / "README.md")
     chat_template_file = property(lambda self: self.adapter_dir / "chat_template.jinja")
 

@@ -86,9 +86,9 @@ class ClassificationTask:
 
 
 def train(recipe: Recipe, console: Console, overwrite: bool = False, resume: str | bool | None = None,
-          force: bool = False) -> dict:  # fmt: skip
+          force: bool = False, callbacks=()) -> dict:  # fmt: skip
     """Train a classifier per the recipe (or resume its run from a checkpoint); returns summary.json's contents."""
-    return skeleton.train(ClassificationTask(), recipe, console, overwrite, resume, force)
+    return skeleton.train(ClassificationTask(), recipe, console, overwrite, resume, force, callbacks)
 
 
 class EvalScorer:
@@ -114,10 +114,8 @@ def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: st
     from peftsft.strategies.registry import strategy_optimizer
 
     evaluate_during = eval_ds is not None and recipe.training.eval_steps is not None
-    # the same [training] → arguments mapping as chat runs; early stopping keeps the best by best_metric
-    args = TrainingArguments(
-        **trainer_arguments(recipe, device, evaluate_during, levers, recipe.classification.best_metric)
-    )
+    # the same [training] → arguments mapping as chat runs; the best is kept by early_stopping_metric or best_metric
+    args = TrainingArguments(**trainer_arguments(recipe, device, evaluate_during, levers))
     trainer = Trainer(
         model=model,
         args=args,

@@ -1,5 +1,5 @@
-"""Tool-call accuracy for `eval`: on rows that offer tools, did the model call the right function with the
-right arguments, in JSON that parses, and stay quiet when no call was needed?
+"""Tool-call accuracy, for `eval` and for every evaluation during training: on rows that offer tools, did the
+model call the right function with the right arguments, in JSON that parses, and stay quiet when no call was needed?
 
 A row's expectation is its last assistant message: its `tool_calls` (a call row) or plain text (a no-call
 row). Replies are parsed with `data.tools.parse_tool_calls`, as chat, generate and serve parse them.
@@ -12,7 +12,7 @@ from typing import Any
 
 from peftsft.data.tools import ParsedReply, parse_tool_calls, tools_of
 
-TOOL_METRICS = ("tool_name_accuracy", "tool_call_exact", "tool_json_valid", "no_call_accuracy")
+TOOL_METRICS = ("tool_accuracy", "tool_name_accuracy", "tool_call_exact", "tool_json_valid", "no_call_accuracy")
 
 
 def expected_calls(messages: Any) -> list[tuple[str, Any]] | None:
@@ -44,6 +44,8 @@ def tool_metrics(predictions: list[str], conversations: list) -> dict[str, float
     - tool_json_valid: call rows whose reply holds at least one call and every call block parses
       (JSON object with a name and object arguments)
     - no_call_accuracy: rows answered in plain text whose reply calls nothing
+    - tool_accuracy: every such row handled right — a call row by the expected functions (as tool_name_accuracy),
+      a no-call row by no call — so that neither calling always nor never scores well
     """
     calls, quiet = [], []
     for text, messages in zip(predictions, conversations):
@@ -52,12 +54,16 @@ def tool_metrics(predictions: list[str], conversations: list) -> dict[str, float
             continue
         (calls if expected else quiet).append((parse_tool_calls(text), expected))
     out: dict[str, float] = {}
+    named = [[n for n, _ in predicted_calls(r)] == [n for n, _ in e] for r, e in calls]
+    silent = [r.attempted == 0 for r, _ in quiet]
+    if calls or quiet:
+        out["tool_accuracy"] = _mean(named + silent)
     if calls:
-        out["tool_name_accuracy"] = _mean([[n for n, _ in predicted_calls(r)] == [n for n, _ in e] for r, e in calls])
+        out["tool_name_accuracy"] = _mean(named)
         out["tool_call_exact"] = _mean([predicted_calls(r) == e for r, e in calls])
         out["tool_json_valid"] = _mean([bool(r.tool_calls) and not r.invalid for r, _ in calls])
     if quiet:
-        out["no_call_accuracy"] = _mean([r.attempted == 0 for r, _ in quiet])
+        out["no_call_accuracy"] = _mean(silent)
     if out:
         out |= {"tool_call_rows": len(calls), "no_call_rows": len(quiet)}
     return out
