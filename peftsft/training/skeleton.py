@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from peftsft.core.config import Recipe, gradient_accumulation
-from peftsft.core.rundir import RunDir, checkpoint_step, write_dir
+from peftsft.core.rundir import RunDir, checkpoint_step, is_main_process, write_dir
 from peftsft.levers import Levers, decide_levers, training
 from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt
 from peftsft.training.callbacks import TokenRate
@@ -117,7 +117,7 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
     callbacks = [metrics, *evaluate, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints(rundir),
                  *callbacks]  # fmt: skip
     build = lambda: task.trainer(session, prepared, levers, callbacks)  # noqa: E731
-    with tracking(recipe, rundir, state.is_main_process), training(levers, prepared.model, build) as trainer:
+    with tracking(recipe, rundir, is_main_process()), training(levers, prepared.model, build) as trainer:
         for callback in evaluate:
             callback.bind(trainer)
         result = train_guarded(trainer, interrupt, checkpoint, rundir)
