@@ -272,6 +272,7 @@ def add_ratios(records: list[dict]) -> None:
         for peer in ("trl", "trl-np", "llamafactory"):
             if (other := by.get((peer, rows))) and arm != peer:
                 record[f"speed_vs_{peer}"] = round(record["rows_per_s"] / other["rows_per_s"], 2)
+                record[f"cpu_efficiency_vs_{peer}"] = round(record["rows_per_cpu_s"] / other["rows_per_cpu_s"], 2)
         smallest = min((r for (a, r) in by if a == arm), default=rows)
         if smallest != rows:
             first = by[(arm, smallest)]
@@ -289,24 +290,38 @@ def markdown(result: dict) -> str:
         "template, max length 2048. rows/s: rows over the seconds from the JSONL to masked samples (peftsft: and the "
         "pre-flight contract). Memory in MiB: the arm's main process peak RSS; the process tree's peak PSS, all and "
         "anonymous (what no page-cache eviction can take back). Load average (1 min) before → after each arm: the "
-        "machine is shared, speeds move with it.", "",
-        "| rows | arm | rows/s | seconds | vs TRL | vs LLaMA-Factory | main peak RSS | tree peak PSS | tree peak anon "
-        "| samples | same tokens as peftsft | load |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "machine is shared, speeds move with it. CPU s: the CPU time of the arm's processes over the timed section, "
+        "whatever else ran; rows per CPU s is the work's cost, which the load does not change. On an idle machine the "
+        "wall time of an arm that keeps N cores busy approaches its CPU time / N: peftsft uses every core by default "
+        "([data] num_proc), TRL and LLaMA-Factory one unless told otherwise (trl-np: dataset_num_proc = the cores).",
+        "",
+        "| rows | arm | rows/s | seconds | × TRL | × LLaMA-Factory | CPU s | rows per CPU s | × TRL | × LLaMA-Factory "
+        "| main peak RSS | tree peak PSS | tree peak anon | samples | same tokens as peftsft | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     records = result["records"]
     reference = {r["rows"]: r.get("digest") for r in records if r["arm"] == "peftsft"}
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['rows']:,} | {r['arm']} | failed: {r['error']} |||||||||| |")
+            lines.append(f"| {r['rows']:,} | {r['arm']} | failed: {r['error']} |" + " |" * 13)
             continue
         same = "yes" if r.get("digest") == reference.get(r["rows"]) else "no"
         lines.append(
             f"| {r['rows']:,} | {r['arm']} | {r['rows_per_s']:,.0f} | {r['seconds']:,.1f} | "
-            f"{_x(r.get('speed_vs_trl'))} | {_x(r.get('speed_vs_llamafactory'))} | {r['main_peak_rss_mib']:,.0f} | "
+            f"{_x(r.get('speed_vs_trl'))} | {_x(r.get('speed_vs_llamafactory'))} | {r['cpu_s']:,.1f} | "
+            f"{r['rows_per_cpu_s']:,.0f} | {_x(r.get('cpu_efficiency_vs_trl'))} | "
+            f"{_x(r.get('cpu_efficiency_vs_llamafactory'))} | {r['main_peak_rss_mib']:,.0f} | "
             f"{r['tree_peak_pss_mib']:,.0f} | {r['tree_peak_pss_anon_mib']:,.0f} | {r['samples']:,} | {same} | "
             f"{r['load_before'][0]} → {r['load_after'][0]} |"
         )
+    growth = [r for r in records if any(k.startswith("main_peak_rss_mib_vs_") for k in r)]
+    if growth:
+        lines += ["", "Peak memory at the largest size over the smallest (1.00 = flat):", "",
+                  "| arm | rows | main peak RSS | tree peak PSS | tree peak anon |", "|---|---:|---:|---:|---:|"]
+        for r in growth:
+            ratios = [next(v for k, v in r.items() if k.startswith(f"{key}_vs_")) for key in
+                      ("main_peak_rss_mib", "tree_peak_pss_mib", "tree_peak_pss_anon_mib")]
+            lines.append(f"| {r['arm']} | {r['rows']:,} | " + " | ".join(f"{v:.2f}×" for v in ratios) + " |")
     lines += ["", *result.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -378,6 +393,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per arm")
     parser.add_argument("--keep-work", action="store_true", help="keep the generated files and caches")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's notes")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the records of --out's results.json for other sizes and arms (rerun ones replace)")
     for hidden in ("--arm", "--file", "--tokenizer", "--arm-work"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--num-proc", type=int, help=argparse.SUPPRESS)
@@ -396,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if unknown := set(arms) - set(ARMS):
         raise SystemExit(f"unknown arm(s) {sorted(unknown)}; choose from {', '.join(ARMS)}")
-    notes = []
+    notes = list(args.note)
     if "llamafactory" in arms and not Path(args.lf_python).exists():
         arms.remove("llamafactory")
         notes.append(f"LLaMA-Factory: skipped, no venv at {args.lf_python} (pip install llamafactory into one).")
@@ -404,29 +422,34 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("LLaMA-Factory ran in its own venv with a stand-in `torchaudio` module: llamafactory.data imports "
                      "torchaudio at the top, and no torchaudio wheel matches the venv's torch (2.13); text rows never "
                      "use it.")
-    work, records = Path(args.work), []
+    work, out = Path(args.work), Path(args.out)
+    previous = json.loads((out / "results.json").read_text()) if args.append and (out / "results.json").exists() else {}
+    records = [r for r in previous.get("records", []) if not (r["rows"] in args.rows and r["arm"] in arms)]
+    result = {"argv": argv if argv is not None else sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": machine(), "versions": versions(args.lf_python if Path(args.lf_python).exists() else None),
+              "records": records, "notes": sorted(set(previous.get("notes", []) + notes))}
     for rows in args.rows:
         path = work / f"chat-{rows}.jsonl"
         if not path.exists():
             write_rows(path, rows)
         size_work = work / str(rows)
         for arm in arms:
-            record = measure(arm, path, rows, args, size_work)
-            records.append(record)
-            print(json.dumps(record), flush=True)
+            records.append(measure(arm, path, rows, args, size_work))
+            print(json.dumps(records[-1]), flush=True)
+            write_results(result, out)  # after every arm: a long run that stops keeps what it measured
         if not args.keep_work:
             shutil.rmtree(size_work, ignore_errors=True)
-    add_ratios(records)
-    result = {"argv": argv if argv is not None else sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M"),
-              "machine": machine(), "versions": versions(args.lf_python if Path(args.lf_python).exists() else None),
-              "records": records, "notes": notes}
-    out = Path(args.out)
+    print(markdown(result))
+    return 0
+
+
+def write_results(result: dict, out: Path) -> None:
+    result["records"].sort(key=lambda r: (r["rows"], ARMS.index(r["arm"])))
+    add_ratios(result["records"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(markdown(result))
     plot(result, out / "results.png")
-    print(markdown(result))
-    return 0
 
 
 if __name__ == "__main__":
