@@ -128,6 +128,18 @@ def test_the_first_bad_row_in_row_order_is_reported(tmp_path, tok, forks):
         build(tok, [spec], num_proc=2, template=str(tmp_path / "strict.jinja"))
 
 
+def test_an_error_is_raised_in_row_order_not_in_arrival_order():
+    import time
+
+    def work(shard: int, start: int, end: int, advance):
+        if shard == 0:
+            time.sleep(1.0)  # the first shard's error arrives last
+        raise UserError(f"bad row in shard {shard}")
+
+    with pytest.raises(UserError, match="bad row in shard 0"):
+        parallel.run_sharded(work, 300, 3, parallel.Meter(None, "", 300))
+
+
 def test_the_contract_names_a_bad_row_in_the_middle(tmp_path, tok, forks):
     """A template that breaks one reply: the failure names that row's file and line, wherever its process."""
     turn = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -190,6 +202,10 @@ def test_a_cache_hit_reads_and_tokenizes_nothing_whatever_the_processes(tmp_path
 
 
 def test_bad_row_messages_are_capped_and_all_counted(tmp_path, tok):
+    found = BadRows()
+    for i in range(BadRows.LIMIT + 5):  # as a process finds them
+        found.append(f"row {i}")
+    assert len(found) == BadRows.LIMIT and found.total == BadRows.LIMIT + 5
     spec = spec_of(tmp_path, ["{bad"] * (BadRows.LIMIT + 50) + chats(5))
     for _ in range(2):  # built, then from the cache
         _, _, stats = build(tok, [spec], on_bad_row="skip", cache=True)
