@@ -20,7 +20,7 @@ from peftsft.core.config import DatasetSpec, DataSection
 from peftsft.core.errors import UserError
 from peftsft.data.arrow import SAMPLES, open_files, take, writing
 from peftsft.data.contract import ReplyChecks
-from peftsft.data.encoding import Found, encode_run
+from peftsft.data.encoding import Found, add_counts, encode_run
 from peftsft.data.formats import Content
 from peftsft.data.items import Item, Items, load_items, write_items
 from peftsft.data.parallel import Meter, processes_for, run_sharded
@@ -67,10 +67,7 @@ class DataStats:
 
     def absorb(self, found: Found, checks: ReplyChecks) -> None:
         """Add what encoding a run of rows found (runs absorbed in row order)."""
-        for name in ("kept", "truncated", "dropped_unsupervised", "tokens", "supervised_tokens"):
-            setattr(self, name, getattr(self, name) + getattr(found, name))
-        self.max_tokens = max(self.max_tokens, found.max_tokens)
-        self.bad_rows.extend(found.bad_rows)
+        add_counts(self, found)
         checks.merge(found.checks)
 
 

@@ -38,15 +38,20 @@ class Found:
     lengths: list = field(default_factory=list)  # the kept samples' token counts (int32 arrays)
 
     def merge(self, later: Found) -> None:
-        for name in ("kept", "truncated", "dropped_unsupervised", "tokens", "supervised_tokens"):
-            setattr(self, name, getattr(self, name) + getattr(later, name))
-        self.max_tokens = max(self.max_tokens, later.max_tokens)
-        self.bad_rows.extend(later.bad_rows)
+        add_counts(self, later)
         self.checks.merge(later.checks)
         self.lengths += later.lengths
 
     def all_lengths(self) -> np.ndarray:
         return np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int32)
+
+
+def add_counts(total, later: Found) -> None:
+    """Add what a later run found to `total` (a Found, or the build's DataStats): counts, the longest, bad rows."""
+    for name in ("kept", "truncated", "dropped_unsupervised", "tokens", "supervised_tokens"):
+        setattr(total, name, getattr(total, name) + getattr(later, name))
+    total.max_tokens = max(total.max_tokens, later.max_tokens)
+    total.bad_rows.extend(later.bad_rows)
 
 
 def content_of(content: str, tools: str | None) -> Content:

@@ -24,18 +24,7 @@ from peftsft.data.masking import IGNORE, encode, rendered
 from peftsft.data.rows import BadRows
 from peftsft.data.templates import BUILTINS
 from tests.conftest import write_jsonl
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PEFTSFT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def tok(tokenizer):
-    own = tokenizer.chat_template
-    yield tokenizer
-    tokenizer.chat_template = own
+from tests.unit.test_data import private_cache, tok  # noqa: F401 - fixtures: a private cache, the template put back
 
 
 @pytest.fixture
