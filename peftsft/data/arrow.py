@@ -70,11 +70,3 @@ def take(dataset, rows) -> pa.Table:
         return SAMPLES.empty_table()
     parts = [batch.replace_schema_metadata(None) for batch in scan(dataset, rows=rows, batch_rows=len(rows))]
     return pa.concat_tables(parts)
-
-
-def lengths(dataset, column: str = "input_ids") -> np.ndarray:
-    """Every row's list length, read window by window."""
-    import pyarrow.compute as pc
-
-    parts = [pc.list_value_length(batch.column(column)).to_numpy() for batch in scan(dataset, [column], batch_rows=8192)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
