@@ -283,7 +283,7 @@ def add_ratios(records: list[dict]) -> None:
 def markdown(result: dict) -> str:
     lines = [
         "# Data preparation at scale: peftsft vs TRL vs LLaMA-Factory", "",
-        f"`python benchmarks/data_scale.py {' '.join(result['argv'])}` on {result['machine']['cpu']} "
+        f"`python benchmarks/data_scale.py {_command(result['argv'])}` on {result['machine']['cpu']} "
         f"({result['machine']['cores']} cores, {result['machine']['memory_gib']} GiB), {result['date']}; "
         f"peftsft {result['versions'].get('peftsft')}.", "",
         "Generated 2-turn chats (30–260 tokens, seeded) → tokenized, assistant-masked samples, SmolLM2's tokenizer and "
@@ -324,6 +324,11 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['arm']} | {r['rows']:,} | " + " | ".join(f"{v:.2f}×" for v in ratios) + " |")
     lines += ["", *result.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def _command(argv: list[str]) -> str:
+    """The command line as run, the notes' text left out (they follow the table)."""
+    return " ".join("…" if i and argv[i - 1] == "--note" else arg for i, arg in enumerate(argv))
 
 
 def _x(value) -> str:
@@ -369,7 +374,7 @@ def versions(lf_python: str | None) -> dict:
     import trl
 
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    out = {"peftsft": commit.stdout.strip(), "transformers": transformers.__version__, "trl": trl.__version__,
+    out = {"peftsft": commit.stdout.strip() or os.environ.get("PEFTSFT_COMMIT", "unknown"), "transformers": transformers.__version__, "trl": trl.__version__,
            "datasets": datasets.__version__, "tokenizers": tokenizers.__version__}
     if lf_python:
         probe = "import importlib.metadata as m; print(m.version('llamafactory'), m.version('transformers'), m.version('datasets'))"
@@ -427,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     records = [r for r in previous.get("records", []) if not (r["rows"] in args.rows and r["arm"] in arms)]
     result = {"argv": argv if argv is not None else sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M"),
               "machine": machine(), "versions": versions(args.lf_python if Path(args.lf_python).exists() else None),
-              "records": records, "notes": sorted(set(previous.get("notes", []) + notes))}
+              "records": records, "notes": list(dict.fromkeys(previous.get("notes", []) + notes))}
     for rows in args.rows:
         path = work / f"chat-{rows}.jsonl"
         if not path.exists():
