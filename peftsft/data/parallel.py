@@ -27,7 +27,12 @@ def available_cores() -> int:
 
 
 def processes_for(setting: int | str, rows: int) -> int:
-    """How many processes work on `rows` rows: the recipe's count (auto: the cores), never a shard under the minimum."""
+    """How many processes work on `rows` rows: the recipe's count (auto: the cores), never a shard under the minimum;
+    one where processes cannot be forked (Windows), as they must inherit the tokenizer and the data."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
     wanted = available_cores() if setting == "auto" else int(setting)
     return max(1, min(wanted, rows // MIN_ROWS_PER_PROCESS))
 
