@@ -121,6 +121,10 @@ class DataSection(Section):
     on_bad_row: Literal["fail", "skip"] = Key("fail", "a malformed row stops the run at file:line, or is skipped")
     packing: bool = Key(False, "pack samples into max_length rows, isolated by position ids (no cross-attention)")
     cache: bool = Key(True, "reuse tokenized datasets (keyed by data + tokenizer + template + settings) across runs")
+    num_proc: Annotated[int, Field(ge=1)] | Literal["auto"] = Key(
+        "auto", "processes that template, tokenize and mask the rows (the result is the same for any count); "
+        "auto: one per CPU core this process may use"
+    )
     enforce_contract: bool = Key(
         True, "stop `run` when a pre-flight data check fails; false (or `run --skip-contract`) only reports them"
     )
