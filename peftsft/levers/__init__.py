@@ -85,22 +85,21 @@ def build_trainer(levers: Levers, model, build):
     return trainer
 
 
-@contextlib.contextmanager
-def training(levers: Levers, model, build) -> Iterator:
+def training(levers: Levers, model, build):
     """`with training(levers, model, build) as trainer:` — the trainer built as `build_trainer` does, and every
     lever's patch entered while the block trains and evaluates, restored afterwards (in reverse order)."""
-    trainer = build_trainer(levers, model, build)
-    with applied(levers, model):
-        yield trainer
+    return applied(levers, model, build)
 
 
 @contextlib.contextmanager
-def applied(levers: Levers, model) -> Iterator[None]:
-    """Every lever's patch while the block runs, restored afterwards (in reverse order)."""
+def applied(levers: Levers, model, build=None) -> Iterator:
+    """Every lever's patch while the block runs, restored afterwards (in reverse order); with `build`, the trainer
+    built first as `build_trainer` does, and yielded."""
+    trainer = build_trainer(levers, model, build) if build is not None else None
     with contextlib.ExitStack() as stack:
         stack.enter_context(loss_head.patch(levers.loss_head, levers.fallbacks))
         stack.enter_context(dtypes.patch(model, levers.base_dtype, levers.precision))
         stack.enter_context(attention.patch(model, levers.attention))
         stack.enter_context(lora_kernel.patch(model, levers.lora_kernel, levers.fallbacks))
         stack.enter_context(mlp_tiling.patch(model, levers.mlp_tiling))  # over the fused MLP: entered after it
-        yield
+        yield trainer

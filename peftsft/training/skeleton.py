@@ -24,7 +24,7 @@ from peftsft.training.distributed import console_for, on_main, process_state
 from peftsft.training.report import plot_loss
 from peftsft.training.runs import open_run_dir, run_summary, train_guarded
 from peftsft.training.sharding import engine_summary, gathered_state, is_sharded, saving_from
-from peftsft.training.task_metrics import EvaluateTask, best_summary, check_measurable, task_metrics_summary
+from peftsft.training.task_metrics import EvaluateTask, after_training, check_measurable
 from peftsft.training.trackers import tracking
 
 
@@ -122,7 +122,7 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
             callback.bind(trainer)
         result = train_guarded(trainer, interrupt, checkpoint, rundir)
         train_seconds = rate.elapsed
-        best = best_summary(recipe, trainer)
+        measured, best = after_training(recipe, next(iter(evaluate), None), trainer, train_seconds)
         eval_metrics = trainer.evaluate() if prepared.eval_ds is not None else {}
     release_training_memory(trainer, prepared.model)
     sharded = is_sharded(prepared.model)
@@ -148,7 +148,7 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
             levers=levers.as_dict(),
             best=best,
             eval={k.removeprefix("eval_"): v for k, v in eval_metrics.items() if isinstance(v, (int, float))},
-            task_metrics=task_metrics_summary(next(iter(evaluate), None), trainer, train_seconds),
+            task_metrics=measured,
             **extra,
         )
         rundir.write_summary(summary)

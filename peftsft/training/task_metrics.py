@@ -132,6 +132,11 @@ class EvaluateTask(TrainerCallback):
             self.log(dict(scores))
 
 
+def after_training(recipe: Recipe, callback: EvaluateTask | None, trainer, train_seconds: float):
+    """(summary.json's "task_metrics", its "best"), read right after training, before a final evaluation."""
+    return task_metrics_summary(callback, trainer, train_seconds), best_summary(recipe, trainer)
+
+
 def task_metrics_summary(callback: EvaluateTask | None, trainer, train_seconds: float) -> dict | None:
     """summary.json's "task_metrics": how often they were measured, their cost, and those of the adapter's weights."""
     if callback is None or not callback.measured:
