@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftsft.core.metric_names import METRICS
 from peftsft.core.rundir import Metrics, RunDir
 
 # a run whose metrics.jsonl has not moved for this long, without a status saying so, is shown as stopped
@@ -21,9 +22,14 @@ STALE_SECONDS = 120
 SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "steps": (int,), "first_loss": (int, float), "last_loss": (int, float), "eval_loss": (int, float),
     "train_tokens_per_s": (int, float), "peak_memory_bytes": (int, float), "trainable_params": (int,),
-    "strategy": (str,), "model": (str,), "base_id": (str,),
+    "strategy": (str,), "model": (str,), "base_id": (str,), "train_seconds": (int, float),
+    "best": (dict,), "eval": (dict,), "task_metrics": (dict,),
 }
-TYPE_NAMES = {(int,): "an integer", (int, float): "a number", (str,): "a string"}
+# the metrics.jsonl keys the run page charts
+CHARTED = ("loss", "learning_rate", "tokens_per_s", *(f"eval_{name}" for name in METRICS))
+TYPE_NAMES = {(int,): "an integer", (int, float): "a number", (str,): "a string", (dict,): "an object"}
+# summary.json's "best" (the checkpoint the adapter holds, training/task_metrics.py): the keys shown, typed
+BEST_TYPES: dict[str, tuple[type, ...]] = {"step": (int,), "metric": (str,), "value": (int, float), "why": (str,)}
 
 
 @dataclass
@@ -72,9 +78,13 @@ class RunInfo:
         return self.summary.get("train_tokens_per_s", self.last("tokens_per_s"))
 
     @property
-    def peak_memory_gib(self) -> float | None:
-        peak = self.summary.get("peak_memory_bytes")
-        return round(peak / 2**30, 2) if peak else None
+    def peak_memory_bytes(self) -> float | None:
+        return self.summary.get("peak_memory_bytes") or None
+
+    @property
+    def best(self) -> dict | None:
+        """The best checkpoint the adapter holds (step, metric, value, why), or None: the last weights."""
+        return self.summary.get("best")
 
     @property
     def eta_seconds(self) -> float | None:
@@ -93,7 +103,8 @@ class RunInfo:
         return {
             "name": self.name, "status": self.status, "strategy": self.strategy, "model": self.model,
             "steps": self.step, "train_loss": self.train_loss, "eval_loss": self.eval_loss,
-            "tokens_per_s": self.tokens_per_s, "peak_memory_gib": self.peak_memory_gib,
+            "tokens_per_s": self.tokens_per_s, "peak_memory_bytes": self.peak_memory_bytes,
+            "best_step": (self.best or {}).get("step"),
         }
 
 
@@ -105,7 +116,21 @@ def read_run(path: Path) -> RunInfo:
     status = run.read_status(errors)
     metrics = run.read_metrics()
     state, reason = _state(run, bool(summary), status)
-    return RunInfo(path.name, path, state, reason, recipe, summary, metrics, errors + metrics.errors)
+    return RunInfo(path.name, path, state, reason, recipe, summary, metrics,
+                   errors + metrics.errors + row_problems(metrics))
+
+
+def row_problems(metrics: Metrics) -> list[str]:
+    """A metrics.jsonl record whose step or charted value is not a number: one error line each (the chart skips it)."""
+    problems = []
+    for index, record in enumerate(metrics.records):
+        bad = [key for key in CHARTED if key in record and record[key] is not None and not _is_number(record[key])]
+        if not _is_number(record.get("step")):
+            bad.insert(0, "step")
+        if bad:
+            shown = json.dumps({k: record.get(k) for k in bad}, default=str)[:80]
+            problems.append(f"metrics.jsonl record {index + 1}: not a number, left out of the charts: {shown}")
+    return problems
 
 
 def unreadable_run(path: Path, exc: Exception) -> RunInfo:
@@ -115,16 +140,28 @@ def unreadable_run(path: Path, exc: Exception) -> RunInfo:
 
 
 def typed_summary(summary: dict[str, Any], errors: list[str]) -> dict[str, Any]:
-    """summary.json's shown keys whose values have the expected type; each other one becomes an error line."""
+    """summary.json's shown keys whose values have the expected type; each other one becomes an error line (a "best"
+    missing one of its keys is dropped whole: a best step without its metric would mislead)."""
+    kept = _typed(summary, SUMMARY_TYPES, errors, "summary.json: ")
+    if "best" in kept:
+        best = _typed(kept.pop("best"), BEST_TYPES, errors, "summary.json: best.")
+        if len(best) == len(BEST_TYPES):
+            kept["best"] = best
+        else:
+            errors.append("summary.json: 'best' lacks " + ", ".join(sorted(set(BEST_TYPES) - set(best))))
+    return kept
+
+
+def _typed(values: dict[str, Any], types: dict[str, tuple[type, ...]], errors: list[str], where: str) -> dict:
     kept = {}
-    for key, types in SUMMARY_TYPES.items():
-        value = summary.get(key)
+    for key, expected in types.items():
+        value = values.get(key)
         if value is None:
             continue
-        if isinstance(value, types) and not isinstance(value, bool):
+        if isinstance(value, expected) and not isinstance(value, bool):
             kept[key] = value
         else:
-            errors.append(f"summary.json: {key!r} should be {TYPE_NAMES[types]}, not {json.dumps(value, default=str)[:40]}")
+            errors.append(f"{where}{key!r} should be {TYPE_NAMES[expected]}, not {json.dumps(value, default=str)[:40]}")
     return kept
 
 

@@ -1,0 +1,48 @@
+"""How every dashboard page writes a value: one place, chosen by what the value is (its key says bytes, a rate...).
+
+Registered as the templates' `human` filter and used by the charts' ticks, so a number reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from peftsft.core.units import scientific, significant, size
+
+RATE_KEYS = ("learning_rate", "lr", "weight_decay")  # small by nature: always scientific (2e-4, not 0.0002)
+MISSING = "–"
+
+
+def human(value: Any, key: str = "") -> str:
+    """`value` as a person reads it: `4.013 GiB` for a `*_bytes` key, `2e-4` for a learning rate, `1.079` for a
+    float, `12,000` for an integer, `yes`/`no`, `–` for nothing; anything else as short JSON."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        name = key.rsplit(".", 1)[-1]
+        if name.endswith("bytes"):
+            return size(value)
+        if name in RATE_KEYS and isinstance(value, float):
+            return scientific(value)
+        if name.endswith("seconds") or (name.endswith("_s") and not name.endswith("per_s")):
+            return f"{significant(value)} s"
+        return significant(value)
+    if isinstance(value, str):
+        return value
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def tick_labels(ticks: list[float], step: float, key: str = "") -> list[str]:
+    """Axis labels with as many digits as the ticks' spacing needs to tell them apart (at least 4 significant)."""
+    if key.rsplit(".", 1)[-1] in RATE_KEYS:
+        fmt = scientific
+    else:
+        fmt = significant
+    biggest = max((abs(t) for t in ticks), default=0) or 1
+    digits = max(4, math.floor(math.log10(biggest)) - math.floor(math.log10(step)) + 1) if step > 0 else 4
+    return [fmt(0.0 if abs(t) < step * 1e-9 else t, digits) for t in ticks]
