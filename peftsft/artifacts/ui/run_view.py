@@ -8,7 +8,7 @@ from peftsft.artifacts.ui.charts import SMALL, WIDE, line_chart
 from peftsft.artifacts.ui.fmt import human
 from peftsft.artifacts.ui.run_info import RunInfo
 from peftsft.core.metric_names import METRICS, direction
-from peftsft.core.rundir import RunDir
+from peftsft.core.rundir import Metrics, RunDir
 from peftsft.core.units import size
 
 # the summary rows a run page shows, in this order (run_info.SUMMARY_TYPES checked their types)
@@ -21,13 +21,14 @@ def live(run: RunInfo) -> dict:
     m, best = run.metrics, run.best
     marks = ((best["step"], f"best: step {best['step']}"),) if best else ()
     charts = {
-        "loss": line_chart({"train loss": m.series("loss"), "eval loss": m.series("eval_loss")}, "loss", WIDE,
+        "loss": line_chart({"train loss": curve(run, "loss"), "eval loss": curve(run, "eval_loss")}, "loss", WIDE,
                            "loss", marks),
-        "lr": line_chart({"learning rate": m.series("learning_rate")}, "learning rate", SMALL, "learning_rate"),
-        "speed": line_chart({"tokens/s": m.series("tokens_per_s")}, "train tokens/s", SMALL, "tokens_per_s"),
+        "lr": line_chart({"learning rate": curve(run, "learning_rate")}, "learning rate", SMALL, "learning_rate"),
+        "speed": line_chart({"tokens/s": curve(run, "tokens_per_s", training=True)}, "train tokens/s", SMALL,
+                            "tokens_per_s"),
     }
     for name in task_metrics(run):
-        charts[f"metric-{name}"] = line_chart({name: m.series(f"eval_{name}")}, f"{name} ({direction(name)})",
+        charts[f"metric-{name}"] = line_chart({name: curve(run, f"eval_{name}")}, f"{name} ({direction(name)})",
                                               SMALL, name, marks)
     return {
         "status": run.status, "reason": run.reason, "step": run.step, "max_steps": run.max_steps,
@@ -36,17 +37,25 @@ def live(run: RunInfo) -> dict:
     }
 
 
+def curve(run: RunInfo, key: str, training: bool = False) -> list[tuple[float, float]]:
+    """`key`'s points by step, one per step: the final evaluation of the best weights is logged again at the best
+    step, and a resumed run logs a step again — the last record of a step is its value. `training`: only the
+    training log's records (evaluation records carry a tokens/s that is no training speed)."""
+    rows = [r for r in run.metrics.records if "loss" in r] if training else run.metrics.records
+    return sorted(dict(Metrics(rows).series(key)).items())
+
+
 def task_metrics(run: RunInfo) -> list[str]:
     """The task metrics (core/metric_names.py) this run has logged at its evaluations, the loss aside."""
     return [name for name in METRICS if name != "loss" and run.metrics.series(f"eval_{name}")]
 
 
 def best_line(run: RunInfo) -> str | None:
-    """'step 40: tool_accuracy 0.9123 (higher is better) — why', or None when the adapter holds the last weights."""
+    """'step 40 — tool_accuracy 0.9123 at step 40 was the highest of 5 evaluation(s) …', or None when the adapter holds the last weights."""
     best = run.best
     if not best:
         return None
-    return f"step {best['step']}: {best['metric']} {human(best['value'], best['metric'])} — {best['why']}"
+    return f"step {best['step']} — {best['why']}"
 
 
 def summary_rows(run: RunInfo) -> list[tuple[str, str]]:
