@@ -49,6 +49,9 @@ def test_ticks_cover_the_values_and_their_labels_tell_them_apart():
     assert ticks[0] <= 0.0009981 and ticks[-1] >= 0.0010203 and 3 <= len(ticks) <= 7
     labels = tick_labels(ticks, step)
     assert len(set(labels)) == len(labels) and all(len(label) <= 9 for label in labels), labels
+    assert all("e-" in label for label in labels)  # one notation on an axis: not 9.9e-4 beside 0.001
+    assert tick_labels([10.8, 10.825, 10.85], 0.025) == ["10.8", "10.825", "10.85"]  # not 10.83 for 10.825
+    assert all(float(t).is_integer() for t in nice_ticks(1, 12, 6, whole=True)[0])  # steps: no 2.5
     ticks, step = nice_ticks(1.0785, 1.0786)
     assert len(set(tick_labels(ticks, step))) == len(ticks)
     ticks, step = nice_ticks(0, 1.903e-5)

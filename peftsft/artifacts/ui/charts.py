@@ -18,13 +18,15 @@ CHAR_PX = 7.0  # the widest digit of the 11px tick font, with room to spare: mar
 WIDE, SMALL = (1100, 300), (540, 240)  # viewBox sizes: the full-width chart and the grid's; the page scales them
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> tuple[list[float], float]:
-    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering [low, high], and their spacing."""
+def nice_ticks(low: float, high: float, count: int = 5, whole: bool = False) -> tuple[list[float], float]:
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten; `whole`: whole numbers only, for steps and trials)
+    covering [low, high], and their spacing."""
     if high <= low:
         high = low + (abs(low) or 1.0)
     raw = (high - low) / max(count - 1, 1)
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    steps = [m * power for m in (1, 2, 2.5, 5, 10) if not whole or (m * power >= 1 and float(m * power).is_integer())]
+    step = next((s for s in steps if s >= raw), steps[-1] if steps else 1.0)
     first = math.floor(low / step + 1e-9) * step
     ticks = [first]
     while ticks[-1] < high - step * 1e-9 or len(ticks) < 2:  # the last tick at or above the highest value
@@ -48,7 +50,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, size: t
         return "".join(parts) + "</svg>"
     legend, legend_rows = _legend(series, width)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x_ticks, x_step = nice_ticks(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1, 6)
+    x_ticks, x_step = nice_ticks(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1, 6, whole=True)
     y_ticks, y_step = nice_ticks(min(ys), max(ys), 5)
     x_text, y_text = tick_labels(x_ticks, x_step), tick_labels(y_ticks, y_step, y_key)
     left = 10 + CHAR_PX * max(len(t) for t in y_text)
@@ -96,11 +98,12 @@ def _legend(series: dict, width: int) -> tuple[list[str], int]:
         return [""] * len(series), 0
     entries, x, row = [], 8.0, 0
     for index, name in enumerate(series):
-        span = 16 + CHAR_PX * len(name) + 12
+        span = 16 + CHAR_PX * (len(name) + (0 if series[name] else 15)) + 12
         if x + span > width - 8 and x > 8:
             x, row = 8.0, row + 1
         color, y = COLORS[index % len(COLORS)], 22 + 14 * (row + 1) - 10
+        shown = name if series[name] else f"{name} (no data yet)"
         entries.append(f'<rect x="{x:.0f}" y="{y}" width="10" height="10" fill="{color}"/><text x="{x + 14:.0f}" '
-                       f'y="{y + 9}" class="legend">{escape(name)}</text>')
+                       f'y="{y + 9}" class="legend">{escape(shown)}</text>')
         x += span
     return entries, row + 1

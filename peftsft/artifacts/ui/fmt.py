@@ -38,11 +38,14 @@ def human(value: Any, key: str = "") -> str:
 
 
 def tick_labels(ticks: list[float], step: float, key: str = "") -> list[str]:
-    """Axis labels with as many digits as the ticks' spacing needs to tell them apart (at least 4 significant)."""
-    if key.rsplit(".", 1)[-1] in RATE_KEYS:
-        fmt = scientific
-    else:
-        fmt = significant
-    biggest = max((abs(t) for t in ticks), default=0) or 1
-    digits = max(4, math.floor(math.log10(biggest)) - math.floor(math.log10(step)) + 1) if step > 0 else 4
-    return [fmt(0.0 if abs(t) < step * 1e-9 else t, digits) for t in ticks]
+    """Axis labels with as many significant digits as it takes (4 at least) for each to read back as its tick:
+    10.825 is `10.825`, not `10.83`, and close ticks never print alike."""
+    ticks = [0.0 if abs(t) < step * 1e-9 else t for t in ticks]  # 1e-17 from float steps is 0
+    tiny = any(0 < abs(t) < 1e-3 for t in ticks)  # one axis, one notation: not 9.9e-4 beside 0.001
+    fmt = scientific if tiny or key.rsplit(".", 1)[-1] in RATE_KEYS else significant
+    for digits in range(4, 16):
+        labels = [fmt(t, digits) for t in ticks]
+        if all(math.isclose(float(label.replace(",", "")), t, rel_tol=0, abs_tol=step * 1e-6)
+               for label, t in zip(labels, ticks)):  # fmt: skip
+            return labels
+    return labels
