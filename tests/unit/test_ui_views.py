@@ -62,6 +62,9 @@ def test_ticks_cover_the_values_and_their_labels_tell_them_apart():
 def test_a_chart_skips_non_finite_points_and_marks_a_step():
     svg = line_chart({"loss": [(1, 2.0), (2, float("nan")), (3, 1.0)]}, "loss", marks=((3, "best: step 3"),))
     assert 'data-points="2"' in svg and 'class="mark" data-x="3"' in svg and "best: step 3" in svg
+    svg = line_chart({"loss": [(step, 1 / step) for step in range(1, 13)]}, "loss")
+    x_labels = re.findall(r'text-anchor="middle" class="tick">([^<]*)<', svg)[:-1]  # the last: the axis's name
+    assert len(x_labels) >= 3 and all(label.replace(",", "").isdigit() for label in x_labels), x_labels
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -126,7 +129,10 @@ def runs_root(tmp_path_factory, tiny_model_dir) -> Path:
     (root / "garbage-sweep").mkdir()
     (root / "garbage-sweep" / "study.db").write_bytes(b"not a database " * 64)
     (root / "broken-results-sweep").mkdir()
-    (root / "broken-results-sweep" / "results.json").write_text('{"metric": "loss", "trials": [{"trial": 0}, 7]')
+    (root / "broken-results-sweep" / "results.json").write_text(json.dumps({"metric": "loss", "trials": [
+        {"trial": 0, "state": "complete", "value": 1.25, "params": {"r": 8}}, 7, {"trial": 2}]}))
+    (root / "truncated-results-sweep").mkdir()
+    (root / "truncated-results-sweep" / "results.json").write_text('{"metric": "loss", "trials": [{"trial": 0}')
     return root
 
 
@@ -142,13 +148,15 @@ def test_damaged_sweeps_and_rows_never_take_a_page_down(server, runs_root):
     url, _ = server
     status, html = get(url + "/")
     assert status == 200
-    for name in ("metrics-sweep", "garbage-sweep", "broken-results-sweep"):
+    for name in ("metrics-sweep", "garbage-sweep", "broken-results-sweep", "truncated-results-sweep"):
         assert f'data-sweep="{name}"' in html
     assert "study.db: cannot be read as an Optuna study" in html and "results.json: unreadable" in html
     status, html = get(url + "/sweeps/garbage-sweep")
     assert status == 200 and "study.db: cannot be read" in html and str(runs_root) not in html.split("<main>")[1]
     assert get(url + "/sweeps/no-such-sweep")[0] == 404 and get(url + "/sweeps/metrics")[0] == 404
     assert get(url + "/sweeps/garbage-sweep/best.toml")[0] == 404
+    status, html = get(url + "/sweeps/broken-results-sweep")  # results.json read, its odd rows shown as such
+    assert status == 200 and html.count('data-state="unreadable"') == 2 and html.count('data-state="complete"') == 1
     status, html = get(url + "/runs/bad-rows")
     assert status == 200 and html.count("not a number, left out of the charts") == 2
     assert "summary.json: best.&#39;step&#39; should be an integer" in html and 'id="best" hidden' in html
@@ -192,7 +200,9 @@ def test_browser_run_page_human_units_ticks_task_metrics_and_best(server, tab, r
         steps = {r["step"] for r in records if f"eval_{name}" in r}  # the final evaluation: again at the best step
         assert len(steps) == summary["task_metrics"]["evaluations"] == 3, name
         assert tab.locator(f'#chart-metric-{name} circle.pt').count() == len(steps), name
-    assert tab.locator("#chart-speed circle.pt").count() == len([r for r in records if "loss" in r])  # training rows
+    speeds = {r["step"]: r["tokens_per_s"] for r in records if "loss" in r}  # the training log's, not evaluations'
+    assert tab.locator("#chart-speed circle.pt title").all_text_contents() == [
+        f"tokens/s step {step}: {human(value, 'tokens_per_s')}" for step, value in sorted(speeds.items())]
     for series in tab.locator("#charts g.series").all():  # left to right: a curve never runs back
         xs = [float(x) for x in series.locator("circle.pt").evaluate_all("els => els.map(e => e.getAttribute('cx'))")]
         assert xs == sorted(set(xs)), series.get_attribute("data-name")
