@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,18 +191,25 @@ def _alive(pid: Any) -> bool:
 
 def scan_runs(root: Path) -> list[RunInfo]:
     """Every run dir under `root`, each read on its own: one that fails is a broken row, not a failed table."""
+    return scan_folders(root, RunDir.looks_like_run, read_run, unreadable_run)
+
+
+def scan_folders(root: Path, wanted: Callable[[Path], bool], read: Callable[[Path], Any],
+                 unreadable: Callable[[Path, Exception], Any]) -> list:
+    """`read(folder)` for each folder under `root` that is `wanted`; one that fails is `unreadable(folder, error)`,
+    a broken row among the others (the runs and the sweeps tables)."""
     try:
         folders = sorted(root.iterdir()) if root.is_dir() else []
     except OSError:
         return []
-    runs = []
+    found = []
     for path in folders:
         try:
-            if RunDir.looks_like_run(path):
-                runs.append(read_run(path))
-        except Exception as exc:  # a run dir nobody foresaw broken this way: shown as such, the others still are
-            runs.append(unreadable_run(path, exc))
-    return runs
+            if wanted(path):
+                found.append(read(path))
+        except Exception as exc:  # a folder nobody foresaw broken this way: shown as such, the others still are
+            found.append(unreadable(path, exc))
+    return found
 
 
 def recipe_differences(recipes: list[dict]) -> dict[str, list[Any]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from peftsft.artifacts.ui.charts import WIDE, line_chart
+from peftsft.artifacts.ui.run_info import scan_folders
 from peftsft.core.metric_names import METRICS, direction
 from peftsft.workflows.sweep_results import SweepDir, trial_row
 
@@ -84,18 +85,7 @@ def unreadable_sweep(path: Path, exc: Exception) -> SweepInfo:
 
 def scan_sweeps(root: Path) -> list[SweepInfo]:
     """Every sweep dir under `root`, each read on its own: one that fails is a broken row, not a failed table."""
-    try:
-        folders = sorted(root.iterdir()) if root.is_dir() else []
-    except OSError:
-        return []
-    sweeps = []
-    for path in folders:
-        try:
-            if looks_like_sweep(path):
-                sweeps.append(read_sweep(path))
-        except Exception as exc:  # nobody foresaw this one: its row says so, the others are still listed
-            sweeps.append(unreadable_sweep(path, exc))
-    return sweeps
+    return scan_folders(root, looks_like_sweep, read_sweep, unreadable_sweep)
 
 
 def _load_study(folder: SweepDir):
