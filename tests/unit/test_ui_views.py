@@ -15,11 +15,13 @@ import pytest
 from peftsft.artifacts.ui.charts import line_chart, nice_ticks
 from peftsft.artifacts.ui.fmt import human, tick_labels
 from peftsft.core.units import scientific, significant, size
-from tests.unit.test_ui import browser, get, server, shot, tab  # noqa: F401  (fixtures shared with test_ui; runs_root here)
+from tests.unit.test_ui import browser, get, server, shot, tab  # noqa: F401  (test_ui's fixtures; runs_root: here)
 
 LONG_FLOAT = re.compile(r"\d\.\d{6,}|\d{7,}")  # 1.078574299812317, 4309372928: a number nobody formatted
-PARAMS = [({"learning_rate": 2.1234e-4, "r": 8}, "complete", 0.8123456), ({"learning_rate": 1.5e-3, "r": 4}, "pruned", 0.3),
-          ({"learning_rate": 9.9e-5, "r": 16}, "complete", 0.912345678), ({"learning_rate": 3e-3, "r": 8}, "complete", 0.55),
+PARAMS = [({"learning_rate": 2.1234e-4, "r": 8}, "complete", 0.8123456),
+          ({"learning_rate": 1.5e-3, "r": 4}, "pruned", 0.3),
+          ({"learning_rate": 9.9e-5, "r": 16}, "complete", 0.912345678),
+          ({"learning_rate": 3e-3, "r": 8}, "complete", 0.55),
           ({"learning_rate": 5e-5, "r": 4}, "fail", None)]  # fmt: skip
 
 
@@ -122,7 +124,8 @@ def runs_root(tmp_path_factory, tiny_model_dir) -> Path:
     broken = root / "bad-rows"
     shutil.copytree(root / "metrics", broken)
     with (broken / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps({"step": 7, "eval_exact_match": "high"}) + "\n" + json.dumps({"step": "x", "loss": 1}) + "\n")
+        for record in ({"step": 7, "eval_exact_match": "high"}, {"step": "x", "loss": 1}):
+            fh.write(json.dumps(record) + "\n")
     summary = json.loads((broken / "summary.json").read_text())
     (broken / "summary.json").write_text(json.dumps({**summary, "best": {"step": "two", "metric": 3}}))
     make_sweep(root / "metrics-sweep")
@@ -179,8 +182,9 @@ def assert_labels_inside_charts(tab) -> int:
             inner = text.bounding_box()
             assert inner is not None and box is not None
             label = f"{chart.get_attribute('aria-label')}: {text.text_content()!r} at {inner} outside {box}"
-            assert inner["x"] >= box["x"] - 0.5 and inner["x"] + inner["width"] <= box["x"] + box["width"] + 0.5, label
-            assert inner["y"] >= box["y"] - 0.5 and inner["y"] + inner["height"] <= box["y"] + box["height"] + 0.5, label
+            for start, extent in (("x", "width"), ("y", "height")):
+                assert inner[start] >= box[start] - 0.5, label
+                assert inner[start] + inner[extent] <= box[start] + box[extent] + 0.5, label
             measured += 1
     return measured
 
@@ -209,7 +213,8 @@ def test_browser_run_page_human_units_ticks_task_metrics_and_best(server, tab, r
     best = summary["best"]
     assert f"best checkpoint (the adapter holds its weights): step {best['step']} — exact_match" in text
     for chart in ("loss", "metric-exact_match"):
-        assert tab.locator(f'#chart-{chart} g.mark[data-x="{best["step"]}"]').text_content() == f"best: step {best['step']}"
+        mark = tab.locator(f'#chart-{chart} g.mark[data-x="{best["step"]}"]')
+        assert mark.text_content() == f"best: step {best['step']}"
     assert assert_labels_inside_charts(tab) > 40
     # the charts use the page's width: the loss chart spans the content, the grid holds two charts per row
     content = tab.locator("#charts").bounding_box()["width"]

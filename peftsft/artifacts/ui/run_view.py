@@ -51,7 +51,8 @@ def task_metrics(run: RunInfo) -> list[str]:
 
 
 def best_line(run: RunInfo) -> str | None:
-    """'step 40 — tool_accuracy 0.9123 at step 40 was the highest of 5 evaluation(s) …', or None when the adapter holds the last weights."""
+    """'step 40 — tool_accuracy 0.9123 at step 40 was the highest of 5 evaluation(s) …'; None when the adapter
+    holds the last weights."""
     best = run.best
     if not best:
         return None
@@ -60,7 +61,8 @@ def best_line(run: RunInfo) -> str | None:
 
 def summary_rows(run: RunInfo) -> list[tuple[str, str]]:
     """(label, human value) for the summary table: the run's figures, then its final evaluation's metrics."""
-    rows = [(key.removesuffix("_bytes").replace("_", " "), human(run.summary[key], key)) for key in SUMMARY_ROWS if key in run.summary]
+    rows = [(key.removesuffix("_bytes").replace("_", " "), human(run.summary[key], key))
+            for key in SUMMARY_ROWS if key in run.summary]
     final = run.summary.get("eval", {})
     rows += [(f"final eval {key}", human(value, key)) for key, value in final.items()
              if key in METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)]  # fmt: skip
@@ -68,7 +70,8 @@ def summary_rows(run: RunInfo) -> list[tuple[str, str]]:
     if isinstance(cost.get("seconds"), (int, float)) and isinstance(cost.get("evaluations"), int):
         share = cost.get("share_of_train_time")
         of = f" ({human(100 * share)}% of training)" if isinstance(share, (int, float)) else ""
-        rows.append(("task metrics cost", f"{cost['evaluations']} evaluations, {human(cost['seconds'], 'seconds')}{of}"))
+        spent = human(cost["seconds"], "seconds")
+        rows.append(("task metrics cost", f"{cost['evaluations']} evaluations, {spent}{of}"))
     return rows
 
 
@@ -79,7 +82,8 @@ def artifacts(run: RunInfo) -> list[dict]:
         found.append({"name": "adapter/README.md (model card)", "text": card})
     for item in rundir.exports():
         try:
-            nbytes = sum(f.stat().st_size for f in item.rglob("*") if f.is_file()) if item.is_dir() else item.stat().st_size
+            files = [f for f in item.rglob("*") if f.is_file()] if item.is_dir() else [item]
+            nbytes = sum(f.stat().st_size for f in files)
             record = record_path(item).read_text(encoding="utf-8", errors="replace") \
                 if record_path(item).is_file() else "no verification record"
         except OSError as exc:
