@@ -91,6 +91,7 @@ def make_sweep(folder: Path) -> None:
         study.enqueue_trial(params)
         trial = study.ask(space)
         trial.set_user_attr("seconds", 12.345)
+        trial.set_user_attr("run_dir", str(sweep_dir.trials_dir / f"trial-{trial.number:03d}"))  # as sweep.py sets it
         if state == "pruned":
             trial.report(0.5, 10)
             trial.report(value, 20)
@@ -129,6 +130,7 @@ def runs_root(tmp_path_factory, tiny_model_dir) -> Path:
     summary = json.loads((broken / "summary.json").read_text())
     (broken / "summary.json").write_text(json.dumps({**summary, "best": {"step": "two", "metric": 3}}))
     make_sweep(root / "metrics-sweep")
+    shutil.copytree(root / "metrics", root / "metrics-sweep" / "trials" / "trial-002")  # the best trial's run dir
     (root / "garbage-sweep").mkdir()
     (root / "garbage-sweep" / "study.db").write_bytes(b"not a database " * 64)
     (root / "broken-results-sweep").mkdir()
@@ -158,6 +160,10 @@ def test_damaged_sweeps_and_rows_never_take_a_page_down(server, runs_root):
     assert status == 200 and "study.db: cannot be read" in html and str(runs_root) not in html.split("<main>")[1]
     assert get(url + "/sweeps/no-such-sweep")[0] == 404 and get(url + "/sweeps/metrics")[0] == 404
     assert get(url + "/sweeps/garbage-sweep/best.toml")[0] == 404
+    assert get(url + "/sweeps/metrics-sweep/trials/trial-002/live")[0] == 200
+    for trial in ("trial-000", "%2E%2E"):  # no run dir, and no way out of the trials folder
+        assert get(url + f"/sweeps/metrics-sweep/trials/{trial}")[0] == 404, trial
+    assert get(url + "/sweeps/garbage-sweep/trials/trial-002")[0] == 404
     status, html = get(url + "/sweeps/broken-results-sweep")  # results.json read, its odd rows shown as such
     assert status == 200 and html.count('data-state="unreadable"') == 2 and html.count('data-state="complete"') == 1
     status, html = get(url + "/runs/bad-rows")
@@ -259,6 +265,12 @@ def test_browser_sweep_view_trials_history_importance_and_best_recipe(server, ta
     assert_labels_inside_charts(tab)
     assert not LONG_FLOAT.findall(visible(tab))
     shot(tab, "sweep")
+    assert rows.nth(0).locator("a").count() == 0  # trial 0 left no run dir: no link
+    rows.nth(2).locator("td").first.locator("a").click()  # a trial's run dir: its run page, under its sweep
+    tab.wait_for_selector("#chart-loss")
+    assert tab.locator("h1").inner_text() == "metrics-sweep / trial-002"
+    assert tab.locator("#status").inner_text() == "done" and tab.locator('a[href$="/chat"]').count() == 0
+    tab.go_back()
     tab.click("#best-recipe")
     assert "learning_rate = 9.9e-05" in tab.locator("body").inner_text()
 

@@ -79,14 +79,21 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
         shown = name if len(name) <= 60 else name[:57] + "..."
         return error(request, f"no run named {shown!r} (the runs table lists the runs there are)")
 
-    def folder(name: str) -> Path | None:
+    def folder(name: str, under: Path = runs_root) -> Path | None:
         """The folder `name` under the runs root; None for a name that cannot be one (a path, too long)."""
         if "/" in name or "\0" in name or name in ("", ".", "..") or len(name.encode()) > MAX_NAME_BYTES:
             return None
-        return runs_root / name
+        return under / name
 
-    def find(name: str) -> RunInfo | None:
-        path = folder(name)
+    def find(name: str, sweep: str | None = None) -> RunInfo | None:
+        """The run `name` under the runs root, or, given `sweep`, the trial `name` of that sweep."""
+        under = runs_root
+        if sweep is not None:
+            sweep_dir = folder(sweep)
+            if sweep_dir is None or not looks_like_sweep(sweep_dir):
+                return None
+            under = sweep_dir / "trials"
+        path = folder(name, under)
         if path is None:
             return None
         try:
@@ -118,7 +125,23 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
         run = find(name)
         if run is None:
             return missing(request, name)
-        return page(request, "run.html", run=run, live=live(run), artifacts=artifacts(run), summary=summary_rows(run))
+        return page(request, "run.html", run=run, live=live(run), artifacts=artifacts(run), summary=summary_rows(run),
+                    url=f"/runs/{name}", sweep=None)
+
+    @app.get("/sweeps/{sweep}/trials/{name}", response_class=HTMLResponse)
+    def trial_page(request: Request, sweep: str, name: str):
+        run = find(name, sweep)
+        if run is None:
+            return missing(request, f"{sweep}/trials/{name}")
+        return page(request, "run.html", run=run, live=live(run), artifacts=artifacts(run), summary=summary_rows(run),
+                    url=f"/sweeps/{sweep}/trials/{name}", sweep=sweep)
+
+    @app.get("/sweeps/{sweep}/trials/{name}/live")
+    def trial_live(sweep: str, name: str):
+        run = find(name, sweep)
+        if run is None:
+            return JSONResponse({"error": "no such trial"}, status_code=404)
+        return live(run)
 
     @app.get("/runs/{name}/live")
     def run_live(name: str):
@@ -148,7 +171,7 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
             sweep = unreadable_sweep(path, exc)
         sweep.errors = [private(e) for e in sweep.errors]
         return page(request, "sweep.html", sweep=sweep, history=sweep.history_chart(),
-                    best_recipe=sweep.dir.best_recipe.is_file())
+                    best_recipe=sweep.dir.best_recipe.is_file(), trial_runs=sweep.trial_runs())
 
     @app.get("/sweeps/{name}/best.toml", response_class=PlainTextResponse)
     def best_recipe(name: str):

@@ -38,6 +38,15 @@ class SweepInfo:
         states = [t["state"] for t in self.trials]
         return {state: states.count(state) for state in ("complete", "pruned", "fail", "running", "waiting")}
 
+    def trial_runs(self) -> dict[Any, str]:
+        """Trial number → the name of its run dir under the sweep's trials/ (those that have one)."""
+        found = {}
+        for t in self.trials:
+            name = Path(t["run_dir"]).name if isinstance(t.get("run_dir"), str) else None
+            if name and (self.dir.trials_dir / name).is_dir():
+                found[t["trial"]] = name
+        return found
+
     def params(self) -> list[str]:
         return sorted({name for t in self.trials for name in t["params"]})
 
