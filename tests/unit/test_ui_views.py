@@ -33,7 +33,7 @@ PARAMS = [({"learning_rate": 2.1234e-4, "r": 8}, "complete", 0.8123456),
     (4309372928, "peak_memory_bytes", "4.013 GiB"), (536870912, "size_bytes", "512 MiB"), (812, "bytes", "812 B"),
     (2e-4, "learning_rate", "2e-4"), (1.903e-06, "training.learning_rate", "1.903e-6"), (0.005, "lr", "5e-3"),
     (1.903e-06, "", "1.903e-6"), (0.0123456, "", "0.01235"), (40, "steps", "40"), (12000, "", "12,000"),
-    (12.345, "train_seconds", "12.35 s"), (None, "", "–"), (True, "", "yes"), (float("nan"), "", "nan"),
+    (12.345, "train_seconds", "12.35 s"), (125.4, "eta_seconds", "2 min 5 s"), (3725, "elapsed_s", "1 h 2 min"), (None, "", "–"), (True, "", "yes"), (float("nan"), "", "nan"),
     (0.0, "", "0"), ("lora", "strategy", "lora"), ([1, 2], "", "[1, 2]"),
 ])  # fmt: skip
 def test_human_writes_each_kind_of_value_as_people_read_it(value, key, shown):

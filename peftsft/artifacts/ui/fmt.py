@@ -29,12 +29,22 @@ def human(value: Any, key: str = "") -> str:
         if name in RATE_KEYS and isinstance(value, float):
             return scientific(value)
         if name.endswith("seconds") or (name.endswith("_s") and not name.endswith("per_s")):
-            return f"{significant(value)} s"
+            return duration(value)
         return significant(value)
     if isinstance(value, str):
         return value
     text = json.dumps(value, default=str)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def duration(seconds: float) -> str:
+    """`8.5 s`, `2 min 5 s`, `1 h 2 min`: a time as a clock reads, not 3725.4 seconds."""
+    if not math.isfinite(seconds) or seconds < 60:
+        return f"{significant(seconds)} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
 
 
 def tick_labels(ticks: list[float], step: float, key: str = "") -> list[str]:
