@@ -1,5 +1,7 @@
-"""`peftsft ui`: a local web dashboard over run dirs — runs, live curves, data with its masks, chat, artifacts.
+"""`peftsft ui`: a local web dashboard over run dirs — runs, live curves, task metrics, sweeps, data with its masks,
+chat, artifacts.
 
-runs.py (what a run dir says: status, metrics, summary, exports), charts.py (server-rendered SVG line charts),
-data_view.py (the `data preview` view as HTML), app.py (the FastAPI app and its pages), templates/ (Jinja2).
+run_info.py (what a run dir says: status, metrics, summary), run_view.py (a run page's charts, summary, exports),
+sweep_view.py (what a sweep dir says), charts.py (server-rendered SVG line charts), fmt.py (how every value is
+written), data_view.py (the `data preview` view as HTML), app.py (the FastAPI app and its pages), templates/ (Jinja2).
 """

@@ -12,22 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.templating import Jinja2Templates
 
-from peftsft.artifacts.export.record import record_path
-from peftsft.artifacts.ui.charts import line_chart
+from peftsft.artifacts.ui.charts import WIDE, line_chart
+from peftsft.artifacts.ui.fmt import human
 from peftsft.artifacts.ui.run_info import (
     RunInfo, flatten_recipe, read_run, recipe_differences, scan_runs, unreadable_run,
 )
+from peftsft.artifacts.ui.run_view import artifacts, live, summary_rows
+from peftsft.artifacts.ui.sweep_view import looks_like_sweep, read_sweep, scan_sweeps, unreadable_sweep
 from peftsft.core.errors import UserError
 from peftsft.core.rundir import RunDir
 
 log = logging.getLogger("peftsft.ui")
 MAX_NAME_BYTES = 255  # a longer folder name cannot exist (most file systems), so it is no run
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.filters["human"] = human  # every page writes numbers through fmt.human
 SORTABLE = ("name", "status", "strategy", "model", "steps", "train_loss", "eval_loss", "tokens_per_s",
-            "peak_memory_gib")
+            "peak_memory_bytes", "best_step")
 
 
 class ChatBackend:
@@ -76,10 +79,23 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
         shown = name if len(name) <= 60 else name[:57] + "..."
         return error(request, f"no run named {shown!r} (the runs table lists the runs there are)")
 
-    def find(name: str) -> RunInfo | None:
+    def folder(name: str, under: Path = runs_root) -> Path | None:
+        """The folder `name` under the runs root; None for a name that cannot be one (a path, too long)."""
         if "/" in name or "\0" in name or name in ("", ".", "..") or len(name.encode()) > MAX_NAME_BYTES:
             return None
-        path = runs_root / name
+        return under / name
+
+    def find(name: str, sweep: str | None = None) -> RunInfo | None:
+        """The run `name` under the runs root, or, given `sweep`, the trial `name` of that sweep."""
+        under = runs_root
+        if sweep is not None:
+            sweep_dir = folder(sweep)
+            if sweep_dir is None or not looks_like_sweep(sweep_dir):
+                return None
+            under = sweep_dir / "trials"
+        path = folder(name, under)
+        if path is None:
+            return None
         try:
             if not path.is_dir():
                 return None
@@ -97,7 +113,8 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
         runs = scan_runs(runs_root)
         key = sort if sort in SORTABLE else "name"
         rows = sorted((r.row() for r in runs), key=lambda row: _sort_key(row[key]), reverse=desc)
-        return page(request, "runs.html", rows=rows, sort=key, desc=desc, columns=SORTABLE)
+        return page(request, "runs.html", rows=rows, sort=key, desc=desc, columns=SORTABLE,
+                    sweeps=scan_sweeps(runs_root))
 
     @app.get("/api/runs")
     def runs_json():
@@ -108,7 +125,23 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
         run = find(name)
         if run is None:
             return missing(request, name)
-        return page(request, "run.html", run=run, live=live(run), artifacts=artifacts(run))
+        return page(request, "run.html", run=run, live=live(run), artifacts=artifacts(run), summary=summary_rows(run),
+                    url=f"/runs/{name}", sweep=None)
+
+    @app.get("/sweeps/{sweep}/trials/{name}", response_class=HTMLResponse)
+    def trial_page(request: Request, sweep: str, name: str):
+        run = find(name, sweep)
+        if run is None:
+            return missing(request, f"{sweep}/trials/{name}")
+        return page(request, "run.html", run=run, live=live(run), artifacts=artifacts(run), summary=summary_rows(run),
+                    url=f"/sweeps/{sweep}/trials/{name}", sweep=sweep)
+
+    @app.get("/sweeps/{sweep}/trials/{name}/live")
+    def trial_live(sweep: str, name: str):
+        run = find(name, sweep)
+        if run is None:
+            return JSONResponse({"error": "no such trial"}, status_code=404)
+        return live(run)
 
     @app.get("/runs/{name}/live")
     def run_live(name: str):
@@ -123,9 +156,30 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
         if len(runs) < 2:
             return error(request, "pick two or more runs to compare (tick them in the runs table)", 400)
         recipes = [r.recipe for r in runs]
-        chart = line_chart({r.name: r.metrics.series("loss") for r in runs}, "training loss")
+        chart = line_chart({r.name: r.metrics.series("loss") for r in runs}, "training loss", WIDE, "loss")
         return page(request, "compare.html", runs=runs, differences=recipe_differences(recipes), chart=chart,
                     flat=[flatten_recipe(r) for r in recipes])
+
+    @app.get("/sweeps/{name}", response_class=HTMLResponse)
+    def sweep_page(request: Request, name: str):
+        path = folder(name)
+        if path is None or not looks_like_sweep(path):
+            return error(request, f"no sweep named {name[:60]!r} (the runs page lists the sweeps there are)")
+        try:
+            sweep = read_sweep(path)
+        except Exception as exc:  # unforeseen damage: the page says so, like its row on the runs page
+            sweep = unreadable_sweep(path, exc)
+        sweep.errors = [private(e) for e in sweep.errors]
+        return page(request, "sweep.html", sweep=sweep, history=sweep.history_chart(),
+                    best_recipe=sweep.dir.best_recipe.is_file(), trial_runs=sweep.trial_runs())
+
+    @app.get("/sweeps/{name}/best.toml", response_class=PlainTextResponse)
+    def best_recipe(name: str):
+        path = folder(name)
+        best = path / "best.toml" if path is not None and looks_like_sweep(path) else None
+        if best is None or not best.is_file():
+            return PlainTextResponse("no best recipe in this sweep yet\n", status_code=404)
+        return PlainTextResponse(best.read_text(encoding="utf-8", errors="replace"))
 
     @app.get("/runs/{name}/data", response_class=HTMLResponse)
     def data(request: Request, name: str, n: int = 3):
@@ -170,37 +224,6 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
             return JSONResponse({"error": str(exc)}, status_code=status)
 
     return app
-
-
-def live(run: RunInfo) -> dict:
-    """What the run page refreshes every few seconds: status, progress and the charts."""
-    m = run.metrics
-    return {
-        "status": run.status, "reason": run.reason, "step": run.step, "max_steps": run.max_steps,
-        "eta_seconds": run.eta_seconds, "errors": run.errors, "row": run.row(),
-        "points": len(m.series("loss")),
-        "charts": {
-            "loss": line_chart({"train loss": m.series("loss"), "eval loss": m.series("eval_loss")}, "loss"),
-            "lr": line_chart({"learning rate": m.series("learning_rate")}, "learning rate"),
-            "speed": line_chart({"tokens/s": m.series("tokens_per_s")}, "train tokens/s"),
-        },
-    }
-
-
-def artifacts(run: RunInfo) -> list[dict]:
-    """Exports (with their verification record, when written) and the adapter's model card."""
-    rundir, found = RunDir(run.path), []
-    if card := rundir.read_card(run.errors):
-        found.append({"name": "adapter/README.md (model card)", "text": card})
-    for item in rundir.exports():
-        try:
-            size = sum(f.stat().st_size for f in item.rglob("*") if f.is_file()) if item.is_dir() else item.stat().st_size
-            record = record_path(item).read_text(encoding="utf-8", errors="replace") \
-                if record_path(item).is_file() else "no verification record"
-        except OSError as exc:
-            size, record = 0, f"unreadable: {exc.strerror or exc}"
-        found.append({"name": f"exports/{item.name} ({size / 2**20:.1f} MiB)", "text": record})
-    return found
 
 
 def _sort_key(value: Any) -> tuple:

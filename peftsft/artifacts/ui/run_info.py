@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftsft.core.metric_names import METRICS
 from peftsft.core.rundir import Metrics, RunDir
 
 # a run whose metrics.jsonl has not moved for this long, without a status saying so, is shown as stopped
@@ -21,9 +23,14 @@ STALE_SECONDS = 120
 SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "steps": (int,), "first_loss": (int, float), "last_loss": (int, float), "eval_loss": (int, float),
     "train_tokens_per_s": (int, float), "peak_memory_bytes": (int, float), "trainable_params": (int,),
-    "strategy": (str,), "model": (str,), "base_id": (str,),
+    "strategy": (str,), "model": (str,), "base_id": (str,), "train_seconds": (int, float),
+    "best": (dict,), "eval": (dict,), "task_metrics": (dict,),
 }
-TYPE_NAMES = {(int,): "an integer", (int, float): "a number", (str,): "a string"}
+# the metrics.jsonl keys the run page charts
+CHARTED = ("loss", "learning_rate", "tokens_per_s", *(f"eval_{name}" for name in METRICS))
+TYPE_NAMES = {(int,): "an integer", (int, float): "a number", (str,): "a string", (dict,): "an object"}
+# summary.json's "best" (the checkpoint the adapter holds, training/task_metrics.py): the keys shown, typed
+BEST_TYPES: dict[str, tuple[type, ...]] = {"step": (int,), "metric": (str,), "value": (int, float), "why": (str,)}
 
 
 @dataclass
@@ -72,9 +79,13 @@ class RunInfo:
         return self.summary.get("train_tokens_per_s", self.last("tokens_per_s"))
 
     @property
-    def peak_memory_gib(self) -> float | None:
-        peak = self.summary.get("peak_memory_bytes")
-        return round(peak / 2**30, 2) if peak else None
+    def peak_memory_bytes(self) -> float | None:
+        return self.summary.get("peak_memory_bytes") or None
+
+    @property
+    def best(self) -> dict | None:
+        """The best checkpoint the adapter holds (step, metric, value, why), or None: the last weights."""
+        return self.summary.get("best")
 
     @property
     def eta_seconds(self) -> float | None:
@@ -93,7 +104,8 @@ class RunInfo:
         return {
             "name": self.name, "status": self.status, "strategy": self.strategy, "model": self.model,
             "steps": self.step, "train_loss": self.train_loss, "eval_loss": self.eval_loss,
-            "tokens_per_s": self.tokens_per_s, "peak_memory_gib": self.peak_memory_gib,
+            "tokens_per_s": self.tokens_per_s, "peak_memory_bytes": self.peak_memory_bytes,
+            "best_step": (self.best or {}).get("step"),
         }
 
 
@@ -105,7 +117,21 @@ def read_run(path: Path) -> RunInfo:
     status = run.read_status(errors)
     metrics = run.read_metrics()
     state, reason = _state(run, bool(summary), status)
-    return RunInfo(path.name, path, state, reason, recipe, summary, metrics, errors + metrics.errors)
+    return RunInfo(path.name, path, state, reason, recipe, summary, metrics,
+                   errors + metrics.errors + row_problems(metrics))
+
+
+def row_problems(metrics: Metrics) -> list[str]:
+    """A metrics.jsonl record whose step or charted value is not a number: one error line each (the chart skips it)."""
+    problems = []
+    for index, record in enumerate(metrics.records):
+        bad = [key for key in CHARTED if key in record and record[key] is not None and not _is_number(record[key])]
+        if not _is_number(record.get("step")):
+            bad.insert(0, "step")
+        if bad:
+            shown = json.dumps({k: record.get(k) for k in bad}, default=str)[:80]
+            problems.append(f"metrics.jsonl record {index + 1}: not a number, left out of the charts: {shown}")
+    return problems
 
 
 def unreadable_run(path: Path, exc: Exception) -> RunInfo:
@@ -115,16 +141,28 @@ def unreadable_run(path: Path, exc: Exception) -> RunInfo:
 
 
 def typed_summary(summary: dict[str, Any], errors: list[str]) -> dict[str, Any]:
-    """summary.json's shown keys whose values have the expected type; each other one becomes an error line."""
+    """summary.json's shown keys whose values have the expected type; each other one becomes an error line (a "best"
+    missing one of its keys is dropped whole: a best step without its metric would mislead)."""
+    kept = _typed(summary, SUMMARY_TYPES, errors, "summary.json: ")
+    if "best" in kept:
+        best = _typed(kept.pop("best"), BEST_TYPES, errors, "summary.json: best.")
+        if len(best) == len(BEST_TYPES):
+            kept["best"] = best
+        else:
+            errors.append("summary.json: 'best' lacks " + ", ".join(sorted(set(BEST_TYPES) - set(best))))
+    return kept
+
+
+def _typed(values: dict[str, Any], types: dict[str, tuple[type, ...]], errors: list[str], where: str) -> dict:
     kept = {}
-    for key, types in SUMMARY_TYPES.items():
-        value = summary.get(key)
+    for key, expected in types.items():
+        value = values.get(key)
         if value is None:
             continue
-        if isinstance(value, types) and not isinstance(value, bool):
+        if isinstance(value, expected) and not isinstance(value, bool):
             kept[key] = value
         else:
-            errors.append(f"summary.json: {key!r} should be {TYPE_NAMES[types]}, not {json.dumps(value, default=str)[:40]}")
+            errors.append(f"{where}{key!r} should be {TYPE_NAMES[expected]}, not {json.dumps(value, default=str)[:40]}")
     return kept
 
 
@@ -153,18 +191,25 @@ def _alive(pid: Any) -> bool:
 
 def scan_runs(root: Path) -> list[RunInfo]:
     """Every run dir under `root`, each read on its own: one that fails is a broken row, not a failed table."""
+    return scan_folders(root, RunDir.looks_like_run, read_run, unreadable_run)
+
+
+def scan_folders(root: Path, wanted: Callable[[Path], bool], read: Callable[[Path], Any],
+                 unreadable: Callable[[Path, Exception], Any]) -> list:
+    """`read(folder)` for each folder under `root` that is `wanted`; one that fails is `unreadable(folder, error)`,
+    a broken row among the others (the runs and the sweeps tables)."""
     try:
         folders = sorted(root.iterdir()) if root.is_dir() else []
     except OSError:
         return []
-    runs = []
+    found = []
     for path in folders:
         try:
-            if RunDir.looks_like_run(path):
-                runs.append(read_run(path))
-        except Exception as exc:  # a run dir nobody foresaw broken this way: shown as such, the others still are
-            runs.append(unreadable_run(path, exc))
-    return runs
+            if wanted(path):
+                found.append(read(path))
+        except Exception as exc:  # a folder nobody foresaw broken this way: shown as such, the others still are
+            found.append(unreadable(path, exc))
+    return found
 
 
 def recipe_differences(recipes: list[dict]) -> dict[str, list[Any]]:
