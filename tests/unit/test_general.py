@@ -196,7 +196,11 @@ def test_replay_shares_that_do_not_divide_the_rows_round_to_the_nearest_row(tiny
 
 
 def test_replay_draws_are_seeded_whole_passes_first_and_spread_evenly():
-    from peftsft.data.replay import draw_replay, interleave
+    from peftsft.data.replay import draw_replay, interleave_order
+
+    def interleave(task, replay):
+        rows = [*task, *replay]
+        return [rows[i] for i in interleave_order(len(task), len(replay))]
 
     pool = list(range(10))
     assert draw_replay(pool, 4, 7) == draw_replay(pool, 4, 7) != draw_replay(pool, 4, 8)
