@@ -14,7 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from peftsft.core.config import ClassificationSection, Recipe, StrategySection, TrainingSection, _batch_sizes, _multiples
+from peftsft.core.config import (
+    PREFERENCE_FORMATS, ClassificationSection, PreferenceSection, Recipe, StrategySection, TrainingSection, _batch_sizes,
+    _multiples,
+)
 from peftsft.core.errors import UserError
 
 
@@ -32,6 +35,7 @@ def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[
         problems = [_describe(err) for err in _merge_union_errors(exc.errors())]
     if recipe is not None:
         problems += _early_stopping_problems(recipe) + _classification_problems(recipe) + _batch_problems(recipe.training)
+        problems += _preference_problems(recipe)
     return raw, recipe, problems
 
 
@@ -132,6 +136,8 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         suggestion = _did_you_mean(loc[-1], _fields_at(loc[:-1]), _help_at(loc[:-1]))
         return f"{where}: unknown key{suggestion}"
+    if err["type"] == "value_error":  # a section's own check: its message says what and why, the input is the section
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
     return f"{where}: {err['msg']} (got {err.get('input')!r})" if loc else err["msg"]
 
 
@@ -219,7 +225,8 @@ def _classification_problems(recipe: Recipe) -> list[str]:
     """A classification run needs an encoder and exports no GGUF; [classification] needs that task."""
     if recipe.task != "classification":
         if recipe.classification != ClassificationSection():
-            return ['[classification] is set but task = "chat": add task = "classification" above the first [section]']
+            return [f'[classification] is set but task = "{recipe.task}": add task = "classification" above the first '
+                    "[section]"]
         return []
     problems = []
     if recipe.model.source.endswith(".gguf"):
@@ -232,3 +239,39 @@ def _classification_problems(recipe: Recipe) -> list[str]:
     if "gguf" in recipe.export.formats:
         problems.append('[export] formats: "gguf" holds chat models; a classification run exports "adapter" or "merged"')
     return problems
+
+
+def _preference_problems(recipe: Recipe) -> list[str]:
+    """Preference rows need task = "preference" and it needs them; what pairs cannot do (packing, replay, ...)."""
+    formats = [(i, spec.format) for i, spec in enumerate(recipe.data.datasets)]
+    if recipe.task != "preference":
+        problems = [f'[data] datasets.{i}.format = "{fmt}" is preference data: set task = "preference" above the first '
+                    "[section]" for i, fmt in formats if fmt in PREFERENCE_FORMATS]
+        if recipe.preference != PreferenceSection():
+            problems.append(f'[preference] is set but task = "{recipe.task}": add task = "preference" above the first '
+                            "[section]")
+        return problems
+    method = recipe.preference.method
+    problems = [f'[data] datasets.{i}.format = "{fmt}" is chat data; a preference run reads "preference" rows (prompt + '
+                'chosen + rejected) or "unpaired_preference" rows (prompt + completion + label)'
+                for i, fmt in formats if fmt not in ("auto", *PREFERENCE_FORMATS)]
+    if not recipe.preference.paired:
+        problems += _kto_problems(recipe.training)
+    else:
+        problems += [f'[data] datasets.{i}.format = "unpaired_preference": method = "{method}" needs pairs; '
+                     'unpaired rows train with method = "kto"' for i, fmt in formats if fmt == "unpaired_preference"]
+    data = recipe.data
+    for wrong, problem in ((data.packing, "[data] packing applies to chat runs: remove it for a preference run"),
+                           (data.replay > 0, "[data] replay mixes chat rows into SFT: remove it for a preference run"),
+                           (data.masking == "all", '[data] masking = "all" cannot apply to pairs: only the answers '
+                                                   "are scored (remove it)")):
+        problems += [problem] if wrong else []
+    return problems
+
+
+def _kto_problems(t: TrainingSection) -> list[str]:
+    """KTO estimates its KL term from the other rows of a micro-batch (TRL refuses a batch of one)."""
+    if t.batch_size < 2:
+        return ['[training] batch_size must be at least 2 for method = "kto": its KL term compares each answer with '
+                "the other prompts of its micro-batch"]
+    return []

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
 
 from jinja2 import TemplateError
 
@@ -61,9 +63,19 @@ class DataStats:
 
 @dataclass
 class Item:
-    content: Content
+    content: Content  # or, for preference data, a preference.Pair / Unpaired
     where: str
     source: int  # index into [data] datasets; -1 for eval_path
+
+
+class Reader(NamedTuple):
+    """How a task reads rows: detect(row, mapping) -> format; parse(row, format, mapping) -> content (RowError if bad)."""
+
+    detect: Callable[[dict, Mapping], str]
+    parse: Callable[[dict, str, Mapping], Any]
+
+
+CHAT = Reader(detect_format, to_messages)
 
 
 def build_datasets(tokenizer, data: DataSection, seed: int):
@@ -87,15 +99,7 @@ def build_datasets(tokenizer, data: DataSection, seed: int):
 
 def _build(tokenizer, data: DataSection, seed: int):
     stats, checks = DataStats(), ReplyChecks()
-    per_source = [load_items(spec, i, data, stats) for i, spec in enumerate(data.datasets)]
-    train_items = [item for items in per_source for item in items]
-    eval_items = load_items(eval_spec(data, data.eval_path), -1, data, stats) if data.eval_path else []
-    if not data.eval_path and data.eval_fraction > 0:
-        # the same split evaluate.held_out_conversations reproduces: shuffle with the seed, eval rows first
-        random.Random(seed).shuffle(train_items)
-        n_eval = max(1, round(len(train_items) * data.eval_fraction))
-        eval_items, train_items = train_items[:n_eval], train_items[n_eval:]
-    train_items = mix(train_items, data.datasets, seed, stats)
+    train_items, eval_items = read_splits(data, seed, stats, CHAT)
     refuse_dropped_tools(tokenizer, train_items + eval_items, data.template)
     train = encode_all(tokenizer, train_items, data, stats, checks)
     if data.replay > 0 and train:
@@ -120,6 +124,19 @@ def _build(tokenizer, data: DataSection, seed: int):
 # ---------------------------------------------------------------------------------------------- reading
 
 
+def read_splits(data: DataSection, seed: int, stats: DataStats, reader: Reader) -> tuple[list[Item], list[Item]]:
+    """(train, eval) rows: every dataset read, the eval file or fraction split off, the training rows mixed."""
+    per_source = [load_items(spec, i, data, stats, reader) for i, spec in enumerate(data.datasets)]
+    train_items = [item for items in per_source for item in items]
+    eval_items = load_items(eval_spec(data, data.eval_path), -1, data, stats, reader) if data.eval_path else []
+    if not data.eval_path and data.eval_fraction > 0:
+        # the same split evaluate.held_out_conversations reproduces: shuffle with the seed, eval rows first
+        random.Random(seed).shuffle(train_items)
+        n_eval = max(1, round(len(train_items) * data.eval_fraction))
+        eval_items, train_items = train_items[:n_eval], train_items[n_eval:]
+    return mix(train_items, data.datasets, seed, stats), eval_items
+
+
 def eval_spec(data: DataSection, path: str) -> DatasetSpec:
     """A held-out file is read like the first dataset (format, fields, roles)."""
     if not data.datasets:
@@ -127,8 +144,8 @@ def eval_spec(data: DataSection, path: str) -> DatasetSpec:
     return data.datasets[0].model_copy(update={"path": path, "samples": None, "weight": None})
 
 
-def load_items(spec: DatasetSpec, index: int, data: DataSection, stats: DataStats) -> list[Item]:
-    """Every row of one dataset, normalised; bad rows fail or are skipped per the recipe."""
+def load_items(spec: DatasetSpec, index: int, data: DataSection, stats: DataStats, reader: Reader = CHAT) -> list[Item]:
+    """Every row of one dataset, normalised by `reader`; bad rows fail or are skipped per the recipe."""
     mapping, fmt = Mapping(spec.fields, spec.roles), spec.format
     source = {"path": spec.path, "format": fmt, "rows": 0, "bad": 0}
     bad_before, items = len(stats.bad_rows), []
@@ -137,9 +154,9 @@ def load_items(spec: DatasetSpec, index: int, data: DataSection, stats: DataStat
         source["rows"] += 1
         try:
             if fmt == "auto":  # judged on the first good row, then held: a stray row is an error, not a new format
-                fmt = detect_format(row.data, mapping)
+                fmt = reader.detect(row.data, mapping)
                 source["format"] = f"{fmt} (detected)"
-            items.append(Item(to_messages(row.data, fmt, mapping), row.where, index))
+            items.append(Item(reader.parse(row.data, fmt, mapping), row.where, index))
         except RowError as exc:
             report_bad_row(row.where, str(exc), data.on_bad_row, stats.bad_rows)
     source["bad"] = len(stats.bad_rows) - bad_before
