@@ -121,6 +121,13 @@ def test_row_errors_carry_file_and_line_and_skip_counts(tmp_path, tok):
     train, _, stats, _ = build(tok, tmp_path, rows, on_bad_row="skip")
     assert len(train) == 1 and [line.split(": ", 1)[0] for line in stats.bad_rows] == [
         f"{tmp_path / 'p.jsonl'}:2", f"{tmp_path / 'p.jsonl'}:3"]
+    (tmp_path / "strict.jinja").write_text(  # a row the template refuses is a bad row at its line too
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    refused = [rows[0], {"prompt": Q, "system": "Be brief.", "chosen": GOOD, "rejected": BAD}]
+    with pytest.raises(UserError, match=r"p\.jsonl:2: the chat template cannot render it: no system role"):
+        build(tok, tmp_path, refused, template=str(tmp_path / "strict.jinja"))
     csv_file = tmp_path / "k.csv"  # CSV holds labels as words: "false" must stay undesirable
     with csv_file.open("w", newline="") as handle:
         csv.writer(handle).writerows([["prompt", "completion", "label"], [Q, GOOD, "true"], [Q, BAD, "false"]])
@@ -165,6 +172,8 @@ def test_kto_unpairs_pairs_into_desirable_chosen_and_undesirable_rejected(tmp_pa
     assert judged == {**{f"{GOOD} {i}<|im_end|>": True for i in range(4)},
                       **{f"{BAD} {i}<|im_end|>": False for i in range(4)}, "Nope.<|im_end|>": False}
     assert (stats.checks["desirable"], stats.checks["undesirable"]) == (4, 5)
+    in_file_order = [f"{answer} {i}<|im_end|>" for i in range(4) for answer in (GOOD, BAD)] + ["Nope.<|im_end|>"]
+    assert [text(tok, ids) for ids in train["completion_ids"]] != in_file_order  # spread: KTO reads rows in order
     again, _, _ = build_preference_datasets(tok, data, seed=0, paired=False)
     assert again["completion_ids"] == train["completion_ids"]  # the seeded order is reproducible
 
@@ -231,14 +240,14 @@ def test_a_generation_prompt_ending_in_a_space_gives_its_token_to_both_answers_a
     """TRL's rule: where prompt and answer share a token, the prompt ends where both sequences still agree."""
     spaced = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}assistant: {% endif %}")
-    rows = [{"prompt": Q, "chosen": GOOD, "rejected": "\nPip."}]
+    rows = [{"prompt": Q, "chosen": GOOD, "rejected": "\nPip."}, {"prompt": Q, "chosen": GOOD, "rejected": "I don't know."}]
     (tmp_path / "t.jinja").write_text(spaced)
     train, evals, stats, data = build(tok, tmp_path, rows, template=str(tmp_path / "t.jinja"))
-    row = train[0]
-    assert text(tok, row["prompt_ids"]).endswith("<|im_end|>\nassistant:")
-    assert (text(tok, row["chosen_ids"]), text(tok, row["rejected_ids"])) == (f" {GOOD}<|im_end|>", " \nPip.<|im_end|>")
+    assert {text(tok, row["prompt_ids"])[-22:] for row in train} == {"<|im_end|>\nassistant:"}
+    assert [(text(tok, row["chosen_ids"]), text(tok, row["rejected_ids"])) for row in train] == [
+        (f" {GOOD}<|im_end|>", " \nPip.<|im_end|>"), (f" {GOOD}<|im_end|>", " I don't know.<|im_end|>")]
     checks = {c.name: (c.status, c.detail) for c in check_preference_contract(tok, train, evals, stats, data).checks}
-    assert checks["prompt ends between tokens"][0] == "warn" and "2 answer(s)" in checks["prompt ends between tokens"][1]
+    assert checks["prompt ends between tokens"][0] == "warn" and "4 answer(s)" in checks["prompt ends between tokens"][1]
     assert {status for name, (status, _) in checks.items() if name != "prompt ends between tokens"} == {"ok"}
 
 
