@@ -80,16 +80,25 @@ CHAT = Reader(detect_format, to_messages)
 
 def build_datasets(tokenizer, data: DataSection, seed: int):
     """(train, eval or None, stats); a rerun with the same inputs loads the cached result instead."""
+    return cached_build(tokenizer, data, seed, _build)
+
+
+def cached_build(tokenizer, data: DataSection, seed: int, build: Callable, kind: str = ""):
+    """`build(tokenizer, data, seed)` with the recipe's template set, through the dataset cache; `kind` keeps the
+    builds of other rows from the same [data] (preference pairs, KTO answers) apart from the chat build."""
+    import hashlib
+
     from peftsft.data import cache
 
     info = apply_template(tokenizer, data)
     key = cache.fingerprint(tokenizer, data, seed) if data.cache else None
+    key = hashlib.sha256(f"{key}:{kind}".encode()).hexdigest()[:24] if key and kind else key
     if key and (hit := cache.load(key)) is not None:
         train, evals, stats = hit
         stats = DataStats.from_dict(stats)
         stats.cache = "hit"
         return train, evals, stats
-    train, evals, stats = _build(tokenizer, data, seed)
+    train, evals, stats = build(tokenizer, data, seed)
     stats.template = info.as_dict()
     if key:
         cache.save(key, train, evals, asdict(stats))
@@ -105,12 +114,7 @@ def _build(tokenizer, data: DataSection, seed: int):
     if data.replay > 0 and train:
         train = add_replay(tokenizer, train, data, seed, stats, checks)
     evals = encode_all(tokenizer, eval_items, data, stats, checks)
-    if not train:
-        raise UserError(
-            "the training dataset is empty after filtering",
-            hint=f"{stats.rows} rows read, {len(stats.bad_rows)} bad, {stats.dropped_unsupervised} with nothing "
-            "to learn (no assistant tokens left after truncation: raise [data] max_length?)",
-        )
+    refuse_empty(train, stats)
     stats.train_rows, stats.eval_rows = len(train), len(evals)
     stats.checks = asdict(checks)
     stats.lengths = length_summary([len(s.input_ids) for s in train])
@@ -119,6 +123,16 @@ def _build(tokenizer, data: DataSection, seed: int):
 
     stats.packing = {"enabled": data.packing, **packing_stats(train_ds, data.max_length)}
     return train_ds, (_to_dataset(evals) if evals else None), stats
+
+
+def refuse_empty(train: list, stats: DataStats) -> None:
+    """An empty training set is an error that says where the rows went."""
+    if not train:
+        raise UserError(
+            "the training dataset is empty after filtering",
+            hint=f"{stats.rows} rows read, {len(stats.bad_rows)} bad, {stats.dropped_unsupervised} with nothing "
+            "to learn (no reply token left after truncation: raise [data] max_length?)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -8,7 +8,7 @@ every pair gives a desirable and an undesirable row of KTO's columns (prompt_ids
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import random
 from dataclasses import asdict
 
@@ -16,39 +16,21 @@ from jinja2 import TemplateError
 
 from peftsft.core.config import DataSection
 from peftsft.core.errors import UserError
-from peftsft.data.build import DataStats, Item, Reader, length_summary, read_splits
+from peftsft.data.build import DataStats, Item, Reader, cached_build, length_summary, read_splits, refuse_empty
 from peftsft.data.contract import ReplyChecks
 from peftsft.data.formats import RowError
 from peftsft.data.preference import Pair, detect_preference_format, to_preference, unpair
 from peftsft.data.preference_encode import Answer, encode_pair, encode_unpaired, pair_row, unpaired_row
 from peftsft.data.rows import report_bad_row
-from peftsft.data.templates import apply_template, end_of_turn, generation_header
+from peftsft.data.templates import end_of_turn, generation_header
 
 PREFERENCE = Reader(detect_preference_format, to_preference)
 
 
 def build_preference_datasets(tokenizer, data: DataSection, seed: int, paired: bool):
     """(train, eval or None, stats): pairs for dpo/orpo/simpo (`paired`), unpaired answers for kto."""
-    from peftsft.data import cache
-
-    info = apply_template(tokenizer, data)
-    key = _cache_key(cache.fingerprint(tokenizer, data, seed), paired) if data.cache else None
-    if key and (hit := cache.load(key)) is not None:
-        train, evals, stats = hit
-        stats = DataStats.from_dict(stats)
-        stats.cache = "hit"
-        return train, evals, stats
-    train, evals, stats = _build(tokenizer, data, seed, paired)
-    stats.template = info.as_dict()
-    if key:
-        cache.save(key, train, evals, asdict(stats))
-        stats.cache = "miss"
-    return train, evals, stats
-
-
-def _cache_key(chat_key: str, paired: bool) -> str:
-    """The SFT build's key, kept apart from it: the same [data] gives other rows as pairs or as KTO answers."""
-    return hashlib.sha256(f"{chat_key}:preference:{'paired' if paired else 'unpaired'}".encode()).hexdigest()[:24]
+    kind = "preference-pairs" if paired else "preference-unpaired"
+    return cached_build(tokenizer, data, seed, functools.partial(_build, paired=paired), kind)
 
 
 def _build(tokenizer, data: DataSection, seed: int, paired: bool):
@@ -59,12 +41,7 @@ def _build(tokenizer, data: DataSection, seed: int, paired: bool):
         encoder.unpaired(train_items), encoder.unpaired(eval_items))
     if not paired:  # KTO reads its rows in order (its KL term pairs neighbours): spread prompts and labels with the seed
         random.Random(seed).shuffle(train)
-    if not train:
-        raise UserError(
-            "the training dataset is empty after filtering",
-            hint=f"{stats.rows} rows read, {len(stats.bad_rows)} bad, {stats.dropped_unsupervised} with nothing to "
-            "score (no answer token left after truncation: raise [data] max_length?)",
-        )
+    refuse_empty(train, stats)
     stats.train_rows, stats.eval_rows = len(train), len(evals)
     stats.checks = {**asdict(encoder.checks), **encoder.counts}
     stats.lengths = length_summary([len(row["prompt_ids"]) + len(row[key]) for row in train for key in _ANSWERS if key in row])

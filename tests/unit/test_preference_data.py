@@ -22,6 +22,7 @@ from peftsft.data.preference_build import build_preference_datasets
 from peftsft.data.preference_contract import check_preference_contract
 from peftsft.data.templates import render
 from tests.conftest import write_jsonl
+from tests.unit.test_data import private_cache, tok  # noqa: F401 (fixtures: a private cache, the template put back)
 from tests.e2e.probes import NAME_PROBES, NEGATIVE_PROBES, near_duplicates, sample_prompts, training_questions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,18 +33,6 @@ USER = [{"role": "user", "content": Q}]
 
 def said(role: str, text: str) -> list[dict]:
     return [{"role": role, "content": text}]
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PEFTSFT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def tok(tokenizer):
-    own = tokenizer.chat_template
-    yield tokenizer
-    tokenizer.chat_template = own
 
 
 def build(tok, tmp_path, rows, paired=True, name="p.jsonl", spec=None, **settings):
@@ -243,7 +232,7 @@ def test_a_generation_prompt_ending_in_a_space_gives_its_token_to_both_answers_a
     rows = [{"prompt": Q, "chosen": GOOD, "rejected": "\nPip."}, {"prompt": Q, "chosen": GOOD, "rejected": "I don't know."}]
     (tmp_path / "t.jinja").write_text(spaced)
     train, evals, stats, data = build(tok, tmp_path, rows, template=str(tmp_path / "t.jinja"))
-    assert {text(tok, row["prompt_ids"])[-22:] for row in train} == {"<|im_end|>\nassistant:"}
+    assert all(text(tok, row["prompt_ids"]).endswith(f"{Q}<|im_end|>\nassistant:") for row in train)
     assert [(text(tok, row["chosen_ids"]), text(tok, row["rejected_ids"])) for row in train] == [
         (f" {GOOD}<|im_end|>", " \nPip.<|im_end|>"), (f" {GOOD}<|im_end|>", " I don't know.<|im_end|>")]
     checks = {c.name: (c.status, c.detail) for c in check_preference_contract(tok, train, evals, stats, data).checks}
