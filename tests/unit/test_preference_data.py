@@ -250,7 +250,7 @@ def test_contract_fails_on_a_pair_whose_answers_are_the_same_tokens(tmp_path, to
     assert failed["every answer has scored tokens after a prompt"] == "row 0: chosen_ids empty"
 
 
-def test_preference_builds_are_cached_apart_from_chat_and_from_kto(tmp_path, tok, monkeypatch):
+def test_preference_builds_are_cached_and_pairs_apart_from_kto_answers(tmp_path, tok):
     rows = PAIRS
     first = build(tok, tmp_path, rows, cache=True)
     assert first[2].cache == "miss" and build(tok, tmp_path, rows, cache=True)[2].cache == "hit"
