@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from peftsft.core.schema import Key, Section
+from peftsft.core.config_base import Key, Section
 
 METHODS = ("dpo", "orpo", "kto", "simpo")
 # The keys each method reads besides `method` and `beta`.
