@@ -96,19 +96,27 @@ def test_each_method_learns_to_prefer_the_chosen_answer_into_a_chat_run_dir(tmp_
 def margins(run_dir: Path, per_token: bool) -> tuple[float, float]:
     """The mean log-probability margin of chosen over rejected answers, by the base and by the saved run (loaded as
     chat runs are): summed over the answer's tokens (dpo, kto), or averaged per token (orpo, simpo)."""
-    from peftsft.data.preference_build import build_preference_datasets
     from peftsft.loading import load
 
     loaded = load(str(run_dir), "cpu")
-    recipe = loaded.recipe
-    pairs, _, _ = build_preference_datasets(loaded.tokenizer, recipe.data, 7, paired=True)
+    tokenizer = loaded.tokenizer
+
+    def ids(pair: dict, side: str) -> tuple[list[int], list[int]]:
+        """The prompt's ids and the answer's through its end-of-turn, by the chat template alone (not peftsft's data
+        code, which a planted bug could share with training)."""
+        prompt = [{"role": "user", "content": pair["prompt"]}]
+        head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+        full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": pair[side]}], tokenize=True,
+                                             return_dict=False)  # fmt: skip
+        answer = list(full[len(head):])
+        return list(head), answer[: answer.index(tokenizer.convert_tokens_to_ids("<|im_end|>")) + 1]
 
     def margin() -> float:
         total = 0.0
-        for row in pairs:
-            scores = [logp(loaded.model, row["prompt_ids"], row[side], per_token) for side in ("chosen_ids", "rejected_ids")]
+        for pair in PAIRS:
+            scores = [logp(loaded.model, *ids(pair, side), per_token) for side in ("chosen", "rejected")]
             total += scores[0] - scores[1]
-        return total / len(pairs)
+        return total / len(PAIRS)
 
     with loaded.base():
         before = margin()
@@ -145,8 +153,8 @@ def test_an_sft_adapter_is_continued_against_a_frozen_copy_of_itself(tmp_path, t
     sft = load_file(sft_run / "adapter" / "adapter_model.safetensors")
     probe = AdapterProbe()
     summary = train(preference_recipe(tmp_path, tiny_model_dir, "dpo"), [f'model.adapter="{sft_run}"'], probe)
-    assert summary["preference"]["reference"] == ADAPTER_COPY
     assert same(probe.begin["default"], sft), "training did not start from the SFT adapter"
+    assert summary["preference"]["reference"] == ADAPTER_COPY
     assert same(probe.begin[REFERENCE_ADAPTER], sft) and same(probe.end[REFERENCE_ADAPTER], sft), "reference moved"
     assert not same(probe.end["default"], sft)
     saved = load_file(Path(summary["run_dir"]) / "adapter" / "adapter_model.safetensors")
