@@ -13,9 +13,7 @@ import warnings
 from peftsft.core.compat import pretokenized, require
 from peftsft.core.config import PreferenceSection, Recipe
 from peftsft.levers import Levers
-from peftsft.strategies.registry import strategy_optimizer
-from peftsft.training.arguments import trainer_arguments, use_our_callbacks
-from peftsft.training.sharding import trainer_for_launch
+from peftsft.training.arguments import lm_trainer, trainer_arguments
 
 EXPERIMENTAL = ((1, 16), (1, 16))  # trl.experimental's ORPO and CPO trainers: no stability promise, so pinned
 
@@ -81,15 +79,4 @@ def preference_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, devi
     if method in ("orpo", "simpo"):  # their batches hold chosen_/rejected_input_ids, no `input_ids` to count tokens by
         arguments["include_num_input_tokens_seen"] = "no"
     args = config_class(**arguments)
-    model.config.use_cache = False
-    trainer = trainer_for_launch(lambda: trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        optimizers=(strategy_optimizer(recipe, model, args), None),
-    ), device)
-    use_our_callbacks(trainer, recipe, evaluate_during)
-    return trainer
+    return lm_trainer(trainer_class, recipe, model, tokenizer, args, train_ds, eval_ds, device, callbacks)
