@@ -163,6 +163,22 @@ def test_an_sft_adapter_is_continued_against_a_frozen_copy_of_itself(tmp_path, t
     assert abs(logged(summary)[0]["rewards/chosen"]) < 1e-2
 
 
+def test_a_resumed_run_continues_its_checkpoint_against_the_sft_reference(tmp_path, tiny_model_dir, sft_run):
+    from peftsft.workflows.run import run
+
+    sft = load_file(sft_run / "adapter" / "adapter_model.safetensors")
+    path = preference_recipe(tmp_path, tiny_model_dir, "dpo", steps=3)
+    overrides = [f'model.adapter="{sft_run}"', "training.save_steps=3"]
+    run_dir = Path(train(path, overrides)["run_dir"])
+    saved = load_file(run_dir / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+    probe = AdapterProbe()
+    summary = run(load_recipe(path, [*overrides, "training.max_steps=6"]), Console(quiet=True), resume=True,
+                  force=True, callbacks=[probe])  # fmt: skip
+    assert summary["steps"] == 6
+    assert same(probe.begin["default"], saved) and not same(saved, sft)  # the checkpoint's adapter, not the SFT one
+    assert same(probe.begin[REFERENCE_ADAPTER], sft) and same(probe.end[REFERENCE_ADAPTER], sft)
+
+
 def test_an_adapter_that_is_not_a_run_or_another_base_is_refused(tmp_path, tiny_model_dir, sft_run):
     path = preference_recipe(tmp_path, tiny_model_dir, "dpo")
     with pytest.raises(UserError, match="neither a run dir"):
