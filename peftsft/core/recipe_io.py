@@ -92,7 +92,8 @@ def _index(node: list, part: str, override: str) -> int:
 
 
 def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
-    """Data paths in a recipe are relative to the recipe file, unless they exist relative to the cwd."""
+    """Data paths (and [model] adapter) in a recipe are relative to the recipe file, unless they exist relative to
+    the cwd."""
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     for spec in data.get("datasets", []) if isinstance(data.get("datasets"), list) else []:
         if isinstance(spec, dict) and isinstance(spec.get("path"), str):
@@ -100,6 +101,9 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
     for key in ("eval_path", "template", "replay_path"):
         if isinstance(data.get(key), str) and data[key] != "auto":
             data[key] = _relative_to(data[key], base)
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("adapter"), str):  # a run dir: runs/ sits beside the cwd
+        model["adapter"] = _relative_to(model["adapter"], base)
     checks = raw.get("eval")
     if isinstance(checks, dict) and isinstance(checks.get("general_path"), str):
         checks["general_path"] = _relative_to(checks["general_path"], base)

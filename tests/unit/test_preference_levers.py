@@ -79,3 +79,13 @@ def test_a_continued_adapter_needs_the_preference_task_and_full_training_a_preco
                     f'path = "{write_chat(tmp_path)}"\n', encoding="utf-8")
     assert main(["validate", str(chat)]) == 2
     assert '[model] adapter continues an SFT adapter in a preference run' in capsys.readouterr().err
+
+
+def test_a_continued_adapter_path_is_read_from_the_cwd_then_beside_the_recipe(tmp_path, tiny_model_dir, monkeypatch):
+    path = recipe_file(tmp_path, tiny_model_dir, 'method = "dpo"')
+    (tmp_path / "runs" / "sft").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert load_recipe(path, ['model.adapter="runs/sft"']).model.adapter == str(tmp_path / "runs" / "sft")
+    (tmp_path / "work" / "runs" / "sft").mkdir(parents=True)
+    assert load_recipe(path, ['model.adapter="runs/sft"']).model.adapter == "runs/sft"
