@@ -227,3 +227,16 @@ def build_trainer(path: Path):
     model = adapt(recipe, model, quantized=False).model
     levers = decide(recipe, "cpu", 64, model)
     return preference_trainer(recipe, model, tokenizer, train_ds, None, "cpu", [], levers)
+
+
+def test_a_preference_run_exports_merges_and_serves_as_a_chat_run(tmp_path, tiny_model_dir):
+    from peftsft.artifacts.serve.adapters import _read_run
+    from peftsft.commands.cli import main
+
+    path = preference_recipe(tmp_path, tiny_model_dir, "dpo", steps=2)
+    assert main(["run", str(path), "--set", 'export.formats=["merged"]', "--set", 'model.base_id="org/tiny"']) == 0
+    run_dir = tmp_path / "runs" / "dpo"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exports"] == [str(run_dir / "exports" / "merged")]  # verified against base + adapter
+    assert "preference tuning with DPO" in (run_dir / "adapter" / "README.md").read_text()
+    assert _read_run(run_dir).recipe.task == "preference"  # served beside chat runs
