@@ -36,6 +36,8 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "chat": Task("chat", export_chat, export_chat_after_training, evaluate_chat, load_chat, write_run_card),
+    # a preference run's result is a chat adapter: exported, evaluated, loaded and described as chat runs are
+    "preference": Task("preference", export_chat, export_chat_after_training, evaluate_chat, load_chat, write_run_card),
     "classification": Task(
         "classification", export_classification, export_classification_after_training,
         evaluate_classifier, load_classifier,

@@ -31,8 +31,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from peftsft.training.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, list(args.set or []))
-    if getattr(recipe, "task", "chat") != "chat":
-        raise UserError(f"data preview shows chat data; this recipe's task is {recipe.task!r}")
+    if recipe.task == "preference":
+        return preview_preference(args, recipe)
+    if recipe.task != "chat":
+        raise UserError(f"data preview shows chat and preference data; this recipe's task is {recipe.task!r}")
     tokenizer = load_recipe_tokenizer(recipe)
     train, evals, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
     markers = args.markers or not console.is_terminal
@@ -43,3 +45,27 @@ def cmd_preview(args: argparse.Namespace) -> int:
     print_stats(console, stats)
     print_contract(console, check_contract(tokenizer, train, evals, stats, recipe.data, recipe.model.attention))
     return 0
+
+
+def preview_preference(args: argparse.Namespace, recipe) -> int:
+    """Both answers of each pair (or each KTO answer) with their scored tokens, the stats and the pairs' contract."""
+    from peftsft.core.console import console
+    from peftsft.data.contract import print_contract
+    from peftsft.data.preference_build import build_preference_datasets
+    from peftsft.data.preference_contract import check_preference_contract
+    from peftsft.data.preview import (
+        CLOSE, OPEN, load_recipe_tokenizer, preference_counts, print_preference_row, print_stats,
+    )
+
+    tokenizer = load_recipe_tokenizer(recipe)
+    train, evals, stats = build_preference_datasets(tokenizer, recipe.data, recipe.training.seed, recipe.preference.paired)
+    markers = args.markers or not console.is_terminal
+    shown = f"between {OPEN} and {CLOSE}" if markers else "in green"
+    console.print(f"{args.recipe}: [preference] method = {recipe.preference.method!r}, {preference_counts(stats, train)} for "
+                  f"training; scored tokens are shown {shown}", markup=False)
+    for index in range(min(max(args.n, 0), len(train))):
+        print_preference_row(console, tokenizer, train[index], f"row {index + 1} of {len(train)}", markers)
+    print_stats(console, stats)
+    print_contract(console, check_preference_contract(tokenizer, train, evals, stats, recipe.data))
+    return 0
+

