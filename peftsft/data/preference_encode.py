@@ -86,6 +86,13 @@ def unpaired_row(answer: Answer, desirable: bool) -> dict[str, Any]:
     return {"prompt_ids": answer.prompt_ids, "completion_ids": answer.answer_ids, "label": desirable}
 
 
+def answer_sides(row: dict) -> list[tuple[str, list[int]]]:
+    """(side, answer ids) of a built row: chosen and rejected for a pair, KTO's one answer titled by its label."""
+    if "chosen_ids" in row:
+        return [("chosen", row["chosen_ids"]), ("rejected", row["rejected_ids"])]
+    return [("desirable" if row["label"] else "undesirable", row["completion_ids"])]
+
+
 def scored_sequence(prompt_ids: list[int], answer_ids: list[int]) -> dict[str, list[int]]:
     """input_ids + labels of prompt and answer (the prompt unscored): for previews and label-based trainers."""
     return {"input_ids": prompt_ids + answer_ids, "labels": [IGNORE] * len(prompt_ids) + answer_ids}

@@ -51,13 +51,9 @@ def print_sample(console, tokenizer, sample: dict, title: str, markers: bool) ->
 
 def print_preference_row(console, tokenizer, row: dict, title: str, markers: bool) -> None:
     """A pair's two answers (or a KTO answer, titled by its label), each after the prompt, scored tokens shown."""
-    from peftsft.data.preference_encode import scored_sequence
+    from peftsft.data.preference_encode import answer_sides, scored_sequence
 
-    if "chosen_ids" in row:
-        sides = [("chosen", row["chosen_ids"]), ("rejected", row["rejected_ids"])]
-    else:
-        sides = [("desirable" if row["label"] else "undesirable", row["completion_ids"])]
-    for side, answer in sides:
+    for side, answer in answer_sides(row):
         print_sample(console, tokenizer, scored_sequence(row["prompt_ids"], answer), f"{title}: {side}", markers)
 
 

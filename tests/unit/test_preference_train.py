@@ -240,3 +240,30 @@ def test_a_preference_run_exports_merges_and_serves_as_a_chat_run(tmp_path, tiny
     assert summary["exports"] == [str(run_dir / "exports" / "merged")]  # verified against base + adapter
     assert "preference tuning with DPO" in (run_dir / "adapter" / "README.md").read_text()
     assert _read_run(run_dir).recipe.task == "preference"  # served beside chat runs
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_the_dashboards_data_view_shows_each_answer_after_its_prompt_with_only_the_answer_marked(tmp_path, tiny_model_dir,
+                                                                                                 tokenizer, method):
+    """`ui`'s data page of a preference run: chosen and rejected (KTO: the one answer) per row, the marked text
+    being exactly that answer's tokens and nothing of the prompt."""
+    import re
+    from html import unescape
+
+    from peftsft.artifacts.ui.data_view import data_view
+    from peftsft.core.rundir import RunDir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_dir.joinpath(RunDir.RECIPE).write_text(preference_recipe(tmp_path, tiny_model_dir, method).read_text())
+    view = data_view(RunDir(run_dir), count=2)
+    sides = ["chosen", "rejected"] if method == "dpo" else ["desirable", "undesirable"]
+    titles = [title for title, _ in view.samples]
+    assert titles[:2] == ([f"row 1: {s}" for s in sides] if method == "dpo" else titles[:2]) and len(titles) >= 2
+    assert all(t.split(": ")[1] in sides for t in titles) and view.contract["passed"], view.contract
+    answers = {p[k] for p in PAIRS for k in ("chosen", "rejected")}
+    for title, html in view.samples:
+        marked = unescape("".join(re.findall(r'<mark class="sup">(.*?)</mark>', html, flags=re.S)))
+        unmarked = unescape("".join(re.findall(r"<span>(.*?)</span>", html, flags=re.S)))
+        assert marked.split("<|im_end|>")[0].strip() in answers, (title, marked)
+        assert any(p["prompt"] in unmarked for p in PAIRS) and not any(p["prompt"] in marked for p in PAIRS)

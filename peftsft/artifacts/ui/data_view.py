@@ -12,7 +12,7 @@ from peftsft.data.preview import load_recipe_tokenizer, mask_pieces
 
 @dataclass
 class DataView:
-    samples: list[str]  # HTML, supervised pieces in <mark class="sup">
+    samples: list[tuple[str, str]]  # (title, HTML with the supervised pieces in <mark class="sup">)
     total: int
     stats: dict
     contract: dict
@@ -22,9 +22,29 @@ def data_view(run: RunDir, count: int = 3) -> DataView:
     """Render the first `count` training samples of the run's recipe, exactly as training tokenized them."""
     recipe = run.recipe()
     tokenizer = load_recipe_tokenizer(recipe)
+    if recipe.task == "preference":
+        return _preference_view(recipe, tokenizer, count)
     train, evals, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
     contract = check_contract(tokenizer, train, evals, stats, recipe.data, recipe.model.attention)
-    samples = [sample_html(tokenizer, train[i]) for i in range(min(count, len(train)))]
+    samples = [(f"sample {i + 1}", sample_html(tokenizer, train[i])) for i in range(min(count, len(train)))]
+    return DataView(samples, len(train), stats.as_dict(), contract.as_dict())
+
+
+def _preference_view(recipe, tokenizer, count: int) -> DataView:
+    """A preference run's first rows: each answer (chosen and rejected, or KTO's one) after its prompt, as
+    `data preview` shows them; the answer's tokens are the scored ones."""
+    from peftsft.data.preference_build import build_preference_datasets
+    from peftsft.data.preference_contract import check_preference_contract
+    from peftsft.data.preference_encode import answer_sides, scored_sequence
+
+    train, evals, stats = build_preference_datasets(tokenizer, recipe.data, recipe.training.seed,
+                                                    recipe.preference.paired)
+    contract = check_preference_contract(tokenizer, train, evals, stats, recipe.data)
+    samples = []
+    for index in range(min(count, len(train))):
+        row = train[index]
+        samples += [(f"row {index + 1}: {side}", sample_html(tokenizer, scored_sequence(row["prompt_ids"], answer)))
+                    for side, answer in answer_sides(row)]
     return DataView(samples, len(train), stats.as_dict(), contract.as_dict())
 
 
