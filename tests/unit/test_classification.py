@@ -320,3 +320,28 @@ def test_hard_sentiment_set_is_held_out_and_has_no_surface_cues():
         assert max(overlap(row["text"], t) for t in train) <= 0.5, row
         assert not _trigrams(row["text"]) & stock, (row, _trigrams(row["text"]) & stock)
         assert row["label"] != "neutral" or not re.search(r"\b(1[89]|20)\d\d\b", row["text"]), row
+
+
+@pytest.mark.parametrize("name", ["sentiment_train.jsonl", "sentiment_eval.jsonl"])
+def test_committed_sentiment_data_is_what_the_seeded_generator_writes(tmp_path, monkeypatch, name):
+    """The hard set's held-out check above reads the committed files: they must be the generator's output."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_sentiment_data", DATA / "make_sentiment_data.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    monkeypatch.setattr(generator, "HERE", tmp_path)
+    generator.main()
+    assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes()
+
+
+def test_generated_data_teaches_what_sentiment_words_alone_get_wrong():
+    """Both splits hold negation, concession-then-verdict, deeds, sarcasm and dateless neutral rows; the eval
+    split's come from templates training never uses."""
+    train = {r["text"] for r in _texts("sentiment_train.jsonl")}
+    evaluation = [r["text"] for r in _texts("sentiment_eval.jsonl")]
+    for marker in (" not ", "never", " but ", "Although", "Oh great", "?"):
+        assert sum(marker in t for t in train) >= 5, marker
+    for marker in ("That said", "Nevertheless", "and still", "hardly"):  # held-out templates only
+        assert any(marker in t for t in evaluation) and not any(marker in t for t in train), marker
+    assert not train & set(evaluation)
