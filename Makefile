@@ -1,14 +1,34 @@
-# The README's two commands. Both install what they need into .venv first (idempotent, fast when done).
+# The README's two commands. Each installs what it needs into .venv first (scripts/setup.sh: idempotent, fast when
+# done): `make demo` only what the demo runs; `make test` everything the tests and the docs build need.
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export NO_MKDOCS_2_WARNING := 1  # mkdocs-material's banner about its successor, printed on every build
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast docs gguf mutation
 
-setup:
-	bash scripts/setup.sh
+setup:  ## everything `make test` installs
+	bash scripts/setup.sh test
 
-demo: setup  ## train the default recipe on the embedded SmolLM2 (CPU, offline, a few minutes)
+demo:  ## train the default recipe on the embedded SmolLM2 (CPU, offline, a few minutes)
+	bash scripts/setup.sh demo
 	.venv/bin/python -m peftsft run recipes/llama-chat-lora.toml --overwrite
 
-test: setup  ## every test that can run on this machine (gpu-marked ones skip without CUDA)
+test: docs  ## the docs build (a broken link fails it), then every test that can run here (gpu ones skip)
 	.venv/bin/python -m pytest -q
+
+test-fast: setup  ## the fast lane for development: every test not marked slow (a few minutes)
+	.venv/bin/python -m pytest -q -m "not slow"
+
+# Mutation testing ([tool.mutmut] in pyproject.toml says what is mutated and by which tests): not part of `make test`.
+# Results stay in mutants/: a rerun checks only mutants without a result. MUTANTS="peftsft.data.*" (names or globs,
+# see `mutmut results`) checks just those, again even where they have one (after a test was added, say).
+mutation: setup
+	.venv/bin/mutmut --version >/dev/null 2>&1 || .venv/bin/python -m pip install -q -e ".[mutation]"
+	OMP_NUM_THREADS=1 nice -n 10 .venv/bin/mutmut run --max-children 2 $(MUTANTS)
+	.venv/bin/python scripts/mutation_report.py
+
+docs: setup  ## the documentation site into site/ (mkdocs.yml; --strict: any warning, a broken link or anchor, fails)
+	.venv/bin/mkdocs build --strict
+
+gguf:  ## llama-cpp-python: GGUF K-quants (q4_k_m, …) and verification of GGUF exports in llama.cpp
+	bash scripts/setup.sh gguf

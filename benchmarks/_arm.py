@@ -150,11 +150,12 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     from peftsft.training.recipe import load_recipe
     from peftsft.data import build_datasets
     from peftsft.data.build import apply_template
-    from peftsft.training.levers import decide_levers
+    from peftsft.levers import applied, decide_levers
     from peftsft.models import load_model
     from peftsft.strategies import StrategyContext, get_strategy
     from peftsft.strategies.registry import validate_params
-    from peftsft.tasks.chat import levers_applied, make_trainer
+    from peftsft.tasks.chat import sft_trainer
+    from peftsft.levers import build_trainer as with_levers
 
     recipe = load_recipe(spec["recipe"])
     set_seed(recipe.training.seed)
@@ -165,9 +166,10 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     params = validate_params(strategy, recipe.strategy.params)
     model = strategy.apply(model, params, StrategyContext(quantized=recipe.quantization.bits is not None))
     # the recipe's own levers, as `peftsft run` uses them (length-grouped batches of the job's rows included)
-    levers = decide_levers(recipe, spec["device"], stats.max_tokens, model)
-    trainer = make_trainer(recipe, model, tokenizer, train_ds, None, spec["device"], [meter], levers)
-    trainer.peftsft_levers = levers_applied(levers, trainer.model)  # as `peftsft run` applies them, while training
+    levers = decide_levers(recipe, spec["device"], model, stats.max_tokens)
+    trainer = with_levers(levers, model, lambda: sft_trainer(recipe, model, tokenizer, train_ds, None, spec["device"],
+                                                              [meter], levers))  # fmt: skip
+    trainer.peftsft_levers = applied(levers, model)  # as `peftsft run` applies them, while training
     supervised = sum(sum(1 for label in row if label != -100) for row in train_ds["labels"])
     data = {"rows": stats.train_rows, "dataset_tokens": stats.tokens, "supervised_tokens": supervised}
     return trainer, {**data, "levers": levers.as_dict(), "precision": levers.precision}
@@ -226,9 +228,9 @@ def import_libraries(spec: dict) -> None:
     """Import what the arm will use before the first RSS reading, so that the reading covers library code; a
     peftsft arm bounds oneDNN's kernel caches first, as `peftsft run` does (TRL's arms keep the defaults)."""
     if spec["kind"] == "peftsft":
-        from peftsft.core.kernel_caches import bound_kernel_caches
+        from peftsft.levers import prepare_process
 
-        bound_kernel_caches()
+        prepare_process()
     import datasets  # noqa: F401
     import peft  # noqa: F401
     import trl  # noqa: F401

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from peftsft.artifacts.export.pipeline import Exporter, ExportJob
-from peftsft.artifacts.export.runs import open_run
+from peftsft.artifacts.export.run_models import open_run
 
 QUANTS = "f16,bf16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0"
 PROMPT = "Write a short paragraph about why the sky is blue."

@@ -10,6 +10,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftsft.core.errors import UserError
 from peftsft.models import resolve_source
 
 

@@ -17,9 +17,10 @@ from peftsft.data.templates import render
 from peftsft.data.tools import ParsedReply, parse_tool_calls, tools_of
 
 __all__ = [
-    "ParsedReply", "Sampling", "answer", "answer_batch", "answer_prompts", "chat_inputs", "inference_mode",
-    "parse_tool_calls", "reply_message", "stream_answer",
+    "ParsedReply", "Sampling", "answer", "answer_batch", "answer_prompts", "chat_inputs", "context_length",
+    "inference_mode", "parse_tool_calls", "reply_message", "stream_answer",
 ]
+DEFAULT_CONTEXT = 2048  # when neither the model config nor the tokenizer states one
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,13 @@ def chat_inputs(tokenizer, messages: list[dict], device, tools: list[dict] | Non
         list(messages), tools=tools or tools_of(messages), add_generation_prompt=True, return_tensors="pt",
         return_dict=True,
     ).to(device)
+
+
+def context_length(model, tokenizer) -> int:
+    """Tokens the model attends over: its config's position limit, else the tokenizer's, else a default."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    known = [n for n in limits if isinstance(n, int) and 0 < n < 10**7]  # tokenizers say 1e30 when they do not know
+    return min(known) if known else DEFAULT_CONTEXT
 
 
 def reply_message(text: str) -> dict:

@@ -18,14 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from peftsft.core.config import ModelSection, QuantizationSection, Recipe
-from peftsft.core.recipe_io import read_toml
 from peftsft.core.errors import UserError
-
-RECIPE_FILE = "recipe.resolved.toml"
-ADAPTER_DIR = "adapter"
+from peftsft.core.rundir import RunDir
 
 
 @dataclass
@@ -72,75 +67,47 @@ class Loaded:
         return self.base() if side == "base" else nullcontext(self.model)
 
 
-def is_run_dir(path: str | Path) -> bool:
-    """A run dir has a resolved recipe and no weights of its own (a merged dir has both)."""
-    path = Path(path)
-    return (path / RECIPE_FILE).is_file() and not (path / "config.json").is_file()
-
-
 def load(source: str | Path, device: str = "auto", base: str | None = None) -> Loaded:
     """Load a run dir or a model source for inference (eval mode); see the module docstring."""
     from peftsft.models import pick_device
 
-    if base is not None and is_run_dir(source):
+    is_run = RunDir.holds_run(source)
+    if base is not None and is_run:
         raise UserError(f"{source}: a run dir's base is the model it was trained on; --base is for model dirs",
                         hint="drop --base (the run's recipe names its base)")
     device = pick_device(device)
-    loaded = load_run(Path(source), device) if is_run_dir(source) else _load_model_source(str(source), device)
+    loaded = load_run(RunDir(source), device) if is_run else _load_model_source(str(source), device)
     if base is not None:
         loaded.base_source, loaded._base = base, None
     return loaded
 
 
-def read_run_recipe(path: Path) -> Recipe:
-    """A run's resolved recipe, schema-checked only: the run must load even if its data files moved."""
-    try:
-        return Recipe.model_validate(read_toml(path))
-    except ValidationError as exc:
-        raise UserError(
-            f"{path}: not a valid resolved recipe: {exc.error_count()} problem(s)",
-            hint="was this run made by another peftsft version? retrain, or load the model directly",
-        ) from None
-
-
-def load_run(run_dir: Path, device: str) -> Loaded:
+def load_run(run: RunDir, device: str) -> Loaded:
     """Base model as the recipe loads it + the trained adapter; tokenizer (and template) from adapter/."""
     from peftsft.models import load_model, load_tokenizer
 
-    recipe = read_run_recipe(run_dir / RECIPE_FILE)
+    recipe = run.recipe()
     if recipe.task == "classification":  # an encoder with a classification head: nothing to chat with
-        raise UserError(f"{run_dir} is a classification run: it labels text, it does not answer",
-                        hint=f"python -m peftsft predict {run_dir} --file TEXTS.txt (or eval {run_dir})")
-    adapter = run_dir / ADAPTER_DIR
-    _require(adapter, run_dir)
-    if (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file():
-        model_cfg = recipe.model.model_copy(update={"source": str(adapter)})
-        model, _, _ = load_model(model_cfg, QuantizationSection(), device)
+        raise UserError(f"{run.path} is a classification run: it labels text, it does not answer",
+                        hint=f"python -m peftsft predict {run.path} --file TEXTS.txt (or eval {run.path})")
+    if run.adapter_kind() == "model":
+        model_cfg = recipe.model.model_copy(update={"source": str(run.adapter_dir)})
+        with run.reading_adapter():
+            model, _, _ = load_model(model_cfg, QuantizationSection(), device)
     else:
-        _require(adapter / "adapter_config.json", run_dir)
+        run.adapter_config()  # a damaged adapter is refused before the base is loaded
         base, _, _ = load_model(recipe.model, recipe.quantization, device)
-        model = _with_adapter(base, adapter)
-    tokenizer = load_tokenizer(str(adapter), recipe.model)
+        model = run.load_adapter(base)
+    with run.reading_adapter():
+        tokenizer = load_tokenizer(str(run.adapter_dir), recipe.model)
     return Loaded(
-        model.eval(), tokenizer, str(run_dir), "run", device, recipe,
+        model.eval(), tokenizer, str(run.path), "run", device, recipe,
         base_source=recipe.model.source, quantized=recipe.quantization.bits is not None,
     )
 
 
-def _with_adapter(base, adapter: Path):
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
-
-
-def _require(path: Path, run_dir: Path) -> None:
-    if not path.exists():
-        raise UserError(f"{run_dir}: incomplete run dir, {path.relative_to(run_dir)} is missing",
-                        hint="did the run finish? a run dir gets adapter/ only after training ends")
-
-
 def _load_model_source(source: str, device: str) -> Loaded:
-    recipe = _recipe_beside(source)
+    recipe = RunDir.recipe_beside(source)
     loaded = _load_plain(source, device, recipe)
     loaded.base_source = recipe.model.source if recipe else None
     return loaded
@@ -151,15 +118,8 @@ def _load_plain(source: str, device: str, recipe: Recipe | None) -> Loaded:
     from peftsft.models import load_model
 
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-        raise UserError(f"{source}: neither a run dir (recipe.resolved.toml) nor a model dir (config.json)",
+        raise UserError(f"{source}: neither a run dir ({RunDir.RECIPE}) nor a model dir (config.json)",
                         hint="point at a run dir made by `peftsft run`, a merged/exported model dir, or a .gguf")
     model_cfg = recipe.model.model_copy(update={"source": source}) if recipe else ModelSection(source=source)
     model, tokenizer, _ = load_model(model_cfg, QuantizationSection(), device)
     return Loaded(model.eval(), tokenizer, source, "model", device, recipe)
-
-
-def _recipe_beside(source: str) -> Recipe | None:
-    path = Path(source).expanduser()
-    folder = path if path.is_dir() else path.parent
-    candidate = folder / RECIPE_FILE
-    return read_run_recipe(candidate) if path.exists() and candidate.is_file() else None

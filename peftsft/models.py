@@ -57,8 +57,8 @@ def resolve_source(spec: str) -> ModelSource:
             looked.append(f"{inner} inside installed package {package!r} ({location})")
         else:
             looked.append(f"installed Python package {package!r} (not installed)")
-    if _looks_like_hub_id(spec):
-        return ModelSource("hub", spec, spec)
+    if _looks_like_hub_id(spec) and package not in PACKAGE_HINTS:  # a model package's name is no Hub owner:
+        return ModelSource("hub", spec, spec)  # when it is missing, say how to install it (below)
     hint = PACKAGE_HINTS.get(package, "give a local directory, a .gguf file, package/path.gguf or a Hub id")
     raise UserError(f"[model] source: {spec!r} not found", hint=hint, problems=[f"looked for {w}" for w in looked])
 
@@ -114,8 +114,11 @@ def gguf_cache_dir(gguf: Path) -> Path:
     return cache_root() / "gguf" / f"{gguf.stem}-{key}"
 
 
-def materialize(source: ModelSource) -> str:
-    """A directory or hub id that `from_pretrained` loads; GGUF is dequantized once and cached on disk."""
+def materialize(source: ModelSource, revision: str | None = None) -> str:
+    """A directory or hub id that `from_pretrained` loads; GGUF is dequantized once and cached on disk. A Hub id
+    that offline mode cannot reach is refused here, before any loader's long traceback."""
+    if source.kind == "hub":
+        require_hub_cached(source.location, revision)
     if source.kind != "gguf":
         return source.location
     target = gguf_cache_dir(Path(source.location))
@@ -252,9 +255,9 @@ def use_bnb_cpu_path(model: torch.nn.Module, path: str = "reference") -> int:
         raise ValueError(f"bitsandbytes CPU path {path!r}: one of {BNB_CPU_PATHS}")
     try:
         import bitsandbytes as bnb
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu
     except ImportError:
         return 0
+    from peftsft.core.compat import bnb_pack_for_cpu
     converted = 0
     for module in model.modules():
         if not isinstance(module, bnb.nn.Linear4bit) or module.weight.quant_state is None:
@@ -263,7 +266,7 @@ def use_bnb_cpu_path(model: torch.nn.Module, path: str = "reference") -> int:
         current = bnb_cpu_path_of(module)
         if current is None or current == path:
             continue
-        convert = _convert_weight_packed_for_cpu if path == "packed" else _unpack
+        convert = bnb_pack_for_cpu if path == "packed" else _unpack
         module.weight.data, module.weight.quant_state = convert(module.weight.data, module.weight.quant_state)
         module.quant_state = module.weight.quant_state
         converted += 1
@@ -275,9 +278,9 @@ def _unpack(data: torch.Tensor, state) -> tuple[torch.Tensor, object]:
     the packed layout's bf16 [in/64, out] matrix, which the reference kernels would read as scales of the wrong
     blocks (weights off by ~5% of their range). Either way the weights come back within ~0.3% of their range of
     what they were before packing: the packed layout rounded the scales to bf16."""
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from peftsft.core.compat import bnb_unpack_for_cpu
 
-    data, state = _convert_weight_packed_for_cpu_inverse(data, state)
+    data, state = bnb_unpack_for_cpu(data, state)
     if state.absmax.dim() == 2:
         state.absmax = state.absmax.T.reshape(-1).float().contiguous()
     return data, state
@@ -305,8 +308,9 @@ def quantized_layer_bytes(shape: tuple[int, int], bits: int, double_quant: bool,
 def load_tokenizer(location: str, model_cfg: ModelSection):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        location, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision
+    tokenizer = _load_guard(
+        AutoTokenizer.from_pretrained, location, trust_remote_code=model_cfg.trust_remote_code,
+        revision=model_cfg.revision,
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -321,8 +325,8 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     source = resolve_source(model_cfg.source)
-    location = _load_guard(materialize, source)
-    tokenizer = _load_guard(load_tokenizer, location, model_cfg)
+    location = _load_guard(materialize, source, model_cfg.revision)
+    tokenizer = load_tokenizer(location, model_cfg)  # guarded inside
     kwargs = dict(
         dtype=resolve_dtype(model_cfg.dtype, device),
         attn_implementation=None if model_cfg.attention == "auto" else model_cfg.attention,
@@ -338,12 +342,32 @@ def load_model(
     return model, tokenizer, source
 
 
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def require_hub_cached(repo_id: str, revision: str | None = None) -> None:
+    """Offline, a Hub id loads only from the local cache: say so (and how to fill it) when it is not there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not hub_offline() or isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
+        return
+    raise UserError(
+        f"[model] source {repo_id!r} is a Hugging Face Hub id that is not in the local cache, and offline mode is on "
+        "(HF_HUB_OFFLINE=1)",
+        hint=f"download it once where there is network (`hf download {repo_id}`, or `huggingface-cli download "
+        f"{repo_id}`), or unset HF_HUB_OFFLINE to let it download, or set [model] source to a local model dir or .gguf",
+    )
+
+
 def _load_guard(fn, location, *args, **kwargs):
     """Turn the Hub's offline/not-found errors into one clear message."""
     try:
         return fn(location, *args, **kwargs)
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        offline = hub_offline()
         raise UserError(
             f"[model] source: could not load {getattr(location, 'location', location)!r}: {str(exc).splitlines()[0]}",
             hint="offline mode is on (HF_HUB_OFFLINE=1): use a local directory or a .gguf"

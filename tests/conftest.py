@@ -154,3 +154,24 @@ def exported_run(tmp_path_factory, tiny_model_dir) -> Path:
     recipe = write_tiny_recipe(tmp_path_factory.mktemp("exported-run"), tiny_model_dir, extra)
     overrides = [f'model.base_id="{TINY_BASE_ID}"', 'model.license="apache-2.0"', "data.eval_fraction=0.25"]
     return Path(run(load_recipe(recipe, overrides), Console(quiet=True))["run_dir"])
+
+
+def decide(recipe, device: str = "cpu", longest: int | None = 64, model=None):
+    """The run's levers for `recipe` on `device`, decided on `model` (default: a meta-device skeleton of it)."""
+    from peftsft.levers import decide_levers
+    from peftsft.levers import skeleton
+
+    model = model if model is not None else skeleton(recipe, device, [])[0]
+    return decide_levers(recipe, device, model, longest)
+
+
+def sft_trainer(recipe, model, tokenizer, train_ds, eval_ds=None, callbacks=(), levers=None):
+    """TRL's SFTTrainer as a chat run builds it: the levers decided on the model, its dtypes set around the build
+    (the patches are not applied: `peftsft.levers.applied` does that while training)."""
+    from peftsft.tasks.chat import sft_trainer as build
+    from peftsft.levers import build_trainer as with_levers
+
+    longest = max(len(ids) for ids in train_ds["input_ids"])
+    levers = levers or decide(recipe, "cpu", longest, model)
+    return with_levers(levers, model, lambda: build(recipe, model, tokenizer, train_ds, eval_ds, "cpu",
+                                                    list(callbacks), levers))

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftsft.artifacts.export.record import read_record
+from peftsft.base_identity import is_hub_id
 from peftsft.core.config import Recipe
 from peftsft.core.errors import UserError
-from peftsft.core.recipe_io import read_toml
-from peftsft.core.rundir import write_text
-from peftsft.base_identity import is_hub_id
+from peftsft.core.rundir import RunDir, write_text
 from peftsft.models import resolve_source
 
-RECIPE_FILE = "recipe.resolved.toml"
 LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
 EVAL_METRICS = ("eval_loss", "perplexity", "exact_match", "f1", "rouge_l", "bleu")
 
@@ -37,14 +35,15 @@ class CardTarget:
 
 def write_run_card(run_dir: Path) -> Path:
     """adapter/README.md of a finished run (replacing peft's template), with the training curve beside it."""
-    adapter = run_dir / "adapter"
+    adapter = RunDir(run_dir).adapter_dir
     return write_card(run_dir, adapter, CardTarget("adapter", str(adapter.resolve()), checks=()))
 
 
 def write_card(run_dir: Path, folder: Path, target: CardTarget) -> Path:
     """README.md (+ loss.png) into `folder` for `target`."""
-    if (run_dir / "loss.png").is_file() and folder.resolve() != run_dir.resolve():
-        shutil.copy2(run_dir / "loss.png", folder / "loss.png")
+    plot = RunDir(run_dir).loss_plot
+    if plot.is_file() and folder.resolve() != plot.parent.resolve():
+        shutil.copy2(plot, folder / plot.name)
     write_text(folder / "README.md", model_card(run_dir, target))
     return folder / "README.md"
 
@@ -52,18 +51,18 @@ def write_card(run_dir: Path, folder: Path, target: CardTarget) -> Path:
 def model_card(run_dir: Path, target: CardTarget) -> str:
     from huggingface_hub import ModelCard
 
-    recipe = Recipe.model_validate(read_toml(run_dir / RECIPE_FILE))
-    summary = _json(run_dir / "summary.json")
+    run = RunDir(run_dir)
+    recipe, summary = run.recipe(), run.read_summary()
     sections = [
         f"# {recipe.run.name}\n\n{_introduction(recipe, summary, target)}",
         _base_section(recipe),
         _load_section(target),
-        _training_section(recipe, summary, run_dir),
+        _training_section(recipe, summary, run),
         _data_section(summary.get("data") or {}),
-        _eval_section(summary, _json(run_dir / "eval.json")),
-        _verification_section(list(target.checks) or _export_checks(run_dir), target),
-        f"## Recipe (resolved)\n\n```toml\n{(run_dir / RECIPE_FILE).read_text(encoding='utf-8').strip()}\n```",
-        _template_section(run_dir),
+        _eval_section(summary, run.read_eval()),
+        _verification_section(list(target.checks) or _export_checks(run), target),
+        f"## Recipe (resolved)\n\n```toml\n{run.recipe_text().strip()}\n```",
+        _template_section(run),
     ]
     metadata = card_metadata(recipe, target.fmt).to_yaml()
     return ModelCard(f"---\n{metadata}\n---\n\n" + "\n\n".join(sections) + "\n").content
@@ -150,7 +149,7 @@ def _load_section(target: CardTarget) -> str:
     return f"## How to load\n\n```python\n{code}\n```{notes}"
 
 
-def _training_section(recipe: Recipe, summary: dict, run_dir: Path) -> str:
+def _training_section(recipe: Recipe, summary: dict, run: RunDir) -> str:
     rows = [
         ("strategy", recipe.strategy.name),
         ("trainable parameters", _count(summary.get("trainable_params"), summary.get("total_params"))),
@@ -160,7 +159,7 @@ def _training_section(recipe: Recipe, summary: dict, run_dir: Path) -> str:
         ("device", summary.get("device")),
         ("versions", ", ".join(f"{k} {v}" for k, v in (summary.get("versions") or {}).items())),
     ]
-    plot = "\n\n![training loss](loss.png)" if (run_dir / "loss.png").is_file() else ""
+    plot = f"\n\n![training loss]({run.loss_plot.name})" if run.loss_plot.is_file() else ""
     return "## Training\n\n" + _table(["", "value"], [(k, v) for k, v in rows if v not in (None, "")]) + plot
 
 
@@ -209,8 +208,8 @@ def _verification_section(checks: list[dict], target: CardTarget) -> str:
             + _table(["artifact", "tolerance", "max Δ", "mean Δ", "greedy", "same replies", "result"], rows))
 
 
-def _template_section(run_dir: Path) -> str:
-    template = run_dir / "adapter" / "chat_template.jinja"
+def _template_section(run: RunDir) -> str:
+    template = run.chat_template_file
     if not template.is_file():
         return "## Chat template\n\nThe tokenizer's own (no chat_template.jinja was saved)."
     return ("## Chat template\n\nThe exact template used in training (saved with the tokenizer):\n\n```jinja\n"
@@ -220,18 +219,9 @@ def _template_section(run_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _export_checks(run_dir: Path) -> list[dict]:
+def _export_checks(run: RunDir) -> list[dict]:
     """The checks recorded by the run's exports under <run dir>/exports/."""
-    folder = run_dir / "exports"
-    found = sorted(folder.iterdir()) if folder.is_dir() else []
-    return [c for path in found if (record := read_record(path)) for c in record.get("checks", [])]
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    return [c for path in run.exports() if (record := read_record(path)) for c in record.get("checks", [])]
 
 
 def _table(header: list[str], rows: list[tuple]) -> str:

@@ -1,27 +1,25 @@
 """`eval`: held-out chat data → loss and perplexity on assistant tokens, plus answer metrics against the
 reference (each row's last assistant message), for the base and the tuned model side by side.
 
-Answer metrics compare texts normalised the usual (SQuAD) way: lowercase, punctuation removed, whitespace
-collapsed. ROUGE-L (F-measure, `rouge-score`) and BLEU (corpus-level, 0-100, `sacrebleu`, effective n-gram
-order) use the raw texts. Rows that offer tools are also scored on their tool calls (evaluate_tools.py).
+The scoring itself (answer metrics, tool-call metrics, the held-out split) lives in the training layer
+(training.scoring, training.tool_scoring, training.held_out), which the evaluations during training share.
 """
 
 from __future__ import annotations
 
-import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from peftsft.artifacts.evaluate_tools import TOOL_METRICS, expected_calls, tool_metrics
 from peftsft.core.errors import UserError
 from peftsft.data.tools import tools_of, with_tools
-from peftsft.training.scoring import assistant_loss, contains_reference, exact_match, normalize  # noqa: F401 (shared)
+from peftsft.training.held_out import EvalRow, held_out_conversations, score_answers  # noqa: F401 (shared)
+from peftsft.training.scoring import ANSWER_METRICS, answer_metrics, assistant_loss, token_f1  # noqa: F401
+from peftsft.training.scoring import contains_reference, exact_match, normalize  # noqa: F401 (shared)
+from peftsft.training.tool_scoring import TOOL_METRICS, expected_calls
 
-ANSWER_METRICS = ("exact_match", "contains_reference", "token_f1", "rouge_l", "bleu")
 LOWER_IS_BETTER = {"eval_loss", "perplexity"}
 
 
@@ -40,86 +38,7 @@ class EvalRequest:
     device: str = "auto"
 
 
-# ---------------------------------------------------------------------------------------------- metrics
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = normalize(prediction).split(), normalize(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def answer_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean per-answer scores, ROUGE-L F-measure, and corpus BLEU (0-100)."""
-    from rouge_score import rouge_scorer
-    from sacrebleu.metrics import BLEU
-
-    if not references:
-        return {}
-    n = len(references)
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    pairs = list(zip(predictions, references))
-    return {
-        "exact_match": sum(exact_match(p, r) for p, r in pairs) / n,
-        "contains_reference": sum(contains_reference(p, r) for p, r in pairs) / n,
-        "token_f1": sum(token_f1(p, r) for p, r in pairs) / n,
-        "rouge_l": sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in pairs) / n,
-        # effective order: short answers have no 4-grams, which would make plain BLEU 0 even for exact copies
-        "bleu": BLEU(effective_order=True).corpus_score(predictions, [references]).score,
-    }
-
-
 # ---------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class EvalRow:
-    messages: list[dict] | str  # a conversation, or plain text (format "text": loss only)
-
-    @property
-    def reference(self) -> str | None:
-        last = self.messages[-1] if isinstance(self.messages, list) else None
-        if last and last.get("tool_calls"):  # a tool call is scored by evaluate_tools, not as text
-            return None
-        return last["content"] if last and last["role"] == "assistant" and isinstance(last["content"], str) else None
-
-    @property
-    def answerable(self) -> bool:
-        return bool(self.prompt) and (self.reference is not None or bool(expected_calls(self.messages)))
-
-    @property
-    def prompt(self) -> list[dict]:
-        return with_tools(self.messages[:-1], tools_of(self.messages)) if isinstance(self.messages, list) else []
-
-
-def held_out_conversations(recipe, data_path: str | None) -> tuple[list, str]:
-    """(conversations, where they came from): --data, else the recipe's eval_path, else its eval split."""
-    from peftsft.core.config import DataSection, DatasetSpec
-    from peftsft.data.build import DataStats, load_conversations
-
-    if data_path:
-        on_bad_row = recipe.data.on_bad_row if recipe else "fail"
-        data = DataSection(datasets=[DatasetSpec(path=data_path)], on_bad_row=on_bad_row)
-        return load_conversations([data_path], data, DataStats()), data_path
-    if recipe is None or not (recipe.data.eval_path or recipe.data.eval_fraction > 0):
-        raise UserError(
-            "no held-out data to evaluate on", hint="pass --data FILE.jsonl (chat rows with a reference answer)"
-        )
-    if recipe.data.eval_path:
-        path = Path(recipe.data.eval_path)
-        if path.suffix and not path.exists():  # a file that moved (a Hub dataset id has no suffix)
-            raise UserError(f"the run's eval_path is gone: {path}", hint="pass --data FILE.jsonl")
-        return load_conversations([recipe.data.eval_path], recipe.data, DataStats()), recipe.data.eval_path
-    # the same split as data.build.build_datasets: shuffle the training rows with the seed, eval first
-    conversations = load_conversations([spec.path for spec in recipe.data.datasets], recipe.data, DataStats())
-    random.Random(recipe.training.seed).shuffle(conversations)
-    n_eval = max(1, round(len(conversations) * recipe.data.eval_fraction))
-    return conversations[:n_eval], f"eval_fraction {recipe.data.eval_fraction} of the training data"
 
 
 def with_system(conversations: list, system: str | None) -> list:
@@ -142,10 +61,7 @@ def evaluate_model(model, tokenizer, rows: list[EvalRow], max_length: int, max_n
     predictions = answer_batch(
         model, tokenizer, [r.prompt for r in answerable], Sampling(max_new_tokens=max_new_tokens), batch_size
     )
-    texts = [(p, r.reference) for p, r in zip(predictions, answerable) if r.reference is not None]
-    metrics |= answer_metrics([p for p, _ in texts], [ref for _, ref in texts])
-    metrics |= tool_metrics(predictions, [r.messages for r in answerable])
-    return metrics, predictions
+    return metrics | score_answers(predictions, answerable), predictions
 
 
 def run_eval(loaded, rows: list[EvalRow], compare: bool, max_length: int, max_new_tokens: int, batch_size: int,
@@ -173,7 +89,7 @@ def _expected(row: EvalRow) -> dict:
 
 def evaluate_chat(request: EvalRequest, console: Console) -> Path:
     """Base vs tuned on held-out chat data; the report is saved as JSON (returned: where)."""
-    from peftsft.core.rundir import write_json
+    from peftsft.core.rundir import RunDir, write_json
     from peftsft.loading import load
 
     if request.batch_size < 1 or request.max_new_tokens < 1 or (request.limit is not None and request.limit < 1):
@@ -191,7 +107,7 @@ def evaluate_chat(request: EvalRequest, console: Console) -> Path:
     report = {"model": request.model, "base": loaded.base_source if compare else None, "data": source,
               "rows": len(conversations), "max_length": max_length, "max_new_tokens": request.max_new_tokens, **report}
     report["general"] = general_report(loaded, compare, console)
-    default_out = Path(request.model) / "eval.json" if loaded.kind == "run" else Path("eval.json")
+    default_out = RunDir(request.model).eval_file if loaded.kind == "run" else Path("eval.json")
     out = Path(request.out) if request.out else default_out
     write_json(out, report)
     console.print(results_table(report["results"], f"{source}: {len(conversations)} row(s)"))

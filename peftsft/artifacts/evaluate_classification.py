@@ -31,7 +31,7 @@ def evaluate_classifier(request: EvalRequest, console: Console) -> Path:
     report = classification_metrics(label_ids, [names.index(r["label"]) for r in rows], names)
     for row, label_id in zip(rows, label_ids):
         row["true"] = names[label_id]
-    out = Path(request.out) if request.out else (_run_dir_of(request.model) / "eval.json")
+    out = Path(request.out) if request.out else _eval_file_of(request.model)
     write_json(out, {"model": request.model, "task": "classification", "data": source, **report, "predictions": rows})
     console.print(confusion_table(report, f"{source}: accuracy {report['accuracy']:.3f}, "
                                           f"macro-F1 {report['macro_f1']:.3f} ({report['rows']} rows)"))
@@ -57,7 +57,9 @@ def held_out(classifier, data_path: str | None) -> tuple[list[str], list[int], s
     return [r.text for r in rows], ids, source
 
 
-def _run_dir_of(model: str) -> Path:
+def _eval_file_of(model: str) -> Path:
     """A run dir keeps its eval.json; anything else writes to the current dir (as `eval` does for chat models)."""
-    path = Path(model)
-    return path if (path / "adapter").is_dir() else Path(".")
+    from peftsft.core.rundir import RunDir
+
+    run = RunDir(model)
+    return run.eval_file if run.adapter_dir.is_dir() else Path("eval.json")

@@ -19,12 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from peftsft.artifacts.card import CardTarget, write_card
+from peftsft.artifacts.export.formats import REGISTRY, format_named
 from peftsft.artifacts.export.record import RECORD, artifact_files, read_record, record_path, unverified_reason
-from peftsft.artifacts.export.runs import TrainedRun, open_run
+from peftsft.artifacts.export.run_models import TrainedRun, open_run
 from peftsft.core.errors import UserError
-from peftsft.core.rundir import write_dir
+from peftsft.core.rundir import require_parent_folders, write_dir
 
-WHAT = ("adapter", "merged", "gguf")
+WHAT = tuple(name for name, fmt in REGISTRY.items() if fmt.pushable)
 REPO_ID = re.compile(r"^[A-Za-z0-9](?:[\w-]|\.(?!\.)){0,94}/[A-Za-z0-9](?:[\w-]|\.(?!\.)){0,94}$")
 NO_NETWORK = "--dry-run writes the folder that would be uploaded (and lists it) without any network"
 
@@ -49,7 +50,7 @@ def push(request: PushRequest, console: Console) -> Path:
     if not request.dry_run:
         token = hub_token()
         require_network()
-    folder = request.out or run.path / "push" / request.what
+    folder = request.out or run.dir.push_dir / request.what
     check_staging_folder(folder, run, artifact)
     write_dir(folder, lambda tmp: stage(run, artifact, request.what, request.repo, tmp))
     print_folder(console, folder)
@@ -72,7 +73,7 @@ def verified_export(run: TrainedRun, what: str, source: Path | None) -> Path:
     artifact = source or default_export(run, what)
     if not artifact.exists():
         raise UserError(f"nothing exported yet: no {what} export at {artifact}", hint=export_hint(run, what))
-    if (artifact.suffix == ".gguf") != (what == "gguf"):
+    if (artifact.suffix == ".gguf") != format_named(what).single_file:
         raise UserError(f"{artifact} is not a{'' if what == 'gguf' else 'n'} {what} export", hint="match --what to it")
     if reason := unverified_reason(artifact):
         raise UserError(f"{artifact} is not a verified export: {reason}; nothing was uploaded",
@@ -81,9 +82,9 @@ def verified_export(run: TrainedRun, what: str, source: Path | None) -> Path:
 
 
 def default_export(run: TrainedRun, what: str) -> Path:
-    folder = run.path / "exports"
-    if what != "gguf":
-        return folder / what
+    folder = run.dir.exports_dir
+    if not format_named(what).single_file:
+        return folder / format_named(what).default_name(run.name, "f16")
     ggufs = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
     if len(ggufs) > 1:
         raise UserError(f"{folder} holds several GGUF exports: {', '.join(p.name for p in ggufs)}",
@@ -92,7 +93,7 @@ def default_export(run: TrainedRun, what: str) -> Path:
 
 
 def export_hint(run: TrainedRun, what: str, force: bool = False) -> str:
-    out = run.path / "exports" / (what if what != "gguf" else f"{run.name}.f16.gguf")
+    out = run.dir.exports_dir / format_named(what).default_name(run.name, "f16")
     again = " --force" if force else ""
     return (f"export it first (verified): python -m peftsft export {run.path} --format {what} --out {out}{again} "
             f"(or [export] formats = [\"{what}\"] in the recipe)")
@@ -114,6 +115,7 @@ def check_staging_folder(folder: Path, run: TrainedRun, artifact: Path) -> None:
     protected = (run.path.resolve(), run.adapter_dir.resolve(), artifact.resolve())
     if any(target == p or target in p.parents for p in protected):
         raise UserError(f"--out {folder}: would replace the run or its export", hint="choose a new folder")
+    require_parent_folders(folder, "--out")
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / RECORD).is_file())):
         raise UserError(f"--out {folder} exists and is not an earlier push folder (it would be replaced)",
                         hint="choose a new or empty folder")
@@ -121,9 +123,9 @@ def check_staging_folder(folder: Path, run: TrainedRun, artifact: Path) -> None:
 
 def require_network() -> None:
     """Offline mode (HF_HUB_OFFLINE) is known before anything is staged or sent."""
-    from huggingface_hub import constants
+    from peftsft.models import hub_offline
 
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         raise UserError("cannot push: no network (HF_HUB_OFFLINE is set); nothing was uploaded", hint=NO_NETWORK)
 
 
@@ -133,7 +135,7 @@ def stage(run: TrainedRun, artifact: Path, what: str, repo: str, folder: Path) -
         _link_or_copy(path, folder / name)
     shutil.copy2(record_path(artifact), folder / RECORD)
     checks = tuple((read_record(artifact) or {}).get("checks", []))
-    gguf_file = artifact.name if what == "gguf" else None
+    gguf_file = artifact.name if format_named(what).single_file else None
     write_card(run.path, folder, CardTarget(what, repo, gguf_file=gguf_file, checks=checks))
     folder.chmod(0o755)
 

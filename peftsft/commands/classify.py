@@ -35,7 +35,7 @@ def read_texts(args: argparse.Namespace, text_column: str) -> list[str]:
         return list(args.text)
     if args.file:
         return texts_from_file(Path(args.file), text_column)
-    if sys.stdin.isatty():
+    if sys.stdin is None or sys.stdin.closed or sys.stdin.isatty():
         raise UserError("nothing to label", hint="pass --file FILE, --text TEXT, or pipe lines into stdin")
     return [line.strip() for line in sys.stdin if line.strip()]
 

@@ -13,14 +13,14 @@ from rich.table import Table
 
 from peftsft.core.console import console, err_console
 from peftsft.core.errors import TrainingStopped, UserError
-from peftsft.core.kernel_caches import bound_kernel_caches
 from peftsft.core.quiet import quiet_libraries
 
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from peftsft.artifacts.tasks import run
+    from peftsft.core.rundir import is_main_process
     from peftsft.training.recipe import load_recipe
 
     overrides = list(args.set or [])
@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append("data.enforce_contract=false")
     recipe = load_recipe(args.recipe, overrides)
     summary = run(recipe, console, overwrite=args.overwrite, resume=args.resume, force=args.force)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         console.print(f"[green]done[/] {summary.get('steps')} steps, {_loss_change(summary)} → {summary['run_dir']}")
     return 0
 
@@ -64,17 +64,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _print_base_identity(recipe) -> None:
     """The base's public id the artifacts will name; unknown is a warning (the run still trains)."""
+    from rich.markup import escape
+
     from peftsft.base_identity import detect_base_identity
 
     if recipe.model.base_id is not None:
-        console.print(f"base id: {recipe.model.base_id} ([model] base_id)")
+        console.print(f"base id: {recipe.model.base_id} ([model] base_id)", markup=False, highlight=False)
         return
     identity = detect_base_identity(recipe.model.source)
     if identity.id is not None:
         console.print(f"base id: {identity.id} (from {identity.found_in})")
     else:
-        console.print(f"[bold yellow]warning:[/] the base model's Hub id is unknown ({identity.found_in}): the adapter "
-                      "and its model card cannot name it; set [model] base_id = \"OWNER/NAME\"", highlight=False)
+        console.print(f"[bold yellow]warning:[/] the base model's Hub id is unknown ({escape(identity.found_in)}): the "
+                      "adapter and its model card cannot name it; set \\[model] base_id = \"OWNER/NAME\"", highlight=False)
 
 
 def _value_at(resolved: dict, key: str) -> str:
@@ -100,7 +102,8 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 # Modules that add their own subcommands: each defines `add_commands(subparsers)` and keeps heavy imports
 # inside its command functions, so `peftsft --help` stays fast.
 COMMAND_MODULES: list[str] = [
-    "peftsft.commands.chat",
+    "peftsft.commands.talk",
+    "peftsft.commands.generate",
     "peftsft.commands.evaluate",
     "peftsft.commands.export",
     "peftsft.commands.doctor",
@@ -110,6 +113,7 @@ COMMAND_MODULES: list[str] = [
     "peftsft.commands.ui",
     "peftsft.commands.push",
     "peftsft.commands.serve",
+    "peftsft.commands.sweep",
 ]
 
 
@@ -158,7 +162,9 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    bound_kernel_caches()  # before any command's first product
+    from peftsft.levers import prepare_process
+
+    prepare_process()  # before any command's first product (oneDNN reads its cache bounds once)
     quiet_libraries(debug=getattr(args, "debug", False))  # before any command imports the libraries
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -172,19 +178,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or exc.errno not in DISK_ERRNOS:
             raise
         _print_error(UserError(f"could not write {exc.filename or 'output'}: {exc.strerror}",
-                               hint="free some disk space or choose another place with --output"))
+                               hint=f"free some disk space or choose another place with {_output_flag(args)}"))
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         return 130
 
 
+def _output_flag(args: argparse.Namespace) -> str:
+    """The flag by which this command is told where to write (`run --output DIR`; export, merge, ... `--out`)."""
+    return "--output" if hasattr(args, "output") else "--out" if hasattr(args, "out") else "another output path"
+
+
 def _print_error(exc: UserError) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    if rank and isinstance(exc, TrainingStopped):  # every process stops alike: the main process tells the user
+    from peftsft.core.compat import launched_rank
+    from peftsft.core.rundir import is_main_process
+
+    main = is_main_process()
+    if not main and isinstance(exc, TrainingStopped):  # every process stops alike: the main process tells the user
         return
-    if rank:
-        err_console.print(f"[rank {rank}] ", end="")
+    if not main:
+        err_console.print(f"[rank {launched_rank()}] ", end="")
     err_console.print("[bold red]error:[/] ", end="")
     err_console.print(str(exc), markup=False, highlight=False)
 

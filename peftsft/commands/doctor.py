@@ -37,7 +37,7 @@ def bitsandbytes_backend() -> str:
 def bitsandbytes_cpu_path() -> str:
     """The CPU 4-bit path peftsft runs on, and the CPU feature that decides what bitsandbytes alone would pick."""
     from peftsft.models import bnb_packed_kernel_available
-    from peftsft.training.rules import cpu_features
+    from peftsft.core.machine import cpu_features
 
     packed = bnb_packed_kernel_available()
     if packed is None:
@@ -56,7 +56,7 @@ def bitsandbytes_cpu_path() -> str:
 def devices() -> list[str]:
     import torch
 
-    from peftsft.training.rules import cpu_has_fast_bf16
+    from peftsft.core.machine import cpu_has_fast_bf16
 
     out = [f"cpu: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
            f"capability {torch.backends.cpu.get_cpu_capability()}, fast bf16 {'yes' if cpu_has_fast_bf16() else 'no'}"]

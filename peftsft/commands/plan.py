@@ -1,4 +1,4 @@
-"""`peftsft plan RECIPE`: the memory plan of peftsft.training.plan, as a table (or JSON)."""
+"""`peftsft plan RECIPE`: the memory plan (peftsft.training.plan over the levers' terms), as a table (or JSON)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,7 @@ def print_plan(console, plan, recipe) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from peftsft.training.plan import gib
-    from peftsft.training.rules import loss_kernel
+    from peftsft.core.units import gib
 
     table = Table(title=escape(f"memory plan: {recipe.model.source} · {recipe.strategy.name} · {plan.device}"))
     table.add_column("component")
@@ -53,19 +52,23 @@ def print_plan(console, plan, recipe) -> None:
     explain = {
         "weights": f"{plan.total_params:,} parameters{quant}",
         "gradients": f"{plan.trainable_params:,} trainable parameters",
-        "optimizer": f"{recipe.training.optim} states",
+        "optimizer": f"{plan.levers.get('optimizer', recipe.training.optim)} states",
         "activations": f"{plan.dims.layers} layers x batch {plan.batch} x {plan.seq} tokens ({plan.seq_from}), "
         f"{plan.precision}{', checkpointed' if plan.checkpointing else ''}",
         "loss_head": "peftsft's CPU LM head: token blocks of logits over the whole vocabulary + the hidden gradient"
-        if loss_kernel(recipe.training.loss_kernel, plan.device) == "peftsft"
-        else f"TRL's fused LM head: logit tiles ({recipe.training.loss_vocab_chunk} vocabulary slice) "
+        if plan.levers.get("loss_kernel") == "peftsft"
+        else f"TRL's fused LM head: logit tiles ({plan.levers.get('loss_vocab_chunk')} vocabulary slice) "
         "+ gradient accumulators",
     }
+    explain["general_check"] = ("scoring the general check before and after training (replies' logits in bounded "
+                                "batches, a batch of answers), beyond the weights")
     kept = "oneDNN's compiled kernels for bf16 products on the CPU, one per shape, as many as its caches keep"
     explain["kernel_caches"] = kept if plan.components.get("kernel_caches") else "none: bf16 runs on the CPU only"
     for name, nbytes in plan.components.items():
         table.add_row(name, gib(nbytes), escape(explain[name]))
     formula = "weights + optimizer + kernel caches + max(activations + loss head, gradients)"
+    if plan.components.get("general_check"):
+        formula = f"max(training: {formula}, general check: weights + kernel caches + general check)"
     table.add_row("[bold]peak[/]", f"[bold]{gib(plan.peak_bytes)}[/]", formula)
     console.print(table)
     runtime = "the CUDA context (~0.5 GiB)" if plan.device == "cuda" else "the Python process (~0.5 GiB of libraries)"

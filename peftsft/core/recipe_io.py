@@ -16,6 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 from peftsft.core.config import ClassificationSection, Recipe, StrategySection, TrainingSection, _batch_sizes, _multiples
 from peftsft.core.errors import UserError
+from peftsft.core.text_files import read_utf8
+from peftsft.core.metric_names import keeps_best, metric_problems
 
 
 def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], Recipe | None, list[str]]:
@@ -32,6 +34,7 @@ def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[
         problems = [_describe(err) for err in _merge_union_errors(exc.errors())]
     if recipe is not None:
         problems += _early_stopping_problems(recipe) + _classification_problems(recipe) + _batch_problems(recipe.training)
+        problems += metric_problems(recipe)
     return raw, recipe, problems
 
 
@@ -45,7 +48,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"recipe not found: {path}", hint="check the path; recipes live in recipes/*.toml")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_utf8(path, "recipe"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: malformed TOML: {exc}", hint="fix the syntax at that line") from None
 
@@ -179,13 +182,14 @@ def _did_you_mean(name: str, choices: list[str], help_texts: dict[str, str] | No
 def _early_stopping_problems(recipe: Recipe) -> list[str]:
     """Early stopping needs evaluations to compare, and checkpoints on evaluation steps to keep the best."""
     t = recipe.training
-    if t.early_stopping_patience is None:
+    if not keeps_best(recipe):
         return []
+    key = "early_stopping_patience" if t.early_stopping_patience is not None else "early_stopping_metric"
     problems = []
     if t.eval_steps is None:
-        problems.append("[training] early_stopping_patience needs eval_steps (how often to evaluate)")
+        problems.append(f"[training] {key} needs eval_steps (how often to evaluate)")
     if not (recipe.data.eval_path or recipe.data.eval_fraction > 0):
-        problems.append("[training] early_stopping_patience needs eval data: set [data] eval_path or eval_fraction")
+        problems.append(f"[training] {key} needs eval data: set [data] eval_path or eval_fraction")
     if t.eval_steps and t.save_steps and t.save_steps % t.eval_steps:
         problems.append(
             f"[training] save_steps ({t.save_steps}) must be a multiple of eval_steps ({t.eval_steps}) "

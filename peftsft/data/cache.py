@@ -1,11 +1,13 @@
 """Tokenized datasets cached on disk, keyed by a fingerprint of data + tokenizer + template + settings.
 
 The key also covers this package's code, so a fix to masking never reuses datasets built before it.
-Entries are written whole (temp dir, then rename); the least recently used beyond KEEP are removed.
+A build writes its Arrow files into a fresh directory, which becomes the entry by one rename (or, with the cache
+off, is removed when the process exits); the least recently used entries beyond KEEP are removed.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -14,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 KEEP = 20
-_SETTINGS_IGNORED = {"enforce_contract", "cache"}  # they change no token
+_SETTINGS_IGNORED = {"enforce_contract", "cache", "num_proc"}  # they change no token
+_FILES = "files.json"  # the entry's Arrow files per split, in row order
 
 
 def cache_dir() -> Path:
@@ -65,47 +68,76 @@ def _tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256((text + json.dumps(extra)).encode()).hexdigest()
 
 
+def work_dir() -> Path:
+    """A fresh directory for a build's files, beside the entries (one file system: the rename is atomic)."""
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
+    return Path(tempfile.mkdtemp(prefix=f".build-{os.getpid()}-", dir=root))
+
+
 def load(key: str):
     """(train, eval or None, stats dict) of a cached build, or None."""
-    from datasets import load_from_disk
-
     entry = cache_dir() / key
-    if not (entry / "stats.json").is_file():
-        return None
     try:
         stats = json.loads((entry / "stats.json").read_text(encoding="utf-8"))
-        train = load_from_disk(str(entry / "train"))
-        evals = load_from_disk(str(entry / "eval")) if (entry / "eval").is_dir() else None
-    except (OSError, ValueError):  # a damaged entry is rebuilt
+        train, evals = _open(entry)
+    except (OSError, ValueError, KeyError):  # missing, or damaged: rebuilt
         return None
     os.utime(entry)  # most recently used
     return train, evals, stats
 
 
-def save(key: str, train, evals, stats: dict) -> None:
-    root = cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+def keep(key: str | None, work: Path, files: dict[str, list[str]], stats: dict):
+    """(train, eval or None) from the build in `work`, stored as the entry `key`; with no key, removed at exit."""
+    if key is None:
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
+        (work / _FILES).write_text(json.dumps(files), encoding="utf-8")
+        return _open(work)
+    root, entry = cache_dir(), cache_dir() / key
+    (work / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    (work / _FILES).write_text(json.dumps(files), encoding="utf-8")
+    shutil.rmtree(entry, ignore_errors=True)  # a damaged entry (one that failed to load)
     try:
-        train.save_to_disk(str(tmp / "train"))
-        if evals is not None:
-            evals.save_to_disk(str(tmp / "eval"))
-        (tmp / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
-        shutil.rmtree(root / key, ignore_errors=True)  # a damaged entry (one that failed to load)
-        os.replace(tmp, root / key)
-    except OSError:  # another process stored the same entry meanwhile (or the disk is full): the build stands
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.replace(work, entry)
+    except OSError:  # another process stored the same entry meanwhile: its files are these files
+        shutil.rmtree(work, ignore_errors=True)
     _prune(root)
+    return _open(entry)
+
+
+def _open(directory: Path):
+    from peftsft.data.arrow import open_files
+
+    files = json.loads((directory / _FILES).read_text(encoding="utf-8"))
+    train = open_files([directory / name for name in files["train"]])
+    if train is None:
+        raise ValueError("no training files")
+    return train, open_files([directory / name for name in files["eval"]])
 
 
 def _prune(root: Path) -> None:
     entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_mtime)
     for old in entries[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Build directories of processes that died before finishing (killed, out of memory)."""
+    for path in root.glob(".build-*-*"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _mtime(path: Path) -> float:

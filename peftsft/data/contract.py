@@ -9,9 +9,11 @@ token offsets, independently of how the mask was built (masking.py), as each sam
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from itertools import zip_longest
 from typing import Any
+
+import numpy as np
 
 from peftsft.core.errors import UserError
 from peftsft.data.formats import Content
@@ -31,15 +33,13 @@ class Run:
 
 
 def supervised_runs(enc: Encoded) -> list[Run]:
-    runs, start = [], None
-    for i, label in enumerate([*enc.labels, IGNORE]):
-        if label != IGNORE and start is None:
-            start = i
-        elif label == IGNORE and start is not None:
-            text = enc.text[enc.offsets[start][0] : enc.offsets[i - 1][1]]
-            runs.append(Run(text, enc.truncated and i == len(enc.labels)))
-            start = None
-    return runs
+    learned = np.asarray(enc.labels) != IGNORE
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], learned, [False])).astype(np.int8)))
+    offsets = enc.offsets
+    return [
+        Run(enc.text[offsets[start][0] : offsets[end - 1][1]], enc.truncated and end == len(learned))
+        for start, end in zip(edges[::2].tolist(), edges[1::2].tolist())
+    ]
 
 
 @dataclass
@@ -64,7 +64,8 @@ class ReplyChecks:
             self._close(supervised_runs(enc)[-1:], markers["eos"], where)
             return
         replies = [m for m in fit_messages(tokenizer, content) if m["role"] == "assistant"]
-        if masking == "all":
+        if masking == "all":  # tool rows are counted, so the report says why their masks are not judged
+            self.tool_rows += bool(_tool_texts(content) or any(reply.get("tool_calls") for reply in replies))
             self._close_all(enc, replies, markers["eot"], where)
             return
         replies = replies[-1:] if masking == "last_turn" else replies
@@ -119,10 +120,16 @@ class ReplyChecks:
     def _close_all(self, enc: Encoded, replies: list, eot: str | None, where: str) -> None:
         """masking = "all": every token is learned; each reply still needs its end-of-turn in the text."""
         self.replies += len(replies)
-        found = min(len(replies), enc.text[: enc.offsets[-1][1]].count(eot)) if eot and enc.offsets else 0
+        found = min(len(replies), enc.text[: enc.offsets[-1][1]].count(eot)) if eot and len(enc.offsets) else 0
         self.closed += found
         if found < len(replies) and not enc.truncated:
             self._note("unclosed", f"{where}: {len(replies) - found} reply(ies) without {eot!r}", len(replies) - found)
+
+    def merge(self, later: ReplyChecks) -> None:
+        """Add the counts of samples observed after these (in another process), keeping the first examples."""
+        for name in (f.name for f in fields(self) if f.name != "examples"):
+            setattr(self, name, getattr(self, name) + getattr(later, name))
+        self.examples += later.examples[: MAX_EXAMPLES - len(self.examples)]
 
     def _note(self, counter: str, example: str, n: int = 1) -> None:
         setattr(self, counter, getattr(self, counter) + n)
@@ -190,17 +197,44 @@ def check_contract(tokenizer, train_ds, eval_ds, stats, data, attention: str) ->
 
 
 def _every_sample_supervised(datasets: list) -> Check:
+    """Streamed over each dataset in Arrow batches, so that a million samples are checked in bounded memory."""
+    from peftsft.data.arrow import scan
+
     name = "every sample has supervised tokens"
     total = 0
     for ds in datasets:
-        for index, (ids, labels) in enumerate(zip(ds["input_ids"], ds["labels"])):
-            total += 1
-            supervised = [(tok, lab) for tok, lab in zip(ids, labels) if lab != IGNORE]
-            if not supervised:
-                return Check(name, "FAIL", f"sample {index} has no supervised token")
-            if any(tok != lab for tok, lab in supervised):
-                return Check(name, "FAIL", f"sample {index}: labels differ from the input ids they supervise")
+        index = 0
+        for batch in scan(ds, ["input_ids", "labels"], batch_rows=4096):
+            if problem := _first_problem(batch):
+                row, reason = problem
+                return Check(name, "FAIL", f"sample {index + row}{reason}")
+            index += batch.num_rows
+        total += index
     return Check(name, "ok", f"{total} samples, labels = input ids where supervised")
+
+
+def _first_problem(batch) -> tuple[int, str] | None:
+    """(row, what is wrong) for the batch's first sample with no supervised token or labels that differ from its ids."""
+    import pyarrow.compute as pc
+
+    ids, labels = (batch.column(c).combine_chunks() for c in ("input_ids", "labels"))
+    lengths = pc.list_value_length(ids).fill_null(0).to_numpy()
+    if np.array_equal(lengths, pc.list_value_length(labels).fill_null(0).to_numpy()):
+        ids_flat, labels_flat = ids.flatten().to_numpy(), labels.flatten().to_numpy()
+    else:  # rows whose lists differ in length are compared over the shorter one, token by token
+        pairs = [list(zip(a or [], b or [])) for a, b in zip(ids.to_pylist(), labels.to_pylist())]
+        lengths = np.array([len(pair) for pair in pairs], dtype=np.int64)
+        ids_flat = np.array([t for pair in pairs for t, _ in pair], dtype=np.int64)
+        labels_flat = np.array([t for pair in pairs for _, t in pair], dtype=np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    supervised = labels_flat != IGNORE
+    learned = np.bincount(rows, weights=supervised, minlength=len(lengths))
+    differ = np.bincount(rows, weights=supervised & (labels_flat != ids_flat), minlength=len(lengths))
+    bad = np.flatnonzero((learned == 0) | (differ > 0))
+    if not len(bad):
+        return None
+    row = int(bad[0])
+    return row, " has no supervised token" if learned[row] == 0 else ": labels differ from the input ids they supervise"
 
 
 def _end_of_turn_supervised(stats) -> Check:
@@ -296,15 +330,14 @@ def enforce(contract: Contract) -> None:
         )
 
 
-def preflight(console, tokenizer, train_ds, eval_ds, stats, data, attention: str, summary_path) -> dict:
-    """Check, print the table, and stop the run on a failure (after saving it to summary.json); the report."""
+def preflight(console, tokenizer, train_ds, eval_ds, stats, data, attention: str, rundir) -> dict:
+    """Check, print the table, and stop the run on a failure (after saving it to the run dir's summary); the
+    report. `rundir`: a core.rundir.RunDir."""
     contract = check_contract(tokenizer, train_ds, eval_ds, stats, data, attention)
     print_contract(console, contract)
     if contract.failures and contract.enforced:
-        from peftsft.core.rundir import write_json
-
         stopped = {"stopped": "pre-flight data contract", "data": stats.as_dict(), "contract": contract.as_dict()}
-        write_json(summary_path, stopped)
+        rundir.write_summary(stopped)
     elif contract.failures:
         console.print("[bold yellow]warning:[/] the data contract failed; training anyway (enforce_contract = false)")
     enforce(contract)

@@ -3,13 +3,21 @@
 Formats: OpenAI `messages`, ShareGPT `conversations` (from/value), Alpaca (instruction/input/output,
 optional system/history), prompt-completion, and plain `text` for continued pre-training. A recipe maps
 differently named columns with `fields` and differently named roles with `roles`. A row's `tools` column (tool
-schemas) makes the conversation a `tools.ToolChat`; ShareGPT `function_call` turns become structured `tool_calls`.
+schemas) makes the conversation a `tools.ToolChat`; ShareGPT `function_call` turns become structured `tool_calls`,
+and so does OpenAI's legacy function calling (`functions` column, assistant `function_call`, `function` results).
 """
 
 from __future__ import annotations
 
 from peftsft.core.config import FIELDS, ROLES
-from peftsft.data.tools import ToolsError, function_call_turn, normalize_tool_calls, normalize_tools, with_tools
+from peftsft.data.tools import (
+    ToolsError,
+    function_call_turn,
+    normalize_tool_calls,
+    normalize_tools,
+    tool_names,
+    with_tools,
+)
 
 import json
 from dataclasses import dataclass, field
@@ -101,15 +109,40 @@ def to_messages(row: dict[str, Any], fmt: str, mapping: Mapping = NO_MAPPING) ->
         if mapping.col(name) not in row:
             raise RowError(f"missing column {mapping.col(name)!r} ({fmt} format); the row has {sorted(row)}")
     content = PARSERS[fmt](row, mapping)
-    return content if isinstance(content, str) else with_tools(content, row_tools(row, mapping))
+    if isinstance(content, str):
+        return content
+    tools = row_tools(row, mapping)
+    _refuse_unoffered_calls(content, tools)
+    return with_tools(content, tools)
 
 
 def row_tools(row: dict[str, Any], mapping: Mapping = NO_MAPPING) -> list[dict]:
-    """The row's tool schemas (its `tools` column, as a list or a JSON string), normalised; [] when it has none."""
+    """The row's tool schemas (its `tools` column, as a list or a JSON string), normalised; [] when it has none.
+    Without a `tools` column, OpenAI's legacy `functions` column (bare schemas) is read instead."""
+    column = mapping.col("tools")
+    if row.get(column) is None and "tools" not in mapping.fields:
+        column = "functions"
     try:
-        return normalize_tools(row.get(mapping.col("tools")))
+        return normalize_tools(row.get(column))
     except ToolsError as exc:
-        raise RowError(f"{mapping.col('tools')!r} {exc}") from None
+        raise RowError(f"{column!r} {exc}") from None
+
+
+def _refuse_unoffered_calls(messages: list[dict], tools: list[dict]) -> None:
+    """A reply must call only functions its row offers: learning a call to a function the prompt never showed
+    teaches the model to invent functions. A bad row (file:line; `on_bad_row` stops or skips and counts it), as
+    the call is wrong in the data itself. Rows without schemas are not judged: their tools may be described in
+    the system prompt's text."""
+    offered = tool_names(tools)
+    if not offered:
+        return
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            if (name := call["function"]["name"]) not in offered:
+                raise RowError(
+                    f"a reply calls {name!r}, which the row's tools do not offer ({', '.join(offered)}): add its "
+                    "schema to the row's tools or fix the call's name"
+                )
 
 
 # ---------------------------------------------------------------------------------------------- parsers
@@ -151,13 +184,14 @@ def _message(item: Any, i: int, column: str, keys: tuple[str, str], mapping: Map
     except RowError as exc:
         raise RowError(f"{column}[{i}].{role_key}: {exc} — map it with roles = {{...}} in the recipe") from None
     message: dict[str, Any] = {"role": role}
-    tool_calls = item.get("tool_calls") if role == "assistant" else None
+    calls_key = "tool_calls" if item.get("tool_calls") else "function_call"  # OpenAI's legacy single call
+    tool_calls = item.get(calls_key) if role == "assistant" else None
     if role == "assistant" and item.get(role_key) == "function_call":  # ShareGPT: the value is {"name", "arguments"}
         if (calls := function_call_turn(item.get(content_key))) is not None:
             return {"role": "assistant", "content": "", "tool_calls": calls}
     message["content"] = _text(item.get(content_key), f"{column}[{i}].{content_key}", allow_none=bool(tool_calls))
     if tool_calls:
-        message["tool_calls"] = _tool_calls(tool_calls, f"{column}[{i}].tool_calls")
+        message["tool_calls"] = _tool_calls(tool_calls, f"{column}[{i}].{calls_key}")
     for key in ("name", "tool_call_id"):
         if role == "tool" and isinstance(item.get(key), str):
             message[key] = item[key]
@@ -244,9 +278,9 @@ def _turn(role: str, content: Any, name: str) -> dict[str, str]:
 
 
 def _tool_calls(calls: Any, name: str) -> list[dict]:
-    """OpenAI tool calls, arguments parsed to objects where they are JSON strings."""
+    """OpenAI tool calls (or a legacy `function_call` object), arguments parsed to objects where they are JSON."""
     try:
-        return normalize_tool_calls(_as_list(calls, name))
+        return normalize_tool_calls(_as_list([calls] if isinstance(calls, dict) else calls, name))
     except ToolsError as exc:
         raise RowError(f"{name}: {exc}") from None
 

@@ -66,7 +66,7 @@ def print_stats(console, stats) -> None:
     lengths = stats.lengths
     facts = [
         ("samples", f"{stats.train_rows} train, {stats.eval_rows} eval ({stats.rows} rows read)"),
-        ("bad rows", f"{len(stats.bad_rows)} skipped" if stats.bad_rows else "none"),
+        ("bad rows", f"{stats.bad_rows.total} skipped" if stats.bad_rows else "none"),
         ("tokens per sample", ", ".join(f"{k} {v}" for k, v in lengths.items() if k != "histogram")),
         ("length histogram", _sparkline(lengths.get("histogram", []), lengths.get("min"), lengths.get("max"))),
         ("truncated", f"{stats.truncated} (cut at max_length)"),

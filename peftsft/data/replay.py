@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
+
 from peftsft.core.config import DatasetSpec, DataSection
 
 GENERAL_DIR = Path(__file__).with_name("general")
@@ -38,8 +40,9 @@ def draw_replay(pool: list, n: int, seed: int) -> list:
     return [row for _ in range(whole) for row in rng.sample(pool, len(pool))] + rng.sample(pool, rest)
 
 
-def interleave(task: list, replay: list) -> list:
-    """Replay rows spread evenly among the task rows, whose order is kept (for `sampling = "sequential"`)."""
-    keyed = [((i + 0.5) / len(task), 0, row) for i, row in enumerate(task)]
-    keyed += [((i + 0.5) / len(replay), 1, row) for i, row in enumerate(replay)]
-    return [row for *_, row in sorted(keyed, key=lambda k: (k[0], k[1]))]
+def interleave_order(n_task: int, n_replay: int) -> np.ndarray:
+    """Positions in task rows + replay rows (concatenated): replay rows spread evenly among the task rows, whose
+    order is kept (for `sampling = "sequential"`); row i of n sits at (i + 0.5) / n, the task row first on a tie."""
+    keys = np.concatenate([(np.arange(n_task) + 0.5) / max(n_task, 1), (np.arange(n_replay) + 0.5) / max(n_replay, 1)])
+    is_replay = np.concatenate([np.zeros(n_task, dtype=np.int8), np.ones(n_replay, dtype=np.int8)])
+    return np.lexsort((is_replay, keys))

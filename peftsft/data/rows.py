@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from peftsft.core.errors import UserError
+from peftsft.core.text_files import HEAD, check_head, decode_utf8, read_utf8
 
 
 @dataclass(frozen=True)
@@ -40,19 +41,36 @@ def read_rows(path: str | Path, on_bad_row: str = "fail", bad: list[str] | None 
         )
 
 
-def _jsonl_rows(path: Path, on_bad_row: str, bad: list[str]) -> Iterator[Row]:
+def jsonl_lines(path: Path) -> Iterator[tuple[str, str]]:
+    """(line, "file:line") for every non-blank line, streamed: a file of a million rows is never held whole."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read dataset: {exc}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
+        with path.open("rb") as handle:
+            check_head(handle.read(HEAD), path, "dataset")
+            handle.seek(0)
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    decode_utf8(path.read_bytes(), path, "dataset")  # raises, naming where it stops being UTF-8
+                    raise
+                if line.strip():
+                    yield line, f"{path}:{number}"
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read dataset: {exc.strerror or exc}") from None
+
+
+def parse_jsonl_row(line: str | bytes) -> dict[str, Any]:
+    """A JSONL line as a row; ValueError when it is not a JSON object."""
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError("a row must be a JSON object")
+    return data
+
+
+def _jsonl_rows(path: Path, on_bad_row: str, bad: list[str]) -> Iterator[Row]:
+    for line, where in jsonl_lines(path):
         try:
-            data = json.loads(line)
-            if not isinstance(data, dict):
-                raise ValueError("a row must be a JSON object")
+            data = parse_jsonl_row(line)
         except ValueError as exc:
             report_bad_row(where, f"malformed JSON: {exc}", on_bad_row, bad)
             continue
@@ -61,8 +79,8 @@ def _jsonl_rows(path: Path, on_bad_row: str, bad: list[str]) -> Iterator[Row]:
 
 def _json_rows(path: Path) -> Iterator[Row]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = json.loads(read_utf8(path, "dataset"))
+    except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read dataset: {exc}", hint="a .json dataset is a list of objects") from None
     if not isinstance(data, list):
         raise UserError(f"{path}: a .json dataset must be a list of objects", hint="or use .jsonl, one per line")
@@ -71,20 +89,28 @@ def _json_rows(path: Path) -> Iterator[Row]:
 
 
 def _parquet_rows(path: Path) -> Iterator[Row]:
+    """Rows of a parquet file, read a record batch at a time."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+        number = 0
+        for batch in batches:
+            for data in batch.to_pylist():
+                number += 1
+                yield Row(data, f"{path}:row {number}")
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise UserError(f"{path}: cannot read parquet dataset: {exc}") from None
-    for number, data in enumerate(table.to_pylist(), start=1):
-        yield Row(data, f"{path}:row {number}")
 
 
 def _csv_rows(path: Path) -> Iterator[Row]:
     """CSV rows keyed by the header; the row's line number is where it starts (quoted fields may span lines)."""
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        with path.open("rb") as raw:
+            check_head(raw.read(HEAD), path, "dataset")
+        handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise UserError(f"{path}: cannot read dataset: {exc}") from None
     with handle:
@@ -94,8 +120,35 @@ def _csv_rows(path: Path) -> Iterator[Row]:
             for data in reader:
                 yield Row(dict(data), f"{path}:{start}")
                 start = reader.line_num + 1
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            decode_utf8(path.read_bytes(), path, "dataset")  # raises, naming where in the file it stops being UTF-8
+            raise
+        except csv.Error as exc:
             raise UserError(f"{path}:{start}: malformed CSV: {exc}") from None
+
+
+class BadRows(list):
+    """Bad-row messages: every one counted in `total`, the first LIMIT kept (not a million of them)."""
+
+    LIMIT = 100
+
+    def __init__(self, lines=(), total: int | None = None):
+        super().__init__(lines)
+        self.total = len(self) if total is None else total
+
+    def append(self, line: str) -> None:
+        self.total += 1
+        if len(self) < self.LIMIT:
+            super().append(line)
+
+    def __reduce__(self):  # pickled whole (results of worker processes), the total included
+        return BadRows, (list(self), self.total)
+
+    def extend(self, later: BadRows) -> None:  # type: ignore[override]
+        """Add those found after these (in another process), keeping the first LIMIT."""
+        free = max(self.LIMIT - len(self), 0)
+        super().extend(list(later)[:free])
+        self.total += getattr(later, "total", len(later))
 
 
 def report_bad_row(where: str, problem: str, on_bad_row: str, bad: list[str]) -> None:

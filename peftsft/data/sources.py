@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
 from peftsft.core.config import DatasetSpec
 from peftsft.core.errors import UserError
-from peftsft.data.rows import SUFFIXES, Row, read_rows
+from peftsft.data.rows import SUFFIXES, Row, jsonl_lines, read_rows
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -49,6 +50,24 @@ def iter_rows(spec: DatasetSpec, on_bad_row: str, bad: list[str]) -> Iterator[Ro
         dataset = load_hub_dataset(spec)
         for index, data in enumerate(dataset):
             yield Row(dict(data), f"{spec.path}[{spec.split}]#{index}")
+
+
+def iter_raw_rows(spec: DatasetSpec) -> Iterator[tuple[str | None, bytes | None, str]]:
+    """Every row as (JSON line, None, where) from .jsonl files — parsed later, in the processes that normalise
+    them — or (None, pickled row, where) from the other sources."""
+    local = Path(spec.path)
+    files = data_files(local) if local.is_dir() else [local]
+    if local.is_dir() and not files:
+        raise UserError(f"{spec.path}: no {'/'.join(SUFFIXES)} files in this directory")
+    if not local.exists() and looks_like_hub_id(spec.path):
+        rows = iter_rows(spec, "fail", [])
+        yield from ((None, pickle.dumps(row.data, protocol=5), row.where) for row in rows)
+        return
+    for file in files:
+        if file.suffix == ".jsonl" and file.is_file():
+            yield from ((line, None, where) for line, where in jsonl_lines(file))
+        else:  # other formats have no malformed rows of their own to report: "fail" is never acted on
+            yield from ((None, pickle.dumps(row.data, protocol=5), row.where) for row in read_rows(file, "fail", []))
 
 
 def load_hub_dataset(spec: DatasetSpec):

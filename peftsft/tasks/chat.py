@@ -1,160 +1,123 @@
-"""The chat SFT task: recipe → model → strategy → data → TRL SFTTrainer → run dir. Reads top to bottom."""
+"""The chat SFT task: a causal LM with its strategy, chat-templated and masked data, TRL's SFTTrainer.
+
+It fills the training skeleton (training/skeleton.py): before training it answers the sample prompts and scores
+the general check with the adapter off; after it, the same with the adapter on, into samples.md and summary.json.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import time
+from pathlib import Path
 
-from rich.console import Console
-
-from peftsft.core.config import Recipe, gradient_accumulation
-from peftsft.data import DataStats, build_datasets
+from peftsft.core.compat import attention_implementation
+from peftsft.core.config import Recipe
+from peftsft.data import build_datasets
 from peftsft.data.build import apply_template
 from peftsft.data.contract import preflight
 from peftsft.data.preview import print_stats
 from peftsft.generation import answer_prompts
-from peftsft.models import load_model, pick_device, quantized_footprint
+from peftsft.levers import Levers, sft_arguments
+from peftsft.models import load_model, quantized_footprint
 from peftsft.strategies import StrategyContext, get_strategy, trainable_summary
 from peftsft.strategies.registry import strategy_optimizer, validate_params
-from peftsft.training import trl_compat
-from peftsft.training.attention import applied as attention_applied
+from peftsft.training import skeleton
 from peftsft.training.arguments import trainer_arguments, use_our_callbacks
-from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt, TokenRate
-from peftsft.training.distributed import console_for, on_main, process_state
+from peftsft.training.distributed import on_main
 from peftsft.training.general_check import GeneralCheck, for_summary, report as report_general
-from peftsft.training.levers import Levers, decide_levers
-from peftsft.training.rules import resolve_precision
-from peftsft.training.rules import cast_frozen_base
-from peftsft.training.report import plot_loss, write_samples
-from peftsft.training.runs import checkpoint_step, open_run_dir, run_summary, save_adapter, train_guarded
-from peftsft.core.rundir import write_dir, write_json
+from peftsft.training.report import write_samples
+from peftsft.training.runs import save_adapter
+from peftsft.training.sharding import trainer_for_launch
+from peftsft.training.skeleton import Prepared, Session, adapter_off
+from peftsft.training.task_metrics import ChatMetrics
 
 
-def train(
-    recipe: Recipe, console: Console, overwrite: bool = False, resume: str | bool | None = None, force: bool = False
-) -> dict:
+class ChatTask:
+    name = "chat"
+
+    def setup(self, session: Session) -> Prepared:
+        recipe, console, state = session.recipe, session.console, session.state
+        started = time.perf_counter()
+        with console.status(f"loading model {recipe.model.source} on {session.device}"), state.main_process_first():
+            model, tokenizer, source = load_model(recipe.model, recipe.quantization, session.device)
+            apply_template(tokenizer, recipe.data)
+            train_ds, eval_ds, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
+        console.print(f"model: {source.spec} ({source.describe}) in {time.perf_counter() - started:.1f}s")
+        print_stats(console, stats)
+        attention = attention_implementation(model)
+        contract = on_main(state, lambda: preflight(console, tokenizer, train_ds, eval_ds, stats, recipe.data,
+                                                    attention, session.rundir))  # fmt: skip
+        strategy = get_strategy(recipe.strategy.name)
+        params = validate_params(strategy, recipe.strategy.params)
+        model = strategy.apply(model, params, StrategyContext(quantized=recipe.quantization.bits is not None))
+        summary = trainable_summary(model)
+        console.print(f"strategy {strategy.name}: {summary['trainable_params']:,} trainable of "
+                      f"{summary['total_params']:,} parameters ({summary['trainable_percent']:.3f}%)")  # fmt: skip
+        general = GeneralCheck.for_recipe(recipe)
+        extra = {"contract": contract, "general": general,
+                 "quantized_base": quantized_footprint(model)}  # before training: FSDP turns the weights into shards
+        return Prepared(model, tokenizer, train_ds, eval_ds, stats, source, strategy, summary, stats.max_tokens, extra,
+                        measure=ChatMetrics.for_recipe(recipe, general))
+
+    def before_training(self, session: Session, prepared: Prepared, levers: Levers) -> None:
+        """The base's answers and general-check score (main process), with the adapter off."""
+        run, model, tokenizer, general = session.recipe.run, prepared.model, prepared.tokenizer, prepared.extra["general"]
+
+        def measure():
+            with adapter_off(model):
+                before = answer_prompts(model, tokenizer, run.sample_prompts, run.sample_max_new_tokens)
+                base = general.score(model, tokenizer, levers.precision) if general else None
+            return before, base
+
+        prepared.extra["before"], prepared.extra["general_base"] = on_main(session.state, measure)
+
+    def trainer(self, session: Session, prepared: Prepared, levers: Levers, callbacks: list):
+        return sft_trainer(session.recipe, prepared.model, prepared.tokenizer, prepared.train_ds, prepared.eval_ds,
+                           session.device, callbacks, levers)  # fmt: skip
+
+    def save(self, session: Session, prepared: Prepared, directory: Path) -> None:
+        save_adapter(prepared.model, prepared.tokenizer, directory, prepared.strategy, session.recipe.model.base_id)
+
+    def score(self, session: Session, prepared: Prepared, levers: Levers) -> dict:
+        """The tuned model's answers and general-check score."""
+        recipe, model, tokenizer, general = session.recipe, prepared.model, prepared.tokenizer, prepared.extra["general"]
+        return {
+            "after": answer_prompts(model, tokenizer, recipe.run.sample_prompts, recipe.run.sample_max_new_tokens),
+            "general_tuned": general.score(model, tokenizer, levers.precision) if general else None,
+        }
+
+    def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float,
+               scores: dict) -> dict:  # fmt: skip
+        recipe, extra, general = session.recipe, prepared.extra, prepared.extra["general"]
+        result = general.compare(extra["general_base"], scores["general_tuned"]) if general else None
+        extra["general_result"] = result
+        write_samples(session.rundir.samples_file, recipe.run.sample_prompts, extra["before"], scores["after"], result)
+        return {
+            "quantized_base": extra["quantized_base"],
+            "contract": extra["contract"],
+            "general": for_summary(result, train_seconds) if result else None,
+        }
+
+    def report(self, session: Session, prepared: Prepared, summary: dict) -> None:
+        if prepared.extra.get("general_result"):
+            report_general(session.console, prepared.extra["general_result"], session.recipe,
+                           prepared.stats.train_rows)  # fmt: skip
+
+
+def train(recipe: Recipe, console, overwrite: bool = False, resume: str | bool | None = None,
+          force: bool = False, callbacks=()) -> dict:  # fmt: skip
     """Train per the recipe (or resume its run from a checkpoint); returns summary.json's contents."""
-    from transformers import set_seed
-
-    device = pick_device(recipe.training.device)
-    state = process_state(device)
-    gradient_accumulation(recipe.training, state.num_processes)  # a global batch this launch cannot split fails now
-    console = console_for(state, console)
-    run_dir = recipe.run_dir
-    checkpoint = on_main(state, lambda: open_run_dir(recipe, console, overwrite, resume, force))
-    state.wait_for_everyone()
-    set_seed(recipe.training.seed)
-    if recipe.model.trust_remote_code:
-        console.print("[bold yellow]warning:[/] trust_remote_code = true: code shipped with the model will run")
-
-    started = time.perf_counter()
-    with console.status(f"loading model {recipe.model.source} on {device}"), state.main_process_first():
-        model, tokenizer, source = load_model(recipe.model, recipe.quantization, device)  # GGUF converted once
-        apply_template(tokenizer, recipe.data)
-        train_ds, eval_ds, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
-    console.print(f"model: {source.spec} ({source.describe}) in {time.perf_counter() - started:.1f}s")
-    print_stats(console, stats)
-    attention = trl_compat.attention_implementation(model)
-    contract = on_main(
-        state,
-        lambda: preflight(console, tokenizer, train_ds, eval_ds, stats, recipe.data, attention, run_dir / "summary.json"),
-    )
-
-    prompts = recipe.run.sample_prompts
-    before = on_main(state, lambda: answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens))
-    general = GeneralCheck.for_recipe(recipe)  # [eval] general_check: the base scored now, the tuned model at the end
-    precision = resolve_precision(recipe.training.precision, device)  # the rule the levers record below
-    general_base = on_main(state, lambda: general.score(model, tokenizer, precision)) if general else None
-
-    strategy = get_strategy(recipe.strategy.name)
-    params = validate_params(strategy, recipe.strategy.params)
-    model = strategy.apply(model, params, StrategyContext(quantized=recipe.quantization.bits is not None))
-    params_summary = trainable_summary(model)
-    console.print(
-        f"strategy {strategy.name}: {params_summary['trainable_params']:,} trainable of "
-        f"{params_summary['total_params']:,} parameters ({params_summary['trainable_percent']:.3f}%)"
-    )
-
-    levers = decide_levers(recipe, device, stats.max_tokens, model)
-    console.print(f"speed: {levers.describe()}")
-    rate = TokenRate()
-    metrics = MetricsLog(run_dir / "metrics.jsonl", rate, keep_until_step=checkpoint_step(checkpoint))
-    interrupt = StopOnInterrupt()
-    callbacks = [metrics, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints()]
-    trainer = make_trainer(recipe, model, tokenizer, train_ds, eval_ds, device, callbacks, levers)
-    with levers_applied(levers, model):
-        result = train_guarded(trainer, interrupt, checkpoint, run_dir)
-        train_seconds = rate.elapsed
-        eval_metrics = trainer.evaluate() if eval_ds is not None else {}
-
-    def finish() -> dict:
-        """Main process: adapter, samples, plot and summary."""
-        write_dir(run_dir / "adapter", lambda tmp: save_adapter(model, tokenizer, tmp, strategy, recipe.model.base_id))
-        after = answer_prompts(model, tokenizer, prompts, recipe.run.sample_max_new_tokens)
-        general_tuned = general.score(model, tokenizer, levers.precision) if general else None
-        general_result = general.compare(general_base, general_tuned) if general else None
-        write_samples(run_dir / "samples.md", prompts, before, after, general_result)
-        plot_loss(metrics.records, run_dir / "loss.png")
-        summary = run_summary(
-            recipe, trainer, result, eval_metrics, task="chat", model_spec=source.spec, strategy_name=strategy.name,
-            params=params_summary, device=device, train_seconds=train_seconds, stats=stats,
-        )
-        summary.update(
-            world_size=state.num_processes,
-            global_batch_size=trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps
-            * state.num_processes,
-            quantized_base=quantized_footprint(model),
-            levers=levers.as_dict(),
-            contract=contract,
-            general=for_summary(general_result, train_seconds) if general_result else None,
-        )
-        write_json(run_dir / "summary.json", summary)
-        if general_result:
-            report_general(console, general_result, recipe, stats.train_rows)
-        return summary
-
-    summary = on_main(state, finish)
-    state.wait_for_everyone()
-    return summary
+    return skeleton.train(ChatTask(), recipe, console, overwrite, resume, force, callbacks)
 
 
-@contextlib.contextmanager
-def levers_applied(levers: Levers, model=None):
-    """While training and evaluating: TRL's loss head, the attention function and the LoRA layers' kernel as the
-    levers say, and with a half-precision frozen base under autocast no fp32 round trip of the adapters' inputs (all
-    restored afterwards)."""
-    skip_casts = model is not None and levers.base_dtype is not None and levers.precision != "fp32"
-    supervised = levers.loss_positions == "supervised"
-    with trl_compat.loss_head(levers.loss_vocab_chunk, supervised, levers.fallbacks, levers.loss_kernel):
-        with trl_compat.adapter_input_casts_skipped(model, skip_casts):
-            with attention_applied(model, levers.attention) if model is not None else contextlib.nullcontext():
-                with trl_compat.lora_forward(levers.lora_kernel == "peftsft", levers.fallbacks):
-                    with trl_compat.fused_layers(model, levers.lora_kernel == "peftsft", levers.fallbacks):
-                        yield
-
-
-def make_trainer(
-    recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, callbacks: list, levers: Levers | None = None
-):
-    """TRL's SFTTrainer over our pre-tokenized, pre-masked datasets, with the run's speed levers."""
+def sft_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, callbacks: list, levers: Levers):
+    """TRL's SFTTrainer over our pre-tokenized, pre-masked datasets, with the run's levers."""
     from trl import SFTConfig, SFTTrainer
 
-    levers = levers or decide_levers(recipe, device, max(len(ids) for ids in train_ds["input_ids"]), model)
     evaluate_during = eval_ds is not None and recipe.training.eval_steps is not None
-    arguments = trainer_arguments(recipe, device, evaluate_during, levers.precision, levers.activation_checkpointing)
-    if levers.padding_free:  # no padding to leave out, and the pad token (often the end-of-turn one) is real text
-        arguments["include_num_input_tokens_seen"] = "all"
-    args = SFTConfig(
-        **arguments,
-        packing=recipe.data.packing,
-        packing_strategy="bfd",
-        padding_free=levers.padding_free,
-        # our rows are truncated to max_length already (build_datasets); TRL refuses padding-free with a max_length
-        max_length=None if levers.padding_free else recipe.data.max_length,
-    )
-    cast_frozen_base(model, levers.base_dtype)
+    arguments = trainer_arguments(recipe, device, evaluate_during, levers)
+    args = SFTConfig(**{**arguments, **sft_arguments(levers, recipe.data.max_length)})
     model.config.use_cache = False
-    trainer = SFTTrainer(
+    trainer = trainer_for_launch(lambda: SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -162,7 +125,6 @@ def make_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
         optimizers=(strategy_optimizer(recipe, model, args), None),  # None: the trainer's own (LoRA+ builds one)
-    )
-    trl_compat.set_adapter_dtype(trainer.model, levers.adapter_dtype)  # after TRL's bf16 cast on a quantized base
+    ), device)  # FSDP launches: sharding set up (and checked) for this process
     use_our_callbacks(trainer, recipe, evaluate_during)
     return trainer

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from peftsft.core.compat import launched_world_size
 from peftsft.core.config import Recipe, gradient_accumulation
-from peftsft.training.distributed import world_size
-from peftsft.training.rules import optimizer_name
+from peftsft.core.metric_names import best_metric, higher_is_better, keeps_best
+from peftsft.levers import Levers, trainer_arguments as lever_arguments
 
 
-def trainer_arguments(
-    recipe: Recipe, device: str, evaluate_during: bool, precision: str, checkpointing: bool, best_metric: str = "loss"
-) -> dict:
-    """`precision` and `checkpointing` as the run decided them (levers); everything else from [training]."""
+def trainer_arguments(recipe: Recipe, device: str, evaluate_during: bool, levers: Levers) -> dict:
+    """What the levers decided (precision, optimizer, sampling, checkpointing); everything else from [training]."""
     t = recipe.training
-    early_stop = evaluate_during and t.early_stopping_patience is not None
+    keep_best = evaluate_during and keeps_best(recipe)
+    metric = best_metric(recipe)
     return dict(
         output_dir=str(recipe.run_dir / "checkpoints"),
         learning_rate=t.learning_rate,
@@ -20,33 +20,31 @@ def trainer_arguments(
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=gradient_accumulation(t, world_size()),  # global_batch_size → grad_accum
+        gradient_accumulation_steps=gradient_accumulation(t, launched_world_size()),  # global_batch_size → accum.
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=optimizer_name(t.optim),
-        activation_checkpointing=checkpointing,
         logging_steps=t.logging_steps,
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=t.eval_steps,
-        save_strategy="steps" if t.save_steps else ("best" if early_stop else "no"),
+        save_strategy="steps" if t.save_steps else ("best" if keep_best else "no"),
         save_steps=t.save_steps or 500,
-        # early stopping keeps the best checkpoint (by best_metric) and ends with its weights loaded
-        save_total_limit=1 if early_stop and not t.save_steps else None,
-        load_best_model_at_end=early_stop,
-        metric_for_best_model=f"eval_{best_metric}" if early_stop else None,
-        greater_is_better=best_metric != "loss" if early_stop else None,
+        # the best checkpoint (by the metric: the loss, a task metric, the general check) is kept and its weights
+        # loaded at the end; task metrics join the eval metrics before the Trainer compares (training.task_metrics)
+        save_total_limit=1 if keep_best and not t.save_steps else None,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model=f"eval_{metric}" if keep_best else None,
+        greater_is_better=higher_is_better(metric) if keep_best else None,
         seed=t.seed,
         data_seed=t.seed,
         report_to=t.report_to or "none",
+        run_name=recipe.run.name,
         use_cpu=device == "cpu",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        train_sampling_strategy=t.sampling,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         dataloader_pin_memory=device == "cuda",
+        **lever_arguments(levers),
     )
 
 

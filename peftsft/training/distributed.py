@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from peftsft.core.rundir import is_main_process
+
 
 def process_state(device: str):
     """accelerate's view of this process; sets up the process group (gloo on CPU) when launched distributed."""
@@ -14,19 +16,9 @@ def process_state(device: str):
     return PartialState(cpu=device == "cpu")  # without cpu=True, CPU processes would each think they are alone
 
 
-def world_size() -> int:
-    """Processes training together: accelerate's count once process_state() ran, else the launcher's WORLD_SIZE."""
-    from accelerate import PartialState
-    from accelerate.utils import get_int_from_env
-
-    if PartialState._shared_state != {}:  # initialized; PartialState() would otherwise initialize it here
-        return PartialState().num_processes
-    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
-
-
 def console_for(state, console: Console) -> Console:
     """The real console on the main process; a silent one elsewhere, so the display appears once."""
-    return console if state.is_main_process else Console(quiet=True)
+    return console if is_main_process() else Console(quiet=True)
 
 
 def on_main(state, fn: Callable[[], Any]) -> Any:
@@ -36,7 +28,7 @@ def on_main(state, fn: Callable[[], Any]) -> Any:
     from accelerate.utils import broadcast_object_list
 
     box: list[Any] = [None]
-    if state.is_main_process:
+    if is_main_process():
         try:
             box[0] = ("ok", fn())
         except Exception as exc:  # re-raised on every process below, so no process waits forever

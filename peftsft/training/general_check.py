@@ -20,8 +20,21 @@ from peftsft.data.replay import CHECK_SET
 from peftsft.generation import Sampling, answer_batch
 from peftsft.training.scoring import assistant_loss, contains_reference, exact_match
 
-LOSS_BATCH = 8  # full-vocabulary logits: 8 rows × ~60 tokens × 49k entries stay under 100 MB
+LOSS_BATCH = 8  # rows per scoring forward at most (fewer where their replies' logits pass scoring.LOGITS_BUDGET)
 ANSWER_BATCH = 64  # one generate call for the whole shipped set: on CPU, per-step overhead dominates small batches
+ANSWER_TOKENS = 96  # what the memory term assumes a shipped row's prompt and answer take, template included
+
+
+def memory_bytes(dims, answer_tokens: int = ANSWER_TOKENS) -> int:
+    """What scoring holds beyond the model's weights (for the plan): the replies' logits of one scoring batch (bf16,
+    their fp32 copy and the cross-entropy's fp32 softmax), autocast's bf16 copy of the largest weight (the vocabulary
+    matrix), and the key/value cache of one batch of answers. `dims`: levers.memory.Dims."""
+    from peftsft.training.scoring import LOGITS_BUDGET
+
+    logits = LOGITS_BUDGET * (2 + 4 + 4)
+    head_copy = dims.vocab * dims.hidden * 2
+    cache = ANSWER_BATCH * answer_tokens * dims.layers * 2 * dims.kv_heads * dims.head_dim * 4
+    return logits + head_copy + cache
 
 
 @dataclass(frozen=True)
@@ -88,18 +101,30 @@ class GeneralCheck:
         `precision`: the run's autocast (bf16 where the hardware is fast at it, as training uses), the same for the
         base and the tuned model, so both are scored alike at a fraction of fp32's cost there."""
         started = time.perf_counter()
-        with autocast(model, precision):
-            loss = assistant_loss(model, tokenizer, [r.messages for r in self.rows], self.max_length, LOSS_BATCH)
-            sampling = Sampling(max_new_tokens=self.settings.general_max_new_tokens)
-            answers = answer_batch(model, tokenizer, [r.prompt for r in self.rows], sampling, ANSWER_BATCH)
-        right = [any(contains_reference(a, e) for e in r.expect) for a, r in zip(answers, self.rows)]
+        loss = self.loss(model, tokenizer, precision)
+        answers, right = self.answers(model, tokenizer, precision)
         exact = [any(exact_match(a, e) for e in (*r.expect, r.messages[-1]["content"]))
                  for a, r in zip(answers, self.rows)]
         return {
-            "loss": round(loss["eval_loss"], 4), "accuracy": round(sum(right) / len(right), 4),
+            "loss": round(loss, 4), "accuracy": round(sum(right) / len(right), 4),
             "exact_match": round(sum(exact) / len(exact), 4), "right": sum(right), "rows": len(right),
             "seconds": round(time.perf_counter() - started, 2), "answers": answers, "right_answers": right,
         }
+
+    def loss(self, model, tokenizer, precision: str = "fp32") -> float:
+        """The loss on the reference answers alone (batched forwards, no generation): the cheap check that every
+        evaluation during training runs."""
+        with autocast(model, precision):
+            scored = assistant_loss(model, tokenizer, [r.messages for r in self.rows], self.max_length, LOSS_BATCH)
+        return scored["eval_loss"]
+
+    def answers(self, model, tokenizer, precision: str = "fp32", limit: int | None = None) -> tuple[list, list]:
+        """Greedy answers of the first `limit` rows (all by default) and whether each is right."""
+        rows = self.rows[:limit]
+        with autocast(model, precision):
+            sampling = Sampling(max_new_tokens=self.settings.general_max_new_tokens)
+            answers = answer_batch(model, tokenizer, [r.prompt for r in rows], sampling, ANSWER_BATCH)
+        return answers, [any(contains_reference(a, e) for e in r.expect) for a, r in zip(answers, rows)]
 
     def compare(self, base: dict, tuned: dict) -> dict:
         """Base vs tuned: the change, whether it is past the limit, and every answer side by side."""

@@ -13,6 +13,8 @@ from peftsft.data.sources import source_problem
 from peftsft.data.templates import BUILTINS, dropped_tools_problem
 from peftsft.models import resolve_source
 from peftsft.strategies.registry import strategy_problems
+from peftsft.training.launch import launch_problems
+from peftsft.training.trackers import tracker_problems
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -23,6 +25,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         problems += strategy_problems(strategy, recipe)
     if recipe is not None:
         problems += block_problems(recipe)
+    if recipe is not None and not problems:  # the sweep's variations, once the recipe itself is sound
+        problems += sweep_problems(path, overrides or [], recipe)
     if problems:
         raise UserError(
             f"{path}: the recipe has {len(problems)} problem(s)",
@@ -33,8 +37,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def block_problems(recipe: Recipe) -> list[str]:
-    """Checks that need the files on disk or the installed packages (no model is loaded)."""
-    problems = quantization_problems(recipe.quantization)
+    """Checks that need the files on disk, the installed packages or the launch (no model is loaded)."""
+    problems = quantization_problems(recipe.quantization) + launch_problems(recipe)
+    problems += tracker_problems(recipe.training.report_to)
     try:
         resolve_source(recipe.model.source)
     except UserError as exc:
@@ -53,6 +58,19 @@ def block_problems(recipe: Recipe) -> list[str]:
         )
     elif problem := dropped_tools_problem(recipe.data):
         problems.append(problem)
+    return problems
+
+
+def sweep_problems(path: str | Path, overrides: list[str], recipe: Recipe) -> list[str]:
+    """Every end of each [sweep] range, and each listed value, must make a valid recipe (schema and strategy)."""
+    import json
+
+    problems = []
+    for name, key, value in recipe.sweep.extremes():
+        raw, varied, found = parse_recipe(path, [*overrides, f"{key}={json.dumps(value)}"])
+        strategy = strategy_section(raw)
+        found += strategy_problems(strategy, varied) if strategy is not None else []
+        problems += [f"[sweep] {name} = {value!r} gives a recipe that fails: {problem}" for problem in found]
     return problems
 
 

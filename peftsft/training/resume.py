@@ -2,49 +2,32 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from peftsft.training.callbacks import CHECKPOINT_SEAL as COMPLETE_MARKER  # written after the Trainer's last checkpoint file
 from peftsft.core.errors import UserError
-_STEP = re.compile(r"^checkpoint-(\d+)$")
+from peftsft.core.rundir import CHECKPOINT_SEAL, RunDir
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if _STEP.match(p.name) and (p / COMPLETE_MARKER).is_file()]
-    return sorted(found, key=lambda p: int(_STEP.match(p.name).group(1)))
-
-
-def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
-    folder = run_dir / "checkpoints"
-    partial = [p for p in folder.iterdir() if _STEP.match(p.name) and not (p / COMPLETE_MARKER).is_file()] if folder.is_dir() else []
-    for path in partial:
-        shutil.rmtree(path)
-    return partial
-
-
-def checkpoint_to_resume(run_dir: Path, resume: str | bool) -> Path:
-    """`--resume` (True): the latest complete checkpoint of the run; `--resume PATH`: that checkpoint."""
+def checkpoint_to_resume(rundir: RunDir, resume: str | bool) -> Path:
+    """`--resume` (True): the latest complete checkpoint of the run (partial ones are removed); `--resume PATH`:
+    that checkpoint."""
     if isinstance(resume, str):
         path = Path(resume)
-        if not (path / COMPLETE_MARKER).is_file():
-            raise UserError(f"--resume {resume}: not a complete checkpoint (no {COMPLETE_MARKER})",
-                            hint=f"pick one of {run_dir / 'checkpoints'}/checkpoint-N")
+        if not (path / CHECKPOINT_SEAL).is_file():
+            raise UserError(f"--resume {resume}: not a complete checkpoint (no {CHECKPOINT_SEAL})",
+                            hint=f"pick one of {rundir.checkpoints_dir}/checkpoint-N")
         return path
-    if not run_dir.is_dir():
-        raise UserError(f"--resume: no run to resume at {run_dir}", hint="run without --resume first")
-    remove_partial_checkpoints(run_dir)
-    found = checkpoints(run_dir)
+    if not rundir.path.is_dir():
+        raise UserError(f"--resume: no run to resume at {rundir.path}", hint="run without --resume first")
+    for partial in rundir.partial_checkpoints():
+        shutil.rmtree(partial)
+    found = rundir.checkpoints()
     if not found:
         raise UserError(
-            f"--resume: {run_dir} has no checkpoint",
+            f"--resume: {rundir.path} has no checkpoint",
             hint="set [training] save_steps to checkpoint during training; or start again with --overwrite",
         )
     return found[-1]
@@ -69,11 +52,10 @@ RESUME_SAFE = (
 )
 
 
-def check_same_recipe(run_dir: Path, resolved_toml: str, force: bool) -> None:
-    saved = run_dir / "recipe.resolved.toml"
-    if not saved.is_file():
-        raise UserError(f"--resume: {saved} is missing; cannot tell what the run was trained with")
-    diffs = recipe_differences(tomllib.loads(saved.read_text(encoding="utf-8")), tomllib.loads(resolved_toml))
+def check_same_recipe(rundir: RunDir, resolved_toml: str, force: bool) -> None:
+    if not rundir.recipe_file.is_file():
+        raise UserError(f"--resume: {rundir.recipe_file} is missing; cannot tell what the run was trained with")
+    diffs = recipe_differences(rundir.raw_recipe(), tomllib.loads(resolved_toml))
     diffs = [d for d in diffs if not d.startswith(RESUME_SAFE)]
     if diffs and not force:
         raise UserError(

@@ -3,46 +3,33 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
-import time
 from pathlib import Path
 
 from rich.console import Console
 
+from peftsft.base_identity import detect_base_identity
 from peftsft.core.config import Recipe, recipe_to_toml
 from peftsft.core.errors import TrainingStopped
-from peftsft.core.rundir import prepare_run_dir, write_json, write_text
-from peftsft.base_identity import detect_base_identity
+from peftsft.core.rundir import RunDir, write_text
 from peftsft.training.callbacks import NonFiniteError, StopOnInterrupt
 from peftsft.training.report import versions
-from peftsft.training.resume import check_same_recipe, checkpoint_to_resume, checkpoints
+from peftsft.training.resume import check_same_recipe, checkpoint_to_resume
 
 
-STATUS_FILE = "status.json"  # running | done | stopped | failed, and why: what `peftsft ui` shows
-
-
-def write_status(run_dir: Path, state: str, reason: str | None = None) -> None:
-    """Record the run's state for whoever watches the run dir (the web UI); never fails the run itself."""
-    try:
-        write_json(run_dir / STATUS_FILE, {"state": state, "reason": reason, "pid": os.getpid(), "time": time.time()})
-    except OSError:
-        pass
-
-
-def open_run_dir(recipe: Recipe, console: Console, overwrite: bool, resume, force: bool) -> Path | None:
+def open_run_dir(recipe: Recipe, rundir: RunDir, console: Console, overwrite: bool, resume, force: bool) -> Path | None:
     """Create the run dir (or check a resumed one) and write the resolved recipe; the checkpoint to resume."""
     fill_base_identity(recipe, console)
     resolved = recipe_to_toml(recipe)
     checkpoint = None
     if resume:
-        checkpoint = checkpoint_to_resume(recipe.run_dir, resume)
-        check_same_recipe(recipe.run_dir, resolved, force)
+        checkpoint = checkpoint_to_resume(rundir, resume)
+        check_same_recipe(rundir, resolved, force)
         console.print(f"resuming from {checkpoint}")
     else:
-        prepare_run_dir(recipe.run_dir, overwrite)
-    write_text(recipe.run_dir / "recipe.resolved.toml", resolved)
-    write_status(recipe.run_dir, "running")
+        rundir.create(overwrite)
+    rundir.write_recipe(resolved)
+    rundir.write_status("running")
     return checkpoint
 
 
@@ -58,17 +45,17 @@ def fill_base_identity(recipe: Recipe, console: Console) -> None:
             recipe.model.license = identity.license
     if recipe.model.base_id is None:
         console.print("[bold yellow]warning:[/] the base model's Hub id is unknown: the adapter will name the local "
-                      "path of its base; set [model] base_id = \"OWNER/NAME\" to share it")
+                      "path of its base; set \\[model] base_id = \"OWNER/NAME\" to share it")
 
 
-def train_guarded(trainer, interrupt: StopOnInterrupt, checkpoint: Path | None, run_dir: Path):
+def train_guarded(trainer, interrupt: StopOnInterrupt, checkpoint: Path | None, rundir: RunDir):
     """trainer.train(), turning a NaN/inf stop or a Ctrl-C into a message that says how to resume."""
     try:
         with interrupt:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except NonFiniteError as exc:
-        write_status(run_dir, "stopped", f"non-finite training: {exc}")
-        saved = checkpoints(run_dir)
+        rundir.write_status("stopped", f"non-finite training: {exc}")
+        saved = rundir.checkpoints()
         raise TrainingStopped(
             f"training stopped: {exc}; the update was not applied",
             hint=f"last good checkpoint: {saved[-1]}. Resume from it with a lower learning rate: "
@@ -77,17 +64,13 @@ def train_guarded(trainer, interrupt: StopOnInterrupt, checkpoint: Path | None, 
             else "lower [training] learning_rate (set save_steps to keep checkpoints) and run again with --overwrite",
         ) from None
     if interrupt.requested:
-        write_status(run_dir, "stopped", f"interrupted (Ctrl-C) at step {trainer.state.global_step}")
+        rundir.write_status("stopped", f"interrupted (Ctrl-C) at step {trainer.state.global_step}")
         raise TrainingStopped(
-            f"interrupted at step {trainer.state.global_step}; checkpoint saved: {checkpoints(run_dir)[-1]}",
+            f"interrupted at step {trainer.state.global_step}; checkpoint saved: {rundir.checkpoints()[-1]}",
             hint="continue with: python -m peftsft run RECIPE --resume",
             exit_code=130,
         )
     return result
-
-
-def checkpoint_step(checkpoint: Path | None) -> int | None:
-    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
 
 
 def peak_memory_bytes(device: str) -> int:

@@ -44,6 +44,7 @@ def quick(tmp_path_factory, tiny_model_dir):
     return out, report, {arm["arm"]: arm for arm in report["arms"]}, proc.stdout
 
 
+@pytest.mark.slow
 def test_writes_all_three_outputs(quick):
     out, report, arms, _ = quick
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -56,6 +57,7 @@ def test_writes_all_three_outputs(quick):
     assert report["job"]["env"] == {"MALLOC_MMAP_THRESHOLD_": "1048576"} and "MALLOC_MMAP_THRESHOLD_=1048576" in md
 
 
+@pytest.mark.slow
 def test_runs_the_two_arms_and_the_trl_baseline(quick):
     _, report, arms, stdout = quick
     assert list(arms) == ["trl_lora", "full", "lora"]
@@ -64,6 +66,7 @@ def test_runs_the_two_arms_and_the_trl_baseline(quick):
     assert "step 3/3" in stdout  # progress while it runs
 
 
+@pytest.mark.slow
 def test_numbers_are_sane(quick):
     _, report, arms, _ = quick
     full, lora = arms["full"], arms["lora"]
@@ -79,6 +82,7 @@ def test_numbers_are_sane(quick):
     assert len({arm["data"]["supervised_tokens"] for arm in arms.values()}) == 1
 
 
+@pytest.mark.slow
 def test_ratios_are_against_the_baseline_of_the_same_run(quick):
     _, _, arms, _ = quick
     base, lora = arms["trl_lora"], arms["lora"]
@@ -87,6 +91,7 @@ def test_ratios_are_against_the_baseline_of_the_same_run(quick):
     assert lora["ratios"]["trainable_params"] == 1.0  # both: LoRA r=16 on every linear layer
 
 
+@pytest.mark.slow
 def test_plan_estimate_is_within_tolerance_of_the_measurement(quick):
     _, _, arms, _ = quick
     for name in ("full", "lora"):
@@ -121,3 +126,57 @@ def test_reference_job_is_fixed_and_in_range(tokenizer):
                for r in rows]
     assert 30 <= min(lengths) and max(lengths) <= 260
     assert 14_000 <= sum(lengths) <= 18_000  # ~16k tokens, like the issue's 16,984
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks/scale.py
+
+
+def _scale_module():
+    spec = importlib.util.spec_from_file_location("scale_bench", REPO / "benchmarks" / "scale.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scale_rows_have_exactly_the_length_asked_for(tmp_path, tiny_model_dir, tokenizer):
+    scale = _scale_module()
+    for tokens in (48, 300):
+        path = tmp_path / f"rows{tokens}.jsonl"
+        scale.write_rows(path, tiny_model_dir, tokens, count=3)
+        rows = [json.loads(line)["messages"] for line in path.read_text().splitlines()]
+        lengths = [len(tokenizer.apply_chat_template(r, tokenize=True, return_dict=True)["input_ids"]) for r in rows]
+        assert lengths == [tokens] * 3 and len({r[1]["content"] for r in rows}) == 3
+
+
+def test_scale_shapes_are_the_published_dimensions():
+    """The configs the scale job random-initialises, against the models' published sizes (parameters, billions)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    import torch
+
+    scale = _scale_module()
+    published = {"qwen2.5-0.5b": 0.49, "llama-3.2-1b": 1.24, "qwen3-1.7b": 1.72, "llama-3.1-8b": 8.03}
+    for shape, billions in published.items():
+        values = scale.shape_config(shape)
+        config = AutoConfig.for_model(**{k: v for k, v in values.items() if k != "architectures"})
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.02), shape
+
+
+@pytest.mark.slow
+def test_scale_job_runs_both_arms_per_length(tmp_path):
+    out = tmp_path / "scale"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--shape", "tiny", "--lengths", "48,96", "--steps",
+         "1", "--warmup", "0", "--out", str(out), "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert sorted(report["lengths"], key=int) == ["48", "96"]
+    for tokens, (trl, ours) in report["lengths"].items():
+        assert trl["arm"] == "trl_lora" and ours["arm"] == "lora" and trl["ok"] and ours["ok"]
+        assert all(step["tokens"] == int(tokens) for step in trl["steps"] + ours["steps"])  # the same rows
+        assert ours["ratios"]["tokens_per_s"] == pytest.approx(ours["tokens_per_s"] / trl["tokens_per_s"], rel=1e-2)
+    assert (out / "results.png").stat().st_size > 0 and "| 96 |" in (out / "results.md").read_text()

@@ -94,6 +94,7 @@ def test_validate_warns_when_the_base_id_is_unknown(tmp_path, tiny_model_dir, ca
     assert f"base id: {TINY_BASE_ID}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_adapter_and_merged_configs_name_the_public_id_and_exports_record_their_checks(exported_run):
     for folder in (exported_run / "adapter", exported_run / "exports" / "adapter"):
         assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == TINY_BASE_ID
@@ -113,6 +114,7 @@ def test_adapter_and_merged_configs_name_the_public_id_and_exports_record_their_
     ("exports/adapter", "peft", "| adapter | float32 |"),  # an export's card: its own check
     ("exports/merged", "transformers", "| merged float32 | float32 |"),
 ])
+@pytest.mark.slow
 def test_cards_carry_hub_metadata_that_round_trips_and_every_section(exported_run, where, library, checked):
     from huggingface_hub import ModelCard
 
@@ -133,6 +135,7 @@ def test_cards_carry_hub_metadata_that_round_trips_and_every_section(exported_ru
     assert "| train / eval rows | 18 / 6 |" in text
 
 
+@pytest.mark.slow
 def test_card_says_when_the_base_id_is_unknown_and_shows_base_vs_tuned_eval(exported_run, tmp_path):
     from peftsft.artifacts.card import CardTarget, model_card
 
@@ -173,6 +176,7 @@ def _into_hub_cache(hf_home: Path, repo_id: str, files: Path, absent: tuple[str,
         (repo / ".no_exist" / revision / name).touch()
 
 
+@pytest.mark.slow
 def test_card_snippets_load_the_trained_model_from_a_hub_cache_offline(exported_run, tiny_model_dir, tmp_path):
     """Issue test 4: the pushed adapter folder and its base sit in a fresh HF cache (HF_HUB_OFFLINE=1): the card's
     own snippet — AutoPeftModelForCausalLM on the repo id — gives the trained logits; so do the run card's and

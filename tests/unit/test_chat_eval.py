@@ -96,6 +96,7 @@ def chat(monkeypatch, capsys, args: list[str], stdin: str) -> str:
 # ---------------------------------------------------------------------------------------------- eval
 
 
+@pytest.mark.slow
 def test_eval_memorised_answers_exact_match_one_base_lower(memo_run, tokenizer, capsys):
     assert main(["eval", str(memo_run), "--max-new-tokens", "6"]) == 0
     report = json.loads((memo_run / "eval.json").read_text())
@@ -125,6 +126,7 @@ def test_eval_split_is_the_one_training_held_out(tiny_recipe, tokenizer):
     assert encoded == eval_ds["input_ids"] and "eval_fraction" in source
 
 
+@pytest.mark.slow
 def test_eval_needs_held_out_data_for_a_plain_model(memo_model_dir):
     with pytest.raises(UserError, match="no held-out data"):
         main(["eval", str(memo_model_dir), "--debug"])
@@ -133,6 +135,7 @@ def test_eval_needs_held_out_data_for_a_plain_model(memo_model_dir):
 # ---------------------------------------------------------------------------------------------- chat
 
 
+@pytest.mark.slow
 def test_chat_from_stdin_keeps_history_uses_training_template_resets_and_quits(memo_run, monkeypatch, capsys):
     q1, q2, q3 = (q for q, _ in QA)
     out = chat(
@@ -153,6 +156,29 @@ def test_chat_from_stdin_keeps_history_uses_training_template_resets_and_quits(m
     assert "never asked" not in out
 
 
+class TerminalInput(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.slow
+def test_a_message_longer_than_the_context_is_refused_not_generated(memo_run, monkeypatch, capsys):
+    """A pasted 100 kB line: piped, exit 2 at once; on a terminal, an error and the conversation goes on (#40 B7)."""
+    pasted = "word " * 20_000
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{pasted}\n{QA[0][0]}\n"))
+    assert main(["chat", str(memo_run), "--temperature", "0", "--max-new-tokens", "6"]) == 2
+    captured = capsys.readouterr()
+    assert "the message does not fit" in captured.err and "the model's context is 256 tokens" in captured.err
+    assert "Traceback" not in captured.err and "Paris." not in captured.out
+
+    monkeypatch.setattr(sys, "stdin", TerminalInput(f"{pasted}\n{QA[0][0]}\n"))
+    assert main(["chat", str(memo_run), "--temperature", "0", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "the message does not fit" in out and "/reset the conversation" in out
+    assert out.index("does not fit") < out.index("Paris.")  # the next message is answered, without the long one
+
+
+@pytest.mark.slow
 def test_chat_compare_base_scripted_with_jsonl(memo_run, monkeypatch, capsys):
     args = [str(memo_run), "--compare-base", "--jsonl", "--temperature", "0", "--max-new-tokens", "4"]
     out = chat(monkeypatch, capsys, args, f"{QA[0][0]}\n")
@@ -161,6 +187,7 @@ def test_chat_compare_base_scripted_with_jsonl(memo_run, monkeypatch, capsys):
     assert records[0]["tuned"] == "Paris." and records[0]["base"] != "Paris."
 
 
+@pytest.mark.slow
 def test_chat_on_a_merged_dir_finds_its_base(memo_run, tmp_path, monkeypatch, capsys):
     import shutil
 
@@ -177,6 +204,7 @@ def test_chat_on_a_merged_dir_finds_its_base(memo_run, tmp_path, monkeypatch, ca
     assert not (load(merged, "cpu").base_source is None)
 
 
+@pytest.mark.slow
 def test_unusable_model_arguments_are_clear_errors(memo_model_dir, memo_run, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
     with pytest.raises(UserError, match="--compare-base needs to know the base model"):
@@ -191,6 +219,7 @@ def test_unusable_model_arguments_are_clear_errors(memo_model_dir, memo_run, tmp
 # ---------------------------------------------------------------------------------------------- generate
 
 
+@pytest.mark.slow
 def test_generate_answers_a_prompts_file(memo_run, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [
         {"prompt": QA[0][0], "id": 1},
@@ -206,6 +235,7 @@ def test_generate_answers_a_prompts_file(memo_run, tmp_path):
     assert rows[2]["messages"][-1]["content"] == "reference"  # input rows are kept as they were
 
 
+@pytest.mark.slow
 def test_generate_reports_the_bad_row(memo_run, tmp_path):
     rows = [{"prompt": "hi"}, {"messages": [{"role": "assistant", "content": "x"}]}]
     prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
@@ -216,6 +246,7 @@ def test_generate_reports_the_bad_row(memo_run, tmp_path):
 # ---------------------------------------------------------------------------------------------- early stopping
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path, memo_model_dir):
     from safetensors.torch import load_file
 

@@ -162,6 +162,7 @@ def test_labels_from_names_or_ids_and_bad_labels_point_at_the_row(tmp_path, bert
 # ---------------------------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_training_changes_only_the_adapter_and_the_head(tmp_path, bert_dir):
     from transformers import AutoTokenizer
 
@@ -176,13 +177,17 @@ def test_training_changes_only_the_adapter_and_the_head(tmp_path, bert_dir):
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
     assert any("classifier" in n for n in trainable)
-    make_trainer(recipe, model, tokenizer, train, evals, "cpu", EvalScorer(labels.names), []).train()
+    from tests.conftest import decide
+
+    levers = decide(recipe, "cpu", None, model)
+    make_trainer(recipe, model, tokenizer, train, evals, "cpu", EvalScorer(labels.names), [], levers).train()
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed <= trainable  # the base stayed frozen
     assert any("lora_B" in n for n in changed) and any("classifier" in n for n in changed)
 
 
 @pytest.mark.parametrize("strategy", ['name = "freeze"\nlayers = 1', 'name = "ia3"'])
+@pytest.mark.slow
 def test_other_strategies_train_the_head_too(tmp_path, bert_dir, strategy):
     from peftsft.tasks.classification.model import apply_strategy, load_encoder
 
@@ -205,6 +210,7 @@ def cls_run(tmp_path_factory, bert_dir) -> Path:
     return tmp / "runs" / "cls"
 
 
+@pytest.mark.slow
 def test_run_dir_holds_adapter_head_labels_and_metrics(cls_run):
     for name in ("recipe.resolved.toml", "metrics.jsonl", "summary.json", "loss.png", "samples.md"):
         assert (cls_run / name).is_file(), name
@@ -221,6 +227,7 @@ def test_run_dir_holds_adapter_head_labels_and_metrics(cls_run):
     assert sum("eval_macro_f1" in r for r in evaluations) >= 2  # every eval_steps, and at the end
 
 
+@pytest.mark.slow
 def test_training_learns_well_above_chance(tmp_path, bert_dir):
     """Three balanced labels: chance is 1/3 (the 6-step run above still labels every row alike). LoRA r4 on the
     pretrained MiniLM encoder labels the held-out rows at 7/9 or better; a run that learns nothing (or the wrong
@@ -236,13 +243,15 @@ def test_training_learns_well_above_chance(tmp_path, bert_dir):
     assert sum(n > 0 for n in predicted) == 3, predicted  # every label is predicted for some row
 
 
+@pytest.mark.slow
 def test_merged_and_exported_adapter_predict_like_the_run(cls_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from peftsft.core.rundir import RunDir
     from peftsft.tasks.classification.model import load_run, logits_for
 
     texts = ["item 5 was great", "item 7 was dreadful", "the shop is located downtown", "it opened"]
-    want = logits_for(load_run(cls_run), texts)
+    want = logits_for(load_run(RunDir(cls_run)), texts)
     assert main(["merge", str(cls_run), "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")  # plain transformers
     batch = AutoTokenizer.from_pretrained(tmp_path / "merged")(texts, padding=True, return_tensors="pt")
@@ -255,6 +264,7 @@ def test_merged_and_exported_adapter_predict_like_the_run(cls_run, tmp_path):
     assert main(["export", str(cls_run), "--format", "gguf", "--out", str(tmp_path / "x.gguf")]) == 2
 
 
+@pytest.mark.slow
 def test_predict_and_eval_on_the_run(cls_run, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("item 3 was lovely\n\nitem 9 was poor\n")
@@ -275,6 +285,7 @@ def test_predict_and_eval_on_the_run(cls_run, tmp_path):
     assert main(["chat", str(cls_run)]) == 2  # a classifier labels text; chat says so and points at predict
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint_then_exports(tmp_path, bert_dir):
     recipe = str(write_recipe(tmp_path, bert_dir))
     assert main(["run", recipe, "--set", "training.max_steps=3", "--set", "training.save_steps=3"]) == 0

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from peftsft.core.quiet import NOISY_LOGS, NOISY_WARNINGS, _drop_known_noise
-from peftsft.training import rules
+from peftsft.core import machine as rules
 from peftsft.training.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,20 +24,7 @@ BF16_LOSS_RTOL = 1e-3
 LIBRARY_NOISE = ("Warning", "warnings.warn", "Failed to load", "deprecated", "kernels-community")
 
 
-@pytest.mark.parametrize("flags, capability, expected", [
-    ({"avx2", "avx512_bf16"}, "AVX512", "bf16"), ({"avx2", "amx_bf16"}, "AVX512", "bf16"),
-    ({"avx2", "fma"}, "AVX2", "fp32"), (set(), "DEFAULT", "fp32"),
-    ({"avx2", "avx512_bf16"}, "AVX2", "fp32"),  # the CPU has it, torch told to run AVX2 kernels (ATEN_CPU_CAPABILITY)
-])  # fmt: skip
-def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, flags, capability, expected):
-    import torch
-
-    monkeypatch.setattr(rules, "cpu_features", lambda: flags)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert rules.resolve_precision("auto", "cpu") == expected
-    assert rules.resolve_precision("fp32", "cpu") == "fp32"  # an explicit setting wins
-
-
+@pytest.mark.slow
 def test_bf16_autocast_training_tracks_fp32_loss(tiny_recipe):
     from peftsft.artifacts.tasks import run
 
@@ -92,12 +79,14 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_validate_prints_no_library_warning():
     proc = _cli("validate", "recipes/llama-chat-lora.toml")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and proc.stdout.startswith("ok "), proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_a_qlora_run_prints_no_library_warning(tiny_recipe):
     """4-bit (bitsandbytes imported and used), "before" samples (a no-grad forward), 3 steps."""
     recipe = tiny_recipe('sample_prompts = ["Who are you?"]\nsample_max_new_tokens = 2')

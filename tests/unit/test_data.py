@@ -227,6 +227,17 @@ def test_mixing_by_samples_and_weight_and_a_separate_eval_file(tmp_path, tok):
     assert (len(train), len(evals), stats.train_rows, stats.eval_rows) == (8, 3, 8, 3)
 
 
+def test_weights_and_eval_fractions_that_do_not_divide_the_rows_round_to_the_nearest_row(tmp_path, tok):
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(4)]
+    _, _, stats = build(tok, [one_file(tmp_path, rows, weight=0.65)])  # 2.6 rows: flooring would give 2
+    assert stats.sources[0]["train"] == 3
+    rows = [{"messages": chat(f"q{i}", f"a{i}")} for i in range(10)]
+    train, evals, _ = build(tok, [one_file(tmp_path, rows)], eval_fraction=0.28)  # 2.8 rows
+    assert (len(train), len(evals)) == (7, 3)
+    train, evals, _ = build(tok, [one_file(tmp_path, rows)], eval_fraction=0.01)  # 0.1 rows: at least one
+    assert (len(train), len(evals)) == (9, 1)
+
+
 def test_eval_split_by_fraction_takes_no_training_row(tmp_path, tok):
     rows = [{"messages": chat(f"q{i}", f"a{i}")} for i in range(10)]
     train, evals, _ = build(tok, [one_file(tmp_path, rows)], eval_fraction=0.3)
@@ -320,11 +331,12 @@ def test_generation_markers_give_the_same_masks(tmp_path, tok):
 # ---------------------------------------------------------------------------------------------- packing
 
 
+@pytest.mark.slow  # builds the trainer (TRL) to read its packed batch
 def test_packed_batch_logits_equal_each_sample_alone(tmp_path, tok, tiny_model_dir):
     """The trainer's own packed batch (TRL bfd + padding-free collator) through the model, vs. each sample alone."""
     from transformers import AutoModelForCausalLM
 
-    from peftsft.tasks.chat import make_trainer
+    from tests.conftest import sft_trainer as make_trainer
 
     rows = [{"messages": chat(f"question {i} " * (i + 1), f"answer {i}")} for i in range(6)]
     data = DataSection(datasets=[one_file(tmp_path, rows)], packing=True, max_length=128, cache=False)
@@ -332,7 +344,7 @@ def test_packed_batch_logits_equal_each_sample_alone(tmp_path, tok, tiny_model_d
     assert stats.packing["enabled"] and stats.packing["rows"] < len(train) and 0 < stats.packing["efficiency"] <= 1
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32).eval()
     recipe = Recipe(data=data, training=TrainingSection(batch_size=2, max_steps=1), run={"output_dir": str(tmp_path)})
-    batch = next(iter(make_trainer(recipe, model, tok, train, None, "cpu", []).get_train_dataloader()))
+    batch = next(iter(make_trainer(recipe, model, tok, train).get_train_dataloader()))
     assert "attention_mask" not in batch
     starts = [*(batch["position_ids"][0] == 0).nonzero().flatten().tolist(), batch["input_ids"].shape[1]]
     assert len(starts) > 3  # several samples in the batch
@@ -472,6 +484,7 @@ def test_contract_catches_a_template_without_end_of_turn(tmp_path, tok):
     assert contract_for(tmp_path, tok, NO_END_OF_TURN, enforce_contract=False).enforced is False
 
 
+@pytest.mark.slow
 def test_run_stops_on_a_contract_failure_unless_skipped(tiny_recipe, tmp_path, capsys):
     (tmp_path / "think.jinja").write_text(THINK)
     recipe = tiny_recipe()

@@ -112,10 +112,12 @@ def assert_two_processes_like_one(result: subprocess.CompletedProcess, run_dir: 
 
 
 @needs_torchrun
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_match_one_process(recipe, one_process):
     assert_two_processes_like_one(*_run(torchrun(), recipe, "torchrun"), one_process)
 
 
+@pytest.mark.slow
 def test_negative_control_a_different_global_batch_ends_elsewhere(recipe, one_process):
     """The equality above can fail: the same steps over a global batch of 4 instead of 8 give another adapter."""
     _, other = _run([sys.executable], recipe, "global4", "training.global_batch_size=4")
@@ -124,6 +126,7 @@ def test_negative_control_a_different_global_batch_ends_elsewhere(recipe, one_pr
 
 
 @needs_torchrun
+@pytest.mark.slow
 def test_a_global_batch_two_processes_cannot_split_stops_before_loading(recipe):
     result = _launch(torchrun(), recipe, "split", "training.global_batch_size=12")  # validates: 12 = 3 × 4
     assert result.returncode != 0, result.stdout[-3000:]  # torchrun exits 1 when a process fails (peftsft: 2)
@@ -132,6 +135,7 @@ def test_a_global_batch_two_processes_cannot_split_stops_before_loading(recipe):
 
 
 @pytest.mark.skipif(_tool("accelerate") is None, reason="accelerate CLI not installed")
+@pytest.mark.slow
 def test_accelerate_launch_with_shipped_ddp_cpu_config(recipe, one_process):
     launcher = [_tool("accelerate"), "launch", "--config_file", str(CONFIGS / "ddp-cpu.yaml"),
                 "--main_process_port", free_port()]
@@ -141,8 +145,8 @@ def test_accelerate_launch_with_shipped_ddp_cpu_config(recipe, one_process):
 def test_shipped_accelerate_configs_load_and_say_where_they_run():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    readme = (REPO / "README.md").read_text()
-    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(["ddp-cpu.yaml", *GPU_ONLY])
+    table = (REPO / "docs" / "distributed.md").read_text()
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(["ddp-cpu.yaml", "fsdp-cpu.yaml", *GPU_ONLY])
     for path in CONFIGS.glob("*.yaml"):
         config = load_config_from_file(str(path))
         gpu_only = path.name in GPU_ONLY
@@ -152,7 +156,7 @@ def test_shipped_accelerate_configs_load_and_say_where_they_run():
         assert config.distributed_type != "MULTI_CPU", path.name
         # DeepSpeed takes gradient accumulation from [training] ("auto") when the config leaves it out
         assert "gradient_accumulation_steps" not in (getattr(config, "deepspeed_config", None) or {}), path.name
-        row = next(line for line in readme.splitlines() if line.startswith(f"| `{path.name}`"))  # README table
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{path.name}`"))  # the docs table
         assert ("GPU only" in row) is gpu_only, row
 
 
@@ -167,6 +171,7 @@ GPU_EXTRA = {
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("config", GPU_ONLY)
+@pytest.mark.slow
 def test_gpu_configs_train_on_two_gpus(config, recipe):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")

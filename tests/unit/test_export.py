@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import torch
 from rich.console import Console
 
 from peftsft.core.errors import UserError
-from peftsft.artifacts.export import pipeline
+from peftsft.artifacts.export.formats import merged as merged_format
 from peftsft.artifacts.export.pipeline import Exporter, ExportJob, export_run
-from peftsft.artifacts.export.runs import open_run
+from peftsft.artifacts.export.run_models import open_run
 from peftsft.artifacts.export.template import ollama_template, stop_tokens, turn_format
 from peftsft.artifacts.export.verify import TOLERANCES
 
@@ -120,6 +121,7 @@ def adapter_logits(run_dir: Path, base_dir: Path, ids: torch.Tensor) -> torch.Te
 # ---------------------------------------------------------------------------------------------- merge
 
 
+@pytest.mark.slow
 def test_merged_fp32_equals_adapter_and_loads_with_plain_transformers(exporter, trained, small_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,6 +147,7 @@ def test_merged_fp32_equals_adapter_and_loads_with_plain_transformers(exporter, 
     assert "recipe.resolved.toml" in names and not any(n.endswith(".bin") for n in names)
 
 
+@pytest.mark.slow
 def test_merged_bfloat16_stores_bfloat16_and_passes_its_tolerance(exporter, tmp_path):
     from safetensors import safe_open
 
@@ -157,12 +160,13 @@ def test_merged_bfloat16_stores_bfloat16_and_passes_its_tolerance(exporter, tmp_
     assert check.max_diff > 0  # rounding to bf16 is visible, and within the stated tolerance
 
 
+@pytest.mark.slow
 def test_4bit_run_merges_into_its_dequantized_base_not_the_original_weights(trained, small_model_dir, tmp_path):
     """The adapter of a 4-bit run was trained against the 4-bit weights: the merge must fold it into those."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from peftsft.artifacts.export.runs import load_tuned
+    from peftsft.artifacts.export.run_models import load_tuned
 
     run_dir = shutil.copytree(trained[0], tmp_path / "run", ignore=shutil.ignore_patterns("exports", "checkpoints"))
     recipe = run_dir / "recipe.resolved.toml"
@@ -185,6 +189,7 @@ def test_4bit_run_merges_into_its_dequantized_base_not_the_original_weights(trai
 # ---------------------------------------------------------------------------------------------- GGUF
 
 
+@pytest.mark.slow
 def test_gguf_f16_reloads_through_transformers_and_matches(exporter, gguf_f16):
     from transformers import AutoModelForCausalLM
     from transformers.integrations.gguf import read_gguf_metadata
@@ -208,6 +213,7 @@ def test_gguf_f16_reloads_through_transformers_and_matches(exporter, gguf_f16):
     assert (got - reference.logits[0]).abs().max() <= TOLERANCES["float16"].max_rel * reference.scale
 
 
+@pytest.mark.slow
 def test_gguf_q8_0_is_quantized_and_within_its_stated_tolerance(exporter, tmp_path):
     import gguf
 
@@ -221,6 +227,7 @@ def test_gguf_q8_0_is_quantized_and_within_its_stated_tolerance(exporter, tmp_pa
     assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
 
 
+@pytest.mark.slow
 def test_modelfile_carries_the_training_template_and_stop_tokens(exporter, gguf_f16):
     text = gguf_f16.with_suffix(".Modelfile").read_text()
     lines = text.splitlines()
@@ -270,6 +277,7 @@ def test_gguf_export_refuses_architectures_llama_cpp_names_differently():
 # ---------------------------------------------------------------------------------------------- verification
 
 
+@pytest.mark.slow
 def test_verify_catches_a_corrupted_merged_model(exporter, tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
@@ -290,6 +298,7 @@ def test_verify_catches_a_corrupted_merged_model(exporter, tmp_path, monkeypatch
     assert "max |Δ logit|" in str(err.value) and not out.exists()
 
 
+@pytest.mark.slow
 def test_verify_catches_a_gguf_without_the_llama_cpp_qk_permutation(exporter, tmp_path, monkeypatch):
     import peftsft.artifacts.export.gguf.writer as gguf_writer
 
@@ -303,17 +312,19 @@ def test_verify_catches_a_gguf_without_the_llama_cpp_qk_permutation(exporter, tm
 # ---------------------------------------------------------------------------------------------- atomic writes
 
 
+@pytest.mark.slow
 def test_interrupted_merge_leaves_nothing_at_out(exporter, tmp_path, monkeypatch):
     def interrupted(directory):
         assert (directory / "model.safetensors").is_file()  # the weights were written: interrupt after that
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "load_merged_dir", interrupted)
+    monkeypatch.setattr(merged_format, "load_merged_dir", interrupted)
     with pytest.raises(KeyboardInterrupt):
         exporter.export(ExportJob("merged", tmp_path / "merged", dtype="float32"))
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_failed_gguf_write_leaves_nothing_at_out(exporter, tmp_path, monkeypatch):
     import peftsft.artifacts.export.gguf as gguf_export
 
@@ -327,6 +338,7 @@ def test_failed_gguf_write_leaves_nothing_at_out(exporter, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_existing_out_is_refused_unless_forced(exporter, tmp_path):
     out = tmp_path / "adapter"
     out.mkdir()
@@ -343,6 +355,7 @@ def test_existing_out_is_refused_unless_forced(exporter, tmp_path):
 # ---------------------------------------------------------------------------------------------- runs and CLI
 
 
+@pytest.mark.slow
 def test_recipe_export_section_runs_after_training(trained):
     run_dir, summary = trained
     exported = run_dir / "exports" / "adapter"
@@ -351,6 +364,7 @@ def test_recipe_export_section_runs_after_training(trained):
     assert json.loads((run_dir / "summary.json").read_text())["exports"] == [str(exported)]
 
 
+@pytest.mark.slow
 def test_non_mergeable_strategy_refuses_merge_but_exports_its_adapter(trained, tmp_path, monkeypatch):
     from peftsft.strategies import registry
     from peftsft.strategies.lora import LORA
@@ -370,6 +384,7 @@ def test_non_mergeable_strategy_refuses_merge_but_exports_its_adapter(trained, t
     assert (written / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clean(trained, tmp_path, capsys):
     from peftsft.commands.cli import main
 
@@ -387,3 +402,90 @@ def test_cli_errors_are_clean(trained, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs (#40 B)
+
+
+def _copy_run(trained, tmp_path: Path) -> Path:
+    return shutil.copytree(trained[0], tmp_path / "run", ignore=shutil.ignore_patterns("exports", "checkpoints"))
+
+
+def _chat(run_dir: Path, monkeypatch) -> list[str]:
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
+    return ["chat", str(run_dir), "--max-new-tokens", "2"]
+
+
+def test_a_damaged_adapter_is_one_clear_error_naming_the_file(trained, tmp_path, capsys, monkeypatch):
+    """A truncated adapter_model.safetensors or a cut-short adapter_config.json: export, merge and chat each exit 2
+    with the file's name and the fix, and write nothing."""
+    from peftsft.commands.cli import main
+
+    run_dir = _copy_run(trained, tmp_path)
+    weights, config = run_dir / "adapter" / "adapter_model.safetensors", run_dir / "adapter" / "adapter_config.json"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    out = tmp_path / "out"
+    commands = [["export", str(run_dir), "--format", "adapter", "--out", str(out)],
+                ["merge", str(run_dir), "--out", str(out)], _chat(run_dir, monkeypatch)]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{weights}: cannot be read" in err and "copy the run's adapter/ again" in err, (argv, err)
+        assert "Traceback" not in err
+    config.write_text(config.read_text()[:100])
+    for argv in commands[:2] + [_chat(run_dir, monkeypatch)]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{config}: not valid JSON" in err and "Traceback" not in err, (argv, err)
+    assert not out.exists()
+
+
+def test_an_uncached_hub_base_names_the_id_and_how_to_get_it(trained, tmp_path, capsys, monkeypatch):
+    """Offline, a `[model] source` Hub id that is not in the cache: one message naming it, for every command."""
+    from peftsft.commands.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_dir = _copy_run(trained, tmp_path)
+    recipe = run_dir / "recipe.resolved.toml"
+    recipe.write_text(re.sub(r'(?m)^source = ".*"$', 'source = "someone/not-cached-model"', recipe.read_text()))
+    out = tmp_path / "out"
+    for argv in (["export", str(run_dir), "--format", "adapter", "--out", str(out)],
+                 ["merge", str(run_dir), "--out", str(out)],
+                 ["export", str(run_dir), "--format", "gguf", "--out", str(out / "m.gguf")],
+                 _chat(run_dir, monkeypatch)):  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "'someone/not-cached-model' is a Hugging Face Hub id that is not in the local cache" in err, err
+        assert "hf download someone/not-cached-model" in err and "HF_HUB_OFFLINE" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_out_under_a_file_or_on_a_read_only_disk_is_one_clear_error(trained, tmp_path, capsys, monkeypatch):
+    """--out notes.txt/adapter where notes.txt is a file; a disk that refuses the write: the hint names --out."""
+    import errno
+
+    import peftsft.core.rundir.files as files
+    from peftsft.commands.cli import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    for argv in (["export", str(trained[0]), "--format", "adapter", "--out", str(notes / "adapter")],
+                 ["export", str(trained[0]), "--format", "gguf", "--out", str(notes / "m.gguf")],
+                 ["merge", str(trained[0]), "--out", str(notes / "merged")]):  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"--out {notes}/" in err and f"{notes} is a file, not a folder" in err and "Traceback" not in err, err
+    assert notes.read_text() == "my notes"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro"))
+
+    monkeypatch.setattr(files.tempfile, "mkdtemp", read_only)
+    for command in (["merge"], ["export", "--format", "adapter"]):
+        assert main([command[0], str(trained[0]), *command[1:], "--out", str(tmp_path / "ro" / "x")]) == 2
+        err = capsys.readouterr().err
+        assert "Read-only file system" in err and "choose another place with --out" in err, err
+        assert "--output" not in err and "Traceback" not in err

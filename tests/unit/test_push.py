@@ -53,6 +53,7 @@ def run_copy(exported_run, tmp_path) -> Path:
     return Path(shutil.copytree(exported_run, tmp_path / "run", ignore=shutil.ignore_patterns("push")))
 
 
+@pytest.mark.slow
 def test_dry_run_stages_the_verified_adapter_with_its_card_and_lists_it(run_copy, hub, capsys):
     from huggingface_hub import ModelCard
 
@@ -72,6 +73,7 @@ def test_dry_run_stages_the_verified_adapter_with_its_card_and_lists_it(run_copy
     assert staged == (run_copy / "exports" / "adapter" / "adapter_model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_push_uploads_the_staged_folder_with_the_token_kept_out_of_files_and_output(run_copy, hub, capsys):
     assert main(["push", str(run_copy), "--repo", "someone/tiny-merged", "--what", "merged", "--private"]) == 0
     out = capsys.readouterr()
@@ -84,6 +86,7 @@ def test_push_uploads_the_staged_folder_with_the_token_kept_out_of_files_and_out
 
 
 @pytest.mark.parametrize("repo", ["no-owner", "a/b/c", "-x/y", "x/y.git", "owner/na me", "owner/../x", ""])
+@pytest.mark.slow
 def test_malformed_repo_is_refused(run_copy, hub, repo, capsys):
     assert main(["push", str(run_copy), f"--repo={repo}"]) == 2
     err = capsys.readouterr().err
@@ -99,12 +102,14 @@ def _refused(argv: list[str], message: str, hub, capsys, run_dir: Path) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_nothing_exported_yet_is_refused_with_the_export_command(run_copy, hub, capsys):
     err = _refused(["push", str(run_copy), "--repo", "o/n", "--what", "gguf"], "nothing exported yet", hub, capsys,
                    run_copy)
     assert "peftsft export" in err and "--format gguf" in err
 
 
+@pytest.mark.slow
 def test_an_artifact_changed_after_verification_is_refused(run_copy, hub, capsys):
     weights = run_copy / "exports" / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
@@ -113,6 +118,7 @@ def test_an_artifact_changed_after_verification_is_refused(run_copy, hub, capsys
     _refused(["push", str(run_copy), "--repo", "o/n"], "no verification record", hub, capsys, run_copy)
 
 
+@pytest.mark.slow
 def test_an_export_made_without_verification_is_refused(run_copy, hub, capsys):
     from peftsft.artifacts.export.pipeline import ExportJob, export_run
 
@@ -123,6 +129,7 @@ def test_an_export_made_without_verification_is_refused(run_copy, hub, capsys):
              capsys, run_copy)
 
 
+@pytest.mark.slow
 def test_no_token_is_refused_before_anything_is_staged(run_copy, hub, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     err = _refused(["push", str(run_copy), "--repo", "o/n"], "no Hugging Face token", hub, capsys, run_copy)
@@ -130,12 +137,14 @@ def test_no_token_is_refused_before_anything_is_staged(run_copy, hub, monkeypatc
     assert hub.calls == []
 
 
+@pytest.mark.slow
 def test_offline_names_the_missing_network_and_suggests_a_dry_run(run_copy, hub, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     err = _refused(["push", str(run_copy), "--repo", "o/n"], "no network", hub, capsys, run_copy)
     assert "--dry-run" in err and hub.calls == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_hub_is_one_clear_error(run_copy, hub, capsys):
     import httpx
 
@@ -146,6 +155,7 @@ def test_an_unreachable_hub_is_one_clear_error(run_copy, hub, capsys):
     assert not [c for c in hub.calls if c[0] == "upload_folder"]
 
 
+@pytest.mark.slow
 def test_a_verified_gguf_is_staged_with_its_modelfile_and_a_gguf_card(run_copy, hub, capsys):
     from huggingface_hub import ModelCard
 
@@ -168,6 +178,7 @@ def test_a_verified_gguf_is_staged_with_its_modelfile_and_a_gguf_card(run_copy, 
     assert "changed after it was verified" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_staging_never_replaces_a_folder_holding_something_else(run_copy, hub, tmp_path, capsys):
     other = tmp_path / "mine"
     other.mkdir()

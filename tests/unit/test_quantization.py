@@ -204,6 +204,7 @@ def test_held_bytes_are_what_the_plan_counts_on_both_cpu_paths(llama64_dir, doub
     assert quantized_footprint(eight)["quantized_bytes"] == sum(quantized_layer_bytes(tuple(r), 8, True) for r in rows)
 
 
+@pytest.mark.slow
 def test_qlora_run_reports_the_quantized_base(tiny_recipe, llama64_dir):
     """A run with "before" samples (a no-grad eval forward, where bitsandbytes would pack its layers) trains and
     reports the reference layout, with the bytes the plan predicts and no autograd warning."""
@@ -242,6 +243,7 @@ def test_missing_bitsandbytes_is_a_validate_time_error(tiny_recipe, monkeypatch)
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 def test_qlora_trains_on_cuda(tiny_recipe, llama64_dir):
     from peftsft.artifacts.tasks import run
 

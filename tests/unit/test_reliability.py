@@ -14,7 +14,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from peftsft.commands import cli
-from peftsft.training.callbacks import CHECKPOINT_SEAL
+from peftsft.core.rundir import CHECKPOINT_SEAL
 from peftsft.training.recipe import load_recipe
 from peftsft.core.errors import TrainingStopped, UserError
 from peftsft.artifacts.tasks import run
@@ -46,6 +46,7 @@ def _adapter(run_dir: Path) -> dict:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_recipe, tmp_path):
     recipe = tiny_recipe()
     straight = _cli(recipe, *_sets(RESUME_STEPS + ["run.name=straight"]))
@@ -83,6 +84,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
     recipe = tiny_recipe()
     overrides = _sets(["training.max_steps=400", "run.name=interrupted"])
@@ -106,10 +108,11 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == step + 2
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tiny_recipe, monkeypatch):
     import peftsft.tasks.chat as train_module
 
-    real_make_trainer = train_module.make_trainer
+    real_make_trainer = train_module.sft_trainer
 
     def poisoned(*args, **kwargs):
         trainer = real_make_trainer(*args, **kwargs)
@@ -122,7 +125,7 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(t
         trainer.compute_loss = compute_loss
         return trainer
 
-    monkeypatch.setattr(train_module, "make_trainer", poisoned)
+    monkeypatch.setattr(train_module, "sft_trainer", poisoned)
     recipe = load_recipe(tiny_recipe(), ["training.max_steps=8", "training.save_steps=2"])
     with pytest.raises(TrainingStopped) as info:
         run(recipe, Console(quiet=True))
@@ -152,6 +155,28 @@ def test_non_finite_guard_stops_on_a_non_finite_loss_or_gradient(bad):
     model.bias.grad[1] = bad
     with pytest.raises(NonFiniteError, match="non-finite gradient of bias at step 4"):
         guard.on_pre_optimizer_step(args, state, control, model=model)
+
+
+def test_resume_picks_the_highest_step_among_complete_checkpoints(tmp_path):
+    from peftsft.core.rundir import RunDir
+    from peftsft.training.resume import checkpoint_to_resume
+
+    run = RunDir(tmp_path)
+    folder = tmp_path / "checkpoints"
+    for step in (2, 9, 10, 100, 1000):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        if step != 1000:  # cut short by a kill: no seal
+            (folder / f"checkpoint-{step}" / CHECKPOINT_SEAL).write_text("")
+    (folder / "checkpoint-final").mkdir()  # not a step: ignored
+    (folder / "checkpoint-final" / CHECKPOINT_SEAL).write_text("")
+    assert checkpoint_to_resume(run, True) == folder / "checkpoint-100"  # numeric: not "checkpoint-9"
+    assert not (folder / "checkpoint-1000").exists() and (folder / "checkpoint-final").exists()
+    for step in (100, 10):
+        (folder / f"checkpoint-{step}" / CHECKPOINT_SEAL).unlink()
+    assert checkpoint_to_resume(run, True) == folder / "checkpoint-9"
+    assert checkpoint_to_resume(run, str(folder / "checkpoint-2")) == folder / "checkpoint-2"
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        checkpoint_to_resume(run, str(folder / "checkpoint-1000"))
 
 
 def test_resume_without_checkpoint_or_run_is_a_clear_error(tiny_recipe):
@@ -225,6 +250,41 @@ def test_a_conversation_opening_with_the_reply_names_the_missing_user_turn(tiny_
     assert f"{where}: the conversation starts with an assistant reply: no user turn before it" in output, output
 
 
+def test_a_recipe_saved_with_a_utf8_byte_order_mark_is_read(tiny_recipe, capsys):
+    """Windows editors save UTF-8 with a BOM; it is the same recipe (#40 B5)."""
+    recipe = tiny_recipe()
+    recipe.write_bytes(b"\xef\xbb\xbf" + recipe.read_bytes())
+    code, output = _main(["validate", str(recipe)], capsys)
+    assert code == 0 and "ok " in output, output
+
+
+@pytest.mark.parametrize("name, encode, says", [
+    ("with-bom.jsonl", lambda text: text.encode("utf-16"), "the file is UTF-16-encoded"),
+    ("no-bom.jsonl", lambda text: text.encode("utf-16-le"), "the file looks UTF-16-encoded"),
+    ("with-bom.csv", lambda text: text.encode("utf-16"), "the file is UTF-16-encoded"),
+    ("no-bom.csv", lambda text: text.encode("utf-16-le"), "the file looks UTF-16-encoded"),
+    ("cp1252.jsonl", lambda text: text.replace("Hello", "Caf\u00e9").encode("cp1252"), "not UTF-8 (byte 0xe9"),
+])  # fmt: skip
+def test_a_dataset_in_another_encoding_names_it_and_how_to_re_save(tiny_recipe, tmp_path, capsys, name, encode, says):
+    """A UTF-16 (or cp1252) dataset is one message naming the file, the encoding and the fix (#40 B5)."""
+    rows = '{"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}]}\n'
+    text = rows if name.endswith(".jsonl") else "prompt,completion\nHello,Hi\n"
+    data = tmp_path / name
+    data.write_bytes(encode(text))
+    code, output = _main(["data", "preview", str(tiny_recipe()), "--set", f'data.datasets.0.path="{data}"'], capsys)
+    assert code == 2 and "Traceback" not in output, output
+    assert f"{data}" in output and "cannot read dataset" in output and says in output, output
+    assert "re-save it as UTF-8" in output and "iconv" in output
+
+
+def test_chat_with_standard_input_closed_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """`peftsft chat RUN <&-`: refused before the model loads, and the hint says what works (#40 B7)."""
+    monkeypatch.setattr(sys, "stdin", None)
+    code, output = _main(["chat", str(tmp_path / "not-even-loaded")], capsys)
+    assert code == 2 and "standard input is closed" in output and "Traceback" not in output, output
+    assert "echo 'Hello' | peftsft chat RUN" in output
+
+
 def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
@@ -232,6 +292,7 @@ def test_output_dir_not_writable(tiny_recipe, tmp_path, capsys):
     assert code == 2 and "cannot create run directory" in output
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_leaves_no_partial_adapter(tiny_recipe, monkeypatch, capsys):
     import errno
 
@@ -250,6 +311,7 @@ def test_disk_full_while_saving_leaves_no_partial_adapter(tiny_recipe, monkeypat
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".adapter")]
 
 
+@pytest.mark.slow
 def test_existing_run_dir_needs_overwrite(tiny_recipe, capsys):
     recipe = tiny_recipe()
     assert _main(["run", str(recipe)], capsys)[0] == 0
@@ -261,6 +323,7 @@ def test_existing_run_dir_needs_overwrite(tiny_recipe, capsys):
 # ------------------------------------------------------------------------------------ safe by default
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_the_run_dir_and_only_safetensors_hold_weights(tiny_recipe, monkeypatch):
     secret = "hf_SECRETtoken1234567890"
     monkeypatch.setenv("HF_TOKEN", secret)

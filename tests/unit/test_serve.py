@@ -136,11 +136,13 @@ def streamed(client, model: str, question: str, **options) -> tuple[str, list]:
 # ---------------------------------------------------------------------------------------------- answers
 
 
+@pytest.mark.slow
 def test_models_are_the_runs_and_base(client, url):
     assert [m.id for m in client.models.list()] == ["base", "pip", "qa"]
     assert httpx.get(f"{url}/v1/models/qa").json()["id"] == "qa"
 
 
+@pytest.mark.slow
 def test_tuned_answers_the_held_out_name_probe_as_pip_base_does_not(client, tokenizer):
     reply = client.chat.completions.create(model="pip", messages=user(PROBE), **GREEDY)
     assert reply.choices[0].message.content == "I'm Pip." and reply.choices[0].finish_reason == "stop"
@@ -152,6 +154,7 @@ def test_tuned_answers_the_held_out_name_probe_as_pip_base_does_not(client, toke
     assert reply.usage.total_tokens == len(prompt) + len(answer)
 
 
+@pytest.mark.slow
 def test_two_adapters_answer_differently_from_one_process(client):
     question, fact = QA[0]
     assert ask(client, "qa", question) == fact
@@ -160,6 +163,7 @@ def test_two_adapters_answer_differently_from_one_process(client):
 
 
 @pytest.mark.parametrize("model", ["pip", "base"])
+@pytest.mark.slow
 def test_streaming_yields_the_same_text_as_non_streaming_at_temperature_0(client, model):
     whole = client.chat.completions.create(model=model, messages=user(PROBE), **GREEDY)
     text, chunks = streamed(client, model, PROBE)
@@ -169,6 +173,7 @@ def test_streaming_yields_the_same_text_as_non_streaming_at_temperature_0(client
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
 
 
+@pytest.mark.slow
 def test_stream_is_server_sent_events_ending_with_done(url):
     body = {"model": "qa", "messages": user(QA[1][0]), "stream": True, "temperature": 0}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
@@ -180,6 +185,7 @@ def test_stream_is_server_sent_events_ending_with_done(url):
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == QA[1][1]
 
 
+@pytest.mark.slow
 def test_stop_strings_end_the_reply_before_them_and_seed_repeats_sampling(client):
     reply = client.chat.completions.create(model="pip", messages=user(PROBE), stop=["Pip"], **GREEDY)
     assert reply.choices[0].message.content == "I'm " and reply.choices[0].finish_reason == "stop"
@@ -196,6 +202,7 @@ def test_stop_trimmer_holds_back_what_may_start_a_stop_string():
     assert trimmer.feed("end #") == "end " and trimmer.flush() == "#" and not trimmer.hit
 
 
+@pytest.mark.slow
 def test_eight_concurrent_requests_all_get_their_own_answer(client):
     asks = [(model, question) for question, _ in QA[:2] for model in ("pip", "qa", "base")] + [("qa", QA[2][0])] * 2
     expected = [ask(client, model, question) for model, question in asks]
@@ -235,6 +242,7 @@ BAD_REQUESTS = [  # (body, status, param, code)
 ]
 
 
+@pytest.mark.slow
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(url, client):
     for body, status, param, code in BAD_REQUESTS:
         response = post(url, body)
@@ -251,6 +259,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(url, client
     assert ask(client, "qa", QA[2][0]) == QA[2][1]
 
 
+@pytest.mark.slow
 def test_a_client_that_disconnects_mid_stream_frees_the_slot(url, client, engine):
     before = engine.stats.cancelled
     body = {"model": "base", "messages": user("hi"), "stream": True, "temperature": 1.0, "seed": 1,
@@ -277,6 +286,7 @@ def tensor_bytes(path: Path) -> int:
         return sum(weights.get_tensor(key).nbytes for key in weights.keys())
 
 
+@pytest.mark.slow
 def test_memory_holds_one_base_copy_and_small_adapters(engine, base_dir, runs):
     base = tensor_bytes(base_dir / "model.safetensors")
     adapter = tensor_bytes(runs[0] / "adapter" / "adapter_model.safetensors")
@@ -286,6 +296,7 @@ def test_memory_holds_one_base_copy_and_small_adapters(engine, base_dir, runs):
     assert 2 * adapter < base / 50
 
 
+@pytest.mark.slow
 def test_api_key_is_required_when_set(engine):
     server = ServerThread(create_app(engine, api_key="sekrit")).start()
     try:
@@ -301,6 +312,7 @@ def test_api_key_is_required_when_set(engine):
         server.stop()
 
 
+@pytest.mark.slow
 def test_runs_of_different_bases_or_named_base_are_refused(runs, tmp_path):
     import shutil
 
@@ -315,6 +327,7 @@ def test_runs_of_different_bases_or_named_base_are_refused(runs, tmp_path):
         Engine.load([runs[1], shutil.copytree(runs[1], tmp_path / "x" / "qa")], "cpu")
 
 
+@pytest.mark.slow
 def test_serve_command_prints_url_and_examples_that_work_and_logs_no_prompt(runs, tmp_path):
     env = os.environ | {"PEFTSFT_API_KEY": "k3y", "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "server.log").open("w+")
@@ -420,3 +433,95 @@ def test_without_tools_the_reply_text_is_passed_through_and_bad_tools_are_a_400(
     assert body["choices"][0]["message"] == {"role": "assistant", "content": CALL_TEXT}
     bad = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("hi"), "tools": [{"x": 1}]})
     assert bad.status_code == 400 and "name" in bad.json()["error"]["message"]
+
+
+def test_a_tool_call_without_a_function_name_is_a_400_and_the_server_goes_on(caplog):
+    from fastapi.testclient import TestClient
+
+    engine = ScriptedEngine("fine")
+    client = TestClient(create_app(engine))
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": None,
+                "tool_calls": [{"id": "c0", "type": "function", "function": {"arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "c0", "content": "sunny"}]
+    with caplog.at_level("ERROR", logger="peftsft.serve"):
+        bad = client.post("/v1/chat/completions", json={"model": "tools", "messages": history, "tools": [WEATHER]})
+    error = bad.json()["error"]
+    assert bad.status_code == 400 and error["param"] == "messages.1.tool_calls", error
+    assert "needs a function name" in error["message"] and not caplog.records  # no "request failed" logged
+    assert engine.seen == []
+    ok = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("hi")})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "fine"
+
+
+OTHER = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("choice, status, tools, call", [
+    ({"type": "function", "function": {"name": "get_weather"}}, 200, ["get_weather"], "get_weather"),
+    ("required", 200, ["get_weather", "get_time"], ""),
+    ("auto", 200, ["get_weather", "get_time"], None),
+    ("none", 200, None, None),
+    ({"type": "function", "function": {"name": "book_flight"}}, 400, None, None),
+    ("sometimes", 400, None, None),
+])  # fmt: skip
+def test_tool_choice_is_honoured_or_refused(choice, status, tools, call):
+    from fastapi.testclient import TestClient
+
+    engine = ScriptedEngine(CALL_TEXT)
+    client = TestClient(create_app(engine))
+    response = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("Weather in Paris?"),
+                                                          "tools": [WEATHER, OTHER], "tool_choice": choice})
+    assert response.status_code == status, response.json()
+    if status == 400:
+        error = response.json()["error"]
+        assert error["param"] == "tool_choice" and engine.seen == []
+        assert "book_flight" in error["message"] if isinstance(choice, dict) else '"required"' in error["message"]
+        return
+    _, options = engine.seen[0]
+    assert [t["function"]["name"] for t in options.get("tools") or []] == (tools or [])
+    assert options.get("call") == call
+    message = response.json()["choices"][0]["message"]
+    assert ("tool_calls" in message) == (choice != "none")  # with tools withdrawn, the reply is plain text
+
+
+def test_tool_choice_needs_tools():
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(ScriptedEngine("hi")))
+    response = client.post("/v1/chat/completions", json={"model": "tools", "messages": user("hi"),
+                                                          "tool_choice": "required"})
+    assert response.status_code == 400 and "offers no tools" in response.json()["error"]["message"]
+
+
+def test_a_forced_call_is_generated_after_the_opening_of_its_block(engine):
+    """`call`: the reply starts with the call's opening (as the model would write it), then the model goes on."""
+    from peftsft.artifacts.serve.engine import call_opening
+
+    named = engine.complete("qa", user("Weather in Paris?"), tools=[WEATHER], call="get_weather", max_tokens=3,
+                            temperature=0)
+    assert call_opening("get_weather") == '<tool_call>\n{"name": "get_weather", "arguments": '
+    assert named.text.startswith(call_opening("get_weather")) and named.completion_tokens <= 3
+    free = engine.complete("qa", user("Weather in Paris?"), tools=[WEATHER], max_tokens=3, temperature=0)
+    opening_ids = engine.served["qa"].tokenizer(call_opening("get_weather"), add_special_tokens=False)["input_ids"]
+    assert named.prompt_tokens == free.prompt_tokens + len(opening_ids)
+    assert engine.complete("qa", user("hi"), tools=[WEATHER], call="", max_tokens=2, temperature=0).text \
+        .startswith("<tool_call>\n")
+
+
+def test_serving_a_run_whose_adapter_is_cut_short_is_one_clear_error(runs, tmp_path, capsys):
+    import shutil
+
+    from peftsft.commands.cli import main
+
+    broken = shutil.copytree(runs[1], tmp_path / "broken", ignore=shutil.ignore_patterns("checkpoints", "exports"))
+    weights = broken / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    assert main(["serve", str(broken), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: cannot be read" in err and "copy the run's adapter/ again" in err and "Traceback" not in err
+    config = broken / "adapter" / "adapter_config.json"
+    config.write_text((runs[1] / "adapter" / "adapter_config.json").read_text()[:100])
+    assert main(["serve", str(broken), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: not valid JSON" in err and "Traceback" not in err

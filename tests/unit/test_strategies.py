@@ -27,7 +27,7 @@ from peftsft.data import build_datasets
 from peftsft.core.errors import UserError
 from peftsft.models import quantization_config, use_bnb_cpu_path
 from peftsft.strategies import StrategyContext, get_strategy, list_strategies, merge_model, registry, trainable_summary
-from peftsft.tasks.chat import make_trainer
+from tests.conftest import sft_trainer as make_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 LORA_TINY = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -117,7 +117,7 @@ class Harness:
         model = strategy.apply(self.base(recipe.quantization.bits), strategy.Config.model_validate(params),
                                StrategyContext(quantized=recipe.quantization.bits is not None))
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        make_trainer(recipe, model, self.tokenizer, self.train_ds, None, "cpu", []).train()
+        make_trainer(recipe, model, self.tokenizer, self.train_ds).train()
         for param in model.parameters():  # TRL trains adapters on k-bit bases in bf16 (QLoRA); peft loads them
             if param.requires_grad:  # back as fp32: upcast (losslessly) to compare like with like
                 param.data = param.data.float()
@@ -161,6 +161,7 @@ def test_every_registered_strategy_is_in_the_matrix():
     assert {s.name for s in list_strategies()} <= set(MATRIX)
 
 
+@pytest.mark.slow
 def test_trainable_parameters_changed_and_frozen_ones_bit_identical(trained):
     trainable = {n for n, p in trained.model.named_parameters() if p.requires_grad}
     assert trainable, "nothing trains"
@@ -171,6 +172,7 @@ def test_trainable_parameters_changed_and_frozen_ones_bit_identical(trained):
             assert torch.equal(param, trained.before[name]), f"frozen {name} changed"
 
 
+@pytest.mark.slow
 def test_trainable_counts_match_peft(trained, harness):
     from peft import get_peft_model
 
@@ -185,6 +187,7 @@ def test_trainable_counts_match_peft(trained, harness):
         assert summary["total_params"] == sum(p.numel() for p in harness.base().parameters())
 
 
+@pytest.mark.slow
 def test_save_then_load_gives_the_trained_logits(trained, harness):
     loaded = harness.logits(harness.load(trained))
     base = harness.logits(harness.base(trained.bits))
@@ -199,6 +202,7 @@ def test_save_then_load_gives_the_trained_logits(trained, harness):
         assert not torch.allclose(loaded, base, atol=1e-4), "training left the model unchanged"
 
 
+@pytest.mark.slow
 def test_merged_equals_unmerged_or_merge_is_refused(trained, harness):
     strategy = get_strategy(trained.name)
     unmerged = harness.load(trained, dequantize=True)  # a quantized run merges into its dequantized base
@@ -226,17 +230,19 @@ def test_lora_variants_are_lora_with_one_default_changed():
         assert get_strategy(name).Config().model_dump() == plain | defaults, name
 
 
+@pytest.mark.slow
 def test_loraplus_trains_b_faster_than_a(harness):
     recipe = harness.recipe("loraplus", LORA_TINY)
     strategy = get_strategy("loraplus")
     model = strategy.apply(harness.base(), strategy.Config.model_validate(LORA_TINY), StrategyContext(quantized=False))
-    trainer = make_trainer(recipe, model, harness.tokenizer, harness.train_ds, None, "cpu", [])
+    trainer = make_trainer(recipe, model, harness.tokenizer, harness.train_ds)
     group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
     b_lr = {group_of[id(p)]["lr"] for n, p in model.named_parameters() if "lora_B" in n}
     a_lr = {group_of[id(p)]["lr"] for n, p in model.named_parameters() if "lora_A" in n}
     assert a_lr == {1e-2} and b_lr == {1e-2 * 16}
 
 
+@pytest.mark.slow
 def test_loftq_starts_closer_to_the_unquantized_model(harness):
     # the quantization error is noise-like (a flat spectrum): rank 16 of the tiny model's 64 dims takes out a share
     # of it that shows in the logits (rank 4 of 64 moved them only ~5%)
@@ -249,6 +255,7 @@ def test_loftq_starts_closer_to_the_unquantized_model(harness):
     assert (started - full).abs().mean() < 0.8 * (plain - full).abs().mean()
 
 
+@pytest.mark.slow
 def test_freeze_trains_exactly_the_last_layers_and_patterns(harness):
     freeze = get_strategy("freeze")
     model = freeze.apply(harness.base(), freeze.Config.model_validate({"layers": 1, "patterns": ["^lm_head"]}), StrategyContext(quantized=False))
@@ -266,6 +273,7 @@ def test_generic_peft_reaches_methods_without_a_dedicated_entry():
     assert problems == []
 
 
+@pytest.mark.slow
 def test_prompt_strategy_runs_end_to_end(harness, tmp_path):
     """run(): strategy summary printed and in summary.json; generation before/after works with virtual tokens."""
     from peftsft.artifacts.tasks import run
@@ -329,6 +337,7 @@ def test_bad_combinations_are_rejected_at_validate_time(tmp_path, strategy, extr
     assert re.search(expected, _problems(tmp_path, strategy, extra)), _problems(tmp_path, strategy, extra)
 
 
+@pytest.mark.slow
 def test_merge_of_a_prompt_method_through_generic_peft_is_refused(harness):
     peft = get_strategy("peft")
     model = peft.apply(harness.base(), peft.Config.model_validate({"method": "prefix_tuning", "num_virtual_tokens": 2}),
@@ -408,6 +417,7 @@ def plugin(tmp_path, monkeypatch):
     sys.modules.pop("peftsft_norms", None)
 
 
+@pytest.mark.slow
 def test_a_plugin_strategy_works_in_recipes_like_a_builtin(plugin, harness, tmp_path):
     assert "norms_only" in {s.name for s in list_strategies()}
     recipe_text = textwrap.dedent(f"""

@@ -6,15 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from peftsft.artifacts.evaluate_tools import tool_metrics
+from peftsft.training.tool_scoring import tool_metrics
 from peftsft.core.config import DataSection, DatasetSpec
 from peftsft.core.errors import UserError
 from peftsft.data.build import DataStats, build_datasets, load_items
-from peftsft.data.contract import ReplyChecks, _tool_masks
-from peftsft.data.formats import to_messages
+from peftsft.data.contract import ReplyChecks, _tool_masks, check_contract, enforce
+from peftsft.data.formats import RowError, to_messages
 from peftsft.data.masking import IGNORE, encode
 from peftsft.data.templates import BUILTINS, end_of_turn, generation_header, render
-from peftsft.data.tools import ToolChat, normalize_tools, parse_tool_calls
+from peftsft.data.tools import ToolChat, ToolsError, normalize_tool_calls, normalize_tools, parse_tool_calls, tool_names
 
 WEATHER = {
     "name": "get_weather",
@@ -56,6 +56,8 @@ def test_bare_and_openai_schemas_normalise_alike():
     bare, wrapped = normalize_tools([WEATHER]), normalize_tools(json.dumps([{"type": "function", "function": WEATHER}]))
     assert bare == wrapped == [{"type": "function", "function": WEATHER}]
     assert normalize_tools(None) == [] and normalize_tools("") == []
+    with pytest.raises(ToolsError, match=r"\[1\] needs a function name"):
+        normalize_tools([WEATHER, "get_weather"])
 
 
 def test_sharegpt_function_call_becomes_structured_tool_calls():
@@ -79,18 +81,81 @@ def test_tools_column_is_mapped_with_fields():
     assert len(to_messages(row, "sharegpt", Mapping(spec.fields)).tools) == 2
 
 
-def test_malformed_tools_stop_at_file_line_or_are_skipped(tmp_path):
+def read_failing_then_skipping(tmp_path, rows: list[dict]) -> tuple[str, int, list[str]]:
+    """A file of `rows` read with on_bad_row = "fail" (its error) and "skip" (rows kept, bad rows reported)."""
     path = tmp_path / "tools.jsonl"
-    bad = sharegpt_row(tools='[{"name": "get_weather", ')
-    path.write_text("".join(json.dumps(r) + "\n" for r in [sharegpt_row(), bad, sharegpt_row(tools='[{"x": 1}]')]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = DataSection(datasets=[DatasetSpec(path=str(path))])
     with pytest.raises(UserError) as info:
         load_items(data.datasets[0], 0, data, DataStats())
-    assert f"{path}:2: 'tools' is not valid JSON" in str(info.value)
     data = DataSection(datasets=[DatasetSpec(path=str(path))], on_bad_row="skip")
     stats = DataStats()
-    assert len(load_items(data.datasets[0], 0, data, stats)) == 1
-    assert len(stats.bad_rows) == 2 and stats.bad_rows[1].startswith(f"{path}:3: 'tools' [0] needs a function name")
+    kept = len(load_items(data.datasets[0], 0, data, stats))
+    return str(info.value).replace(str(path), "FILE"), kept, [b.replace(str(path), "FILE") for b in stats.bad_rows]
+
+
+def test_malformed_tools_stop_at_file_line_or_are_skipped(tmp_path):
+    bad = sharegpt_row(tools='[{"name": "get_weather", ')
+    error, kept, bad_rows = read_failing_then_skipping(tmp_path, [sharegpt_row(), bad, sharegpt_row(tools='[{"x": 1}]')])
+    assert "FILE:2: 'tools' is not valid JSON" in error
+    assert kept == 1 and len(bad_rows) == 2 and bad_rows[1].startswith("FILE:3: 'tools' [0] needs a function name")
+
+
+def legacy_openai_row(call: dict | None = None) -> dict:
+    """OpenAI's legacy function calling: `functions`, an assistant `function_call` (JSON string arguments) and a
+    `function` turn holding the result."""
+    call = call or {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}
+    return {"functions": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "function_call": call},
+        {"role": "function", "name": "get_weather", "content": RESULT},
+        {"role": "assistant", "content": "It is 14°C and cloudy in Oslo."},
+    ]}
+
+
+def test_openai_legacy_function_calling_reads_as_tool_calls_and_tool_turns():
+    messages = to_messages(legacy_openai_row(), "auto")
+    assert isinstance(messages, ToolChat) and messages.tools == normalize_tools([WEATHER])
+    assert messages[1] == {"role": "assistant", "content": "",
+                           "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
+    assert messages[2] == {"role": "tool", "content": RESULT, "name": "get_weather"}
+    # a `tools` column wins over `functions`; a malformed `functions` column is named as such
+    row = legacy_openai_row() | {"tools": [WEATHER, TIMER["function"]]}
+    assert tool_names(to_messages(row, "messages").tools) == ["get_weather", "set_timer"]
+    with pytest.raises(RowError, match="'functions' is not valid JSON"):
+        to_messages(legacy_openai_row() | {"functions": "[{"}, "messages")
+    with pytest.raises(RowError, match=r"messages\[1\].function_call: \[0\] needs a function name"):
+        to_messages(legacy_openai_row({"arguments": "{}"}), "messages")
+
+
+@pytest.mark.parametrize("call", [
+    {"name": "get_weather", "parameters": {"city": "Oslo"}},  # Llama 3's JSON call format
+    {"name": "get_weather", "parameters": '{"city": "Oslo"}'},
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"city": "Oslo"}}},
+    {"name": "get_weather", "arguments": {"city": "Oslo"}, "parameters": {"city": "Bergen"}},  # arguments win
+])
+def test_calls_written_with_parameters_are_read_as_their_arguments(call):
+    expected = [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]
+    assert normalize_tool_calls([call]) == expected
+    row = {"tools": [WEATHER], "messages": [{"role": "user", "content": "Weather in Oslo?"},
+                                            {"role": "assistant", "content": None, "tool_calls": [call]}]}
+    assert to_messages(row, "messages")[1]["tool_calls"] == expected
+    sharegpt = sharegpt_row()
+    sharegpt["conversations"][1]["value"] = json.dumps(call)
+    assert to_messages(sharegpt, "sharegpt")[1]["tool_calls"] == expected
+    assert normalize_tool_calls([{"name": "get_weather"}])[0]["function"]["arguments"] == {}  # no arguments: none
+
+
+def test_a_call_to_a_function_the_row_does_not_offer_is_a_bad_row(tmp_path):
+    unoffered = sharegpt_row(tools=json.dumps([TIMER]))  # the reply calls get_weather; only set_timer is offered
+    untooled = sharegpt_row(tools=None)  # no schemas at all: the functions may be described in the text, not judged
+    misnamed = sharegpt_row()
+    misnamed["conversations"][1]["value"] = json.dumps({"name": "get_time", "arguments": {}})
+    error, kept, bad_rows = read_failing_then_skipping(tmp_path, [sharegpt_row(), unoffered, untooled, misnamed])
+    assert "FILE:2: a reply calls 'get_weather', which the row's tools do not offer (set_timer)" in error
+    assert kept == 2 and len(bad_rows) == 2 and bad_rows[1].startswith("FILE:4: a reply calls 'get_time'")
+    with pytest.raises(RowError, match="calls 'get_time', which the row's tools do not offer"):  # legacy calls too
+        to_messages(legacy_openai_row({"name": "get_time", "arguments": "{}"}), "messages")
 
 
 # ---------------------------------------------------------------------------------------------- rendering and masks
@@ -141,6 +206,55 @@ def test_contract_checks_calls_supervised_and_schemas_results_not(hermes):
     assert _tool_masks(SimpleNamespace(checks=asdict(missed)), "assistant").status == "FAIL"
 
 
+def test_legacy_function_results_stay_unsupervised(hermes):
+    messages = to_messages(legacy_openai_row(), "messages")
+    learned = supervised_text(hermes, encode(hermes, messages, "assistant", max_length=1024))
+    assert learned == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>'
+                       "It is 14°C and cloudy in Oslo.<|im_end|>")
+    assert f"<tool_response>\n{RESULT}\n</tool_response>" in render(hermes, messages)
+
+
+def contract_of(tokenizer, *paths, **settings):
+    """check_contract on the datasets build_datasets makes of `paths` with the hermes template."""
+    data = DataSection(datasets=[DatasetSpec(path=str(p)) for p in paths], template="hermes", cache=False, **settings)
+    train, evals, stats = build_datasets(tokenizer, data, seed=0)
+    return check_contract(tokenizer, train, evals, stats, data, "sdpa")
+
+
+def test_check_contract_judges_tool_masks_and_fails_on_a_supervised_tool_result(tmp_path, hermes, monkeypatch):
+    from peftsft.data import masking
+
+    path = tmp_path / "tools.jsonl"
+    path.write_text(json.dumps(sharegpt_row()) + "\n")
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text(json.dumps(legacy_openai_row()) + "\n")
+    checks = {c.name: c for c in contract_of(hermes, path, legacy).checks}
+    tool_check = checks["tool calls supervised, schemas and results not"]
+    assert tool_check.status == "ok" and tool_check.detail.startswith("2 call(s) in 2 row(s) supervised")
+    assert not contract_of(hermes, path, legacy).failures
+    by_all = {c.name: c for c in contract_of(hermes, path, masking="all").checks}
+    assert by_all["tool calls supervised, schemas and results not"].status == "n/a"
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}))
+    assert "tool calls supervised, schemas and results not" not in {c.name for c in contract_of(hermes, plain).checks}
+
+    spans = masking.assistant_spans
+
+    def leaky(tokenizer, messages):  # a masking slip: the tool result is learned as if it were a reply
+        text, found = spans(tokenizer, messages)
+        start = text.index(RESULT)
+        return text, sorted([*found, (start, start + len(RESULT))])
+
+    monkeypatch.setattr(masking, "assistant_spans", leaky)
+    contract = contract_of(hermes, path, legacy)
+    failed = {c.name: c for c in contract.failures}
+    assert "tool calls supervised, schemas and results not" in failed
+    assert failed["tool calls supervised, schemas and results not"].detail.startswith("2 schema/result span(s) supervised")
+    assert RESULT[:20] in failed["tool calls supervised, schemas and results not"].detail
+    with pytest.raises(UserError, match="pre-flight data contract failed"):
+        enforce(contract)
+
+
 def test_build_refuses_a_template_that_drops_tools(tmp_path, hermes, tokenizer):
     path = tmp_path / "tools.jsonl"
     path.write_text(json.dumps(sharegpt_row()) + "\n")
@@ -170,6 +284,19 @@ def test_parse_tool_calls_into_openai_objects():
         {"id": "call_1", "type": "function", "function": {"name": "set_timer", "arguments": '{"minutes": 5}'}},
     ]
     assert reply.message()["tool_calls"] == reply.tool_calls
+    calls_only = parse_tool_calls('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>').message()
+    assert calls_only["content"] is None and len(calls_only["tool_calls"]) == 1  # OpenAI: no text, only calls
+    assert parse_tool_calls("").message() == {"role": "assistant", "content": ""}
+    llama = parse_tool_calls('<tool_call>{"name": "get_weather", "parameters": {"city": "Oslo"}}</tool_call>'
+                             '<tool_call>{"name": "set_timer"}</tool_call>')  # Llama 3's key; no arguments at all
+    assert [c["function"]["arguments"] for c in llama.tool_calls] == ['{"city": "Oslo"}', "{}"]
+    assert parse_tool_calls("<tool_call>{</tool_call> <tool_call>[1]</tool_call>").invalid == 2
+    zurich = parse_tool_calls('<tool_call>{"name": "get_weather", "arguments": {"city": "Zürich"}}</tool_call>')
+    assert zurich.tool_calls[0]["function"]["arguments"] == '{"city": "Zürich"}'  # as written, not \u00fc
+    from peftsft.data.tools import call_text
+
+    assert call_text({"name": "get_weather", "arguments": {"city": "Zürich"}}) == (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich"}}\n</tool_call>')
 
 
 @pytest.mark.parametrize("text", [
@@ -208,8 +335,11 @@ def test_tool_metrics_on_hand_made_predictions():
                    call("get_weather", {"city": "Oslo"}),  # wrong: a call where none was needed
                    call("get_weather", {})]  # a row without tools is not scored
     metrics = tool_metrics(predictions, rows)
-    assert metrics == {"tool_name_accuracy": 0.5, "tool_call_exact": 0.25, "tool_json_valid": 0.5,
-                       "no_call_accuracy": 0.5, "tool_call_rows": 4, "no_call_rows": 2}
+    assert metrics == {"tool_accuracy": 0.5, "tool_name_accuracy": 0.5, "tool_call_exact": 0.25,
+                       "tool_json_valid": 0.5, "no_call_accuracy": 0.5, "tool_call_rows": 4, "no_call_rows": 2}
+    # the balanced score: calling on a no-call row and staying quiet on a call row both count against it
+    always_call = tool_metrics([call("get_weather", {"city": "Oslo"})] * 2, rows[:1] + rows[4:5])
+    assert always_call["tool_name_accuracy"] == 1.0 and always_call["tool_accuracy"] == 0.5
     assert tool_metrics(["x"], [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]]) == {}
 
 
@@ -223,7 +353,7 @@ def test_generation_prompt_carries_the_row_tools(hermes):
 
 
 def test_generate_reads_tools_per_prompt_row(tmp_path):
-    from peftsft.commands.chat import _responses, read_prompts
+    from peftsft.commands.generate import _responses, read_prompts
 
     path = tmp_path / "prompts.jsonl"
     rows = [{"prompt": "Weather in Oslo?", "tools": [WEATHER]}, {"prompt": "Hi"}, {"prompt": "x", "tools": "[{"}]
@@ -280,7 +410,8 @@ def test_eval_scores_tool_rows_end_to_end_on_a_tiny_model(tiny_model_dir, hermes
 
 
 def test_chat_keeps_parsed_calls_in_the_history_and_reads_tools_file(tmp_path, hermes, tokenizer):
-    from peftsft.commands.chat import Conversation, _parse_reply, read_tools
+    from peftsft.commands.model_args import read_tools
+    from peftsft.commands.talk import Conversation, _parse_reply
 
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
     history, calls = _parse_reply(hermes, text)

@@ -25,6 +25,7 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
     return recipe, summary
 
 
+@pytest.mark.slow
 def test_run_dir_has_every_artifact(tiny_run):
     recipe, summary = tiny_run
     run_dir = recipe.run_dir
@@ -41,6 +42,7 @@ def test_run_dir_has_every_artifact(tiny_run):
     assert "**tuned:**" in (run_dir / "samples.md").read_text()
 
 
+@pytest.mark.slow
 def test_adapter_trained_and_base_frozen(tiny_run, tiny_model_dir):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -66,6 +68,7 @@ def _base_name(name: str, tuned) -> str:
     return f"{module_name}.base_layer.{leaf}" if hasattr(module, "base_layer") else name
 
 
+@pytest.mark.slow
 def test_save_then_load_gives_identical_logits(tiny_run, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -85,12 +88,14 @@ def test_save_then_load_gives_identical_logits(tiny_run, tiny_model_dir):
     assert not torch.allclose(a, base)  # the adapter does change the model
 
 
+@pytest.mark.slow
 def test_existing_run_dir_is_refused(tiny_run):
     recipe, _ = tiny_run
     with pytest.raises(UserError, match="run directory already exists"):
         run(recipe, Console(quiet=True))
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clean(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[training]\nlearnig_rate = 1\n")
@@ -106,6 +111,7 @@ def test_cli_errors_are_clean(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.slow
 def test_strategies_command_lists_lora():
     result = subprocess.run(
         [sys.executable, "-m", "peftsft", "strategies"], capture_output=True, text=True, timeout=120

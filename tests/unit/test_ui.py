@@ -91,6 +91,7 @@ def loss_records(run_dir: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- over HTTP
 
 
+@pytest.mark.slow
 def test_runs_table_lists_every_run_with_its_status(server, runs_root):
     url, _ = server
     status, html = get(url + "/")
@@ -100,6 +101,7 @@ def test_runs_table_lists_every_run_with_its_status(server, runs_root):
     assert "status-done" in html
 
 
+@pytest.mark.slow
 def test_runs_table_sorts_by_a_column(server):
     import httpx
 
@@ -111,6 +113,7 @@ def test_runs_table_sorts_by_a_column(server):
     assert order == sorted(order)
 
 
+@pytest.mark.slow
 def test_loss_chart_has_one_point_per_logged_step(server, runs_root):
     import httpx
 
@@ -121,6 +124,7 @@ def test_loss_chart_has_one_point_per_logged_step(server, runs_root):
     assert 'data-name="train loss" data-points="4"' in live["charts"]["loss"]
 
 
+@pytest.mark.slow
 def test_malformed_metrics_line_shows_an_error_panel_and_the_rest(server):
     url, _ = server
     status, html = get(url + "/runs/broken")
@@ -129,6 +133,7 @@ def test_malformed_metrics_line_shows_an_error_panel_and_the_rest(server):
     assert 'data-name="train loss" data-points="4"' in html
 
 
+@pytest.mark.slow
 def test_missing_run_dir_is_an_error_panel_not_a_crash(server):
     url, _ = server
     status, html = get(url + "/runs/no-such-run")
@@ -137,6 +142,7 @@ def test_missing_run_dir_is_an_error_panel_not_a_crash(server):
     assert status == 404
 
 
+@pytest.mark.slow
 def test_compare_highlights_the_recipe_differences(server):
     url, _ = server
     status, html = get(url + "/compare?run=tiny-a&run=tiny-b")
@@ -146,6 +152,7 @@ def test_compare_highlights_the_recipe_differences(server):
     assert html.count('class="series"') == 2
 
 
+@pytest.mark.slow
 def test_stopped_run_shows_why(server, runs_root):
     url, _ = server
     stopped = runs_root / "stopped"
@@ -157,16 +164,17 @@ def test_stopped_run_shows_why(server, runs_root):
     shutil.rmtree(stopped)
 
 
+@pytest.mark.slow
 def test_data_view_marks_exactly_the_supervised_tokens(server, runs_root, tokenizer):
     from html import unescape
 
     from peftsft.data.build import build_datasets
-    from peftsft.loading import read_run_recipe
+    from peftsft.core.rundir import RunDir
 
     url, _ = server
     status, html = get(url + "/runs/tiny-a/data?n=1")
     assert status == 200
-    recipe = read_run_recipe(runs_root / "tiny-a" / "recipe.resolved.toml")
+    recipe = RunDir(runs_root / "tiny-a").recipe()
     train, _, _ = build_datasets(tokenizer, recipe.data, recipe.training.seed)
     sample = train[0]
     supervised = [t for t, label in zip(sample["input_ids"], sample["labels"]) if label != -100]
@@ -176,6 +184,7 @@ def test_data_view_marks_exactly_the_supervised_tokens(server, runs_root, tokeni
     assert "Pre-flight contract: passed" in html
 
 
+@pytest.mark.slow
 def test_chat_answers_with_the_tuned_model_and_its_base(server, runs_root):
     import httpx
 
@@ -217,6 +226,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_browser_runs_table_and_compare(server, tab):
     url, _ = server
     tab.goto(url + "/")
@@ -231,6 +241,7 @@ def test_browser_runs_table_and_compare(server, tab):
     shot(tab, "compare")
 
 
+@pytest.mark.slow
 def test_browser_loss_chart_renders_every_point(server, tab, runs_root):
     url, _ = server
     tab.goto(url + "/runs/tiny-a")
@@ -239,6 +250,7 @@ def test_browser_loss_chart_renders_every_point(server, tab, runs_root):
     shot(tab, "run")
 
 
+@pytest.mark.slow
 def test_browser_error_panels(server, tab):
     url, _ = server
     tab.goto(url + "/runs/broken")
@@ -247,6 +259,7 @@ def test_browser_error_panels(server, tab):
     assert tab.locator("#error-panel").is_visible()
 
 
+@pytest.mark.slow
 def test_browser_live_run_gains_points_within_seconds(server, tab, runs_root, tmp_path):
     """A run started now (a real `peftsft run` process) shows new loss points while it trains."""
     import os
@@ -283,6 +296,7 @@ def test_browser_live_run_gains_points_within_seconds(server, tab, runs_root, tm
             process.kill()
 
 
+@pytest.mark.slow
 def test_browser_data_view_highlights_supervised_tokens(server, tab):
     url, _ = server
     tab.goto(url + "/runs/tiny-a/data?n=1")
@@ -292,6 +306,7 @@ def test_browser_data_view_highlights_supervised_tokens(server, tab):
     shot(tab, "data")
 
 
+@pytest.mark.slow
 def test_browser_chat_shows_tuned_and_base_answers(server, tab, runs_root):
     url, backend = server
     expected = backend.answers(runs_root / "tiny-a", "Who are you?")
@@ -305,17 +320,98 @@ def test_browser_chat_shows_tuned_and_base_answers(server, tab, runs_root):
     shot(tab, "chat")
 
 
+# ---------------------------------------------------------------------------------------------- broken run dirs
+
+
+@pytest.fixture
+def broken_root(tmp_path) -> Path:
+    """A good run beside runs whose files are damaged: a binary recipe, a summary and recipe of the wrong types."""
+    root = tmp_path / "runs"
+    files = {
+        "good": {"recipe.resolved.toml": '[model]\nsource = "m"\n[strategy]\nname = "lora"\n',
+                 "summary.json": json.dumps({"steps": 3, "last_loss": 1.5})},
+        "binary-recipe": {"recipe.resolved.toml": b"\x00\xff\xfe\x80 not toml", "summary.json": "{}"},
+        "wrong-types": {"recipe.resolved.toml": 'strategy = "lora"\nmodel = 3\n',
+                        "summary.json": json.dumps({"steps": "many", "last_loss": "low", "peak_memory_bytes": [1]}),
+                        "status.json": json.dumps({"state": "running", "pid": "x", "reason": 7})},
+    }
+    for name, contents in files.items():
+        (root / name).mkdir(parents=True)
+        for file, content in contents.items():
+            (root / name / file).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return root
+
+
+def test_one_broken_run_is_one_row_and_never_takes_the_table_down(broken_root, monkeypatch):
+    """Each bad file shows on its run's page as an error naming it; the table lists every run (#40 B4)."""
+    from fastapi.testclient import TestClient
+
+    import peftsft.artifacts.ui.run_info as run_info
+    from peftsft.artifacts.ui.app import create_app
+
+    client = TestClient(create_app(broken_root))
+    table = client.get("/")
+    assert table.status_code == 200
+    assert all(f'data-run="{name}"' in table.text for name in ("good", "binary-recipe", "wrong-types"))
+    rows = {row["name"]: row for row in client.get("/api/runs").json()}
+    assert rows["good"]["steps"] == 3 and rows["good"]["train_loss"] == 1.5
+    assert rows["wrong-types"]["steps"] == 0 and rows["wrong-types"]["train_loss"] is None
+    page = client.get("/runs/binary-recipe")
+    assert page.status_code == 200 and "recipe.resolved.toml: " in page.text and "unreadable" in page.text
+    page = client.get("/runs/wrong-types")
+    assert page.status_code == 200 and "summary.json: &#39;steps&#39; should be an integer, not &#34;many&#34;" in page.text
+    assert "summary.json: &#39;peak_memory_bytes&#39;" in page.text
+
+    real = run_info.read_run
+
+    def read_run(path):  # a failure nobody foresaw, in one run dir only
+        if path.name == "wrong-types":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(run_info, "read_run", read_run)
+    rows = {row["name"]: row for row in client.get("/api/runs").json()}
+    assert rows["wrong-types"]["status"] == "unreadable" and rows["good"]["steps"] == 3
+
+
+def test_error_pages_never_show_server_paths(broken_root, monkeypatch):
+    """A 300-character run name is a 404 (not "File name too long"); 404 and 500 pages name no server path."""
+    from fastapi.testclient import TestClient
+
+    import peftsft.artifacts.ui.app as ui_app
+
+    client = TestClient(ui_app.create_app(broken_root), raise_server_exceptions=False)
+    for name in ("x" * 300, "no-such-run", "%2E%2E"):
+        page = client.get(f"/runs/{name}")
+        assert page.status_code == 404 and 'id="error-panel"' in page.text, name
+        assert str(broken_root) not in page.text and str(broken_root.parent) not in page.text
+    assert client.get(f"/runs/{'x' * 300}/live").status_code == 404
+
+    page = client.get("/runs/binary-recipe/data")  # the recipe cannot be read: a 422 naming it from runs/ on
+    assert page.status_code == 422 and "runs/binary-recipe/recipe.resolved.toml: unreadable" in page.text
+    assert str(broken_root) not in page.text
+
+    def failing(run):
+        raise RuntimeError(f"cannot read {broken_root}/good/metrics.jsonl")
+
+    monkeypatch.setattr(ui_app, "live", failing)
+    page = client.get("/runs/good")
+    assert page.status_code == 500 and "this page failed (RuntimeError)" in page.text
+    assert str(broken_root) not in page.text and str(broken_root.parent) not in page.text
+
+
 # ---------------------------------------------------------------------------------------------- status.json
 
 
+@pytest.mark.slow
 def test_a_failing_run_records_failed_with_the_reason(tiny_recipe, monkeypatch):
     import peftsft.tasks.chat as chat_task
-    from peftsft.artifacts.ui.runs import read_run
+    from peftsft.artifacts.ui.run_info import read_run
 
     def broken_trainer(*args, **kwargs):
         raise RuntimeError("trainer exploded")
 
-    monkeypatch.setattr(chat_task, "make_trainer", broken_trainer)
+    monkeypatch.setattr(chat_task, "sft_trainer", broken_trainer)
     recipe = load_recipe(tiny_recipe())
     with pytest.raises(RuntimeError, match="exploded"):
         run(recipe, Console(quiet=True))
@@ -323,6 +419,7 @@ def test_a_failing_run_records_failed_with_the_reason(tiny_recipe, monkeypatch):
     assert (info.status, info.reason) == ("failed", "RuntimeError: trainer exploded")
 
 
+@pytest.mark.slow
 def test_a_refused_run_leaves_the_existing_runs_status_alone(tiny_recipe):
     from peftsft.core.errors import UserError
 

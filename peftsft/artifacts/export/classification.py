@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from peftsft.data.rows import read_rows
+from peftsft.artifacts.export.formats import ExportJob, format_named, refuse_options
+from peftsft.artifacts.export.formats.merged import default_dtype
+from peftsft.artifacts.export.pipeline import ExportRequest, refuse_existing
+from peftsft.artifacts.export.run_models import open_run, require_mergeable
 from peftsft.core.errors import UserError
 from peftsft.core.rundir import write_dir
-from peftsft.artifacts.export.pipeline import ExportJob, ExportRequest, default_dtype, refuse_existing
-from peftsft.artifacts.export.runs import open_run, require_mergeable
-from peftsft.tasks.classification.model import RECIPE_FILE, Classifier, load_classifier, load_run, logits_for, merge
+from peftsft.data.rows import read_rows
+from peftsft.tasks.classification.model import Classifier, load_classifier, load_run, logits_for, merge
 
 FALLBACK_TEXTS = (
     "I really enjoyed this, it was great.",
@@ -31,24 +33,23 @@ MAX_TEXTS = 32
 
 def export_classification(run_dir: str | Path, request: ExportRequest, console: Console) -> Path:
     """Write one verified export (`adapter` or `merged`) of a classification run to `request.out`."""
+    fmt, out, dtype = format_named(request.fmt), Path(request.out), request.dtype
+    verify, force = request.verify, request.force
+    if fmt.chat_only:
+        raise UserError(f"a classification run cannot be exported as {fmt.name}: that format holds chat (causal) LMs",
+                        hint="use --format merged (a standard transformers model dir) or --format adapter")
     if request.quant:
         raise UserError("--quant applies to GGUF exports, which classification runs do not have", hint="drop --quant")
-    fmt, out, dtype = request.fmt, Path(request.out), request.dtype
-    verify, force = request.verify, request.force
-    if dtype and fmt != "merged":
-        raise UserError(f"--dtype applies to --format merged, not {fmt!r}", hint="drop --dtype")
-    if fmt in ("gguf", "gguf-lora"):
-        raise UserError("a classification run cannot be exported as GGUF (GGUF holds chat/causal LMs)",
-                        hint="use --format merged (a standard transformers model dir) or --format adapter")
+    refuse_options(fmt, {"dtype": bool(dtype)})
     run = open_run(run_dir)
-    refuse_existing(ExportJob(fmt, out), run, force)
-    if fmt == "merged":
+    refuse_existing(ExportJob(fmt.name, out), run, force)
+    if fmt.merges:
         require_mergeable(run)
     with console.status("loading base + adapter (float32)"):
-        reference = load_run(run.path, "cpu", dequantize=True)
+        reference = load_run(run.dir, "cpu", dequantize=True)
         texts = verification_texts(reference)
         want = logits_for(reference, texts)
-    if fmt == "merged":
+    if fmt.merges:
         dtype = dtype or default_dtype(run)
         with console.status("merging the adapter into the base"):
             model = merge(reference)
@@ -59,9 +60,9 @@ def export_classification(run_dir: str | Path, request: ExportRequest, console: 
 
     def fill_and_check(tmp: Path) -> None:
         fill(tmp)
-        shutil.copy2(run.path / RECIPE_FILE, tmp / RECIPE_FILE)
+        run.dir.copy_recipe(tmp)
         if verify:
-            check_export(f"{fmt} {dtype}", tmp, texts, want, dtype, console)
+            check_export(f"{fmt.name} {dtype}", tmp, texts, want, dtype, console)
         tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
 
     write_dir(out, fill_and_check)
@@ -116,8 +117,7 @@ def check_export(artifact: str, directory: Path, texts: list[str], want: torch.T
 
 def export_classification_after_training(recipe, console: Console) -> list[str]:
     """A classification recipe's `[export] formats`, into <run dir>/exports/<format>."""
-    run_dir, dtype = recipe.run_dir, recipe.export.dtype
-    return [
-        str(export_classification(run_dir, ExportRequest(fmt, run_dir / "exports" / fmt, dtype=dtype), console))
-        for fmt in recipe.export.formats
-    ]
+    run = open_run(recipe.run_dir)
+    requests = [ExportRequest(fmt, run.dir.exports_dir / format_named(fmt).default_name(run.name, "f16"),
+                              dtype=recipe.export.dtype) for fmt in recipe.export.formats]  # fmt: skip
+    return [str(export_classification(run.path, request, console)) for request in requests]

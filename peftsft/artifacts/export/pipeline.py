@@ -1,13 +1,14 @@
-"""Export a run: adapter | merged | gguf | gguf-lora, each verified against base + adapter before it appears at --out.
+"""Export a run: adapter | merged | gguf | gguf-lora (formats/, one module each), verified before it appears at --out.
 
-Every artifact is written beside its target under a temporary name, re-loaded from there and checked, and only
-then renamed into place: a failed check, an error or Ctrl-C leaves nothing at --out.
+`Exporter` is the session every export of one run shares: the training tokenizer, the reference outputs of base +
+adapter and the merged model are computed once; `check` compares an artifact re-loaded from disk with the reference,
+`seal` writes an export dir's card and verification record. Each format writes under a temporary name, re-loads,
+checks and only then renames: a failed check, an error or Ctrl-C leaves nothing at --out.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,21 +17,16 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from peftsft.core.errors import UserError
-from peftsft.core.rundir import write_dir
-from peftsft.artifacts.export.formats import DTYPES
+from peftsft.artifacts.export.formats import ExportJob, format_named, refuse_options
 from peftsft.artifacts.export.record import check_entry, write_record
-from peftsft.artifacts.export.runs import (
+from peftsft.artifacts.export.run_models import (
     TrainedRun,
     load_training_tokenizer,
     load_tuned,
     merged_model,
     open_run,
     require_mergeable,
-    tuned_config,
 )
-from peftsft.artifacts.export.runtimes import TransformersRuntime
-from peftsft.artifacts.export.to_gguf import export_gguf, export_gguf_lora, gguf_companions
 from peftsft.artifacts.export.verify import (
     Check,
     Reference,
@@ -41,35 +37,10 @@ from peftsft.artifacts.export.verify import (
     reference_outputs,
     require_passed,
 )
+from peftsft.core.errors import UserError
+from peftsft.core.rundir import require_parent_folders
 
-RECIPE_FILE = "recipe.resolved.toml"
-# what a clean PEFT adapter dir holds (training may leave other files beside them)
-ADAPTER_FILES = (
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "generation_config.json",
-    "README.md",
-)
-
-
-@dataclass(frozen=True)
-class ExportJob:
-    format: str
-    out: Path
-    quant: str = "f16"  # gguf only
-    dtype: str | None = None  # merged only; None: the base checkpoint's own dtype
-    modelfile: bool = True  # gguf only: write an Ollama Modelfile beside the file
+__all__ = ["ExportJob", "ExportRequest", "Exporter", "export_chat", "export_chat_after_training", "export_run"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +68,14 @@ class Exporter:
         self._merged: torch.nn.Module | None = None
         self.checks: list[Check] = []
 
+    def export(self, job: ExportJob, force: bool = False) -> Path:
+        """Write one verified export (see the module docstring); returns its path."""
+        fmt = format_named(job.format)
+        refuse_existing(job, self.run, force)
+        if fmt.merges:
+            require_mergeable(self.run)  # before any loading: the clear error comes first
+        return fmt.export(self, job)
+
     # ------------------------------------------------------------------------------------------ shared state
 
     @property
@@ -116,9 +95,11 @@ class Exporter:
                 self._merged = merged_model(self.run)
         return self._merged
 
-    def _check(self, artifact: str, tolerance: str, load, out: Path) -> None:
+    # ------------------------------------------------------------------------------------------ for the formats
+
+    def check(self, artifact: str, tolerance: str, load, out: Path) -> None:
         """Load the artifact from disk (`load` → a runtime), compare it with the reference, print the result;
-        raise if it diverged."""
+        raise if it diverged (nothing has been placed at `out` yet)."""
         if not self.verify:
             return
         reference = self.reference
@@ -134,25 +115,9 @@ class Exporter:
         print_checks(self.console, [check])
         require_passed([check], out)
 
-    # ------------------------------------------------------------------------------------------ formats
-
-    def export(self, job: ExportJob, force: bool = False) -> Path:
-        refuse_existing(job, self.run, force)
-        if job.format == "merged":
-            require_mergeable(self.run)  # before any loading: the clear error comes first
-            return self._export_merged(job)
-        if job.format == "gguf":
-            require_mergeable(self.run)
-            checked = len(self.checks)
-            path = export_gguf(self, job)
-            write_record(job.out, "gguf", self.checks[checked:])  # beside it; its card is written by `push`
-            return path
-        if job.format == "gguf-lora":
-            return export_gguf_lora(self, job)
-        return self._export_adapter(job)
-
-    def _seal(self, folder: Path, job: ExportJob, checked: int) -> None:
-        """An export dir's model card and verification record, written before the dir moves into place."""
+    def seal(self, folder: Path, job: ExportJob, checked: int) -> None:
+        """An export dir's model card and verification record (the checks since `checked`), written before the
+        dir moves into place."""
         from peftsft.artifacts.card import CardTarget, write_card
 
         checks = self.checks[checked:]
@@ -160,43 +125,7 @@ class Exporter:
         write_card(self.run.path, folder, target)
         write_record(job.out, job.format, checks, where=folder)
 
-    def _export_adapter(self, job: ExportJob) -> Path:
-        def fill(tmp: Path) -> None:
-            for name in ADAPTER_FILES:
-                if (self.run.adapter_dir / name).is_file():
-                    shutil.copy2(self.run.adapter_dir / name, tmp / name)
-            shutil.copy2(self.run.path / RECIPE_FILE, tmp / RECIPE_FILE)
-            checked = len(self.checks)
-            self._check("adapter", "float32", lambda: self._load_adapter(tmp), job.out)
-            self._seal(tmp, job, checked)
-            tmp.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
-
-        write_dir(job.out, fill)
-        return self._done(job.out)
-
-    def _load_adapter(self, directory: Path) -> TransformersRuntime:
-        from transformers import AutoTokenizer
-
-        return TransformersRuntime(load_tuned(self.run, adapter_dir=directory), AutoTokenizer.from_pretrained(directory))
-
-    def _export_merged(self, job: ExportJob) -> Path:
-        from peftsft.artifacts.export.merge import name_base_model, save_merged
-
-        dtype = job.dtype or default_dtype(self.run)
-
-        def fill(tmp: Path) -> None:
-            save_merged(self.merged, self.tokenizer, tmp, dtype)
-            name_base_model(tmp, self.run.recipe.model.base_id)
-            shutil.copy2(self.run.path / RECIPE_FILE, tmp / RECIPE_FILE)
-            checked = len(self.checks)
-            self._check(f"merged {dtype}", dtype, lambda: TransformersRuntime(*load_merged_dir(tmp)), job.out)
-            self._seal(tmp, job, checked)
-            tmp.chmod(0o755)
-
-        write_dir(job.out, fill)
-        return self._done(job.out)
-
-    def _done(self, *paths: Path | None) -> Path:
+    def done(self, *paths: Path | None) -> Path:
         for path in paths:
             if path is not None:
                 self.console.print(f"[green]wrote[/] {path}")
@@ -207,18 +136,19 @@ class Exporter:
 
 
 def refuse_existing(job: ExportJob, run: TrainedRun, force: bool) -> None:
+    """--out must not be the run itself, must suit the format (a .gguf file or a dir), and must not exist yet."""
+    fmt = format_named(job.format)
     out = job.out.resolve()
     protected = [run.path.resolve(), run.adapter_dir.resolve()]
     if any(out == p or out in p.parents for p in protected) or protected[1] in out.parents:
         raise UserError(f"--out {job.out}: would overwrite the run itself", hint="choose a path outside the run dir")
-    is_gguf = job.format in ("gguf", "gguf-lora")
-    if is_gguf and job.out.suffix != ".gguf":
+    require_parent_folders(job.out, "--out")
+    if fmt.single_file and job.out.suffix != ".gguf":
         raise UserError(f"--out {job.out}: a GGUF export is one file ending in .gguf", hint="e.g. --out model.gguf")
-    targets = [job.out, *gguf_companions(job, run)] if is_gguf else [job.out]
-    existing = [t for t in targets if t.exists()]
+    existing = [t for t in [job.out, *fmt.companions(job, run)] if t.exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} already exists", hint="pass --force to replace it, or choose another --out")
-    if is_gguf and job.out.is_dir():
+    if fmt.single_file and job.out.is_dir():
         raise UserError(f"--out {job.out} is a directory", hint="give the path of the .gguf file to write")
 
 
@@ -234,22 +164,6 @@ def quiet_bitsandbytes() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def default_dtype(run: TrainedRun) -> str:
-    """The recipe's [model] dtype when it names one, else the base checkpoint's own."""
-    if run.recipe.model.dtype != "auto":
-        return run.recipe.model.dtype
-    name = str(getattr(tuned_config(run), "dtype", None) or "float32").removeprefix("torch.")
-    return name if name in DTYPES else "float32"
-
-
-def load_merged_dir(directory: Path):
-    """Exactly what a user does: plain transformers, nothing else (upcast, so only the stored weights differ)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    return model, AutoTokenizer.from_pretrained(directory)
-
-
 def export_run(
     run_dir: str | Path, jobs: list[ExportJob], console: Console, verify: bool = True, force: bool = False
 ) -> list[Path]:
@@ -259,19 +173,14 @@ def export_run(
 
 
 def default_jobs(run: TrainedRun, formats: list[str], quant: str = "f16", dtype: str | None = None) -> list[ExportJob]:
-    """Where a recipe's `[export] formats` go: <run dir>/exports/."""
-    folder = run.path / "exports"
-    paths = {"adapter": folder / "adapter", "merged": folder / "merged", "gguf": folder / f"{run.name}.{quant}.gguf",
-             "gguf-lora": folder / f"{run.name}.lora.gguf"}
-    return [ExportJob(f, paths[f], quant=quant, dtype=dtype) for f in formats]
+    """Where a recipe's `[export] formats` go: <run dir>/exports/<the format's default name>."""
+    return [ExportJob(name, run.dir.exports_dir / format_named(name).default_name(run.name, quant), quant=quant,
+                      dtype=dtype) for name in formats]  # fmt: skip
 
 
 def export_chat(run_dir: str | Path, request: ExportRequest, console: Console) -> Path:
     """One verified export of a chat run (adapter | merged | gguf | gguf-lora)."""
-    if request.quant and request.fmt not in ("gguf", "gguf-lora"):
-        raise UserError(f"--quant applies to --format gguf, not {request.fmt!r}", hint="drop --quant")
-    if request.dtype and request.fmt != "merged":
-        raise UserError(f"--dtype applies to --format merged, not {request.fmt!r}", hint="drop --dtype")
+    refuse_options(format_named(request.fmt), {"quant": bool(request.quant), "dtype": bool(request.dtype)})
     job = ExportJob(request.fmt, Path(request.out), quant=request.quant or "f16", dtype=request.dtype,
                     modelfile=request.modelfile)
     return export_run(run_dir, [job], console, verify=request.verify, force=request.force)[0]

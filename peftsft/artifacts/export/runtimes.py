@@ -101,3 +101,19 @@ def llama_cpp_importable() -> bool:
     from peftsft.artifacts.export.gguf.quants import llama_cpp_importable as importable
 
     return importable()
+
+
+def gguf_runtime(path: Path, n_ctx: int):
+    """llama.cpp when llama-cpp-python is installed; transformers' GGUF reader (dequantized) otherwise."""
+    if llama_cpp_importable():
+        return LlamaCppRuntime(path, n_ctx=n_ctx)
+    return load_gguf_file(path)
+
+
+def load_gguf_file(path: Path) -> TransformersRuntime:
+    """The GGUF through transformers' own GGUF loader (dequantized to float32)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return TransformersRuntime(model, tokenizer, runtime="transformers (GGUF reader)")

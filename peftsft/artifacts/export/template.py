@@ -147,7 +147,7 @@ def _literal(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
-# Shown in every Modelfile and in the README.
+# Shown in every Modelfile and in docs/export.md.
 WHICH_QUANT = ("which to pick: q8_0 (8.5 bits per weight, about half of f16) loses least; q4_k_m (about 4.9 bits) "
                "is the usual choice on laptops and CPUs; q6_k / q5_k_m sit between; f16 / bf16 to re-quantize later")
 

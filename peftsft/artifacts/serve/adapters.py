@@ -13,10 +13,9 @@ from typing import Any
 
 from peftsft.artifacts.export.template import stop_tokens
 from peftsft.core.errors import UserError
-from peftsft.loading import ADAPTER_DIR, RECIPE_FILE, is_run_dir, read_run_recipe
+from peftsft.core.rundir import RunDir
 
 BASE = "base"
-DEFAULT_CONTEXT = 2048  # when neither the model config nor the tokenizer states one
 
 
 @dataclass(frozen=True)
@@ -33,9 +32,13 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class _Run:
-    id: str
-    path: Path
+    id: str  # the model id: the run dir's folder name
+    dir: RunDir
     recipe: Any
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
 
 
 def load_models(run_dirs: list[str | Path], device: str) -> tuple[Any, dict[str, ServedModel]]:
@@ -45,22 +48,17 @@ def load_models(run_dirs: list[str | Path], device: str) -> tuple[Any, dict[str,
     runs = [_read_run(Path(d)) for d in run_dirs]
     _check_ids(runs)
     _check_one_base(runs)
+    _check_one_family(runs)
     first = runs[0].recipe
     base, base_tokenizer, _ = load_model(first.model, first.quantization, device)
     model = _add_adapters(base, runs)
     served = {BASE: _served(BASE, None, base_tokenizer, None, first.model.source)}
     for index, run in enumerate(runs):
-        tokenizer = load_tokenizer(str(run.path / ADAPTER_DIR), run.recipe.model)
+        with run.dir.reading_adapter():
+            tokenizer = load_tokenizer(str(run.dir.adapter_dir), run.recipe.model)
         system = getattr(run.recipe.data, "system_prompt", None)
         served[run.id] = _served(run.id, _adapter_name(index), tokenizer, system, str(run.path))
     return model.eval(), served
-
-
-def context_length(model, tokenizer) -> int:
-    """Tokens the model attends over: its config's position limit, else the tokenizer's, else a default."""
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    known = [n for n in limits if isinstance(n, int) and 0 < n < 10**7]  # tokenizers say 1e30 when they do not know
-    return min(known) if known else DEFAULT_CONTEXT
 
 
 def _served(model_id, adapter, tokenizer, system, source) -> ServedModel:
@@ -73,20 +71,18 @@ def _adapter_name(index: int) -> str:
 
 
 def _read_run(path: Path) -> _Run:
-    if not is_run_dir(path):
-        raise UserError(f"{path}: not a run dir (no {RECIPE_FILE})", hint="serve takes run dirs made by `peftsft run`")
-    recipe = read_run_recipe(path / RECIPE_FILE)
+    run = RunDir(path)
+    if not RunDir.holds_run(path):
+        raise UserError(f"{path}: not a run dir (no {RunDir.RECIPE})", hint="serve takes run dirs made by `peftsft run`")
+    recipe = run.recipe()
     if recipe.task != "chat":
         raise UserError(f"{path} is a {recipe.task} run: it does not answer chat messages",
                         hint="serve chat runs only")
-    if not (path / ADAPTER_DIR / "adapter_config.json").is_file():
-        whole = (path / ADAPTER_DIR / "config.json").is_file()
-        raise UserError(
-            f"{path}: " + ("the run trained every weight, so there is no adapter to put on a shared base"
-                           if whole else f"incomplete run dir, {ADAPTER_DIR}/adapter_config.json is missing"),
-            hint="serve runs of adapter strategies (lora, dora, ia3, ...)" if whole else "did the run finish?",
-        )
-    return _Run(path.resolve().name, path, recipe)
+    if run.adapter_kind() == "model":
+        raise UserError(f"{path}: the run trained every weight, so there is no adapter to put on a shared base",
+                        hint="serve runs of adapter strategies (lora, dora, ia3, ...)")
+    run.adapter_config()  # a damaged adapter is refused before the base is loaded
+    return _Run(path.resolve().name, run, recipe)
 
 
 def _check_ids(runs: list[_Run]) -> None:
@@ -118,15 +114,18 @@ def _check_one_base(runs: list[_Run]) -> None:
             )
 
 
-def _add_adapters(base, runs: list[_Run]):
-    from peft import PeftModel
+def _check_one_family(runs: list[_Run]) -> None:
+    """peft holds adapters of one type on one model (LoRA with LoRA, not with prefix tuning)."""
+    first = runs[0].dir.adapter_config()["peft_type"]
+    for run in runs[1:]:
+        kind = run.dir.adapter_config()["peft_type"]
+        if kind != first:
+            raise UserError(f"{run.path}: its {kind} adapter cannot share a base with {runs[0].path}'s {first} adapter",
+                            hint="serve runs of the same adapter family together")
 
-    model = PeftModel.from_pretrained(base, str(runs[0].path / ADAPTER_DIR), adapter_name=_adapter_name(0),
-                                      is_trainable=False)
+
+def _add_adapters(base, runs: list[_Run]):
+    model = runs[0].dir.load_adapter(base, _adapter_name(0))
     for index, run in enumerate(runs[1:], start=1):
-        try:
-            model.load_adapter(str(run.path / ADAPTER_DIR), adapter_name=_adapter_name(index), is_trainable=False)
-        except ValueError as exc:  # peft refuses to mix adapter types (LoRA with prefix tuning, ...) on one model
-            raise UserError(f"{run.path}: its adapter cannot share a base with {runs[0].path}'s: {exc}",
-                            hint="serve runs of the same adapter family together") from None
+        run.dir.load_adapter(model, _adapter_name(index))
     return model

@@ -50,9 +50,9 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         messages = [m.as_dict() for m in body.messages]
         generation = engine.astream(body.model, messages, **body.engine_options())
         if body.stream:
-            events = _events(generation, request, body.model, body.include_usage, bool(body.tools))
+            events = _events(generation, request, body.model, body.include_usage, body.offers_tools)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _whole(generation, request, body.model, bool(body.tools))
+        return await _whole(generation, request, body.model, body.offers_tools)
 
     if api_key:
         app.add_middleware(RequireKey, api_key=api_key)

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from transformers import StoppingCriteriaList, TextStreamer
 
-from peftsft.artifacts.serve.adapters import BASE, ServedModel, context_length, load_models
+from peftsft.artifacts.serve.adapters import BASE, ServedModel, load_models
 from peftsft.artifacts.serve.stops import StopTrimmer
-from peftsft.generation import Sampling, chat_inputs, inference_mode
+from peftsft.data.tools import call_text
+from peftsft.generation import Sampling, chat_inputs, context_length, inference_mode
 
 log = logging.getLogger("peftsft.serve")
 _END = object()
@@ -126,6 +127,7 @@ class _Job:
     stops: list[str]
     seed: int | None
     generation: Generation
+    opening: str = ""  # text the reply was made to start with (a forced tool call's opening): part of its text
     stop_hit: bool = field(default=False)
 
 
@@ -159,7 +161,8 @@ class Engine:
     def stream(self, model: str, messages: list[dict], **options) -> Generation:
         """Queue a reply; iterate the returned Generation for its text. Options: max_tokens, temperature (0 =
         greedy; default 1.0 as OpenAI), top_p, stop (str or list), seed, tools (OpenAI function schemas, rendered
-        by the run's chat template). Raises ServeError for a bad request."""
+        by the run's chat template), call (the reply starts with a call: of this function, or of any with "").
+        Raises ServeError for a bad request."""
         return self._submit(self._job(model, messages, None, **options))
 
     def astream(self, model: str, messages: list[dict], **options) -> Generation:
@@ -193,7 +196,7 @@ class Engine:
 
     def _job(self, model: str, messages: list[dict], loop, max_tokens: int | None = None,
              temperature: float = 1.0, top_p: float = 1.0, stop: str | list[str] | None = None,
-             seed: int | None = None, tools: list[dict] | None = None) -> _Job:
+             seed: int | None = None, tools: list[dict] | None = None, call: str | None = None) -> _Job:
         served = self.served.get(model)
         if served is None:
             raise ServeError(404, f"The model '{model}' does not exist; this server has: {', '.join(self.served)}",
@@ -201,10 +204,13 @@ class Engine:
         _check_sampling(temperature, top_p)
         stops = _stop_list(stop)
         inputs = self._inputs(served, messages, tools)
+        opening = call_opening(call)
+        if opening:  # the reply is generated after the opening of the call, as if the model had written it
+            inputs = _extended(inputs, served.tokenizer(opening, add_special_tokens=False)["input_ids"])
         prompt_tokens = inputs["input_ids"].shape[1]
         max_tokens = self._max_tokens(prompt_tokens, max_tokens)
         sampling = Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
-        return _Job(served, inputs, sampling, stops, seed, Generation(prompt_tokens, loop))
+        return _Job(served, inputs, sampling, stops, seed, Generation(prompt_tokens, loop), opening)
 
     def _inputs(self, served: ServedModel, messages: list[dict], tools: list[dict] | None = None):
         if not messages:
@@ -276,6 +282,8 @@ class Engine:
                 generation.halt.set()
 
         kwargs = job.sampling.generate_kwargs(served.tokenizer) | {"eos_token_id": list(served.stop_ids)}
+        if job.opening:
+            generation._text(job.opening)
         with self._selected(served), inference_mode(self.model):
             if job.seed is not None:
                 torch.manual_seed(job.seed)
@@ -329,6 +337,25 @@ class _PieceStreamer(TextStreamer):
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         if text:
             self.on_text(text)
+
+
+def call_opening(call: str | None) -> str:
+    """The start of a reply that calls `call` ("" : any function): a `<tool_call>` block as data.tools writes one,
+    up to where the model takes over (the arguments, or the whole call). None: no call forced."""
+    if call is None:
+        return ""
+    block = call_text({"name": call or "NAME", "arguments": {}})
+    return block[: block.index('"arguments": ') + len('"arguments": ')] if call else block[: block.index("{")]
+
+
+def _extended(inputs, ids: list[int]):
+    """The tokenized prompt with `ids` appended (and attended to)."""
+    extra = torch.tensor([ids], dtype=inputs["input_ids"].dtype, device=inputs["input_ids"].device)
+    out = dict(inputs)
+    out["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
+    if "attention_mask" in inputs:
+        out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(extra)], dim=1)
+    return out
 
 
 def _check_sampling(temperature: float, top_p: float) -> None:

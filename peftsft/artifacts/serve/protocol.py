@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from peftsft.artifacts.serve.engine import Completion
-from peftsft.data.tools import normalize_tool_calls, normalize_tools
+from peftsft.data.tools import ToolsError, normalize_tool_calls, normalize_tools, tool_names
 from peftsft.generation import reply_message
+
+TOOL_CHOICES = ("none", "auto", "required")
 
 
 class TextPart(BaseModel):
@@ -23,13 +25,21 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")  # name, tool_call_id, ...: accepted, not used
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    tool_calls: list[dict] | None = None  # an assistant turn that called tools (OpenAI format)
+    tool_calls: list[dict] | None = None  # an assistant turn that called tools (OpenAI format), normalised
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls(cls, calls: list[dict] | None) -> list[dict] | None:
+        try:
+            return normalize_tool_calls(calls) if calls else None
+        except ToolsError as exc:  # a 400 naming the field, as every other malformed value
+            raise ValueError(f"{exc} (OpenAI's {{\"function\": {{\"name\": ..., \"arguments\": ...}}}})") from None
 
     def as_dict(self) -> dict:
         """{"role", "content"(, "tool_calls")} as chat templates take them; `developer` is OpenAI's newer `system`."""
         content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
         message = {"role": "system" if self.role == "developer" else self.role, "content": content}
-        return message | ({"tool_calls": normalize_tool_calls(self.tool_calls)} if self.tool_calls else {})
+        return message | ({"tool_calls": self.tool_calls} if self.tool_calls else {})
 
 
 class StreamOptions(BaseModel):
@@ -53,11 +63,30 @@ class ChatRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     tools: list[dict] | None = None  # OpenAI function schemas: rendered by the run's template, calls parsed back
+    # none: no tools offered; auto: the model decides; required / {"type": "function", "function": {"name": …}}:
+    # the reply starts with a call (of that function), generated after the opening of a <tool_call> block
+    tool_choice: str | dict | None = None
 
     @field_validator("tools")
     @classmethod
     def _schemas(cls, tools: list[dict] | None) -> list[dict] | None:
         return normalize_tools(tools) if tools else None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice(cls, choice: Any, info: ValidationInfo) -> str | None:
+        """"none" | "auto" | "required" | the named function; refused when it asks for what `tools` lacks."""
+        if choice is None:
+            return None
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        if choice not in TOOL_CHOICES and not (isinstance(named, str) and named):
+            raise ValueError('must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
+        offered = tool_names(info.data.get("tools"))
+        if choice != "none" and choice != "auto" and not offered:
+            raise ValueError("asks for a tool call, but the request offers no tools")
+        if named is not None and named not in offered:
+            raise ValueError(f"names the function {named!r}, which is not in tools ({', '.join(offered)})")
+        return named or choice
 
     @field_validator("n")
     @classmethod
@@ -69,8 +98,22 @@ class ChatRequest(BaseModel):
     def engine_options(self) -> dict:
         """Keyword arguments for Engine.astream (unset fields take OpenAI's defaults there)."""
         options = {"max_tokens": self.max_completion_tokens or self.max_tokens, "stop": self.stop, "seed": self.seed,
-                   "temperature": self.temperature, "top_p": self.top_p, "tools": self.tools}
+                   "temperature": self.temperature, "top_p": self.top_p, **self._tool_options()}
         return {key: value for key, value in options.items() if value is not None}
+
+    def _tool_options(self) -> dict:
+        """tools as offered under tool_choice, and `call`: the function the reply must call ("" any, None no)."""
+        if self.tool_choice in (None, "auto"):
+            return {"tools": self.tools}
+        if self.tool_choice == "none":
+            return {}
+        if self.tool_choice == "required":
+            return {"tools": self.tools, "call": ""}
+        return {"tools": [t for t in self.tools if t["function"]["name"] == self.tool_choice], "call": self.tool_choice}
+
+    @property
+    def offers_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
     @property
     def include_usage(self) -> bool:

@@ -6,6 +6,7 @@ first use; the base is the adapter switched off).
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,14 @@ from fastapi.templating import Jinja2Templates
 
 from peftsft.artifacts.export.record import record_path
 from peftsft.artifacts.ui.charts import line_chart
-from peftsft.artifacts.ui.runs import RunInfo, flatten_recipe, read_run, recipe_differences, scan_runs
+from peftsft.artifacts.ui.run_info import (
+    RunInfo, flatten_recipe, read_run, recipe_differences, scan_runs, unreadable_run,
+)
 from peftsft.core.errors import UserError
+from peftsft.core.rundir import RunDir
 
+log = logging.getLogger("peftsft.ui")
+MAX_NAME_BYTES = 255  # a longer folder name cannot exist (most file systems), so it is no run
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 SORTABLE = ("name", "status", "strategy", "model", "steps", "train_loss", "eval_loss", "tokens_per_s",
             "peak_memory_gib")
@@ -55,16 +61,36 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, name, {"runs_root": str(runs_root), **context}, status_code=status)
 
+    def private(text: str) -> str:
+        """`text` without where the runs live on the server: a run is named from the runs folder on."""
+        for root in sorted({str(runs_root.resolve()), str(runs_root.absolute())}, key=len, reverse=True):
+            text = text.replace(root, runs_root.name)
+        return text
+
     def error(request: Request, message: str, status: int = 404) -> HTMLResponse:
-        return page(request, "error.html", status, message=message)
+        """An error page; it never shows where the runs live on the server (the header's runs folder included)."""
+        return TEMPLATES.TemplateResponse(request, "error.html", {"runs_root": "", "message": private(message)},
+                                          status_code=status)
+
+    def missing(request: Request, name: str) -> HTMLResponse:
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        return error(request, f"no run named {shown!r} (the runs table lists the runs there are)")
 
     def find(name: str) -> RunInfo | None:
+        if "/" in name or "\0" in name or name in ("", ".", "..") or len(name.encode()) > MAX_NAME_BYTES:
+            return None
         path = runs_root / name
-        return read_run(path) if "/" not in name and name not in (".", "..") and path.is_dir() else None
+        try:
+            if not path.is_dir():
+                return None
+            return read_run(path)
+        except Exception as exc:  # unreadable (permissions, ...): its page says so, like its row in the table
+            return unreadable_run(path, exc)
 
     @app.exception_handler(Exception)
-    async def crash_panel(request: Request, exc: Exception):  # a bug or a broken run dir: a panel, not a 500 trace
-        return error(request, f"{type(exc).__name__}: {exc}", 500)
+    async def crash_panel(request: Request, exc: Exception):  # a bug: a panel without server paths, not a trace
+        log.exception("page %s failed", request.url.path)
+        return error(request, f"this page failed ({type(exc).__name__}); the server's log has the details", 500)
 
     @app.get("/", response_class=HTMLResponse)
     def runs_table(request: Request, sort: str = "name", desc: bool = False):
@@ -81,14 +107,14 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
     def run_page(request: Request, name: str):
         run = find(name)
         if run is None:
-            return error(request, f"no run dir {name!r} under {runs_root}")
+            return missing(request, name)
         return page(request, "run.html", run=run, live=live(run), artifacts=artifacts(run))
 
     @app.get("/runs/{name}/live")
     def run_live(name: str):
         run = find(name)
         if run is None:
-            return JSONResponse({"error": f"no run dir {name!r}"}, status_code=404)
+            return JSONResponse({"error": "no such run"}, status_code=404)
         return live(run)
 
     @app.get("/compare", response_class=HTMLResponse)
@@ -107,9 +133,9 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
 
         run = find(name)
         if run is None:
-            return error(request, f"no run dir {name!r} under {runs_root}")
+            return missing(request, name)
         try:
-            view = data_view(run.path, max(1, min(n, 20)))
+            view = data_view(RunDir(run.path), max(1, min(n, 20)))
         except UserError as exc:
             return error(request, f"{exc.message} — {exc.hint}" if exc.hint else exc.message, 422)
         return page(request, "data.html", run=run, view=view)
@@ -118,9 +144,8 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
     def chat_page(request: Request, name: str):
         run = find(name)
         if run is None:
-            return error(request, f"no run dir {name!r} under {runs_root}")
-        samples = (run.path / "samples.md").read_text(encoding="utf-8") if (run.path / "samples.md").is_file() else ""
-        return page(request, "chat.html", run=run, samples=samples)
+            return missing(request, name)
+        return page(request, "chat.html", run=run, samples=RunDir(run.path).read_samples(run.errors))
 
     @app.post("/api/runs/{name}/chat")
     async def chat_answer(name: str, request: Request):
@@ -137,7 +162,7 @@ def create_app(runs_root: Path, chat: ChatBackend | None = None) -> FastAPI:
 
             return await anyio.to_thread.run_sync(chat.answers, run.path, prompt)
         except UserError as exc:
-            return JSONResponse({"error": exc.message}, status_code=422)
+            return JSONResponse({"error": private(exc.message)}, status_code=422)
         except Exception as exc:  # the engine's ServeError (prompt too long, …): its OpenAI-style message
             status = getattr(exc, "status", None)
             if status is None:
@@ -164,18 +189,17 @@ def live(run: RunInfo) -> dict:
 
 def artifacts(run: RunInfo) -> list[dict]:
     """Exports (with their verification record, when written) and the adapter's model card."""
-    found = []
-    card = run.path / "adapter" / "README.md"
-    if card.is_file():
-        found.append({"name": "adapter/README.md (model card)", "text": card.read_text(encoding="utf-8")})
-    exports = run.path / "exports"
-    for item in sorted(exports.iterdir()) if exports.is_dir() else []:
-        if item.name.startswith(".") or item.name.endswith(".verification.json"):
-            continue
-        size = sum(f.stat().st_size for f in item.rglob("*") if f.is_file()) if item.is_dir() else item.stat().st_size
-        record = record_path(item) if record_path(item).is_file() else None
-        found.append({"name": f"exports/{item.name} ({size / 2**20:.1f} MiB)",
-                      "text": record.read_text(encoding="utf-8") if record else "no verification record"})
+    rundir, found = RunDir(run.path), []
+    if card := rundir.read_card(run.errors):
+        found.append({"name": "adapter/README.md (model card)", "text": card})
+    for item in rundir.exports():
+        try:
+            size = sum(f.stat().st_size for f in item.rglob("*") if f.is_file()) if item.is_dir() else item.stat().st_size
+            record = record_path(item).read_text(encoding="utf-8", errors="replace") \
+                if record_path(item).is_file() else "no verification record"
+        except OSError as exc:
+            size, record = 0, f"unreadable: {exc.strerror or exc}"
+        found.append({"name": f"exports/{item.name} ({size / 2**20:.1f} MiB)", "text": record})
     return found
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from html import escape
-from pathlib import Path
-
+from peftsft.core.rundir import RunDir
 from peftsft.data.build import build_datasets
 from peftsft.data.contract import check_contract
 from peftsft.data.preview import load_recipe_tokenizer, mask_pieces
-from peftsft.loading import read_run_recipe
 
 
 @dataclass
@@ -20,9 +18,9 @@ class DataView:
     contract: dict
 
 
-def data_view(run_dir: Path, count: int = 3) -> DataView:
+def data_view(run: RunDir, count: int = 3) -> DataView:
     """Render the first `count` training samples of the run's recipe, exactly as training tokenized them."""
-    recipe = read_run_recipe(run_dir / "recipe.resolved.toml")
+    recipe = run.recipe()
     tokenizer = load_recipe_tokenizer(recipe)
     train, evals, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
     contract = check_contract(tokenizer, train, evals, stats, recipe.data, recipe.model.attention)

@@ -8,8 +8,8 @@ Its exports and eval live with the other artifacts (peftsft.artifacts); `predict
 from __future__ import annotations
 
 
-def train(recipe, console, overwrite: bool = False, resume=None, force: bool = False) -> dict:
+def train(recipe, console, overwrite: bool = False, resume=None, force: bool = False, callbacks=()) -> dict:
     """Train a classifier per the recipe (or resume its run); returns summary.json's contents."""
     from peftsft.tasks.classification.train import train as train_classifier
 
-    return train_classifier(recipe, console, overwrite, resume, force)
+    return train_classifier(recipe, console, overwrite, resume, force, callbacks)

@@ -15,9 +15,10 @@ import torch
 
 from peftsft.core.config import Recipe
 from peftsft.core.errors import UserError
+from peftsft.core.rundir import RunDir
+from peftsft.core.rundir.adapter import damaged_files_are_user_errors, load_adapter
 from peftsft.tasks.classification.data import LABELS_FILE, LabelMap
 
-RECIPE_FILE = "recipe.resolved.toml"
 HEAD_NAMES = ("classifier", "score")  # what transformers calls the head (peft adds these to modules_to_save)
 
 
@@ -94,29 +95,25 @@ class Classifier:
         return self.recipe.classification.max_length if self.recipe else 512
 
 
-def read_recipe(directory: Path) -> Recipe | None:
-    from peftsft.loading import read_run_recipe
-
-    return read_run_recipe(directory / RECIPE_FILE) if (directory / RECIPE_FILE).is_file() else None
-
-
 def load_classifier(source: str | Path, device: str = "cpu", dequantize: bool = False) -> Classifier:
     """A run dir (base + adapter, as trained), or a model dir with a classification head (merged export)."""
     path = Path(source)
-    if (path / "adapter").is_dir() and (path / RECIPE_FILE).is_file():
-        return load_run(path, device, dequantize)
-    if (path / "adapter_config.json").is_file() and (path / RECIPE_FILE).is_file():  # export --format adapter
-        return load_adapter_dir(path, read_recipe(path), device, dequantize)
+    if RunDir.holds_run(path) and RunDir(path).adapter_dir.is_dir():
+        return load_run(RunDir(path), device, dequantize)
+    recipe = RunDir.recipe_beside(path) if path.is_dir() else None
+    if recipe is not None and (path / "adapter_config.json").is_file():  # export --format adapter
+        return load_adapter_dir(path, recipe, device, dequantize)
     if not (path / "config.json").is_file():
         raise UserError(f"{source}: neither a classification run dir nor a model dir",
                         hint="pass runs/<name> of a classification run, or a dir written by `merge`")
-    return _load_model_dir(path, device, read_recipe(path))
+    return _load_model_dir(path, device, recipe)
 
 
-def load_run(run_dir: Path, device: str = "cpu", dequantize: bool = False) -> Classifier:
+def load_run(run: RunDir, device: str = "cpu", dequantize: bool = False) -> Classifier:
     """The base as the recipe loads it (float32 and dequantized when asked) with the trained adapter and head."""
-    classifier = load_adapter_dir(run_dir / "adapter", read_recipe(run_dir), device, dequantize)
-    classifier.source = str(run_dir)
+    run.adapter_kind()
+    classifier = load_adapter_dir(run.adapter_dir, run.recipe(), device, dequantize)
+    classifier.source = str(run.path)
     return classifier
 
 
@@ -130,21 +127,20 @@ def load_adapter_dir(adapter: Path, recipe: Recipe, device: str = "cpu", dequant
     base, _, _ = load_encoder(recipe, labels, device)
     if dequantize and recipe.quantization.bits is not None:
         base = base.dequantize(dtype=torch.float32)
-    from peft import PeftModel
-
-    with quiet_peft():
-        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+    model = load_adapter(base, adapter)
     return Classifier(model.eval(), _tokenizer(adapter), labels, str(adapter), recipe)
 
 
 def _load_model_dir(directory: Path, device: str, recipe: Recipe | None) -> Classifier:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    config = AutoConfig.from_pretrained(directory)
+    with damaged_files_are_user_errors(directory):
+        config = AutoConfig.from_pretrained(directory)
     if not any(arch.endswith("ForSequenceClassification") for arch in config.architectures or []):
         raise UserError(f"{directory}: {config.architectures} is not a sequence classification model",
                         hint="chat models answer with `chat`/`generate`; `predict` is for classification runs")
-    model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32).to(device)
+    with damaged_files_are_user_errors(directory):
+        model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32).to(device)
     labels = _labels_of(directory) if (directory / LABELS_FILE).is_file() else LabelMap(
         tuple(config.id2label[i] for i in range(config.num_labels))
     )

@@ -1,89 +1,94 @@
-"""A classification run: recipe → encoder + head → strategy → labelled data → transformers Trainer → run dir.
+"""The classification task: an encoder (or decoder) with a classification head, labelled data, transformers' Trainer.
 
-The transformers Trainer, not TRL's SFTTrainer (which trains generation): cross-entropy over the labels,
-accuracy and macro-F1 at every evaluation, early stopping on [classification] best_metric.
+The transformers Trainer, not TRL's SFTTrainer (which trains generation): cross-entropy over the labels, accuracy
+and macro-F1 at every evaluation, early stopping on [classification] best_metric. Fills the training skeleton.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt, TokenRate
 from peftsft.core.config import Recipe
-from peftsft.models import pick_device
-from peftsft.training.arguments import trainer_arguments, use_our_callbacks
-from peftsft.training.report import plot_loss
-from peftsft.training.rules import resolve_precision
-from peftsft.training.runs import checkpoint_step, open_run_dir, run_summary, train_guarded
-from peftsft.core.rundir import write_dir, write_json, write_text
+from peftsft.core.rundir import write_text
+from peftsft.levers import Levers
 from peftsft.strategies import trainable_summary
-from peftsft.tasks.classification.predict import prediction_table, predictions
 from peftsft.tasks.classification.data import build_datasets
 from peftsft.tasks.classification.metrics import classification_metrics
 from peftsft.tasks.classification.model import Classifier, apply_strategy, load_encoder
+from peftsft.tasks.classification.predict import prediction_table, predictions
+from peftsft.training import skeleton
+from peftsft.training.arguments import trainer_arguments, use_our_callbacks
+from peftsft.training.skeleton import Prepared, Session
+
+
+class ClassificationTask:
+    name = "classification"
+
+    def setup(self, session: Session) -> Prepared:
+        from peftsft.models import load_tokenizer, materialize, resolve_source
+
+        recipe, console, device = session.recipe, session.console, session.device
+        started = time.perf_counter()
+        with console.status(f"loading model {recipe.model.source} on {device}"):
+            tokenizer = load_tokenizer(materialize(resolve_source(recipe.model.source)), recipe.model)
+            train_ds, eval_ds, labels, stats = build_datasets(tokenizer, recipe)
+            model, tokenizer, source = load_encoder(recipe, labels, device)
+        console.print(f"model: {source.spec} ({source.describe}) in {time.perf_counter() - started:.1f}s, "
+                      f"labels: {', '.join(labels.names)}")  # fmt: skip
+        print_stats(console, stats.as_dict())
+        if eval_ds is None:
+            console.print("[yellow]no eval data[/] (set [data] eval_path or eval_fraction): no accuracy/F1 to report")
+        model, strategy = apply_strategy(model, recipe)
+        params = trainable_summary(model)
+        console.print(f"strategy {strategy.name}: {params['trainable_params']:,} trainable of "
+                      f"{params['total_params']:,} parameters ({params['trainable_percent']:.3f}%), head included")
+        return Prepared(model, tokenizer, train_ds, eval_ds, stats, source, strategy, params,
+                        extra={"labels": labels, "scorer": EvalScorer(labels.names)})  # fmt: skip
+
+    def before_training(self, session: Session, prepared: Prepared, levers: Levers) -> None:
+        pass
+
+    def trainer(self, session: Session, prepared: Prepared, levers: Levers, callbacks: list):
+        return make_trainer(session.recipe, prepared.model, prepared.tokenizer, prepared.train_ds, prepared.eval_ds,
+                            session.device, prepared.extra["scorer"], callbacks, levers)  # fmt: skip
+
+    def save(self, session: Session, prepared: Prepared, directory: Path) -> None:
+        prepared.strategy.save(prepared.model, directory)
+        prepared.tokenizer.save_pretrained(directory)
+        prepared.extra["labels"].save(directory)
+
+    def score(self, session: Session, prepared: Prepared, levers: Levers) -> dict:
+        """The sample prompts labelled by the tuned model."""
+        recipe = session.recipe
+        if not recipe.run.sample_prompts:
+            return {"samples": None}
+        tuned = Classifier(prepared.model.eval(), prepared.tokenizer, prepared.extra["labels"],
+                           str(session.rundir.path), recipe)  # fmt: skip
+        return {"samples": predictions(tuned, recipe.run.sample_prompts, batch_size=32)}
+
+    def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float,
+               scores: dict) -> dict:  # fmt: skip
+        extra, samples = prepared.extra, scores["samples"]
+        if samples is not None:  # labelled by the tuned model → samples.md
+            write_text(session.rundir.samples_file, samples_markdown(samples))
+            session.console.print(prediction_table(samples))
+        scored = extra["scorer"].last if prepared.eval_ds is not None else None
+        return {"labels": list(extra["labels"].names), **scores_summary(scored)}
+
+    def report(self, session: Session, prepared: Prepared, summary: dict) -> None:
+        scorer = prepared.extra["scorer"]
+        if scorer.last and prepared.eval_ds is not None:
+            session.console.print(confusion_table(scorer.last))
 
 
 def train(recipe: Recipe, console: Console, overwrite: bool = False, resume: str | bool | None = None,
-                       force: bool = False) -> dict:
+          force: bool = False, callbacks=()) -> dict:  # fmt: skip
     """Train a classifier per the recipe (or resume its run from a checkpoint); returns summary.json's contents."""
-    from transformers import set_seed
-
-
-    run_dir = recipe.run_dir
-    checkpoint = open_run_dir(recipe, console, overwrite, resume, force)
-    set_seed(recipe.training.seed)
-    device = pick_device(recipe.training.device)
-
-    started = time.perf_counter()
-    with console.status(f"loading model {recipe.model.source} on {device}"):
-        from peftsft.models import load_tokenizer, materialize, resolve_source
-
-        tokenizer = load_tokenizer(materialize(resolve_source(recipe.model.source)), recipe.model)
-        train_ds, eval_ds, labels, stats = build_datasets(tokenizer, recipe)
-        model, tokenizer, source = load_encoder(recipe, labels, device)
-    console.print(f"model: {source.spec} ({source.describe}) in {time.perf_counter() - started:.1f}s, "
-                  f"labels: {', '.join(labels.names)}")
-    print_stats(console, stats.as_dict())
-    if eval_ds is None:
-        console.print("[yellow]no eval data[/] (set [data] eval_path or eval_fraction): no accuracy/F1 to report")
-
-    model, strategy = apply_strategy(model, recipe)
-    params = trainable_summary(model)
-    console.print(f"strategy {strategy.name}: {params['trainable_params']:,} trainable of "
-                  f"{params['total_params']:,} parameters ({params['trainable_percent']:.3f}%), head included")
-
-    rate = TokenRate()
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", rate, keep_until_step=checkpoint_step(checkpoint))
-    scorer, interrupt = EvalScorer(labels.names), StopOnInterrupt()
-    callbacks = [metrics_log, RichProgress(console, rate), NonFiniteGuard(), interrupt, SealCheckpoints()]
-    trainer = make_trainer(recipe, model, tokenizer, train_ds, eval_ds, device, scorer, callbacks)
-    result = train_guarded(trainer, interrupt, checkpoint, run_dir)  # Ctrl-C / NaN: a message saying how to resume
-    train_seconds = rate.elapsed
-    final = trainer.evaluate() if eval_ds is not None else {}
-
-    def save(tmp):
-        strategy.save(model, tmp)
-        tokenizer.save_pretrained(tmp)
-        labels.save(tmp)
-
-    write_dir(run_dir / "adapter", save)
-    plot_loss(metrics_log.records, run_dir / "loss.png")
-    if recipe.run.sample_prompts:  # labelled by the tuned model → samples.md
-        tuned = Classifier(model.eval(), tokenizer, labels, str(run_dir), recipe)
-        samples = predictions(tuned, recipe.run.sample_prompts, batch_size=32)
-        write_text(run_dir / "samples.md", samples_markdown(samples))
-        console.print(prediction_table(samples))
-    summary = run_summary(recipe, trainer, result, final, task="classification", model_spec=source.spec,
-                          strategy_name=strategy.name, params=params, device=device, train_seconds=train_seconds,
-                          stats=stats)
-    summary.update(labels=list(labels.names), **scores_summary(scorer.last if final else None))
-    write_json(run_dir / "summary.json", summary)
-    if scorer.last and final:
-        console.print(confusion_table(scorer.last))
-    return summary
+    return skeleton.train(ClassificationTask(), recipe, console, overwrite, resume, force, callbacks)
 
 
 class EvalScorer:
@@ -101,20 +106,16 @@ class EvalScorer:
         return {"accuracy": self.last["accuracy"], "macro_f1": self.last["macro_f1"]}
 
 
-def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, scorer, callbacks: list):
+def make_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, device: str, scorer, callbacks: list,
+                 levers: Levers):  # fmt: skip
     """The transformers Trainer; batches are padded per batch by its default collator (DataCollatorWithPadding)."""
     from transformers import Trainer, TrainingArguments
 
     from peftsft.strategies.registry import strategy_optimizer
 
-    t = recipe.training
-    evaluate_during = eval_ds is not None and t.eval_steps is not None
-    # the same [training] → arguments mapping as chat runs; early stopping keeps the best by best_metric
-    precision = resolve_precision(t.precision, device)  # the one lever an encoder run has; no memory plan
-    checkpointing = t.activation_checkpointing is True
-    args = TrainingArguments(
-        **trainer_arguments(recipe, device, evaluate_during, precision, checkpointing, recipe.classification.best_metric)
-    )
+    evaluate_during = eval_ds is not None and recipe.training.eval_steps is not None
+    # the same [training] → arguments mapping as chat runs; the best is kept by early_stopping_metric or best_metric
+    args = TrainingArguments(**trainer_arguments(recipe, device, evaluate_during, levers))
     trainer = Trainer(
         model=model,
         args=args,

@@ -196,10 +196,11 @@ def llama3_rope_factors(config):
     """Per-frequency divisors of Llama 3's RoPE, as llama.cpp's `rope_freqs` tensor holds them: taken from
     transformers' own RoPE initialisation (default ÷ llama3 inverse frequencies), so both compute the same."""
     import torch
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from peftsft.core.compat import rope_inverse_frequencies
 
     dim = head_dim(config)
     base = float(rope(config)["rope_theta"])
     default = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    scaled = rope_inverse_frequencies("llama3", config)
     return (default / scaled).float().numpy()

@@ -13,7 +13,24 @@ import numpy as np
 
 from peftsft.core.errors import UserError
 
-INSTALL = 'pip install -e ".[gguf]"  (builds llama-cpp-python from source: a few minutes, once)'
+
+
+def install_command() -> str:
+    """The one command that installs llama-cpp-python into this interpreter: `make gguf` where it is a peftsft
+    checkout's .venv (setup.sh's portable build flags), else pip with the `gguf` extra's pinned requirement."""
+    import sys
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parents[4]
+    if (root / "scripts" / "setup.sh").is_file() and Path(sys.prefix).resolve() == (root / ".venv").resolve():
+        command = f"make -C {root} gguf"
+    else:
+        try:
+            pins = [r.split(";")[0].strip() for r in metadata.requires("peftsft") or [] if r.startswith("llama-cpp")]
+        except metadata.PackageNotFoundError:
+            pins = []
+        command = f'{sys.executable} -m pip install "{pins[0] if pins else "llama-cpp-python"}"'
+    return f"{command}  (builds llama.cpp from source: a few minutes, once)"
 
 
 @dataclass(frozen=True)
@@ -58,7 +75,7 @@ def require_quant(quant: str) -> None:
     if needs_llama_cpp(quant) and not llama_cpp_importable():
         raise UserError(
             f"--quant {quant} is made by llama.cpp's own quantizer, and llama-cpp-python is not installed",
-            hint=f"install it: {INSTALL}; or pick a type the gguf package writes: "
+            hint=f"install it: {install_command()}; or pick a type the gguf package writes: "
             + ", ".join(q for q in QUANTS if not needs_llama_cpp(q)),
         )
 
@@ -67,6 +84,15 @@ def file_type(quant: str) -> int:
     import gguf
 
     return int(getattr(gguf.LlamaFileType, QUANTS[quant].file_type))
+
+
+def quant_of_file(path: Path) -> str:
+    """The --quant name of an existing GGUF's file type (its tolerance applies to a LoRA over it)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("general.file_type")
+    by_type = {file_type(q): q for q in QUANTS}
+    return by_type.get(int(field.contents()) if field is not None else -1, "q4_0")
 
 
 def encode(array: np.ndarray, quant: str):

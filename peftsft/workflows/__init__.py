@@ -1,0 +1,1 @@
+"""Workflows: a task run over a run dir, and the searches built from many runs (sweeps)."""

@@ -1,0 +1,63 @@
+"""The mutation score of each entry of [tool.mutmut] only_mutate, from mutmut's results under mutants/.
+
+Score = killed (timeouts included, shown apart) / mutants checked; "no tests" counts against it (code no selected test runs), mutants
+not checked yet are listed apart. `--survivors` lists the survivors' names for `mutmut show NAME`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+KILLED = ("killed", "timeout", "caught by type check")  # as mutmut's own score counts them
+
+
+def results(root: Path) -> dict[str, dict[str, str]]:
+    """{source file: {mutant name: status}} from mutmut's .meta files."""
+    out = {}
+    for meta in sorted((root / "mutants").rglob("*.py.meta")):
+        source = str(meta.relative_to(root / "mutants"))[: -len(".meta")]
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        out[source] = {name: status_by_exit_code[code] for name, code in codes.items()}
+    return out
+
+
+def report(root: Path, survivors: bool, files: bool = False) -> list[str]:
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
+    found = results(root)
+    if files:  # one row per mutated file (a run limited to some files scores them apart)
+        patterns = [path for path in found if any(fnmatch.fnmatch(path, p) for p in patterns)]
+    lines = [f"{'code mutated':40} {'killed':>7} {'(timeout)':>9} {'survived':>8} {'no tests':>8} {'other':>6} "
+             f"{'unchecked':>9} {'score':>6}"]
+    for pattern in patterns:
+        statuses = Counter(s for path, named in found.items() if fnmatch.fnmatch(path, pattern) for s in named.values())
+        killed = sum(statuses[s] for s in KILLED)
+        unchecked = statuses["not checked"]
+        other = sum(statuses.values()) - killed - statuses["survived"] - statuses["no tests"] - unchecked
+        checked = sum(statuses.values()) - unchecked
+        score = f"{killed / checked:.1%}" if checked else "-"
+        lines.append(f"{pattern:40} {killed:>7} {statuses['timeout']:>9} {statuses['survived']:>8} "
+                     f"{statuses['no tests']:>8} {other:>6} {unchecked:>9} {score:>6}")
+        if survivors:
+            lines += [f"    {name}  ({status})" for path, named in found.items() if fnmatch.fnmatch(path, pattern)
+                      for name, status in named.items() if status not in KILLED and status != "not checked"]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("."), help="the folder holding pyproject.toml and mutants/")
+    parser.add_argument("--survivors", action="store_true", help="list every mutant not killed")
+    parser.add_argument("--files", action="store_true", help="a row per mutated file")
+    args = parser.parse_args()
+    print("\n".join(report(args.root, args.survivors, args.files)))
+
+
+if __name__ == "__main__":
+    main()
