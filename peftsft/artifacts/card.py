@@ -72,7 +72,8 @@ def card_metadata(recipe: Recipe, fmt: str):
     """The Hub's metadata: base_model, library_name, pipeline_tag, tags, datasets (Hub ids only), license."""
     from huggingface_hub import ModelCardData
 
-    tags = ["peftsft", "trl", "sft", recipe.strategy.name, "chat"] + (["gguf"] if fmt == "gguf" else [])
+    kind = recipe.preference.method if recipe.task == "preference" else "sft"
+    tags = ["peftsft", "trl", kind, recipe.strategy.name, "chat"] + (["gguf"] if fmt == "gguf" else [])
     datasets = [d.path for d in recipe.data.datasets if is_hub_id(d.path)]
     return ModelCardData(
         base_model=recipe.model.base_id,
@@ -93,11 +94,19 @@ def _introduction(recipe: Recipe, summary: dict, target: CardTarget) -> str:
     base = f"[{recipe.model.base_id}](https://huggingface.co/{recipe.model.base_id})" if recipe.model.base_id else \
         "its base model (public id unknown)"
     rows = (summary.get("data") or {}).get("train_rows")
-    trained = f", trained on {rows} conversation(s)" if rows else ""
+    unit = "conversation(s)" if recipe.task != "preference" else "pair(s)" if recipe.preference.paired else "answer(s)"
+    trained = f", trained on {rows} {unit}" if rows else ""
     license_ = f" License: `{recipe.model.license}`." if recipe.model.license else \
         " No license was set in the recipe (`[model] license`)."
     return (f"{what} {'for ' if target.fmt == 'adapter' else ''}{base}{trained} with peftsft "
-            f"(supervised fine-tuning through TRL's `SFTTrainer`).{license_}")
+            f"({_how_trained(recipe)}).{license_}")
+
+
+def _how_trained(recipe: Recipe) -> str:
+    if recipe.task != "preference":
+        return "supervised fine-tuning through TRL's `SFTTrainer`"
+    start = f", continuing the SFT adapter `{recipe.model.adapter}`" if recipe.model.adapter else ""
+    return f"preference tuning with {recipe.preference.method.upper()} on TRL's trainers{start}"
 
 
 def _base_section(recipe: Recipe) -> str:

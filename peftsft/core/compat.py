@@ -147,3 +147,28 @@ def tracker_names() -> list[str]:
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     return list(INTEGRATION_TO_CALLBACK)
+
+
+TRL_PREPARE_DATASET = ((1, 16), (1, 16))  # DPOTrainer/KTOTrainer._prepare_dataset, as read in TRL 1.16
+
+
+def pretokenized(trainer_class):
+    """TRL's DPOTrainer or KTOTrainer taking peftsft's token rows (prompt_ids + chosen_ids/rejected_ids, or
+    completion_ids + label) as they are: TRL 1.16 always re-tokenizes from text in the private `_prepare_dataset`,
+    which would score the template's text after the end-of-turn token and lose the pre-flight contract's ids."""
+    require("trl", *TRL_PREPARE_DATASET, "passing pre-tokenized preference rows to TRL's trainers")
+
+    class Pretokenized(trainer_class):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if "prompt_ids" not in dataset.column_names:
+                return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            if getattr(self, "calculate_KL", False):  # KTO's mismatched pairs, by TRL 1.16's rule: completions
+                # rotated by one within each batch of per_device_train_batch_size rows
+                def rotate(rows):
+                    return {"KL_completion_ids": [rows["completion_ids"][-1]] + rows["completion_ids"][:-1]}
+
+                dataset = dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
+            return dataset
+
+    Pretokenized.__name__ = Pretokenized.__qualname__ = f"Pretokenized{trainer_class.__name__}"
+    return Pretokenized

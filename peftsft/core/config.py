@@ -50,6 +50,10 @@ class ModelSection(Section):
     )
     trust_remote_code: bool = Key(False, "run code shipped with the model (never, unless the recipe says so)")
     revision: str | None = Key(None, "Hub sources: the branch, tag or commit to load")
+    adapter: str | None = Key(
+        None, "task = \"preference\": a run dir (runs/<sft-run>) or adapter dir whose adapter this run continues "
+        "(loaded trainable; dpo/kto's reference is a frozen copy of it); unset: a new adapter on the base"
+    )
 
 
 class QuantizationSection(Section):

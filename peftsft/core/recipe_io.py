@@ -253,6 +253,9 @@ def _preference_problems(recipe: Recipe) -> list[str]:
         if recipe.preference != PreferenceSection():
             problems.append(f'[preference] is set but task = "{recipe.task}": add task = "preference" above the first '
                             "[section]")
+        if recipe.model.adapter is not None:
+            problems.append(f'[model] adapter continues an SFT adapter in a preference run; task = "{recipe.task}" '
+                            'trains a new one: remove it, or set task = "preference"')
         return problems
     method = recipe.preference.method
     problems = [f'[data] datasets.{i}.format = "{fmt}" is chat data; a preference run reads "preference" rows (prompt + '
@@ -263,6 +266,10 @@ def _preference_problems(recipe: Recipe) -> list[str]:
     else:
         problems += [f'[data] datasets.{i}.format = "unpaired_preference": method = "{method}" needs pairs; '
                      'unpaired rows train with method = "kto"' for i, fmt in formats if fmt == "unpaired_preference"]
+    if method in ("dpo", "kto") and recipe.strategy.name in ("full", "freeze") and \
+            not recipe.preference.precompute_reference:
+        problems.append(f'[strategy] {recipe.strategy.name!r} has no adapter to switch off, so method = "{method}"\'s '
+                        "reference would be a second copy of the model: set [preference] precompute_reference = true")
     data = recipe.data
     for wrong, problem in ((data.packing, "[data] packing applies to chat runs: remove it for a preference run"),
                            (data.replay > 0, "[data] replay mixes chat rows into SFT: remove it for a preference run"),

@@ -333,7 +333,11 @@ def enforce(contract: Contract) -> None:
 def preflight(console, tokenizer, train_ds, eval_ds, stats, data, attention: str, rundir) -> dict:
     """Check, print the table, and stop the run on a failure (after saving it to the run dir's summary); the
     report. `rundir`: a core.rundir.RunDir."""
-    contract = check_contract(tokenizer, train_ds, eval_ds, stats, data, attention)
+    return settle(console, check_contract(tokenizer, train_ds, eval_ds, stats, data, attention), stats, rundir)
+
+
+def settle(console, contract: Contract, stats, rundir) -> dict:
+    """Print the table, and stop the run on an enforced failure (after saving it to the run dir's summary)."""
     print_contract(console, contract)
     if contract.failures and contract.enforced:
         stopped = {"stopped": "pre-flight data contract", "data": stats.as_dict(), "contract": contract.as_dict()}

@@ -33,12 +33,23 @@ class Batching:
 
 def decide(situation: Situation, attention: str) -> Batching:
     recipe = situation.recipe
+    if situation.preference_method is not None:
+        return Batching(preference_sampling(situation.preference_method, recipe.training.sampling), False, False)
     packing = recipe.data.packing if situation.trains_language_model else False
     free = situation.trains_language_model and padding_free(
         recipe.training.padding_free, attention, packing, recipe.training.batch_size,
         takes_position_ids(situation.model),
     )
     return Batching(recipe.training.sampling, packing, free)
+
+
+def preference_sampling(method: str, setting: str) -> str:
+    """Preference rows are never packed nor flattened (TRL pads each pair's answers side by side). KTO reads its rows
+    in order (its KL term pairs each answer with its batch neighbours' prompts; the data build spread them with the
+    seed); TRL's preference rows have no single `input_ids` column to group by length, so grouping becomes random."""
+    if method == "kto":
+        return "sequential"
+    return "random" if setting == "group_by_length" else setting
 
 
 def padding_free(setting: bool | str, attention: str, packing: bool, batch_size: int, position_ids: bool) -> bool:

@@ -111,6 +111,10 @@ def plan(situation: Situation, levers: Levers) -> MemoryPlan:
     dtypes.settle(model, levers.adapter_dtype)
     dims, facts = Dims.from_config(model.config), model_facts(model, quant.bits is not None)
     batch, seq, seq_from = recipe.training.batch_size, recipe.data.max_length, "[data] max_length"
+    if situation.sequences_per_row > 1:
+        batch *= situation.sequences_per_row
+        notes.append(f"{recipe.training.batch_size} pair(s) a step: chosen and rejected answers in one forward, "
+                     f"{batch} sequences")
     if situation.longest_sample and not recipe.data.packing:
         seq, seq_from = min(situation.longest_sample, recipe.data.max_length), "longest sample in the data"
     seq += getattr(params, "num_virtual_tokens", 0) or 0  # prompt-learning methods lengthen every row

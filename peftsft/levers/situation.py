@@ -28,3 +28,15 @@ class Situation:
     def trains_language_model(self) -> bool:
         """A causal LM's head and attention train (chat SFT); an encoder's classification head does not."""
         return self.recipe.task != "classification"
+
+    @property
+    def preference_method(self) -> str | None:
+        """task = "preference": dpo | orpo | kto | simpo; None for the other tasks."""
+        return self.recipe.preference.method if self.recipe.task == "preference" else None
+
+    @property
+    def sequences_per_row(self) -> int:
+        """Sequences one training row puts through the trained forward: a pair's chosen and rejected answers go in
+        one batch (dpo, orpo, simpo); KTO's mismatched KL answers and every reference pass run without gradients."""
+        return 2 if self.preference_method in ("dpo", "orpo", "simpo") else 1
+

@@ -43,5 +43,10 @@ def longest_training_sample(recipe: Recipe) -> int:
     tokenizer = load_tokenizer(materialize(resolve_source(recipe.model.source)), recipe.model)
     apply_template(tokenizer, recipe.data)
     train_only = recipe.data.model_copy(update={"eval_path": None, "eval_fraction": 0.0})
+    if recipe.task == "preference":  # the longest prompt + answer of any pair (or KTO answer)
+        from peftsft.data.preference_build import build_preference_datasets
+
+        _, _, stats = build_preference_datasets(tokenizer, train_only, recipe.training.seed, recipe.preference.paired)
+        return stats.max_tokens
     _, _, stats = build_datasets(tokenizer, train_only, recipe.training.seed)
     return stats.max_tokens

@@ -15,11 +15,13 @@ from peftsft.core.errors import UserError
 from peftsft.core.rundir import RunDir, is_main_process
 from peftsft.tasks.chat import train as train_chat
 from peftsft.tasks.classification.train import train as train_classifier
+from peftsft.tasks.preference import train as train_preference
 
 # task name → its training function: (recipe, console, overwrite, resume, force, callbacks) -> summary.json's
 # contents. Named by their modules: `classification.train` is the package's function until its submodule `train` is
 # imported, then the submodule (a test importing it first turned the table's entry into a module).
-TRAINERS: dict[str, Callable[..., dict]] = {"chat": train_chat, "classification": train_classifier}
+TRAINERS: dict[str, Callable[..., dict]] = {"chat": train_chat, "classification": train_classifier,
+                                             "preference": train_preference}
 
 
 def run(recipe: Recipe, console: Console, overwrite: bool = False, resume: str | bool | None = None,

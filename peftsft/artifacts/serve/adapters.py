@@ -75,7 +75,7 @@ def _read_run(path: Path) -> _Run:
     if not RunDir.holds_run(path):
         raise UserError(f"{path}: not a run dir (no {RunDir.RECIPE})", hint="serve takes run dirs made by `peftsft run`")
     recipe = run.recipe()
-    if recipe.task != "chat":
+    if recipe.task not in ("chat", "preference"):
         raise UserError(f"{path} is a {recipe.task} run: it does not answer chat messages",
                         hint="serve chat runs only")
     if run.adapter_kind() == "model":

@@ -44,8 +44,9 @@ class LossHead:
 
 
 def decide(situation: Situation) -> LossHead | None:
-    """None where no LM head trains (classification)."""
-    if not situation.trains_language_model:
+    """None where no LM head trains (classification) or where the trainer scores whole logits itself (TRL's ORPO and
+    CPO trainers, behind orpo and simpo); DPO and KTO score through TRL's fused head, as SFT does."""
+    if not situation.trains_language_model or situation.preference_method in ("orpo", "simpo"):
         return None
     t, device = situation.recipe.training, situation.device
     kernel = "peftsft" if t.loss_kernel == "auto" and device == "cpu" else "trl"
