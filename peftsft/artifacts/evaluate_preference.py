@@ -84,13 +84,7 @@ def preference_report(loaded, pairs: list[Pair], max_new_tokens: int, batch_size
 
 def start_source(recipe) -> str:
     """What the run started from: the base with the SFT adapter it continued, or the base alone."""
-    adapter = start_adapter(recipe)
-    return f"{recipe.model.source} + {adapter}" if adapter else recipe.model.source
-
-
-def start_adapter(recipe) -> str | None:
-    """The adapter the run continued (`[model] adapter`), if any."""
-    return getattr(recipe.model, "adapter", None) or None
+    return f"{recipe.model.source} + {recipe.model.adapter}" if recipe.model.adapter else recipe.model.source
 
 
 def use(loaded, side: str):
@@ -102,34 +96,22 @@ def use(loaded, side: str):
 def start_model(loaded) -> Iterator:
     """The model the run started from, sharing the loaded base: the base (the tuned adapter off), or the base with
     the continued SFT adapter switched in for the block (loaded once, beside the tuned one)."""
-    adapter = start_adapter(loaded.recipe)
-    if adapter is None:
+    from peftsft.core.rundir.adapter import load_adapter
+    from peftsft.tasks.preference.model import sft_adapter_dir
+
+    if loaded.recipe.model.adapter is None:
         with loaded.base() as model:
             yield model
         return
     model = loaded.model
-    if START not in model.peft_config:
-        load_start_adapter(model, adapter)
+    if START not in model.peft_config:  # the folder as training resolved it (a run dir's adapter/, or the folder)
+        load_adapter(model, sft_adapter_dir(loaded.recipe), START)
     active = model.active_adapter
     model.set_adapter(START)
     try:
         yield model
     finally:
         model.set_adapter(active)
-
-
-def load_start_adapter(model, adapter: str) -> None:
-    """The SFT adapter a run continued (a run dir or an adapter folder) added to `model` under START."""
-    from peftsft.core.rundir import RunDir
-    from peftsft.core.rundir.adapter import load_adapter
-
-    if RunDir.holds_run(adapter):
-        RunDir(adapter).load_adapter(model, START)
-    elif Path(adapter).is_dir():
-        load_adapter(model, Path(adapter), START)
-    else:
-        raise UserError(f"[model] adapter = {adapter!r}: the adapter this run continued is gone, so there is no start "
-                        "model to compare with", hint="restore that run dir (or adapter folder), or rerun from it")
 
 
 # ---------------------------------------------------------------------------------------------- data and answers

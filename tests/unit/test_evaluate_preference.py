@@ -64,15 +64,22 @@ def base_model(model_dir):
     return AutoModelForCausalLM.from_pretrained(model_dir)
 
 
-@pytest.fixture(scope="module")
-def preference_run(tmp_path_factory, tiny_model_dir, tokenizer):
-    """A preference run dir by hand: a LoRA adapter fitted to the chosen answers, from the base (no SFT adapter)."""
-    from peft import LoraConfig, get_peft_model
+@pytest.fixture(scope="module", params=["fresh", "continued"])
+def preference_run(request, tmp_path_factory, tiny_model_dir, tokenizer):
+    """A preference run dir by hand: a LoRA adapter fitted to the chosen answers, either new on the base ("fresh") or
+    continuing an SFT adapter that was fitted to the rejected ones ("continued", `[model] adapter`)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
-    tmp = tmp_path_factory.mktemp("pref-eval")
+    tmp = tmp_path_factory.mktemp(f"pref-eval-{request.param}")
     data = write_jsonl(tmp / "pairs.jsonl", pair_rows())
     torch.manual_seed(0)
     model = get_peft_model(base_model(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    adapter_line = ""
+    if request.param == "continued":
+        sft = tmp / "sft-adapter"
+        fit(model, tokenizer, "rejected").save_pretrained(sft)
+        model = PeftModel.from_pretrained(base_model(tiny_model_dir), sft, is_trainable=True)
+        adapter_line = f'adapter = "{sft}"'
     fit(model, tokenizer, "chosen")
     run = RunDir(tmp / "runs" / "pref")
     model.save_pretrained(run.adapter_dir)
@@ -80,6 +87,7 @@ def preference_run(tmp_path_factory, tiny_model_dir, tokenizer):
     run.recipe_file.write_text(f'''task = "preference"
 [model]
 source = "{tiny_model_dir}"
+{adapter_line}
 [strategy]
 name = "lora"
 r = 4
@@ -105,9 +113,12 @@ def report(preference_run):
 
 
 def tuned_and_start(run, model_dir):
+    """The tuned model and the one it started from, each loaded on its own base (no adapter switching)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base_model(model_dir), run.adapter_dir).eval(), base_model(model_dir).eval()
+    sft = run.recipe().model.adapter
+    start = PeftModel.from_pretrained(base_model(model_dir), sft) if sft else base_model(model_dir)
+    return PeftModel.from_pretrained(base_model(model_dir), run.adapter_dir).eval(), start.eval()
 
 
 @torch.no_grad()
@@ -126,8 +137,11 @@ def test_rewards_are_betas_times_the_log_ratio_of_tuned_to_start_on_answer_token
     assert rewards["accuracy"] == 1.0 == sum(m > 0 for m in margins) / len(margins)  # chosen on the chosen side
 
 
-def test_the_tuned_model_prefers_the_chosen_answers_per_token_and_the_table_shows_it(report, capsys):
+def test_the_tuned_model_prefers_the_chosen_answers_per_token_where_its_start_did_not(report, preference_run):
     assert report["prefers_chosen"]["tuned"] == 1.0
+    if preference_run.recipe().model.adapter:  # the SFT adapter (fitted to the rejected answers) is the start
+        assert report["prefers_chosen"]["start"] == 0.0
+        assert report["start"].endswith(" + " + preference_run.recipe().model.adapter)
     assert report["task"] == "preference" and report["method"] == "dpo" and report["beta"] == BETA
     assert report["general"] is None  # [eval] general_check = false
 
