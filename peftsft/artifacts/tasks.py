@@ -15,6 +15,7 @@ from rich.console import Console
 from peftsft.artifacts.card import write_run_card
 from peftsft.artifacts.evaluate import EvalRequest, evaluate_chat
 from peftsft.artifacts.evaluate_classification import evaluate_classifier
+from peftsft.artifacts.evaluate_preference import evaluate_preference
 from peftsft.artifacts.export.classification import export_classification, export_classification_after_training
 from peftsft.artifacts.export.pipeline import ExportRequest, export_chat, export_chat_after_training
 from peftsft.core.config import Recipe
@@ -36,8 +37,11 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "chat": Task("chat", export_chat, export_chat_after_training, evaluate_chat, load_chat, write_run_card),
-    # a preference run's result is a chat adapter: exported, evaluated, loaded and described as chat runs are
-    "preference": Task("preference", export_chat, export_chat_after_training, evaluate_chat, load_chat, write_run_card),
+    # a preference run's result is a chat adapter: exported, loaded and described as chat runs are; evaluated
+    # against the model it started from
+    "preference": Task(
+        "preference", export_chat, export_chat_after_training, evaluate_preference, load_chat, write_run_card,
+    ),
     "classification": Task(
         "classification", export_classification, export_classification_after_training,
         evaluate_classifier, load_classifier,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from typing import NamedTuple
 
 ANSWER_METRICS = ("exact_match", "contains_reference", "token_f1", "rouge_l", "bleu")
 
@@ -75,25 +76,54 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]], max_length
     every position. At most `batch_size` rows a batch, fewer where their logits would pass LOGITS_BUDGET."""
     import torch
 
-    from peftsft.data.masking import IGNORE, encode
-    from peftsft.generation import inference_mode
+    from peftsft.data.masking import encode
 
     samples = [encode(tokenizer, messages, "assistant", max_length) for messages in conversations]
-    vocab = model.get_output_embeddings().weight.shape[0]
     total, tokens = 0.0, 0
+    for logits, targets, scored in _scored_batches(model, samples, tokenizer.pad_token_id, batch_size):
+        picked = logits[scored].float()  # the supervised positions' logits only
+        total += torch.nn.functional.cross_entropy(picked, targets[scored], reduction="sum").item()
+        tokens += int(scored.sum())
+    loss = total / max(tokens, 1)
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "eval_tokens": tokens}
+
+
+class _Sequence(NamedTuple):
+    input_ids: list[int]
+    labels: list[int]
+
+
+def answer_logprobs(model, tokenizer, sequences: list[tuple[list[int], list[int]]], batch_size: int):
+    """For each (prompt ids, answer ids): the summed log-probability of the answer's tokens after the prompt, and how
+    many there are — the prompt's tokens are context, never scored. Batched as assistant_loss is."""
+    import torch
+
+    from peftsft.data.masking import IGNORE
+
+    samples = [_Sequence(p + a, [IGNORE] * len(p) + a) for p, a in sequences]
+    out = []
+    for logits, targets, scored in _scored_batches(model, samples, tokenizer.pad_token_id, batch_size):
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * scored
+        out += zip(picked.sum(dim=1).tolist(), scored.sum(dim=1).tolist())
+    return out
+
+
+def _scored_batches(model, samples, pad_id: int, batch_size: int):
+    """(logits, targets, scored) of each batch's supervised tail: logits at the positions that predict the targets,
+    the targets (IGNORE where unscored) and the mask of scored positions; the model in inference mode."""
+    from peftsft.data.masking import IGNORE
+    from peftsft.generation import inference_mode
+
+    vocab = model.get_output_embeddings().weight.shape[0]
     with inference_mode(model):
         for batch in _batches(samples, vocab, batch_size, IGNORE):
-            ids, mask, labels = _left_pad(batch, tokenizer.pad_token_id, IGNORE)
+            ids, mask, labels = _left_pad(batch, pad_id, IGNORE)
             keep = _scored_tail(labels, IGNORE)
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                            logits_to_keep=keep + 1).logits  # fmt: skip
             targets = labels[:, -keep:].to(logits.device)
-            scored = targets != IGNORE
-            picked = logits[:, -keep - 1 : -1][scored].float()  # the supervised positions' logits only
-            total += torch.nn.functional.cross_entropy(picked, targets[scored], reduction="sum").item()
-            tokens += int(scored.sum())
-    loss = total / max(tokens, 1)
-    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "eval_tokens": tokens}
+            yield logits[:, -keep - 1 : -1], targets, targets != IGNORE
 
 
 def _scored_tail(labels, ignore: int) -> int:
