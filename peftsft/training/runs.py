@@ -87,6 +87,7 @@ def save_adapter(model, tokenizer, directory: Path, strategy=None, base_id: str 
     The adapter config names the base by its public id (`base_id`) so that it loads on any machine; peftsft itself
     reloads the base from recipe.resolved.toml's `[model] source`. peft's placeholder README goes: the model card
     (peftsft.artifacts.card) is written from the finished run."""
+    _name_local_base(model)
     if strategy is not None:
         strategy.save(model, directory)
     else:
@@ -95,6 +96,18 @@ def save_adapter(model, tokenizer, directory: Path, strategy=None, base_id: str 
     if base_id is not None:
         name_base_model(directory, base_id)
     (directory / "README.md").unlink(missing_ok=True)
+
+
+def _name_local_base(model) -> None:
+    """An adapter loaded from a run dir names its base by the public id; peft's save then asks the Hub whether that
+    base's vocabulary changed (a network lookup, and a warning offline). Naming the local base it was loaded on
+    answers the question from disk; the saved config names the public id again (name_base_model)."""
+    local = getattr(getattr(model, "config", None), "name_or_path", None)
+    if not local or not (Path(local) / "config.json").is_file():
+        return
+    for config in getattr(model, "peft_config", {}).values():
+        if not (Path(str(config.base_model_name_or_path or "")) / "config.json").is_file():
+            config.base_model_name_or_path = local
 
 
 def name_base_model(directory: Path, base_id: str) -> None:

@@ -117,3 +117,24 @@ def test_strategies_command_lists_lora():
         [sys.executable, "-m", "peftsft", "strategies"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "lora" in result.stdout
+
+
+def test_saving_a_continued_adapter_asks_no_hub_and_names_the_public_base(tmp_path, tiny_model_dir, tokenizer,
+                                                                        monkeypatch):
+    """An adapter loaded from a run dir names its base by the public id; saving it must not send peft to the Hub to
+    check that base's vocabulary (offline: a network lookup and a warning), and the saved config keeps the id."""
+    import peft.utils.save_and_load as peft_saving
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from peftsft.training.runs import save_adapter
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("peft asked the Hub while saving")
+
+    monkeypatch.setattr(peft_saving, "check_file_exists_on_hf_hub", no_hub)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.peft_config["default"].base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"  # as loaded from a run
+    save_adapter(model, tokenizer, tmp_path / "adapter", base_id="HuggingFaceTB/SmolLM2-135M-Instruct")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
