@@ -52,7 +52,7 @@ def _accelerate_name(precision: str) -> str:
 
 
 # Measured (deepspeed 0.19.8 on CPU, gloo): ZeRO-2 and ZeRO-3 at fp32 end with the adapter one process trains,
-# exactly; at bf16, DeepSpeed's own bf16 mode (bf16 weights, gradients reduced in bf16) ends 4% away from it.
+# exactly; at bf16, DeepSpeed's own bf16 mode (bf16 weights, gradients reduced in bf16) does not (measured: docs/distributed.md).
 DEEPSPEED_BF16_ON_CPU = (
     "DeepSpeed on CPU processes at bf16: DeepSpeed's bf16 mode keeps bf16 weights and reduces gradients in bf16, so "
     "two processes do not train like one (the adapter ended 4% away from one process's after 6 steps; at fp32 it "
