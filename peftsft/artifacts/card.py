@@ -191,6 +191,8 @@ def _data_section(data: dict) -> str:
 
 
 def _eval_section(summary: dict, evaluation: dict) -> str:
+    if evaluation.get("task") == "preference":
+        return _preference_eval_section(evaluation)
     results = evaluation.get("results") or {}
     if results:
         sides = list(results)
@@ -202,6 +204,27 @@ def _eval_section(summary: dict, evaluation: dict) -> str:
         return ("## Evaluation\n\n" + _table(["metric", "tuned"], [("eval_loss", _fmt(summary["eval_loss"]))])
                 + "\n\nThe base was not evaluated (`peftsft eval RUN` compares base and tuned).")
     return "## Evaluation\n\nThe run had no held-out data; `peftsft eval RUN --data FILE.jsonl` scores base vs tuned."
+
+
+def _preference_eval_section(report: dict) -> str:
+    """A preference run's `eval` (artifacts/evaluate_preference.py): the tuned model against the one it started
+    from, on held-out pairs and their prompts."""
+    rewards, wins, chosen = report["rewards"], report["win_rate"], report["prefers_chosen"]
+    rows = [("reward accuracy (held-out pairs) ↑", "–", _fmt(rewards["accuracy"])),
+            ("reward margin (mean) ↑", "–", _fmt(rewards["margin"])),
+            ("prefers chosen (log-prob per token) ↑", _fmt(chosen["start"]), _fmt(chosen["tuned"])),
+            (f"win rate over start ({wins['wins']}/{wins['ties']}/{wins['losses']} won/tied/lost) ↑", "–",
+             _fmt(wins["win_rate"])),
+            ("answer length, tokens (mean)", *(_fmt(wins["lengths"][s]["tokens"]) for s in ("start", "tuned")))]
+    general = report.get("general")
+    if general:  # the general check's "base" is the start model here
+        rows += [("general check loss ↓", _fmt(general["base"]["loss"]), _fmt(general["tuned"]["loss"])),
+                 ("general check right answers ↑", f"{general['base']['right']}/{general['base']['rows']}",
+                  f"{general['tuned']['right']}/{general['tuned']['rows']}")]
+    return (f"## Evaluation\n\n`peftsft eval` on {rewards['pairs']} held-out pair(s) from {report.get('data')} "
+            f"({wins['prompts']} prompt(s)), against the model the run started from (`{report.get('start')}`); "
+            f"{report.get('method', '').upper()}, beta {report.get('beta')}. The win rate is judged by "
+            f"{wins.get('judge', 'the tuned model')}.\n\n" + _table(["metric", "start", "tuned"], rows))
 
 
 def _verification_section(checks: list[dict], target: CardTarget) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_commands(subparsers) -> None:
@@ -27,6 +28,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from peftsft.artifacts.tasks import task_of_path
     from peftsft.core.console import console
     from peftsft.core.errors import UserError
+    from peftsft.core.rundir import RunDir
 
     if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
         raise UserError("--batch-size, --max-new-tokens and --limit must be at least 1")
@@ -34,6 +36,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, out=args.out, base=args.base, compare=not args.no_base,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit, device=args.device,
     )
-    out = task_of_path(args.model).evaluate(request, console)
+    task = task_of_path(args.model)
+    out = task.evaluate(request, console)
     console.print(f"[green]saved[/] → {out}")
+    if task.write_card is not None and RunDir.holds_run(args.model) and \
+            Path(out).resolve() == RunDir(args.model).eval_file.resolve():  # the run's own eval.json: its card shows it
+        console.print(f"model card updated → {task.write_card(Path(args.model))}")
     return 0

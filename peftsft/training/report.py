@@ -46,12 +46,15 @@ def plot_loss(records: list[dict], path: Path) -> None:
 
 
 def write_samples(
-    path: Path, prompts: list[str], before: list[str], after: list[str], general: dict | None = None
+    path: Path, prompts: list[str], before: list[str], after: list[str], general: dict | None = None,
+    start: str = "base",
 ) -> None:
-    """Base vs tuned answers to the sample prompts, then the general check (when it ran)."""
-    lines = ["# Samples: base model vs tuned model", "", "Greedy answers to the same prompts, before and after training.", ""]
+    """The start model's (`start`: "base", or "SFT model" for a run that continued one) vs the tuned model's answers
+    to the sample prompts, then the general check (when it ran)."""
+    lines = [f"# Samples: {start} vs tuned model", "", "Greedy answers to the same prompts, before and after training.",
+             ""]
     for prompt, old, new in zip(prompts, before, after):
-        lines += [f"## {prompt}", "", f"**base:** {old}", "", f"**tuned:** {new}", ""]
+        lines += [f"## {prompt}", "", f"**{start}:** {old}", "", f"**tuned:** {new}", ""]
     write_text(path, "\n".join(lines + (general_section(general) if general else [])))
 
 

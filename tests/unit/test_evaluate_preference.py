@@ -204,3 +204,17 @@ def test_eval_fraction_takes_the_pairs_training_held_out(preference_run, tokeniz
     pairs, source = held_out_pairs(split, None)
     assert "eval_fraction 0.5" in source and len(pairs) == 2
     assert [encode_pair(tokenizer, p, data.max_length)[0].answer_ids for p in pairs] == list(evals["chosen_ids"])
+
+
+def test_the_runs_card_shows_the_preference_eval_against_the_start_model(report, preference_run):
+    from peftsft.artifacts.card import CardTarget, model_card
+
+    text = model_card(preference_run.path, CardTarget("adapter", str(preference_run.adapter_dir)))
+    assert (preference_run.adapter_dir / "README.md").read_text(encoding="utf-8") == text, "eval left the card as it was"
+    rewards, wins = report["rewards"], report["win_rate"]
+    assert f"| reward accuracy (held-out pairs) ↑ | – | {rewards['accuracy']:.4g} |" in text
+    assert f"| reward margin (mean) ↑ | – | {rewards['margin']:.4g} |" in text
+    assert (f"| prefers chosen (log-prob per token) ↑ | {report['prefers_chosen']['start']:.4g} | "
+            f"{report['prefers_chosen']['tuned']:.4g} |") in text
+    assert f"won/tied/lost) ↑ | – | {wins['win_rate']:.4g} |" in text
+    assert f"{rewards['pairs']} held-out pair(s)" in text and report["start"] in text

@@ -161,6 +161,8 @@ def test_an_sft_adapter_is_continued_against_a_frozen_copy_of_itself(tmp_path, t
     assert same(saved, probe.end["default"])
     # step 1: the policy is the SFT model and so is the reference (the base alone would give non-zero rewards)
     assert abs(logged(summary)[0]["rewards/chosen"]) < 1e-2
+    samples = (Path(summary["run_dir"]) / "samples.md").read_text(encoding="utf-8")
+    assert samples.startswith("# Samples: SFT model (") and f"**SFT model ({sft_run}):**" in samples  # not "base"
 
 
 def test_a_resumed_run_continues_its_checkpoint_against_the_sft_reference(tmp_path, tiny_model_dir, sft_run):

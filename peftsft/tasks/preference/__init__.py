@@ -81,7 +81,9 @@ class PreferenceTask:
     def finish(self, session: Session, prepared: Prepared, trainer, levers: Levers, train_seconds: float,
                scores: dict) -> dict:  # fmt: skip
         recipe, extra = session.recipe, prepared.extra
-        write_samples(session.rundir.samples_file, recipe.run.sample_prompts, extra["before"], scores["after"])
+        start = f"SFT model ({recipe.model.adapter})" if recipe.model.adapter else "base"
+        write_samples(session.rundir.samples_file, recipe.run.sample_prompts, extra["before"], scores["after"],
+                      start=start)
         logged = [r for r in trainer.state.log_history if any(k.startswith("rewards/") for k in r)]
         last = {k: v for k, v in (logged[-1] if logged else {}).items() if k.startswith(("rewards/", "eval_rewards/"))}
         return {
