@@ -111,7 +111,6 @@ def evaluate_chat(request: EvalRequest, console: Console) -> Path:
     out = Path(request.out) if request.out else default_out
     write_json(out, report)
     console.print(results_table(report["results"], f"{source}: {len(conversations)} row(s)"))
-    console.print(f"[green]saved[/] → {out}")
     return out
 
 
