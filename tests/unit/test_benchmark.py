@@ -165,6 +165,19 @@ def test_scale_shapes_are_the_published_dimensions():
 
 
 @pytest.mark.slow
+def test_scale_sets_the_kernel_cache_bound_aside_in_a_second_plan_error():
+    scale = _scale_module()
+    gib = 2**30
+    record = {"footprint_bytes": 2 * gib, "plan": {"peak_bytes": int(2.5 * gib),
+                                                    "components": {"kernel_caches": gib // 4, "weights": gib}}}
+    scale.add_plan_error(record)
+    scale.add_plan_error_without_caches(record)
+    assert record["plan_error"] == 0.25 and record["plan_error_without_caches"] == 0.125
+    no_caches = {"footprint_bytes": 2 * gib, "plan": {"peak_bytes": 2 * gib, "components": {"kernel_caches": 0}}}
+    scale.add_plan_error_without_caches(no_caches)  # fp32 or a GPU: no such term, no second figure
+    assert "plan_error_without_caches" not in no_caches
+
+
 def test_scale_job_runs_both_arms_per_length(tmp_path):
     out = tmp_path / "scale"
     proc = subprocess.run(
