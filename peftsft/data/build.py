@@ -132,7 +132,7 @@ def _build(tokenizer, data: DataSection, seed: int, work: Path, console):
 
     samples = open_files([work / name for name in train])
     with Meter(console, "packing statistics", len(samples)) as meter:
-        packed = packing_stats(samples, data.max_length, processes_for(data.num_proc, len(samples)), meter)
+        packed = packing_stats(samples, data.max_length, meter)
     stats.packing = {"enabled": data.packing, **packed}
     return {"train": train, "eval": evals}, stats
 

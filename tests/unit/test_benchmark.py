@@ -164,7 +164,6 @@ def test_scale_shapes_are_the_published_dimensions():
         assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.02), shape
 
 
-@pytest.mark.slow
 def test_scale_sets_the_kernel_cache_bound_aside_in_a_second_plan_error():
     scale = _scale_module()
     gib = 2**30
@@ -178,6 +177,7 @@ def test_scale_sets_the_kernel_cache_bound_aside_in_a_second_plan_error():
     assert "plan_error_without_caches" not in no_caches
 
 
+@pytest.mark.slow
 def test_scale_job_runs_both_arms_per_length(tmp_path):
     out = tmp_path / "scale"
     proc = subprocess.run(

@@ -224,21 +224,25 @@ def test_masks_read_at_reply_edges_equal_masks_from_every_tokens_offsets(tok):
             assert sample.labels == reference and sample.offsets == [tuple(o) for o in full["offset_mapping"]]
 
 
-def test_packing_statistics_equal_packing_the_whole_dataset(tmp_path, forks):
+@pytest.mark.parametrize("max_length, top, size", [(512, 300, 9500), (256, 300, 2300), (128, 40, 1000)])
+def test_packing_statistics_equal_packing_the_whole_dataset(tmp_path, max_length, top, size):
+    """Rows counted from the lengths alone equal TRL's pack_dataset over the whole dataset: blocks of 1,000 in
+    order, a last part block, samples longer than max_length (truncated) and blocks of many equal lengths."""
     from datasets import Dataset
 
     from peftsft.data.packing import pack, packing_stats
 
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 300, size=9500)
+    rng = np.random.default_rng(max_length)
+    lengths = rng.integers(1, top, size=size)
     ids = [np.arange(n, dtype=np.int32) for n in lengths]
     path = tmp_path / "samples.arrow"
     with arrow.writing(path, arrow.SAMPLES) as writer:
         writer.write_table(pa.table({"input_ids": arrow.token_lists(ids), "labels": arrow.token_lists(ids)}))
     dataset = Dataset.from_file(str(path))
-    whole = pack(dataset, 512)
+    whole = pack(dataset, max_length)
     tokens = sum(sum(row) for row in whole["seq_lengths"])
-    assert packing_stats(dataset, 512, processes=2) == {"rows": len(whole), "efficiency": round(tokens / (len(whole) * 512), 4)}
+    assert packing_stats(dataset, max_length) == {"rows": len(whole),
+                                                  "efficiency": round(tokens / (len(whole) * max_length), 4)}
 
 
 # ---------------------------------------------------------------------------------------------- settings, progress

@@ -37,6 +37,7 @@ def _launch(launcher: list, recipe, name: str, *overrides: str, command: str = "
                           cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_fsdp_two_cpu_processes_match_one_process_and_write_a_peft_adapter(recipe, one_process, tiny_model_dir):
     result = _launch(fsdp_launcher(), recipe, "fsdp", *SAMPLES)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -59,6 +60,7 @@ def _sealed(run_dir, step: int) -> bool:
     return (run_dir / "checkpoints" / f"checkpoint-{step}" / CHECKPOINT_SEAL).is_file()
 
 
+@pytest.mark.slow
 def test_fsdp_run_killed_mid_run_resumes_to_the_same_adapter(recipe, one_process):
     """SIGKILL to the launcher and both trainers once the step-2 checkpoint is sealed; --resume ends where one
     unbroken process ends."""
@@ -85,6 +87,7 @@ def test_fsdp_run_killed_mid_run_resumes_to_the_same_adapter(recipe, one_process
     assert adapter_difference(one_process, run_dir) <= 1e-4
 
 
+@pytest.mark.slow  # launches accelerate processes
 @pytest.mark.parametrize("launch_args, overrides, reason", [
     ((), ["quantization.bits=4"], "bitsandbytes' CPU backend"),
     (("--cpu", "--num_processes", "2"), [], "started this process alone"),
@@ -107,6 +110,7 @@ def test_the_launch_is_read_from_the_launchers_environment():
     assert not current_launch({"ACCELERATE_USE_CPU": "False"}).started_alone  # asked for one
 
 
+@pytest.mark.slow  # launches accelerate processes
 @pytest.mark.parametrize("mixed_precision, precision, reason", [
     ("bf16", "bf16", "DeepSpeed on CPU processes at bf16"),  # DeepSpeed's bf16 mode: 2 processes ≠ 1
     ("bf16", "fp32", "mixed_precision ('bf16') and this run's precision (fp32"),  # the trainer would stop after loading
@@ -137,6 +141,7 @@ def one_process_fp32(recipe):
     return _run([sys.executable], recipe, "one-fp32", 'training.precision="fp32"')[1]
 
 
+@pytest.mark.slow  # launches accelerate processes
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
 @pytest.mark.parametrize("config", ["deepspeed-zero2.yaml", "deepspeed-zero3.yaml"])
 def test_deepspeed_two_cpu_processes_match_one_process_at_fp32(recipe, one_process_fp32, config, tmp_path):

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # every benchmark arm in its own process
 def test_gpu_check_dry_run_runs_every_arm_on_both_models_and_reports(tmp_path):
     out = tmp_path / "check"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
