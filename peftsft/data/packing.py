@@ -32,8 +32,7 @@ def packing_stats(dataset, max_length: int, meter=None) -> dict:
     The trainer packs blocks of 1,000 samples (datasets.map's default batch) with TRL's best-fit decreasing, whose
     rows depend on the samples' lengths alone: the same binning on each block's lengths gives its exact row count
     (tests/unit/test_data_scale.py checks it against TRL's `pack_dataset`). Our own loop rather than TRL's: TRL
-    builds the packed table (gathering every token) and took a seventh of the data build's time for a figure
-    that needs only the lengths.
+    builds the packed table, gathering every token, for a figure that needs only the lengths.
     """
     import pyarrow.compute as pc
 
