@@ -24,8 +24,63 @@ PERSONA_TRAIN = REPO / "recipes" / "data" / "persona_train.jsonl"
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# `make mutation` (mutmut) runs each mutant's tests in a process forked from one that collected the tests once.
+# Three things keep a mutant's run short (scripts/mutation.py, docs/tests.md): the session fixtures that involve no
+# peftsft code (the tokenizer, the tiny model) are built once in that process instead of once per mutant; a mutant's
+# tests run fastest first (mutmut stops at the first failure), by their whole measured time; and with
+# MUTATION_TEST_BUDGET set, only the fastest of them that fit in that many measured seconds run (a mutant that only a
+# slower test would kill then counts as survived: the score can only come out lower).
+UNDER_MUTMUT = "MUTANT_UNDER_TEST" in os.environ
+DURATIONS = Path("mutation-test-durations.json")  # written by mutmut's stats run, in mutants/ (its working dir)
+_PREBUILT: dict = {}  # built once before forking: what no mutant can change
+
+
+def pytest_collection_finish(session):
+    if UNDER_MUTMUT and session.config.option.collectonly and not _PREBUILT:
+        import tempfile
+
+        from transformers import AutoTokenizer
+
+        _PREBUILT["smollm_dir"] = Path(materialize(resolve_source(DEFAULT_MODEL)))
+        _PREBUILT["tokenizer"] = AutoTokenizer.from_pretrained(_PREBUILT["smollm_dir"])
+        out = Path(tempfile.mkdtemp(prefix="peftsft-mutation-tiny-llama-"))
+        _PREBUILT["tiny_model_dir"] = _build_tiny_model(out, _PREBUILT["tokenizer"])
+
+
+_TIMES: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if UNDER_MUTMUT and os.environ.get("MUTANT_UNDER_TEST") == "stats":  # setup, call and teardown
+        _TIMES[report.nodeid] = _TIMES.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    if _TIMES:
+        DURATIONS.write_text(json.dumps({**_read_durations(), **_TIMES}))
+
+
+def _read_durations() -> dict[str, float]:
+    return json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+
+
+def _fastest_first(config, items) -> None:
+    durations = _read_durations()
+    items.sort(key=lambda item: durations.get(item.nodeid, 0.0))  # a test too new to be measured goes first
+    budget, spent, keep = float(os.environ.get("MUTATION_TEST_BUDGET", "inf")), 0.0, 0
+    for item in items:
+        spent += durations.get(item.nodeid, 0.0)
+        if keep and spent > budget:
+            break
+        keep += 1
+    if keep < len(items):
+        config.hook.pytest_deselected(items=items[keep:])
+        del items[keep:]
+
 
 def pytest_collection_modifyitems(config, items):
+    if "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", ""):
+        _fastest_first(config, items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
@@ -37,18 +92,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def smollm_dir() -> Path:
     """The embedded SmolLM2, dequantized from its GGUF into the peftsft cache (once per machine)."""
-    return Path(materialize(resolve_source(DEFAULT_MODEL)))
+    return _PREBUILT.get("smollm_dir") or Path(materialize(resolve_source(DEFAULT_MODEL)))
 
 
 @pytest.fixture(scope="session")
 def tokenizer(smollm_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(smollm_dir)
+    return _PREBUILT.get("tokenizer") or AutoTokenizer.from_pretrained(smollm_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm_dir, tokenizer) -> Path:
+    return _PREBUILT.get("tiny_model_dir") or _build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
+
+
+def _build_tiny_model(out: Path, tokenizer) -> Path:
     """A 2-layer, hidden-64 Llama with SmolLM2's real tokenizer and chat template, saved as a local model dir.
 
     Hidden 64, MLP 128, 2 KV heads of 16: every linear layer has in_features a multiple of bitsandbytes' 64-weight
@@ -71,7 +130,6 @@ def tiny_model_dir(tmp_path_factory, smollm_dir, tokenizer) -> Path:
         # (tied to the LM head), so the model could never learn to stop
     )
     model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
