@@ -16,13 +16,13 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
-from mutmut.stats import status_by_exit_code
-
 KILLED = ("killed", "timeout", "caught by type check")  # as mutmut's own score counts them
 
 
 def results(root: Path) -> dict[str, dict[str, str]]:
     """{source file: {mutant name: status}} from mutmut's .meta files."""
+    from mutmut.stats import status_by_exit_code  # the `mutation` extra: imported here so the scoring needs no mutmut
+
     out = {}
     for meta in sorted((root / "mutants").rglob("*.py.meta")):
         source = str(meta.relative_to(root / "mutants"))[: -len(".meta")]

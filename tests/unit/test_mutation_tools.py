@@ -1,0 +1,99 @@
+"""`make mutation`'s own parts: the stratified sample, the score's interval, and a mutant's test order and budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from tests import conftest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MUTATION = _script("mutation")
+REPORT = _script("mutation_report")
+
+NAMES = {
+    "peftsft/data/a.py": [f"peftsft.data.a.x_f__mutmut_{i}" for i in range(600)],
+    "peftsft/data/b.py": [f"peftsft.data.b.x_g__mutmut_{i}" for i in range(200)],
+    "peftsft/training/c.py": [f"peftsft.training.c.x_h__mutmut_{i}" for i in range(180)],
+    "peftsft/artifacts/export/verify.py": [f"peftsft.artifacts.export.verify.x_v__mutmut_{i}" for i in range(20)],
+}
+PATTERNS = ["peftsft/data/*", "peftsft/training/*", "peftsft/artifacts/export/verify.py"]
+
+
+def test_each_entry_gets_its_share_at_least_the_minimum_and_never_more_than_it_has():
+    picked = MUTATION.sample(NAMES, PATTERNS, size=100, min_per_entry=30, seed=0)
+    counts = {p: sum(n.startswith(p.split("*")[0].replace("/", ".").removesuffix(".py")) for n in picked)
+              for p in PATTERNS}
+    assert counts == {"peftsft/data/*": 80, "peftsft/training/*": 30, "peftsft/artifacts/export/verify.py": 20}
+    assert len(set(picked)) == len(picked)  # no mutant twice
+    # the data entry's share is spread over both of its files, not the first file's first names
+    assert any(".data.b." in n for n in picked) and any(n.endswith(tuple(f"_{i}" for i in range(300, 600)))
+                                                          for n in picked if ".data.a." in n)
+
+
+def test_the_same_seed_picks_the_same_mutants_and_another_seed_others():
+    first = MUTATION.sample(NAMES, PATTERNS, size=100, min_per_entry=30, seed=0)
+    assert MUTATION.sample(NAMES, PATTERNS, size=100, min_per_entry=30, seed=0) == first
+    assert MUTATION.sample(NAMES, PATTERNS, size=100, min_per_entry=30, seed=1) != first
+
+
+def test_a_sample_as_large_as_everything_is_everything():
+    picked = MUTATION.sample(NAMES, PATTERNS, size=10_000, min_per_entry=0, seed=0)
+    assert sorted(picked) == sorted(n for found in NAMES.values() for n in found)
+
+
+def test_the_score_interval_is_wilsons():
+    low, high = REPORT.wilson(90, 100)
+    assert (round(low, 3), round(high, 3)) == (0.826, 0.945)  # Wilson's 95% interval for 90 of 100
+    low, high = REPORT.wilson(50, 50)
+    assert high == 1.0 and round(low, 3) == 0.929  # all killed: the interval still says how sure
+    assert REPORT.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_only_the_sample_is_scored_and_the_population_is_counted(tmp_path):
+    (tmp_path / "mutants").mkdir()
+    (tmp_path / "mutants" / "sample.txt").write_text("m1\nm3\n")
+    found = {"peftsft/data/a.py": {"m1": "killed", "m2": "not checked", "m3": "survived"}}
+    kept, population = REPORT.sampled(tmp_path, found)
+    assert kept == {"peftsft/data/a.py": {"m1": "killed", "m3": "survived"}}
+    assert population == {"peftsft/data/a.py": 3}
+
+
+def _items(*names):
+    return [SimpleNamespace(nodeid=name) for name in names]
+
+
+def _run_order(tmp_path, monkeypatch, durations, budget=None):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mutation-test-durations.json").write_text(json.dumps(durations))
+    if budget is not None:
+        monkeypatch.setenv("MUTATION_TEST_BUDGET", str(budget))
+    deselected = []
+    config = SimpleNamespace(hook=SimpleNamespace(pytest_deselected=lambda items: deselected.extend(items)))
+    items = _items("slow", "new", "fast", "middle")
+    conftest._fastest_first(config, items)
+    return [i.nodeid for i in items], [i.nodeid for i in deselected]
+
+
+def test_a_mutants_tests_run_fastest_first_a_new_test_first_of_all(tmp_path, monkeypatch):
+    order, dropped = _run_order(tmp_path, monkeypatch, {"slow": 9.0, "fast": 0.1, "middle": 2.0})
+    assert order == ["new", "fast", "middle", "slow"] and dropped == []
+
+
+def test_the_test_budget_keeps_the_fastest_tests_that_fit_and_always_one(tmp_path, monkeypatch):
+    order, dropped = _run_order(tmp_path, monkeypatch, {"slow": 9.0, "fast": 0.1, "middle": 2.0}, budget=2.1)
+    assert order == ["new", "fast", "middle"] and dropped == ["slow"]
+    order, dropped = _run_order(tmp_path, monkeypatch, {"slow": 9.0, "new": 5.0, "fast": 3.0, "middle": 4.0},
+                                budget=1.0)
+    assert order == ["fast"] and dropped == ["middle", "new", "slow"]
