@@ -74,8 +74,8 @@ def survivors(picked: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1000, help="mutants in the sample (default 1000)")
-    parser.add_argument("--min-per-entry", type=int, default=200, help="at least this many of each entry")
+    parser.add_argument("--size", type=int, default=800, help="mutants in the sample (default 800)")
+    parser.add_argument("--min-per-entry", type=int, default=150, help="at least this many of each entry")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--all", action="store_true", help="every mutant (many hours on 2 cores)")
     parser.add_argument("--recheck", action="store_true", help="check the sample's survivors again")
