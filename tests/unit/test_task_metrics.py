@@ -191,3 +191,138 @@ def test_early_stopping_metric_alone_keeps_the_best_and_needs_evaluations(tiny_r
     assert args["greater_is_better"] is True and args["save_strategy"] == "best"
     with pytest.raises(UserError, match="early_stopping_metric needs eval_steps"):
         load_recipe(tiny_recipe(), ["data.eval_fraction=0.25", "training.early_stopping_metric=\"loss\""])
+
+
+# ---------------------------------------------------------------------------------------------- measure, on fakes
+
+
+class Clock:
+    """time.perf_counter for task_metrics: each reading 1.5 s after the last (from 100)."""
+
+    def __init__(self):
+        self.now = 98.5
+
+    def perf_counter(self):
+        self.now += 1.5
+        return self.now
+
+
+class General:
+    """A general check that records how it was called."""
+
+    def __init__(self):
+        self.calls = []
+
+    def loss(self, model, tokenizer, precision):
+        self.calls.append(("loss", model, tokenizer, precision))
+        return 1.25
+
+    def answers(self, model, tokenizer, precision, rows):
+        self.calls.append(("answers", model, tokenizer, precision, rows))
+        return None, [True, False, True, True]
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    """answer_batch, autocast and the clock of task_metrics replaced by recorders; what they saw."""
+    import contextlib
+
+    from peftsft.training import task_metrics
+
+    seen = {}
+
+    def answer_batch(model, tokenizer, prompts, sampling, batch_size):
+        seen["answer_batch"] = (model, tokenizer, prompts, sampling.max_new_tokens, batch_size)
+        return ["Paris.", "Hi", "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>"]
+
+    @contextlib.contextmanager
+    def autocast(model, precision):
+        seen["autocast"] = (model, precision)
+        yield
+
+    monkeypatch.setattr(task_metrics, "answer_batch", answer_batch)
+    monkeypatch.setattr(task_metrics, "autocast", autocast)
+    monkeypatch.setattr(task_metrics, "time", Clock())
+    return seen
+
+
+def scored_rows():
+    from peftsft.data.tools import ToolChat, normalize_tools
+    from peftsft.training.held_out import EvalRow
+
+    tool = normalize_tools([{"name": "get_weather", "parameters": {"type": "object", "properties": {}}}])
+    call = {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {}}}]}
+    return [EvalRow([{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]),
+            EvalRow([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]),
+            EvalRow(ToolChat([{"role": "user", "content": "Weather?"}, call], tool))]
+
+
+def test_measure_answers_the_rows_with_the_settings_and_scores_them_without_counts(fakes):
+    from peftsft.core.config import EvalSection
+    from peftsft.training.task_metrics import ChatMetrics
+
+    rows = scored_rows()
+    settings = EvalSection(task_max_new_tokens=7, task_batch_size=2, general_during_training="off")
+    out = ChatMetrics(rows, settings, None).measure("MODEL", "TOKENIZER", "bf16")
+    assert fakes["answer_batch"] == ("MODEL", "TOKENIZER", [r.prompt for r in rows], 7, 2)
+    assert fakes["autocast"] == ("MODEL", "bf16")
+    assert out["exact_match"] == 0.5 and out["contains_reference"] == 0.5  # of the two text rows
+    assert out["tool_name_accuracy"] == 1.0 and out["task_seconds"] == 1.5
+    assert not {"tool_call_rows", "no_call_rows"} & set(out)
+    assert set(out) == {*ChatMetrics(rows, settings, None).names, "task_seconds"}
+
+
+@pytest.mark.parametrize("during, accuracy", [("loss", False), ("answers", True)])
+def test_measure_adds_the_general_checks_loss_and_asked_for_its_accuracy(fakes, during, accuracy):
+    from peftsft.core.config import EvalSection
+    from peftsft.training.task_metrics import ChatMetrics
+
+    general = General()
+    out = ChatMetrics([], EvalSection(general_during_training=during, general_rows=5), general).measure(
+        "MODEL", "TOKENIZER", "fp16")
+    assert out == {"general_loss": 1.25, "general_seconds": 1.5, **({"general_accuracy": 0.75} if accuracy else {})}
+    assert "answer_batch" not in fakes
+    assert general.calls == [("loss", "MODEL", "TOKENIZER", "fp16")] + (
+        [("answers", "MODEL", "TOKENIZER", "fp16", 5)] if accuracy else [])
+
+
+def test_measure_times_each_part_apart(fakes):
+    from peftsft.core.config import EvalSection
+    from peftsft.training.task_metrics import ChatMetrics
+
+    out = ChatMetrics(scored_rows(), EvalSection(general_during_training="loss"), General()).measure("M", "T", "fp32")
+    assert (out["task_seconds"], out["general_seconds"], out["general_loss"]) == (1.5, 1.5, 1.25)
+
+
+# ---------------------------------------------------------------------------------------------- the callback
+
+
+def test_evaluate_task_measures_each_step_once_and_logs_only_once_bound(monkeypatch):
+    from types import SimpleNamespace
+
+    from peftsft.training import task_metrics
+    from peftsft.training.task_metrics import EvaluateTask
+
+    monkeypatch.setattr(task_metrics, "time", Clock())
+    measured = []
+
+    def measure(model, tokenizer, precision):
+        measured.append((model, tokenizer, precision))
+        return {"token_f1": 0.5}
+
+    callback = EvaluateTask(measure, "bf16", lambda fn: fn())
+    assert (callback.measured, callback.seconds, callback.trained, callback.log) == ({}, 0.0, False, None)
+    args = SimpleNamespace(load_best_model_at_end=True)
+    state = SimpleNamespace(global_step=4, best_global_step=2)
+    metrics = {"eval_loss": 1.0}
+    callback.on_evaluate(args, state, None, metrics=metrics, model="M", processing_class="T")  # not bound: no log
+    assert metrics == {"eval_loss": 1.0, "eval_token_f1": 0.5} and callback.measured == {4: {"token_f1": 0.5}}
+    assert callback.seconds == 1.5 and measured == [("M", "T", "bf16")]
+    logged = []
+    callback.bind(SimpleNamespace(log=logged.append))
+    callback.on_evaluate(args, state, None, metrics={}, model="M", processing_class="T")  # step 4 again: not re-measured
+    assert len(measured) == 1 and logged == []
+    callback.on_train_end(args, state, None)  # the best step's weights loaded: step 2, measured and logged
+    callback.on_evaluate(args, state, None, metrics={}, model="M", processing_class="T")
+    assert sorted(callback.measured) == [2, 4] and logged == [{"eval_token_f1": 0.5}] and callback.seconds == 3.0

@@ -171,3 +171,46 @@ def test_tracker_settings_stay_inside_the_run_dir_unless_the_environment_says(ti
     params = recipe_params(recipe)
     assert params["training.learning_rate"] == 0.01 and params["data.datasets.0.path"].endswith("train.jsonl")
     assert params["training.report_to"] == '["tensorboard", "wandb"]'
+
+
+def test_tracker_settings_for_each_tracker_name_the_run_dirs_places(tmp_path):
+    from types import SimpleNamespace
+
+    from peftsft.core.rundir import RunDir
+    from peftsft.training.trackers import environment
+
+    rundir = RunDir(tmp_path / "runs" / "tiny")
+    where = rundir.trackers_dir
+
+    def env(*names: str) -> dict:
+        return environment(SimpleNamespace(training=SimpleNamespace(report_to=list(names))), rundir)
+
+    assert env("tensorboard") == {"TENSORBOARD_LOGGING_DIR": str(where / "tensorboard")}
+    assert env("mlflow") == {"MLFLOW_TRACKING_URI": f"sqlite:///{where.resolve() / 'mlflow.db'}"}
+    assert env("wandb") == {"WANDB_MODE": "offline", "WANDB_DIR": str(where), "WANDB_PROJECT": "peftsft",
+                            "WANDB_CONSOLE": "off"}  # fmt: skip
+    assert env("wandb", "mlflow", "tensorboard") == {**env("tensorboard"), **env("mlflow"), **env("wandb")}
+    assert env() == {} and env("none") == {}
+
+
+def test_recipe_params_flatten_tables_and_lists_of_tables_keep_mappings_and_lists_as_json():
+    from peftsft.core.config import Recipe
+    from peftsft.training.trackers import recipe_params
+
+    recipe = Recipe.model_validate({
+        "model": {"source": "org/model"},
+        "data": {"datasets": [{"path": "a.jsonl", "fields": {"prompt": "question"}, "roles": {"human": "user"}},
+                              {"path": "b.jsonl"}]},
+        "training": {"report_to": ["tensorboard", "mlflow"], "learning_rate": 0.001},
+    })  # fmt: skip
+    params = recipe_params(recipe)
+    assert params["model.source"] == "org/model" and params["training.learning_rate"] == 0.001
+    assert params["data.max_length"] == 1024 and params["data.packing"] is False
+    assert params["data.datasets.0.path"] == "a.jsonl" and params["data.datasets.1.path"] == "b.jsonl"
+    assert params["data.datasets.0.fields"] == '{"prompt": "question"}'
+    assert params["data.datasets.0.roles"] == '{"human": "user"}'
+    assert params["data.datasets.1.fields"] == "{}" and params["run.sample_prompts"] == "[]"
+    assert params["training.report_to"] == '["tensorboard", "mlflow"]'
+    assert "model.bits" not in params and "data.eval_path" not in params  # unset keys are left out
+    assert all(isinstance(v, (str, int, float, bool)) for v in params.values())
+    assert params["task"] == "chat" and not [k for k in params if k.startswith(".") or k.endswith(".")]

@@ -233,3 +233,11 @@ def test_a_tiny_models_reference_holds_its_own_runtime_to_zero(tiny_model_dir, t
     assert [tuple(x.shape) for x in ref.logits] == [(len(s), model.config.vocab_size) for s in ref.sequences]
     check = check_artifact("same model", TransformersRuntime(model, tokenizer), ref, "float32")
     assert check.passed and check.max_diff == 0 and check.same_replies == 2
+
+
+def test_print_checks_keeps_a_long_artifact_name_whole_on_a_narrow_terminal():
+    """The artifact column never wraps: the other columns give way (truncated) instead."""
+    console = Console(record=True, width=70)
+    print_checks(console, [Check("merged-bfloat16-export", "float32", 4.0, 1e-6, 1e-7, 1.0, 3, 3)])
+    rows = [line for line in console.export_text().splitlines() if "3/3" in line]
+    assert len(rows) == 1 and rows[0].startswith("  merged-bfloat16-export ")
