@@ -3,9 +3,9 @@
 Every mutant of data, training and export verification is ~10,000 mutants; the ones that only training tests can
 kill cost seconds to minutes each on 2 cores, so all of them take many hours. A uniform random sample of each entry
 (stratified: each entry gets its share, at least `--min-per-entry`) gives each entry's score with a confidence
-interval in a run sized to the two-hour budget; `--all` checks every mutant. The same seed picks the same mutants
-again, so a rerun after new tests (mutmut keeps results; `--recheck` checks the sample's survivors again) is
-comparable.
+interval in a run meant to fit the two-hour goal (docs/tests.md says what was measured); `--all` checks every
+mutant. The same seed picks the same mutants again, so a rerun after new tests (mutmut keeps results; `--recheck`
+checks the sample's survivors again) is comparable.
 
 mutmut generates the mutants first (its own functions, mutmut pinned in pyproject.toml's `mutation` extra), then
 `mutmut run NAMES` checks the sample; scripts/mutation_report.py scores it.
