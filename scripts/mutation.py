@@ -62,14 +62,11 @@ def sample(names: dict[str, list[str]], patterns: list[str], size: int, min_per_
 
 
 def survivors(picked: list[str]) -> list[str]:
-    """The picked mutants that have a result other than killed (to check again after tests were added)."""
-    from mutmut.stats import status_by_exit_code
+    """The picked mutants checked and not killed (to check again after tests were added)."""
+    from mutation_report import KILLED, results  # scripts/ is on the path of a script run from it
 
-    statuses = {}
-    for meta in Path("mutants").rglob("*.py.meta"):
-        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            statuses[name] = status_by_exit_code[code]
-    return [name for name in picked if statuses.get(name) in ("survived", "no tests", "suspicious")]
+    statuses = {name: status for named in results(Path(".")).values() for name, status in named.items()}
+    return [name for name in picked if statuses.get(name, "not checked") not in (*KILLED, "not checked")]
 
 
 def main() -> None:
