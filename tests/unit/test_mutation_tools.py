@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from tests import conftest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,3 +99,15 @@ def test_the_test_budget_keeps_the_fastest_tests_that_fit_and_always_one(tmp_pat
     order, dropped = _run_order(tmp_path, monkeypatch, {"slow": 9.0, "new": 5.0, "fast": 3.0, "middle": 4.0},
                                 budget=1.0)
     assert order == ["fast"] and dropped == ["middle", "new", "slow"]
+
+
+def test_recheck_takes_the_checked_mutants_not_killed(tmp_path, monkeypatch):
+    stats = pytest.importorskip("mutmut.stats")
+    code = {status: c for c, status in stats.status_by_exit_code.items()}
+    meta = tmp_path / "mutants" / "peftsft" / "data" / "a.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"exit_code_by_key": {
+        "k": code["killed"], "s": code["survived"], "n": code["no tests"], "u": None, "t": code["timeout"]}}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    assert MUTATION.survivors(["k", "s", "n", "u", "t", "unknown"]) == ["s", "n"]
