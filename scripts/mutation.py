@@ -20,10 +20,12 @@ import os
 import random
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 MUTMUT_VERSION = "3.8.1"
+RUN_RECORD = "mutants/mutation-run.json"  # what the last run checked and how long it took
 
 
 def generate() -> dict[str, list[str]]:
@@ -81,6 +83,7 @@ def main() -> None:
                         help="seconds of a mutant's fastest tests (measured) to run at most (tests/conftest.py)")
     args = parser.parse_args()
 
+    started = time.monotonic()
     patterns = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
     names = generate()
     picked = [n for found in names.values() for n in found] if args.all else sample(
@@ -88,10 +91,17 @@ def main() -> None:
     Path("mutants/sample.txt").write_text("\n".join(picked) + "\n")  # what the report scores
     todo = survivors(picked) if args.recheck else picked
     print(f"mutation: {len(todo)} of {sum(map(len, names.values()))} mutants (seed {args.seed})", flush=True)
+    code = 0
     if todo:
         command = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children), *todo]
         env = {**os.environ, "MUTATION_TEST_BUDGET": str(args.test_budget), "OMP_NUM_THREADS": "1"}
-        sys.exit(subprocess.call(command, env=env))
+        code = subprocess.call(command, env=env)
+    # the whole run's wall time, mutmut's set-up included: the report shows it beside the scores
+    Path(RUN_RECORD).write_text(json.dumps({"seed": args.seed, "all": args.all, "recheck": args.recheck,
+                                            "checked": len(todo), "children": args.children,
+                                            "test_budget": args.test_budget, "cpus": os.cpu_count(),
+                                            "seconds": round(time.monotonic() - started)}) + "\n")
+    sys.exit(code)
 
 
 if __name__ == "__main__":

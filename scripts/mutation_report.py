@@ -76,6 +76,18 @@ def report(root: Path, survivors: bool, files: bool = False) -> list[str]:
     return lines
 
 
+def last_run(root: Path) -> str | None:
+    """One line on the last `scripts/mutation.py` run: what it checked, how, and its wall time."""
+    record = root / "mutants" / "mutation-run.json"
+    if not record.is_file():
+        return None
+    run = json.loads(record.read_text())
+    what = "every mutant" if run["all"] else f"sample of seed {run['seed']}" + (", survivors again" if run["recheck"] else "")
+    hours, minutes = divmod(round(run["seconds"] / 60), 60)
+    return (f"last run: {run['checked']} mutants checked ({what}), {run['children']} at once on {run['cpus']} CPUs, "
+            f"test budget {run['test_budget']:g} s: {hours} h {minutes:02d} min wall, set-up included")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="the folder holding pyproject.toml and mutants/")
@@ -83,6 +95,8 @@ def main() -> None:
     parser.add_argument("--files", action="store_true", help="a row per mutated file")
     args = parser.parse_args()
     print("\n".join(report(args.root, args.survivors, args.files)))
+    if line := last_run(args.root):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,30 @@ def test_recheck_takes_the_checked_mutants_not_killed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     assert MUTATION.survivors(["k", "s", "n", "u", "t", "unknown"]) == ["s", "n"]
+
+
+def test_the_report_says_what_the_last_run_checked_and_its_wall_time(tmp_path):
+    assert REPORT.last_run(tmp_path) is None
+    (tmp_path / "mutants").mkdir()
+    (tmp_path / "mutants" / "mutation-run.json").write_text(json.dumps(
+        {"seed": 2, "all": False, "recheck": False, "checked": 800, "children": 2, "test_budget": 30.0, "cpus": 2,
+         "seconds": 4380}))
+    assert REPORT.last_run(tmp_path) == ("last run: 800 mutants checked (sample of seed 2), 2 at once on 2 CPUs, "
+                                         "test budget 30 s: 1 h 13 min wall, set-up included")
+
+
+def test_a_run_records_what_it_checked_for_the_report(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text(f"[tool.mutmut]\nonly_mutate = {PATTERNS!r}\n")
+    (tmp_path / "mutants").mkdir()
+    calls = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(MUTATION, "generate", lambda: NAMES)
+    monkeypatch.setattr(MUTATION.subprocess, "call", lambda command, env: calls.append(command) or 0)
+    monkeypatch.setattr("sys.argv", ["mutation.py", "--size", "100", "--min-per-entry", "30", "--seed", "3"])
+    with pytest.raises(SystemExit) as done:
+        MUTATION.main()
+    assert done.value.code == 0 and len(calls[0]) == 4 + 130
+    run = json.loads((tmp_path / "mutants" / "mutation-run.json").read_text())
+    assert {k: run[k] for k in ("seed", "all", "recheck", "checked", "children", "test_budget")} == {
+        "seed": 3, "all": False, "recheck": False, "checked": 130, "children": 2, "test_budget": 30.0}
+    assert REPORT.last_run(tmp_path).startswith("last run: 130 mutants checked (sample of seed 3), 2 at once")
