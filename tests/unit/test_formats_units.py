@@ -1,0 +1,227 @@
+"""Unit tests of rows read as chat messages: format detection, each parser's output and error messages, tool
+schemas and tool calls normalised, and calls to functions a row does not offer refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peftsft.data.formats import Mapping, RowError, detect_format, row_tools, to_messages
+from peftsft.data.tools import ToolsError, normalize_tool_calls, normalize_tools
+
+USER, REPLY = {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}
+
+
+# ---------------------------------------------------------------------------------------------- tools
+
+
+def test_a_bare_schema_becomes_an_openai_function_with_default_parameters():
+    assert normalize_tools({"name": "f", "description": "does f"}) == [
+        {"type": "function", "function": {"name": "f", "description": "does f",
+                                          "parameters": {"type": "object", "properties": {}}}}]
+    assert normalize_tools([{"type": "function", "function": {"name": "g", "description": 3,
+                                                              "parameters": '{"type": "object"}'}}]) == [
+        {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}}]
+    assert normalize_tools(np.array([{"name": "h", "parameters": {}}])) == [
+        {"type": "function", "function": {"name": "h", "parameters": {}}}]
+    assert normalize_tools(None) == [] and normalize_tools("") == []
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("[", "is not valid JSON (Expecting value: line 1 column 2 (char 1))"),
+    (3, "must be a list of tool schemas (got int)"),
+    ([{"name": "f"}, {"name": ""}], '[1] needs a function name ({"name": ..., "parameters": {...}})'),
+    (["f"], '[0] needs a function name ({"name": ..., "parameters": {...}})'),
+    ([{"function": {"name": 5}}], '[0] needs a function name ({"name": ..., "parameters": {...}})'),
+    ([{"name": "f", "parameters": "{"}], "[0].parameters is a string that is not JSON"),
+    ([{"name": "f", "parameters": [1]}], "[0].parameters must be a JSON schema object"),
+])
+def test_a_bad_tool_schema_says_which_and_what(value, message):
+    with pytest.raises(ToolsError) as caught:
+        normalize_tools(value)
+    assert str(caught.value) == message
+
+
+def test_calls_are_openai_calls_with_their_json_arguments_parsed():
+    assert normalize_tool_calls('{"name": "f", "arguments": "{\\"x\\": 1}"}') == [
+        {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]
+    assert normalize_tool_calls([{"type": "function", "function": {"name": "g", "arguments": "not json"}},
+                                 {"name": "h", "parameters": {"y": 2}}, {"name": "i"}]) == [
+        {"type": "function", "function": {"name": "g", "arguments": "not json"}},
+        {"type": "function", "function": {"name": "h", "arguments": {"y": 2}}},
+        {"type": "function", "function": {"name": "i", "arguments": {}}}]
+
+
+@pytest.mark.parametrize(("calls", "message"), [
+    ("{", "is a string that is not JSON"),
+    ([], "must be a non-empty list of calls"),
+    (5, "must be a non-empty list of calls"),
+    ([{"name": "f"}, {"arguments": {}}], "[1] needs a function name"),
+    (["f"], "[0] needs a function name"),
+])
+def test_bad_calls_say_which_and_what(calls, message):
+    with pytest.raises(ToolsError) as caught:
+        normalize_tool_calls(calls)
+    assert str(caught.value) == message
+
+
+def test_a_rows_tools_column_or_legacy_functions_column_are_its_schemas():
+    schema = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    assert row_tools({"tools": [{"name": "f", "parameters": {}}]}) == [schema]
+    assert row_tools({"functions": [{"name": "f", "parameters": {}}]}) == [schema]
+    assert row_tools({"fns": [{"name": "f", "parameters": {}}], "functions": "x"}, Mapping(fields={"tools": "fns"})) == [schema]
+    assert row_tools({"messages": []}) == []
+    with pytest.raises(RowError, match=r"^'functions' must be a list of tool schemas \(got int\)$"):
+        row_tools({"functions": 3})
+
+
+def test_a_reply_calling_a_function_the_row_does_not_offer_is_refused():
+    row = {"messages": [USER, {"role": "assistant", "content": None, "tool_calls": [{"name": "g"}]}],
+           "tools": [{"name": "f"}, {"name": "h"}]}
+    with pytest.raises(RowError) as caught:
+        to_messages(row, "messages")
+    assert str(caught.value) == ("a reply calls 'g', which the row's tools do not offer (f, h): add its schema to the "
+                                 "row's tools or fix the call's name")
+    row["tools"] = [{"name": "g"}]
+    chat = to_messages(row, "messages")
+    assert chat.tools[0]["function"]["name"] == "g"
+    assert chat[1] == {"role": "assistant", "content": "",
+                       "tool_calls": [{"type": "function", "function": {"name": "g", "arguments": {}}}]}
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+@pytest.mark.parametrize(("row", "fmt"), [
+    ({"messages": [USER, REPLY]}, "messages"),
+    ({"messages": [{"from": "human", "value": "Q?"}]}, "sharegpt"),
+    ({"conversations": [USER]}, "messages"),
+    ({"conversations": [{"from": "human", "value": "Q?"}]}, "sharegpt"),
+    ({"conversations": [["x"]]}, "sharegpt"),
+    ({"messages": []}, "messages"),
+    ({"instruction": "i", "output": "o"}, "alpaca"),
+    ({"prompt": "p", "completion": "c"}, "prompt_completion"),
+    ({"prompt": "p", "completion": "c", "label": 1}, "prompt_completion"),
+    ({"text": "t"}, "text"),
+])
+def test_the_format_is_told_by_the_rows_columns(row, fmt):
+    assert detect_format(row) == fmt
+
+
+def test_mapped_columns_tell_the_format():
+    mapping = Mapping(fields={"messages": "chat", "role": "speaker"})
+    assert detect_format({"chat": [{"speaker": "user", "content": "Q?"}]}, mapping) == "messages"
+    mapping = Mapping(fields={"from": "who", "value": "said"})
+    assert detect_format({"messages": [{"who": "human", "said": "Q?"}]}, mapping) == "sharegpt"
+
+
+def test_preference_rows_and_unknown_rows_are_refused_saying_why():
+    with pytest.raises(RowError) as caught:
+        detect_format({"prompt": "p", "completion": "c", "label": True})
+    assert str(caught.value) == ('a row of prompt + completion + a true/false label (unpaired_preference) is preference '
+                                 'data, not chat data: set task = "preference" in the recipe')
+    with pytest.raises(RowError) as caught:
+        detect_format({"prompt": "p", "chosen": "a", "rejected": "b"})
+    assert str(caught.value) == ('a row of chosen + rejected answers (preference) is preference data, not chat data: '
+                                 'set task = "preference" in the recipe')
+    with pytest.raises(RowError) as caught:
+        detect_format({"chosen": "a", "q": 1})
+    assert str(caught.value) == (
+        "cannot tell the format of a row with keys ['chosen', 'q']; expected 'messages' (OpenAI), 'conversations' "
+        "(ShareGPT), 'instruction' + 'output' (Alpaca), 'prompt' + 'completion', or 'text' — or set format and "
+        "fields for this dataset in the recipe")
+
+
+def test_an_unknown_format_or_a_missing_column_is_refused():
+    with pytest.raises(RowError, match=r"^unsupported format 'xml'$"):
+        to_messages({"text": "t"}, "xml")
+    with pytest.raises(RowError) as caught:
+        to_messages({"q": "t"}, "alpaca", Mapping(fields={"instruction": "q"}))
+    assert str(caught.value) == "missing column 'output' (alpaca format); the row has ['q']"
+
+
+def test_plain_text_is_returned_as_it_is_and_empty_text_refused():
+    assert to_messages({"body": " t "}, "auto", Mapping(fields={"text": "body"})) == " t "
+    with pytest.raises(RowError, match=r"^'body' is empty$"):
+        to_messages({"body": "  "}, "text", Mapping(fields={"text": "body"}))
+
+
+def test_sharegpt_turns_map_their_roles_and_keep_tool_names():
+    row = {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."},
+                             {"from": "observation", "value": "r", "name": "f", "tool_call_id": 7}]}
+    row["conversations"].append({"from": "human", "value": "more?"})
+    row["conversations"].append({"from": "bot", "value": "B."})
+    assert to_messages(row, "auto") == [USER, REPLY, {"role": "tool", "content": "r", "name": "f"},
+                                        {"role": "user", "content": "more?"}, {"role": "assistant", "content": "B."}]
+
+
+def test_a_sharegpt_function_call_turn_becomes_a_structured_call():
+    row = {"conversations": [{"from": "human", "value": "Q?"},
+                             {"from": "function_call", "value": '{"name": "f", "arguments": {"x": 1}}'}],
+           "tools": '[{"name": "f"}]'}
+    assert to_messages(row, "sharegpt")[1] == {
+        "role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "f",
+                                                                                             "arguments": {"x": 1}}}]}
+    row["conversations"][1]["value"] = "plain words"
+    assert to_messages(row, "sharegpt")[1] == {"role": "assistant", "content": "plain words"}
+
+
+def test_openai_legacy_function_call_becomes_a_tool_call():
+    row = {"messages": [USER, {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}},
+                        {"role": "function", "content": "out", "name": "f"}, REPLY]}
+    assert to_messages(row, "messages")[1:3] == [
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "f",
+                                                                                             "arguments": {}}}]},
+        {"role": "tool", "content": "out", "name": "f"}]
+
+
+@pytest.mark.parametrize(("messages", "message"), [
+    ([USER, "x"], "messages[1] is not an object"),
+    ([USER, {"role": "robot", "content": "x"}],
+     "messages[1].role: unknown role 'robot'; expected one of system, user, assistant, tool — map it with roles = "
+     "{...} in the recipe"),
+    ([USER, {"role": "assistant", "content": 5}], "messages[1].content must be a string (got int)"),
+    ([USER, {"role": "assistant", "content": None, "tool_calls": [{"arguments": {}}]}],
+     "messages[1].tool_calls: [0] needs a function name"),
+    ("[1,", "'messages' is a string that is not a JSON list"),
+    ([], "'messages' must be a non-empty list"),
+    ([REPLY], "the conversation starts with an assistant reply: no user turn before it to answer"),
+    ([USER], "the conversation has no assistant turn to learn from"),
+])
+def test_a_bad_message_list_says_which_turn_and_what(messages, message):
+    with pytest.raises(RowError) as caught:
+        to_messages({"messages": messages}, "messages")
+    assert str(caught.value) == message
+
+
+def test_content_parts_are_joined_and_a_system_column_goes_first():
+    row = {"messages": '[{"role": "user", "content": [{"type": "text", "text": "Q"}, {"type": "text", "text": "?"}]},'
+                       ' {"role": "assistant", "content": "A."}]', "sys": "Be brief."}
+    assert to_messages(row, "messages", Mapping(fields={"system": "sys"})) == [
+        {"role": "system", "content": "Be brief."}, USER, REPLY]
+    row["sys"] = "  "
+    assert to_messages(row, "messages", Mapping(fields={"system": "sys"})) == [USER, REPLY]
+    own = {"messages": [{"role": "system", "content": "Own."}, USER, REPLY], "system": "Other."}
+    assert to_messages(own, "messages")[0] == {"role": "system", "content": "Own."}
+
+
+def test_alpaca_history_input_and_system_make_the_conversation():
+    row = {"instruction": "Do", "input": "this", "output": "Done.", "history": [["Hi", "Hello"]], "system": "S"}
+    assert to_messages(row, "alpaca") == [
+        {"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Do\n\nthis"}, {"role": "assistant", "content": "Done."}]
+    assert to_messages({"instruction": "Do", "input": "  ", "output": "Done."}, "alpaca")[0]["content"] == "Do"
+    with pytest.raises(RowError, match=r"^history\[0\] must be a \[instruction, output\] pair$"):
+        to_messages({"instruction": "Do", "output": "Done.", "history": [["a"]]}, "alpaca")
+    with pytest.raises(RowError, match=r"^history\[0\]\[1\] must be a string \(got int\)$"):
+        to_messages({"instruction": "Do", "output": "Done.", "history": [["a", 1]]}, "alpaca")
+
+
+def test_a_prompt_completion_row_of_text_or_turns():
+    assert to_messages({"prompt": "Q?", "completion": "A."}, "prompt_completion") == [USER, REPLY]
+    assert to_messages({"prompt": [USER], "completion": [REPLY], "system": "S"}, "prompt_completion") == [
+        {"role": "system", "content": "S"}, USER, REPLY]
+    with pytest.raises(RowError, match=r"^ask must be a string \(got int\)$"):
+        to_messages({"ask": 1, "completion": "A."}, "prompt_completion", Mapping(fields={"prompt": "ask"}))
+    with pytest.raises(RowError, match=r"^'said' must be a non-empty list$"):
+        to_messages({"prompt": "Q?", "said": []}, "prompt_completion", Mapping(fields={"completion": "said"}))
