@@ -225,3 +225,43 @@ def test_a_prompt_completion_row_of_text_or_turns():
         to_messages({"ask": 1, "completion": "A."}, "prompt_completion", Mapping(fields={"prompt": "ask"}))
     with pytest.raises(RowError, match=r"^'said' must be a non-empty list$"):
         to_messages({"prompt": "Q?", "said": []}, "prompt_completion", Mapping(fields={"completion": "said"}))
+
+
+# ---------------------------------------------------------------------------------------------- previews
+
+
+class PieceTokenizer:
+    """Token i decodes to PIECES[i]: text that rich would read as markup, emoji or numbers to highlight."""
+
+    PIECES = [":smile: ", "[b]1[/b] ", "2 ", "x"]
+
+    def decode(self, ids):
+        return "".join(self.PIECES[i] for i in ids)
+
+
+def preview_console():
+    from rich.console import Console
+
+    return Console(record=True, width=120, force_terminal=True, color_system="standard")
+
+
+def test_a_sample_preview_counts_its_tokens_and_marks_the_supervised_ones_literally():
+    from peftsft.data.preview import print_sample
+
+    console = preview_console()
+    sample = {"input_ids": [0, 1, 2, 3, 3], "labels": [-100, 1, 2, -100, 3]}
+    print_sample(console, PieceTokenizer(), sample, "train 1", markers=True)
+    ansi = console.export_text(styles=True, clear=False)
+    assert ansi.splitlines()[1] == ":smile: [[[b]1[/b] 2 ]]x[[x]]"  # no markup, emoji or highlighting
+    assert console.export_text() == "── train 1 (5 tokens, 3 supervised)\n:smile: [[[b]1[/b] 2 ]]x[[x]]\n"
+
+
+def test_a_sample_preview_in_a_terminal_colours_the_supervised_tokens():
+    from peftsft.data.preview import print_sample
+
+    console = preview_console()
+    print_sample(console, PieceTokenizer(), {"input_ids": [0, 1, 3], "labels": [-100, 1, 3]}, "t", markers=False)
+    ansi = console.export_text(styles=True, clear=False)
+    assert ansi.splitlines()[0].startswith("\x1b[1m── t\x1b[0m")
+    assert ansi.splitlines()[1] == "\x1b[2m:smile: \x1b[0m\x1b[1;32m[b]1[/b] x\x1b[0m"
+    assert console.export_text().splitlines() == ["── t (3 tokens, 2 supervised)", ":smile: [b]1[/b] x"]
