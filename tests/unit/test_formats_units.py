@@ -265,3 +265,26 @@ def test_a_sample_preview_in_a_terminal_colours_the_supervised_tokens():
     assert ansi.splitlines()[0].startswith("\x1b[1m── t\x1b[0m")
     assert ansi.splitlines()[1] == "\x1b[2m:smile: \x1b[0m\x1b[1;32m[b]1[/b] x\x1b[0m"
     assert console.export_text().splitlines() == ["── t (3 tokens, 2 supervised)", ":smile: [b]1[/b] x"]
+
+
+# ---------------------------------------------------------------------------------------------- whole datasets
+
+
+def chat(question: str, column: str = "messages") -> dict:
+    return {column: [{"role": "user", "content": question}, {"role": "assistant", "content": "A."}]}
+
+
+def test_conversations_are_read_per_path_with_their_datasets_mapping_and_other_files_like_the_first(tmp_path):
+    from peftsft.core.config import DatasetSpec, DataSection
+    from peftsft.data.build import DataStats, load_conversations
+    from tests.conftest import write_jsonl
+
+    mapped = write_jsonl(tmp_path / "mapped.jsonl", [chat("M1?", "chat"), chat("M2?", "chat")])
+    plain = write_jsonl(tmp_path / "plain.jsonl", [chat("P?")])
+    held = write_jsonl(tmp_path / "held.jsonl", [chat("H?", "chat")])
+    data = DataSection(datasets=[DatasetSpec(path=str(mapped), fields={"messages": "chat"}),
+                                 DatasetSpec(path=str(plain))])
+    stats = DataStats()
+    conversations = load_conversations([str(plain), str(held), str(mapped)], data, stats)
+    assert [c[0]["content"] for c in conversations] == ["P?", "H?", "M1?", "M2?"]
+    assert conversations[0] == chat("P?")["messages"] and stats.rows == 4
