@@ -405,3 +405,83 @@ def test_plain_text_is_closed_by_the_eos_of_its_last_run():
     assert (checks.replies, checks.closed, checks.unclosed) == (3, 1, 2)
     assert checks.examples == ["f:2: the text does not end with a supervised '</s>'",
                                "f:3: the text does not end with a supervised None"]
+
+
+def test_rows_whose_labels_and_ids_differ_in_length_are_compared_over_the_shorter():
+    data = Dataset.from_dict({"input_ids": [[5, 7], [5, 7, 9], [5, 7]], "labels": [[IGNORE, 7], [IGNORE, 7], [IGNORE]]})
+    check = contract._every_sample_supervised([data])
+    assert check == Check(SUPERVISED, "FAIL", "sample 2 has no supervised token")
+    data = Dataset.from_dict({"input_ids": [[5, 7], [5, 7, 9], [4, 7]], "labels": [[IGNORE, 7], [IGNORE, 7], [IGNORE, 8]]})
+    assert contract._every_sample_supervised([data]).detail == "sample 2: labels differ from the input ids they supervise"
+    data = Dataset.from_dict({"input_ids": [[5, 7], [5, 7, 9]], "labels": [[IGNORE, 7], [IGNORE, 7]]})
+    assert contract._every_sample_supervised([data]).status == "ok"
+
+
+# ---------------------------------------------------------------------------------------------- observing samples
+
+PIECES = ["<U>Q1<E>", "<A>", "A1", "<E>", "<U>Q2<E>", "<A>", "A2", "<E>"]
+MARKERS = {"eot": "<E>", "eos": "</s>", "header": "<A>"}
+CHAT = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
+NO_TOOLS = SimpleNamespace(chat_template="")  # fit_messages keeps plain messages as they are
+
+
+def sample(learned: set[int], pieces=PIECES, truncated=False) -> Encoded:
+    ends, at = [], 0
+    for piece in pieces:
+        at += len(piece)
+        ends.append(at)
+    return enc("".join(pieces), ends, [i if i in learned else IGNORE for i in range(len(pieces))], truncated)
+
+
+def counts(checks: ReplyChecks) -> tuple:
+    return checks.samples, checks.replies, checks.closed, checks.unclosed, checks.prompt_runs
+
+
+def test_every_reply_supervised_through_its_end_of_turn_passes():
+    checks = ReplyChecks()
+    checks.observe(NO_TOOLS, CHAT, sample({2, 3, 6, 7}), "assistant", MARKERS, "f:1")
+    checks.observe(NO_TOOLS, CHAT, sample({6, 7}), "last_turn", MARKERS, "f:2")
+    assert counts(checks) == (2, 3, 3, 0, 0) and checks.examples == [] and checks.tool_rows == 0
+
+
+def test_supervised_prompt_text_beyond_the_replies_is_noted():
+    checks = ReplyChecks()
+    checks.observe(NO_TOOLS, CHAT, sample({2, 3, 4, 6, 7}), "assistant", MARKERS, "f:1")
+    assert counts(checks) == (1, 2, 2, 0, 1)
+    assert checks.examples == ["f:1: supervised text is not the reply: 'A1<E><U>Q2<E>'"]
+    checks = ReplyChecks()
+    checks.observe(NO_TOOLS, CHAT, sample({2, 3, 6, 7}), "last_turn", MARKERS, "f:2")
+    assert checks.prompt_runs == 2 and checks.examples[-1] == "f:2: supervised text outside any reply: 'A2<E>'"
+
+
+def test_a_reply_without_any_supervised_token_is_unclosed_unless_the_sample_was_cut():
+    checks = ReplyChecks()
+    checks.observe(NO_TOOLS, CHAT, sample({2, 3}), "assistant", MARKERS, "f:1")
+    assert counts(checks) == (1, 2, 1, 1, 0) and checks.examples == ["f:1: a reply has no supervised token at all"]
+    checks = ReplyChecks()
+    checks.observe(NO_TOOLS, CHAT, sample({2, 3}, truncated=True), "assistant", MARKERS, "f:2")
+    assert counts(checks) == (1, 2, 1, 0, 0) and checks.examples == []
+
+
+def test_masking_all_closes_replies_by_the_end_of_turns_in_the_text_and_counts_tool_rows():
+    tool_chat = [*CHAT[:2], {"role": "tool", "content": "a long tool result"}, *CHAT[2:]]
+    checks = ReplyChecks()
+    checks.observe(NO_TOOLS, tool_chat, sample(set(range(8))), "all", MARKERS, "f:1")
+    checks.observe(NO_TOOLS, CHAT, sample(set(range(8))), "all", MARKERS, "f:2")
+    assert counts(checks) == (2, 4, 4, 0, 0) and checks.tool_rows == 1
+
+
+def test_a_tool_result_in_a_row_is_checked_against_the_supervised_runs():
+    tool_chat = [*CHAT[:2], {"role": "tool", "content": "a long tool result"}, *CHAT[2:]]
+    checks = ReplyChecks()
+    checks.observe(NO_TOOLS, tool_chat, sample({2, 3, 6, 7}), "assistant", MARKERS, "f:1")
+    assert checks.tool_rows == 1 and checks.tool_text_supervised == 0 and counts(checks) == (1, 2, 2, 0, 0)
+
+
+def test_plain_text_is_closed_by_its_supervised_eos():
+    checks = ReplyChecks()
+    checks.observe(NO_TOOLS, "some text</s>", sample({0, 1}, ["some text", "</s>"]), "assistant", MARKERS, "f:1")
+    checks.observe(NO_TOOLS, "some text", sample({0}, ["some text", "</s>"]), "assistant", MARKERS, "f:2")
+    assert counts(checks) == (2, 2, 1, 1, 0)
+    assert checks.examples == ["f:2: the text does not end with a supervised '</s>'"]
