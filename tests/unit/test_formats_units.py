@@ -3,6 +3,8 @@ schemas and tool calls normalised, and calls to functions a row does not offer r
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -288,3 +290,89 @@ def test_conversations_are_read_per_path_with_their_datasets_mapping_and_other_f
     conversations = load_conversations([str(plain), str(held), str(mapped)], data, stats)
     assert [c[0]["content"] for c in conversations] == ["P?", "H?", "M1?", "M2?"]
     assert conversations[0] == chat("P?")["messages"] and stats.rows == 4
+
+
+def stats_for_preview(**changes):
+    from peftsft.data.build import DataStats
+    from peftsft.data.rows import BadRows
+
+    stats = DataStats(rows=12, train_rows=9, eval_rows=2, truncated=1, dropped_unsupervised=1, tokens=400,
+                      supervised_tokens=100, template={"name": "chatml", "end_of_turn": "<|im_end|>"}, cache="miss",
+                      sources=[{"path": "[a].jsonl", "format": "messages", "rows": 12, "bad": 1, "train": 9}],
+                      lengths={"min": 10, "p50": 20, "max": 40, "histogram": [2, 0, 4]},
+                      packing={"enabled": True, "rows": 3, "efficiency": 0.8123},
+                      bad_rows=BadRows([f"f.jsonl:{i}: bad [x]" for i in range(7)]))
+    for key, value in changes.items():
+        setattr(stats, key, value)
+    return stats
+
+
+def test_data_stats_show_sources_lengths_shares_packing_template_cache_and_bad_rows():
+    from peftsft.data.preview import print_stats
+
+    console = preview_console()
+    print_stats(console, stats_for_preview())
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    assert lines[:3] == ["                 data", " dataset    format    rows  bad  train", " [a].jsonl  messages  12    1    9"]
+    assert lines[3:13] == [
+        " samples            9 train, 2 eval (12 rows read)",
+        " bad rows           7 skipped",
+        " tokens per sample  min 10, p50 20, max 40",
+        " length histogram   10 ▅ █ 40 tokens",
+        " truncated          1 (cut at max_length)",
+        " dropped            1 with nothing supervised",
+        " supervised share   25.0% of 400 tokens",
+        " packing            on: 3 rows, 81.2% efficiency (non-pad share of max_length rows)",
+        " template           chatml (end of turn '<|im_end|>')",
+        " cache              miss"]
+    assert lines[13:] == [f"skipped f.jsonl:{i}: bad [x]" for i in range(5)]
+
+
+def test_data_stats_without_bad_rows_lengths_or_packing_say_so_and_show_the_replay():
+    from peftsft.data.preview import print_stats
+    from peftsft.data.rows import BadRows
+
+    console = preview_console()
+    replay = {"replay_rows": 3, "actual_share": 0.25, "pool": "pool.jsonl"}
+    print_stats(console, stats_for_preview(bad_rows=BadRows(), lengths={}, packing={}, tokens=0, supervised_tokens=0,
+                                           replay=replay))
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    assert " bad rows           none" in lines and " length histogram   n/a" in lines
+    assert " packing            n/a" in lines and " supervised share   0.0% of 0 tokens" in lines
+    assert " tokens per sample" in lines and " cache              miss" in lines
+    assert lines[-1] == " replay             3 general rows (25.0% of training) from pool.jsonl"
+
+
+def test_packing_off_says_what_packing_would_give():
+    from peftsft.data.preview import _packing_line
+
+    assert _packing_line({"enabled": False, "rows": 2, "efficiency": 0.5}) == (
+        "off (packing would give 2 rows, 50.0% efficiency (non-pad share of max_length rows))")
+
+
+def test_a_sparkline_scales_counts_to_the_tallest_bar():
+    from peftsft.data.preview import _sparkline
+
+    assert _sparkline([1, 7, 0, 14], 3, 9) == "3 ▁▅ █ 9 tokens"
+    assert _sparkline([], 3, 9) == "n/a"
+
+
+class Columns(dict):
+    """A dataset's columns, as much of a `datasets.Dataset` as the counts read."""
+
+    @property
+    def column_names(self):
+        return list(self)
+
+    def __len__(self):
+        return len(next(iter(self.values())))
+
+
+def test_preference_counts_say_pairs_or_kto_answers_and_what_the_cut_dropped():
+    from peftsft.data.preview import preference_counts
+
+    pairs = Columns({"prompt_ids": [[1]] * 3})
+    assert preference_counts(SimpleNamespace(checks={}), pairs) == "3 pairs"
+    kto = Columns({"label": [True, False, True]})
+    assert preference_counts(SimpleNamespace(checks={"identical_after_cut": 2}), kto) == (
+        "2 desirable and 1 undesirable answers (2 dropped: max_length cut both answers to the same tokens)")
