@@ -195,3 +195,110 @@ def test_an_answer_split_at_its_own_prompt_end_is_unchanged():
     assert (same.prompt_ids, same.answer_ids, same.merged) == ([1, 2, 3], [4, 5], False)
     assert answer([1, 2, 3], [4, 5], merged=True).split_at(3).merged is True
     assert not answer([1], []).kept
+
+
+# ---------------------------------------------------------------------------------------------- building rows
+
+
+def items_of(*contents):
+    from peftsft.data.items import Item
+
+    return [Item(content, f"p.jsonl:{i + 1}", 0) for i, content in enumerate(contents)]
+
+
+PAIR = Pair([USER], reply("Yes, it is."), reply("No."))
+KTO = Unpaired([USER], reply("Maybe."), False)
+
+
+def test_pair_methods_refuse_an_unpaired_row_naming_it():
+    import numpy as np
+
+    from peftsft.core.errors import UserError
+    from peftsft.data.preference_build import _refuse_unpaired
+
+    _refuse_unpaired(items_of(PAIR, KTO), np.array([0]))
+    with pytest.raises(UserError) as caught:
+        _refuse_unpaired(items_of(PAIR, KTO), np.array([0, 1]))
+    assert caught.value.message == "p.jsonl:2: an unpaired row (prompt + completion + label) in pair data"
+    assert caught.value.hint == ('unpaired rows train with [preference] method = "kto"; dpo, orpo and simpo need '
+                                 "chosen + rejected pairs")
+
+
+def test_kto_units_are_both_answers_of_a_pair_and_the_one_of_an_unpaired_row():
+    import numpy as np
+
+    from peftsft.data.preference_build import _answer_of, _units
+
+    items = items_of(PAIR, KTO)
+    assert _units(items, np.array([1, 0]), paired=True) == [(1, -1), (0, -1)]
+    assert _units(items, np.array([1, 0]), paired=False) == [(1, -1), (0, 0), (0, 1)]
+    assert _answer_of(PAIR, 0) == Unpaired([USER], reply("Yes, it is."), True)
+    assert _answer_of(PAIR, 1) == Unpaired([USER], reply("No."), False)
+    assert _answer_of(KTO, -1) is KTO
+
+
+def test_tallies_add_up_their_counts():
+    from peftsft.data.preference_build import Tally
+
+    first, later = Tally(kept=1), Tally(kept=2)
+    first.counts["pairs"], later.counts["pairs"], later.counts["merged"] = 1, 2, 1
+    first.merge(later)
+    assert first.kept == 3 and first.counts == {"pairs": 3, "desirable": 0, "undesirable": 0,
+                                                 "identical_after_cut": 0, "merged": 1}
+
+
+def encoder(tokenizer, max_length=64, on_bad_row="skip"):
+    from peftsft.core.config import DataSection
+    from peftsft.data.preference_build import Encoder, Tally
+
+    return Encoder(tokenizer, DataSection(max_length=max_length, on_bad_row=on_bad_row), Tally())
+
+
+def test_a_pair_becomes_its_prompt_and_both_answers_through_the_end_of_turn(tokenizer):
+    enc = encoder(tokenizer)
+    row = enc.pair(items_of(PAIR)[0])
+    assert tokenizer.decode(row["chosen_ids"]) == "Yes, it is.<|im_end|>"
+    assert tokenizer.decode(row["rejected_ids"]) == "No.<|im_end|>"
+    assert tokenizer.decode(row["prompt_ids"]).endswith("Q?<|im_end|>\n<|im_start|>assistant\n")
+    found, n = enc.found, len(row["prompt_ids"])
+    assert (found.kept, found.counts["pairs"], found.truncated, found.dropped_unsupervised) == (1, 1, 0, 0)
+    assert found.tokens == 2 * n + len(row["chosen_ids"]) + len(row["rejected_ids"])
+    assert found.supervised_tokens == len(row["chosen_ids"]) + len(row["rejected_ids"])
+    assert found.max_tokens == n + len(row["chosen_ids"])
+    assert (found.checks.replies, found.checks.closed, found.checks.unclosed) == (2, 2, 0)
+
+
+def test_a_kto_answer_is_counted_by_its_label(tokenizer):
+    enc = encoder(tokenizer)
+    row = enc.unpaired(items_of(KTO)[0], KTO)
+    assert row["label"] is False and tokenizer.decode(row["completion_ids"]) == "Maybe.<|im_end|>"
+    assert enc.unpaired(items_of(KTO)[0], Unpaired([USER], reply("Sure."), True))["label"] is True
+    assert (enc.found.kept, enc.found.counts["desirable"], enc.found.counts["undesirable"]) == (2, 1, 1)
+
+
+def test_answers_the_cut_leaves_empty_or_identical_are_dropped_and_counted(tokenizer):
+    n = len(encoder(tokenizer).pair(items_of(PAIR)[0])["prompt_ids"])
+    enc = encoder(tokenizer, max_length=n)
+    assert enc.pair(items_of(PAIR)[0]) is None
+    assert (enc.found.kept, enc.found.truncated, enc.found.dropped_unsupervised) == (0, 2, 2)
+    same_start = Pair([USER], reply("Yes indeed."), reply("Yes no."))
+    enc = encoder(tokenizer, max_length=n + 1)
+    assert enc.pair(items_of(same_start)[0]) is None
+    assert enc.found.counts["identical_after_cut"] == 1 and enc.found.kept == 0 and enc.found.truncated == 2
+    assert encoder(tokenizer, max_length=n).unpaired(items_of(KTO)[0], KTO) is None
+
+
+def test_a_row_the_template_refuses_is_a_bad_row_or_stops_the_build(tokenizer):
+    from peftsft.core.errors import UserError
+
+    bad = Pair([{"role": "system", "content": "S"}, {"role": "system", "content": "T"}, USER], reply("A"), reply("B"))
+    enc = encoder(tokenizer)
+    enc._guarded(lambda: (_ for _ in ()).throw(RowError("wrong")), items_of(bad)[0])
+    assert list(enc.found.bad_rows) == ["p.jsonl:1: wrong"]
+    from jinja2 import TemplateError
+
+    enc._guarded(lambda: (_ for _ in ()).throw(TemplateError("no system twice")), items_of(bad)[0])
+    assert enc.found.bad_rows[-1] == "p.jsonl:1: the chat template cannot render it: no system twice"
+    with pytest.raises(UserError, match=r"^p\.jsonl:1: wrong"):
+        encoder(tokenizer, on_bad_row="fail")._guarded(lambda: (_ for _ in ()).throw(RowError("wrong")),
+                                                       items_of(bad)[0])
