@@ -376,3 +376,103 @@ def test_preference_counts_say_pairs_or_kto_answers_and_what_the_cut_dropped():
     kto = Columns({"label": [True, False, True]})
     assert preference_counts(SimpleNamespace(checks={"identical_after_cut": 2}), kto) == (
         "2 desirable and 1 undesirable answers (2 dropped: max_length cut both answers to the same tokens)")
+
+
+# ---------------------------------------------------------------------------------------------- splitting and mixing
+
+
+def test_an_eval_file_is_read_like_the_first_dataset_without_its_counts():
+    from peftsft.core.config import DatasetSpec, DataSection
+    from peftsft.data.build import eval_spec
+
+    first = DatasetSpec(path="a.jsonl", format="alpaca", fields={"output": "out"}, samples=5)
+    spec = eval_spec(DataSection(datasets=[first, DatasetSpec(path="b.jsonl")]), "held.jsonl")
+    assert (spec.path, spec.format, spec.fields, spec.samples, spec.weight) == ("held.jsonl", "alpaca",
+                                                                                {"output": "out"}, None, None)
+    assert eval_spec(DataSection(datasets=[]), "held.jsonl") == DatasetSpec(path="held.jsonl")
+
+
+def test_the_eval_split_is_the_eval_files_rows_or_a_seeded_fraction():
+    import random
+
+    from peftsft.core.config import DataSection
+    from peftsft.data.build import split
+
+    items = SimpleNamespace(source=np.array([0, 0, 1, -1, 0, 1, -1, 0, 0, 0]))
+    train, evals = split(items, DataSection(eval_path="held.jsonl"), 3)
+    assert train.tolist() == [0, 1, 2, 4, 5, 7, 8, 9] and evals.tolist() == [3, 6]
+    train, evals = split(items, DataSection(eval_fraction=0.0), 3)
+    assert train.tolist() == [0, 1, 2, 4, 5, 7, 8, 9] and evals.tolist() == []
+    train, evals = split(items, DataSection(eval_fraction=0.25), 3)
+    order = [0, 1, 2, 4, 5, 7, 8, 9]
+    permutation = list(range(8))
+    random.Random(3).shuffle(permutation)
+    assert evals.tolist() == [order[i] for i in permutation[:2]] and train.tolist() == [order[i] for i in permutation[2:]]
+    assert len(split(items, DataSection(eval_fraction=0.01), 3)[1]) == 1
+
+
+def test_rows_are_mixed_per_dataset_by_samples_or_weight_and_counted():
+    from peftsft.core.config import DatasetSpec
+    from peftsft.data.build import DataStats, mix
+
+    source = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    specs = [DatasetSpec(path="a", samples=5), DatasetSpec(path="b", weight=0.5), DatasetSpec(path="c")]
+    stats = DataStats(sources=[{}, {}, {}])
+    mixed = mix(np.arange(9), source, specs, 4, stats)
+    assert [s["train"] for s in stats.sources] == [5, 1, 4]
+    assert mixed[:3].tolist() == [0, 1, 2] and set(mixed[3:5].tolist()) <= {0, 1, 2}  # a whole copy, then 2 drawn
+    assert mixed[5] in (3, 4) and mixed[6:].tolist() == [5, 6, 7, 8]
+    assert mix(np.arange(9), source, specs, 4, DataStats(sources=[{}, {}, {}])).tolist() == mixed.tolist()
+    assert mix(np.arange(9), source, [], 4, DataStats()).tolist() == []
+
+
+def test_drawing_more_than_a_group_repeats_it_whole_then_a_seeded_remainder():
+    import random
+
+    from peftsft.data.build import draw
+
+    group = np.array([10, 11, 12])
+    assert draw(group, 3, random.Random(1)).tolist() == [10, 11, 12]
+    picked = draw(group, 7, random.Random(1))
+    rest = random.Random(1).sample(range(3), 1)
+    assert picked.tolist() == [10, 11, 12, 10, 11, 12, group[rest[0]]]
+    assert draw(group, 2, random.Random(5)).tolist() == [group[i] for i in random.Random(5).sample(range(3), 2)]
+    assert draw(group[:0], 4, random.Random(1)).tolist() == []
+
+
+def test_an_empty_training_set_says_where_the_rows_went():
+    from peftsft.core.errors import UserError
+    from peftsft.data.build import DataStats, refuse_empty
+    from peftsft.data.rows import BadRows
+
+    stats = DataStats(rows=5, bad_rows=BadRows(["x"], total=3), dropped_unsupervised=2)
+    refuse_empty(1, stats)
+    with pytest.raises(UserError) as caught:
+        refuse_empty(0, stats)
+    assert caught.value.message == "the training dataset is empty after filtering"
+    assert caught.value.hint == ("5 rows read, 3 bad, 2 with nothing to learn (no reply token left after truncation: "
+                                 "raise [data] max_length?)")
+
+
+def test_length_summary_gives_percentiles_mean_and_a_histogram():
+    from peftsft.data.build import histogram, length_summary
+
+    assert length_summary(np.array([], dtype=np.int64)) == {}
+    summary = length_summary(np.array([30, 10, 20, 40, 10, 11, 12, 13, 14, 100]))
+    assert summary == {"min": 10, "p50": 14, "p90": 100, "max": 100, "mean": 26.0,
+                       "histogram": [6, 1, 1, 1, 0, 0, 0, 0, 0, 1]}
+    assert histogram(np.array([5, 5, 5]), bins=4) == [3, 0, 0, 0]
+    assert length_summary(np.array([7]))["mean"] == 7.0 and length_summary(np.array([1, 2]))["mean"] == 1.5
+
+
+def test_data_stats_round_trip_through_their_dict_with_every_bad_row_counted():
+    from peftsft.data.build import DataStats
+    from peftsft.data.rows import BadRows
+
+    stats = DataStats(rows=3, tokens=8, supervised_tokens=3, bad_rows=BadRows([f"b{i}" for i in range(12)], total=40))
+    out = stats.as_dict()
+    assert out["bad_rows"] == 40 and out["bad_row_examples"] == [f"b{i}" for i in range(10)]
+    assert out["supervised_share"] == 0.375 and DataStats().as_dict()["supervised_share"] == 0.0
+    back = DataStats.from_dict({**out, "bad_rows": list(stats.bad_rows), "bad_total": 40, "unknown": 1})
+    assert back.rows == 3 and list(back.bad_rows) == list(stats.bad_rows) and back.bad_rows.total == 40
+    assert DataStats.from_dict({"bad_rows": ["a", "b"]}).bad_rows.total == 2
