@@ -476,3 +476,50 @@ def test_data_stats_round_trip_through_their_dict_with_every_bad_row_counted():
     back = DataStats.from_dict({**out, "bad_rows": list(stats.bad_rows), "bad_total": 40, "unknown": 1})
     assert back.rows == 3 and list(back.bad_rows) == list(stats.bad_rows) and back.bad_rows.total == 40
     assert DataStats.from_dict({"bad_rows": ["a", "b"]}).bad_rows.total == 2
+
+
+# ---------------------------------------------------------------------------------------------- items
+
+
+def test_rows_of_a_dataset_are_parsed_counted_and_their_bad_rows_skipped(tmp_path):
+    from peftsft.core.config import DatasetSpec, DataSection
+    from peftsft.data.build import DataStats
+    from peftsft.data.items import load_items
+    from tests.conftest import write_jsonl
+
+    path = write_jsonl(tmp_path / "a.jsonl", [chat("Q1?"), "{broken", {"messages": [REPLY]}, chat("Q2?")])
+    stats = DataStats(rows=1)
+    items = load_items(DatasetSpec(path=str(path)), 2, DataSection(on_bad_row="skip"), stats)
+    assert [(i.content[0]["content"], i.where, i.source) for i in items] == [("Q1?", f"{path}:1", 2),
+                                                                              ("Q2?", f"{path}:4", 2)]
+    assert stats.rows == 4 and stats.bad_rows.total == 2
+    assert stats.bad_rows[1] == (f"{path}:3: the conversation starts with an assistant reply: no user turn before "
+                                 "it to answer")
+    assert stats.sources == [{"path": str(path), "format": "messages (detected)", "rows": 3, "bad": 2}]
+    load_items(DatasetSpec(path=str(path), format="messages"), -1, DataSection(on_bad_row="skip"), stats)
+    assert len(stats.sources) == 1 and stats.rows == 7
+
+
+def test_a_given_format_is_kept_and_a_bad_row_fails_by_default(tmp_path):
+    from peftsft.core.config import DatasetSpec, DataSection
+    from peftsft.core.errors import UserError
+    from peftsft.data.build import DataStats
+    from peftsft.data.items import load_items
+    from tests.conftest import write_jsonl
+
+    path = write_jsonl(tmp_path / "a.jsonl", [chat("Q1?")])
+    stats = DataStats()
+    load_items(DatasetSpec(path=str(path), format="messages"), 0, DataSection(), stats)
+    assert stats.sources == [{"path": str(path), "format": "messages", "rows": 1, "bad": 0}]
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"messages": [REPLY]}])
+    with pytest.raises(UserError, match=rf"^{bad}:1: the conversation starts with an assistant reply"):
+        load_items(DatasetSpec(path=str(bad)), 0, DataSection(), DataStats())
+
+
+def test_a_row_value_json_cannot_hold_names_the_row():
+    from peftsft.core.errors import UserError
+    from peftsft.data.items import _json
+
+    assert _json("tëxt", "f:1") == '"tëxt"' and _json([USER], "f:1") == '[{"role": "user", "content": "Q?"}]'
+    with pytest.raises(UserError, match=r"^f:2: a value in this row cannot be stored as JSON: "):
+        _json([{"role": "user", "content": b"x"}], "f:2")
