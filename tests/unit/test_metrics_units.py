@@ -172,10 +172,17 @@ class Clock:
 
 
 class General:
+    """A general check that records how it was called."""
+
+    def __init__(self):
+        self.calls = []
+
     def loss(self, model, tokenizer, precision):
+        self.calls.append(("loss", model, tokenizer, precision))
         return 1.25
 
     def answers(self, model, tokenizer, precision, rows):
+        self.calls.append(("answers", model, tokenizer, precision, rows))
         return None, [True, False, False]
 
 
@@ -183,12 +190,12 @@ def test_measure_scores_answers_and_the_general_checks_answers(monkeypatch):
     seen = {}
 
     def answer_batch(model, tokenizer, prompts, sampling, batch_size):
-        seen["prompts"], seen["batch"] = prompts, (sampling.max_new_tokens, batch_size)
+        seen["prompts"], seen["batch"] = prompts, (model, tokenizer, sampling.max_new_tokens, batch_size)
         return ["Paris.", call("get_weather", {})]
 
     @contextlib.contextmanager
     def autocast(model, precision):
-        seen["autocast"] = precision
+        seen["autocast"] = (model, precision)
         yield
 
     monkeypatch.setattr(task_metrics, "answer_batch", answer_batch)
@@ -196,8 +203,10 @@ def test_measure_scores_answers_and_the_general_checks_answers(monkeypatch):
     monkeypatch.setattr(task_metrics, "time", Clock())
     rows = [EvalRow(TEXT), EvalRow(call_row(("get_weather", {})))]
     settings = EvalSection(general_during_training="answers", general_rows=3, task_max_new_tokens=9, task_batch_size=4)
-    out = ChatMetrics(rows, settings, General()).measure("M", "T", "bf16")
-    assert seen == {"prompts": [r.prompt for r in rows], "batch": (9, 4), "autocast": "bf16"}
+    general = General()
+    out = ChatMetrics(rows, settings, general).measure("M", "T", "bf16")
+    assert seen == {"prompts": [r.prompt for r in rows], "batch": ("M", "T", 9, 4), "autocast": ("M", "bf16")}
+    assert general.calls == [("loss", "M", "T", "bf16"), ("answers", "M", "T", "bf16", 3)]
     assert out["exact_match"] == 1.0 and out["tool_accuracy"] == 1.0
     assert (out["task_seconds"], out["general_seconds"], out["general_loss"]) == (1.5, 1.5, 1.25)
     assert out["general_accuracy"] == pytest.approx(1 / 3)
@@ -237,9 +246,19 @@ def test_a_metric_not_measured_fails_with_what_is_and_how_to_get_it():
 def test_evaluate_task_adds_prefixed_metrics_and_logs_each_step_once(monkeypatch):
     monkeypatch.setattr(task_metrics, "time", Clock())
     on_main = []
-    callback = EvaluateTask(lambda model, tok, precision: {"token_f1": 0.5, "task_seconds": 2.0}, "fp16",
-                            lambda fn: on_main.append(fn) or fn())
+    asked = []
+
+    def measure(model, tokenizer, precision):
+        asked.append((model, tokenizer, precision))
+        return {"token_f1": 0.5, "task_seconds": 2.0}
+
+    callback = EvaluateTask(measure, "fp16", lambda fn: on_main.append(fn) or fn())
     assert (callback.precision, callback.trained) == ("fp16", False)
+    unbound = {}
+    callback.on_evaluate(SimpleNamespace(), SimpleNamespace(global_step=1), None, metrics=unbound, model="M",
+                         processing_class="T")  # no trainer's log yet: added to its metrics, not logged
+    assert unbound == {"eval_token_f1": 0.5, "eval_task_seconds": 2.0} and asked == [("M", "T", "fp16")]
+    callback.measured.clear()
     logged = []
     callback.bind(SimpleNamespace(log=logged.append))
     args, state = SimpleNamespace(load_best_model_at_end=True), SimpleNamespace(global_step=6, best_global_step=2)
@@ -248,9 +267,14 @@ def test_evaluate_task_adds_prefixed_metrics_and_logs_each_step_once(monkeypatch
     assert callback.trained is False
     metrics = {"eval_loss": 1.0}
     callback.on_evaluate(args, state, None, metrics=metrics)
-    assert metrics == {"eval_loss": 1.0, "eval_token_f1": 0.5, "eval_task_seconds": 2.0} and len(on_main) == 1
+    assert metrics == {"eval_loss": 1.0, "eval_token_f1": 0.5, "eval_task_seconds": 2.0} and len(on_main) == 2
     assert logged == [{"eval_token_f1": 0.5, "eval_task_seconds": 2.0}] and logged[0] is not metrics
-    assert callback.measured == {6: {"token_f1": 0.5, "task_seconds": 2.0}} and callback.seconds == 1.5
+    assert callback.measured == {6: {"token_f1": 0.5, "task_seconds": 2.0}} and callback.seconds == 3.0
+    callback.on_evaluate(args, state, None, metrics={})  # the same step again: neither measured nor logged
+    assert len(logged) == 1 and len(on_main) == 2 and callback.seconds == 3.0
+    callback.on_train_end(args, state, None)  # trained, the best loaded: the best step's weights
+    callback.on_evaluate(args, state, None, metrics={})
+    assert sorted(callback.measured) == [2, 6] and len(logged) == 2 and callback.seconds == 4.5
 
 
 # ---------------------------------------------------------------------------------------------- summary.json
@@ -343,6 +367,13 @@ def test_reported_trackers_in_a_fixed_order_and_all_is_those_installed(monkeypat
     assert trackers.reported(reporting("none")) == []
 
 
+def test_wandb_is_offline_unless_the_environment_says(opened, tmp_path):
+    from peftsft.core.rundir import RunDir
+
+    with trackers.tracking(reporting("wandb"), RunDir(tmp_path / "run"), main=False):
+        assert os.environ["WANDB_MODE"] == "offline"
+
+
 @pytest.fixture
 def opened(monkeypatch):
     """OPEN's trackers replaced by recorders of what they were opened with, and when they closed."""
@@ -372,7 +403,9 @@ def test_tracking_opens_each_run_on_the_main_process_with_the_settings_and_close
     rundir = RunDir(tmp_path / "run")
     monkeypatch.setenv("WANDB_MODE", "online")
     with trackers.tracking(reporting("wandb", "tensorboard"), rundir, main=True):
-        assert rundir.trackers_dir.is_dir() and os.environ["WANDB_PROJECT"] == "peftsft"
+        assert rundir.trackers_dir.is_dir()
+        assert {k: os.environ[k] for k in ("WANDB_DIR", "WANDB_PROJECT", "WANDB_CONSOLE")} == {
+            "WANDB_DIR": str(rundir.trackers_dir), "WANDB_PROJECT": "peftsft", "WANDB_CONSOLE": "off"}
         assert opened == [("open", "tensorboard", {"p": 1}, {"TENSORBOARD_LOGGING_DIR": str(
             rundir.trackers_dir / "tensorboard"), "WANDB_MODE": "online"}), ("open", "wandb", {"p": 1}, opened[0][3])]
     assert opened[2:] == [("close", "wandb"), ("close", "tensorboard")]
@@ -386,7 +419,7 @@ def test_tracking_elsewhere_opens_no_run_and_its_settings_go_even_on_error(opene
     rundir = RunDir(tmp_path / "run")
     with pytest.raises(RuntimeError):
         with trackers.tracking(reporting("mlflow"), rundir, main=False):
-            assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
+            assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{rundir.trackers_dir.resolve()}/mlflow.db"
             raise RuntimeError
     assert opened == [] and not rundir.trackers_dir.exists() and "MLFLOW_TRACKING_URI" not in os.environ
     with trackers.tracking(reporting("none"), rundir, main=True):
