@@ -290,6 +290,7 @@ def test_conversations_are_read_per_path_with_their_datasets_mapping_and_other_f
     conversations = load_conversations([str(plain), str(held), str(mapped)], data, stats)
     assert [c[0]["content"] for c in conversations] == ["P?", "H?", "M1?", "M2?"]
     assert conversations[0] == chat("P?")["messages"] and stats.rows == 4
+    assert stats.sources == []  # read for evaluation: not a training source
 
 
 def stats_for_preview(**changes):

@@ -177,9 +177,9 @@ def test_a_prompt_must_end_in_a_user_or_tool_turn():
 # ---------------------------------------------------------------------------------------------- answers
 
 
-def answer(prompt_ids, answer_ids, merged=False) -> Answer:
+def answer(prompt_ids, answer_ids, merged=False, truncated=False) -> Answer:
     ids = prompt_ids + answer_ids
-    scored = Encoded(ids, [IGNORE] * len(prompt_ids) + answer_ids, False, "abcdef", [(i, i + 1) for i in range(len(ids))])
+    scored = Encoded(ids, [IGNORE] * len(prompt_ids) + answer_ids, truncated, "abcdef", [(i, i + 1) for i in range(len(ids))])
     return Answer(prompt_ids, answer_ids, scored, merged)
 
 
@@ -195,6 +195,11 @@ def test_an_answer_split_at_its_own_prompt_end_is_unchanged():
     assert (same.prompt_ids, same.answer_ids, same.merged) == ([1, 2, 3], [4, 5], False)
     assert answer([1, 2, 3], [4, 5], merged=True).split_at(3).merged is True
     assert not answer([1], []).kept
+
+
+def test_an_answer_cut_by_max_length_stays_cut_when_split():
+    assert answer([1, 2, 3], [4, 5], truncated=True).split_at(2).scored.truncated is True
+    assert answer([1, 2, 3], [4, 5]).split_at(2).scored.truncated is False
 
 
 # ---------------------------------------------------------------------------------------------- building rows
