@@ -60,6 +60,13 @@ def test_an_fsdp_launch_the_trainer_did_not_engage_fails_loudly(monkeypatch, ena
     assert info.value.hint == "launch with recipes/accelerate/ddp-cpu.yaml (or ddp.yaml on GPUs) instead"
 
 
+def test_a_trainer_whose_accelerator_has_no_fsdp_plugin_did_not_engage(monkeypatch):
+    monkeypatch.setattr(sharding, "fsdp_on_cpu_processes", lambda: None)
+    trainer = SimpleNamespace(is_fsdp_enabled=True, accelerator=SimpleNamespace(state=SimpleNamespace()))
+    with pytest.raises(UserError, match="the trainer did not enable FSDP"):
+        sharding.trainer_for_launch(lambda: trainer, "cpu", Launch("fsdp", 2, 2))
+
+
 def test_the_launch_defaults_to_this_processs_own(monkeypatch):
     monkeypatch.setattr(sharding, "current_launch", lambda: Launch("fsdp", 2, 2))
     monkeypatch.setattr(sharding, "fsdp_on_cpu_processes", lambda: None)
@@ -198,7 +205,7 @@ def test_only_the_main_process_talks(monkeypatch, main):
     monkeypatch.setattr(distributed, "is_main_process", lambda: main)
     console = Console()
     got = distributed.console_for(None, console)
-    assert (got is console) == main and got.quiet is not main
+    assert (got is console) == main and got.quiet is (not main)
 
 
 def test_one_process_runs_the_function_itself(monkeypatch):
@@ -277,12 +284,14 @@ def test_task_evaluation_needs_eval_data_and_something_to_measure(monkeypatch):
 @pytest.mark.parametrize("sharded", [True, False])
 def test_task_evaluation_measures_everywhere_on_a_sharded_model_and_on_the_main_process_else(monkeypatch, sharded):
     monkeypatch.setattr(skeleton, "check_measurable", lambda recipe, names: None)
-    monkeypatch.setattr(skeleton, "is_sharded", lambda model: sharded)
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(skeleton, "is_sharded", lambda asked: sharded and asked is model)
     monkeypatch.setattr(skeleton, "on_main", lambda state, fn: ("main", state, fn()))
     made = []
     monkeypatch.setattr(skeleton, "EvaluateTask", lambda *args: made.append(args) or "callback")
     measure = SimpleNamespace(names=["bleu"], measure="measure-fn")
-    assert skeleton.task_evaluation("recipe", prepared(measure), SimpleNamespace(precision="fp32"), "state") == [
+    levers = SimpleNamespace(precision="fp32")
+    assert skeleton.task_evaluation("recipe", prepared(measure, model=model), levers, "state") == [
         "callback"]
     (fn, precision, everywhere), = made
     assert (fn, precision) == ("measure-fn", "fp32")
