@@ -524,3 +524,42 @@ def test_a_row_value_json_cannot_hold_names_the_row():
     assert _json("tëxt", "f:1") == '"tëxt"' and _json([USER], "f:1") == '[{"role": "user", "content": "Q?"}]'
     with pytest.raises(UserError, match=r"^f:2: a value in this row cannot be stored as JSON: "):
         _json([{"role": "user", "content": b"x"}], "f:2")
+
+
+def write_samples(path, first_ids):
+    import pyarrow as pa
+
+    from peftsft.data.arrow import SAMPLES, writing
+
+    with writing(path, SAMPLES) as writer:
+        writer.write_table(pa.Table.from_pylist([{"input_ids": [i], "labels": [i]} for i in first_ids], SAMPLES))
+
+
+def test_replay_samples_are_interleaved_evenly_among_the_task_samples_in_one_file(tmp_path):
+    from peftsft.data.arrow import open_files
+    from peftsft.data.build import interleave_files
+
+    write_samples(tmp_path / "t0.arrow", [0, 1])
+    write_samples(tmp_path / "t1.arrow", [2, 3, 4, 5])
+    write_samples(tmp_path / "r0.arrow", [100, 101])
+    names = interleave_files(tmp_path, ["t0.arrow", "t1.arrow"], ["r0.arrow"], 6, 2)
+    assert names == ["train-mixed.arrow"]
+    mixed = open_files([tmp_path / "train-mixed.arrow"])
+    assert [row[0] for row in mixed["input_ids"]] == [0, 1, 100, 2, 3, 4, 101, 5]
+    assert mixed["labels"] == mixed["input_ids"]
+
+
+def test_tool_rows_need_a_template_that_renders_tool_schemas(monkeypatch):
+    from peftsft.core.errors import UserError
+    from peftsft.data import build
+
+    items = SimpleNamespace(has_tools=np.array([False, True, True, False]), where=lambda p: f"f.jsonl:{p + 1}")
+    monkeypatch.setattr(build, "supports_tool_schemas", lambda tokenizer: tokenizer == "TOOLS")
+    build.refuse_dropped_tools("TOOLS", items, np.array([0, 1, 2]), "chatml")
+    build.refuse_dropped_tools("PLAIN", items, np.array([0, 3]), "chatml")
+    with pytest.raises(UserError) as caught:
+        build.refuse_dropped_tools("PLAIN", items, np.array([3, 2, 1]), "chatml")
+    assert caught.value.message == ("f.jsonl:3: 2 row(s) offer tools, but the chat template (chatml) does not render "
+                                    "tool schemas: they would be dropped from every prompt")
+    assert caught.value.hint == ('set [data] template = "hermes" (ChatML with <tool_call> blocks), or a .jinja file '
+                                 "that uses `tools`")
