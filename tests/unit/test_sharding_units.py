@@ -296,3 +296,230 @@ def test_task_evaluation_measures_everywhere_on_a_sharded_model_and_on_the_main_
     (fn, precision, everywhere), = made
     assert (fn, precision) == ("measure-fn", "fp32")
     assert everywhere(lambda: 5) == (5 if sharded else ("main", "state", 5))
+
+
+# ---------------------------------------------------------------------------------------------- the skeleton's run
+
+
+class Named:
+    """A callback standing in for one of the skeleton's own, remembering how it was made."""
+
+    def __init__(self, name, *args, **kwargs):
+        self.name, self.args, self.kwargs = name, args, kwargs
+
+    def __repr__(self):
+        return self.name
+
+
+class FakeTask:
+    name = "chat"
+
+    def __init__(self, log: list, eval_ds="eval"):
+        self.log, self.eval_ds = log, eval_ds
+        self.model = torch.nn.Linear(2, 2)
+
+    def setup(self, session):
+        self.log.append(("setup", session))
+        self.prepared = skeleton.Prepared(
+            model=self.model, tokenizer="tok", train_ds="train", eval_ds=self.eval_ds, stats="stats",
+            source=SimpleNamespace(spec="some/model"), strategy=SimpleNamespace(name="lora"), params={"p": 1},
+            longest_sample=77)
+        return self.prepared
+
+    def before_training(self, session, prepared, levers):
+        self.log.append(("before", session, prepared, levers))
+
+    def trainer(self, session, prepared, levers, callbacks):
+        self.log.append(("trainer", session, prepared, levers, list(callbacks)))
+        self.built = SimpleNamespace(evaluate=lambda: {"eval_loss": 0.5, "eval_note": "text", "epoch": 2},
+                                     args=SimpleNamespace(train_batch_size=4, gradient_accumulation_steps=3))
+        return self.built
+
+    def score(self, session, prepared, levers):
+        self.log.append(("score", session, prepared, levers))
+        return {"scored": 1}
+
+    def save(self, session, prepared, directory):
+        self.log.append(("save", session, prepared, directory.name.startswith(".adapter-")))
+        (directory / "adapter_model.safetensors").write_text("weights")
+
+    def finish(self, session, prepared, trainer, levers, train_seconds, scores):
+        self.log.append(("finish", session, prepared, trainer, levers, train_seconds, scores))
+        return {"task_key": 9}
+
+    def report(self, session, prepared, summary):
+        self.log.append(("report", session, prepared, dict(summary)))
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path):
+    """skeleton.train with every collaborator faked and recording into `log`; returns (call it, log, fakes)."""
+    import peftsft.models
+    import transformers
+
+    log = []
+    state = SimpleNamespace(num_processes=2, wait_for_everyone=lambda: log.append("wait"))
+    quiet_console = Console(record=True, width=300, color_system=None)
+    levers = SimpleNamespace(describe=lambda: "bf16, compiled", as_dict=lambda: {"lever": 1}, precision="bf16")
+    evaluate = SimpleNamespace(bind=lambda trainer: log.append(("bind", trainer)))
+    fakes = SimpleNamespace(state=state, console=quiet_console, levers=levers, evaluate=evaluate, sharded=False,
+                            checkpoint=None, rate=SimpleNamespace(elapsed=12.5), evaluations=[evaluate])
+    fakes.metrics_records = [{"loss": 1.0}]
+
+    def metrics_log(path, rate, keep_until_step):
+        fakes.metrics = Named("metrics", path, rate, keep_until_step=keep_until_step)
+        fakes.metrics.records = fakes.metrics_records
+        return fakes.metrics
+
+    @contextlib.contextmanager
+    def tracking(recipe, rundir, main):
+        log.append(("tracking", recipe, rundir, main))
+        yield
+        log.append("tracking closed")
+
+    @contextlib.contextmanager
+    def training(levers_, model, build):
+        log.append(("training", levers_, model))
+        yield build()
+        log.append("training closed")
+
+    @contextlib.contextmanager
+    def saving_from(model, adapter_state):
+        log.append(("saving from", model, adapter_state))
+        yield
+
+    def open_run_dir(*args):
+        log.append(("open", *args))
+        return fakes.checkpoint
+
+    monkeypatch.setattr(peftsft.models, "pick_device", lambda wanted: log.append(("device", wanted)) or "cpu")
+    monkeypatch.setattr(transformers, "set_seed", lambda seed: log.append(("seed", seed)))
+    monkeypatch.setattr(skeleton, "process_state", lambda device: log.append(("state", device)) or state)
+    monkeypatch.setattr(skeleton, "gradient_accumulation", lambda training_, n: log.append(("accumulation", n)))
+    monkeypatch.setattr(skeleton, "console_for", lambda state_, console: quiet_console)
+    monkeypatch.setattr(skeleton, "open_run_dir", open_run_dir)
+    monkeypatch.setattr(skeleton, "decide_levers", lambda *args: log.append(("levers", *args)) or levers)
+    monkeypatch.setattr(skeleton, "TokenRate", lambda: fakes.rate)
+    monkeypatch.setattr(skeleton, "MetricsLog", metrics_log)
+    monkeypatch.setattr(skeleton, "StopOnInterrupt", lambda: Named("interrupt"))
+    monkeypatch.setattr(skeleton, "RichProgress", lambda console, rate: Named("progress", console, rate))
+    monkeypatch.setattr(skeleton, "NonFiniteGuard", lambda: Named("guard"))
+    monkeypatch.setattr(skeleton, "SealCheckpoints", lambda rundir: Named("seal", rundir))
+    monkeypatch.setattr(skeleton, "task_evaluation",
+                        lambda *args: log.append(("task evaluation", *args)) or fakes.evaluations)
+    monkeypatch.setattr(skeleton, "is_main_process", lambda: True)
+    monkeypatch.setattr(skeleton, "tracking", tracking)
+    monkeypatch.setattr(skeleton, "training", training)
+    monkeypatch.setattr(skeleton, "train_guarded", lambda *args: log.append(("train", *args)) or "result")
+    monkeypatch.setattr(skeleton, "after_training",
+                        lambda *args: log.append(("after", *args)) or ({"measured": 1}, {"best": 2}))
+    monkeypatch.setattr(skeleton, "release_training_memory", lambda *args: log.append(("release", *args)))
+    monkeypatch.setattr(skeleton, "is_sharded", lambda model: fakes.sharded)
+    monkeypatch.setattr(skeleton, "gathered_state", lambda model: log.append(("gather", model)) or "gathered")
+    monkeypatch.setattr(skeleton, "saving_from", saving_from)
+    monkeypatch.setattr(skeleton, "on_main", lambda state_, fn: log.append(("on main", state_)) or fn())
+    monkeypatch.setattr(skeleton, "plot_loss", lambda records, path: log.append(("plot", records, path)))
+    monkeypatch.setattr(skeleton, "run_summary", lambda *args, **kwargs: {"args": args, "kwargs": kwargs})
+    monkeypatch.setattr(skeleton, "engine_summary", lambda trainer: "ddp")
+
+    from peftsft.core.config import Recipe
+
+    def call(task, **kwargs):
+        recipe = Recipe.model_validate({
+            "data": {"datasets": [{"path": "train.jsonl"}]}, "run": {"output_dir": str(tmp_path), "name": "run"},
+            "training": {"device": "cpu", "seed": 1234}, "model": kwargs.pop("model", {})})
+        fakes.recipe = recipe
+        return skeleton.train(task, recipe, Console(quiet=True), **kwargs)
+
+    return call, log, fakes
+
+
+def test_a_run_goes_through_every_step_in_order(run, tmp_path):
+    from peftsft.core.rundir import RunDir
+
+    call, log, fakes = run
+    task = FakeTask([])
+    task.log = log
+    summary = call(task, overwrite=True, resume=None, force=True, callbacks=["pruner"])
+    recipe, rundir, prepared = fakes.recipe, RunDir(tmp_path / "run"), task.prepared
+    session = skeleton.Session(recipe, fakes.console, "cpu", fakes.state, rundir, None)
+    interrupt = next(entry for entry in log if entry[0] == "train")[2]
+    callbacks = next(entry for entry in log if entry[0] == "trainer")[4]
+    assert log[:7] == [("device", "cpu"), ("state", "cpu"), ("accumulation", 2), ("on main", fakes.state),
+                       ("open", recipe, rundir, fakes.console, True, None, True), "wait", ("seed", 1234)]
+    assert log[7:] == [
+        ("setup", session),
+        ("levers", recipe, "cpu", task.model, 77),
+        ("before", session, prepared, fakes.levers),
+        ("task evaluation", recipe, prepared, fakes.levers, fakes.state),
+        ("tracking", recipe, rundir, True),
+        ("training", fakes.levers, task.model),
+        ("trainer", session, prepared, fakes.levers,
+         [fakes.metrics, fakes.evaluate, callbacks[2], callbacks[3], interrupt, callbacks[5], "pruner"]),
+        ("bind", task.built),
+        ("train", task.built, interrupt, None, rundir),
+        ("after", recipe, fakes.evaluate, task.built, 12.5),
+        "training closed",
+        "tracking closed",
+        ("release", task.built, task.model),
+        ("gather", task.model),
+        ("on main", fakes.state),
+        ("score", session, prepared, fakes.levers),
+        ("on main", fakes.state),
+        ("saving from", task.model, "gathered"),
+        ("save", session, prepared, True),
+        ("finish", session, prepared, task.built, fakes.levers, 12.5, {"scored": 1}),
+        ("plot", [{"loss": 1.0}], rundir.loss_plot),
+        ("report", session, prepared, summary),
+        "wait",
+    ]
+    assert [repr(c) for c in callbacks[2:6]] == ["progress", "guard", "interrupt", "seal"]
+    assert callbacks[2].args == (fakes.console, fakes.rate) and callbacks[5].args == (rundir,)
+    assert fakes.metrics.args == (rundir.metrics_file, fakes.rate) and fakes.metrics.kwargs == {"keep_until_step": None}
+    assert (rundir.adapter_dir / "adapter_model.safetensors").read_text() == "weights"
+    assert fakes.console.export_text() == "speed: bf16, compiled\n"
+    assert summary == {
+        "args": (recipe, task.built, "result", {"eval_loss": 0.5, "eval_note": "text", "epoch": 2}),
+        "kwargs": {"task": "chat", "model_spec": "some/model", "strategy_name": "lora", "params": {"p": 1},
+                   "device": "cpu", "train_seconds": 12.5, "stats": "stats"},
+        "world_size": 2, "global_batch_size": 24, "engine": "ddp", "levers": {"lever": 1}, "best": {"best": 2},
+        "eval": {"loss": 0.5, "epoch": 2}, "task_metrics": {"measured": 1}, "task_key": 9,
+    }
+    import json
+
+    assert json.loads(rundir.summary_file.read_text())["global_batch_size"] == 24
+
+
+def test_a_resumed_run_keeps_its_metrics_until_the_checkpoints_step(run, tmp_path):
+    call, log, fakes = run
+    fakes.checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-40"
+    fakes.evaluations = []
+    call(FakeTask(log, eval_ds=None), resume=True)
+    assert fakes.metrics.kwargs == {"keep_until_step": 40}
+    trained = next(entry for entry in log if entry[0] == "train")
+    assert trained[3] == fakes.checkpoint
+    assert ("after", fakes.recipe, None, trained[1], 12.5) in log  # no task evaluation: no callback
+    assert not any(entry[0] == "bind" for entry in log if isinstance(entry, tuple))
+    opened = next(entry for entry in log if entry[0] == "open")
+    assert opened[4:] == (False, True, False)  # overwrite, resume, force
+
+
+def test_a_run_without_eval_data_reports_no_eval_metrics(run):
+    call, log, fakes = run
+    summary = call(FakeTask(log, eval_ds=None))
+    assert summary["eval"] == {} and summary["args"][3] == {}
+
+
+def test_a_sharded_model_is_scored_on_every_process(run):
+    call, log, fakes = run
+    fakes.sharded = True
+    call(FakeTask(log))
+    scored = next(i for i, entry in enumerate(log) if entry[0] == "score")
+    assert log[scored - 1][0] == "gather" and log[scored + 1] == ("on main", fakes.state)  # only finish on main
+
+
+def test_a_run_that_trusts_remote_code_warns(run):
+    call, log, fakes = run
+    call(FakeTask(log), model={"trust_remote_code": True})
+    assert fakes.console.export_text() == (
+        "warning: trust_remote_code = true: code shipped with the model will run\nspeed: bf16, compiled\n")
