@@ -127,7 +127,7 @@ def test_no_check_when_the_recipe_turns_it_off_and_the_defaults_without_a_recipe
 ROWS = [
     CheckRow(chat("Capital of Russia?", "Moscow."), ("Moscow",)),
     CheckRow(chat("2 + 2?", "2 + 2 = 4."), ("4", "four")),
-    CheckRow(chat("Bees make?", "Honey."), ("honey",)),
+    CheckRow([{"role": "system", "content": "Be brief."}, *chat("Bees make?", "Honey.")], ("honey",)),
     CheckRow(chat("Opposite of hot?", "Cold."), ("cold",)),
 ]
 
@@ -191,12 +191,13 @@ def test_a_score_gives_loss_right_and_exact_answers_and_its_seconds(faked, monke
     check, calls = faked
     clock = iter([100.0, 112.3456])
     monkeypatch.setattr(general_check, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
-    # exact: "four" is an accepted answer, "Honey." the reference; "It is Moscow." only contains one
+    # exact: "four" is an accepted answer, "Honey." the reference (after a system turn); "It is Moscow." only contains one
     assert check.score(MODEL, "tok", "bf16") == {
         "loss": 1.2346, "accuracy": 0.75, "exact_match": 0.5, "right": 3, "rows": 4, "seconds": 12.35,
         "answers": ["It is Moscow.", "four", "Honey.", "warm"], "right_answers": [True, True, True, False],
     }
     assert calls["loss"]["autocast"] == torch.bfloat16 and calls["answers"]["autocast"] == torch.bfloat16
+    assert calls["loss"]["tokenizer"] == "tok" and calls["answers"]["tokenizer"] == "tok"
 
 
 def test_a_score_rounds_its_shares_to_4_places(faked, monkeypatch):
@@ -246,9 +247,9 @@ def test_compare_gives_both_scores_the_change_the_verdict_and_every_answer_side_
 
 def test_compare_rounds_the_change_to_4_places():
     base = scored(3.0, 0.66666, 0.33333, 2, 1.0, [], [])
-    tuned = scored(3.1, 0.77777, 0.44444, 2, 1.0, [], [])
+    tuned = scored(3.123456, 0.77777, 0.44444, 2, 1.0, [], [])
     assert compared(base, tuned, limit=0.5)["change"] == {
-        "loss": 0.1, "loss_relative": 0.0333, "accuracy": 0.1111, "exact_match": 0.1111}
+        "loss": 0.1235, "loss_relative": 0.0412, "accuracy": 0.1111, "exact_match": 0.1111}
 
 
 @pytest.mark.parametrize(("tuned_loss", "tuned_accuracy", "regressed"), [
@@ -303,6 +304,16 @@ def test_the_end_of_run_display_warns_when_the_model_forgot():
     assert text.startswith(general_check.describe(result) + "\nwarning: " + expected.splitlines()[0])
     assert text == general_check.describe(result) + "\nwarning: " + expected + "\n"
     assert "[data] replay" in text  # the warning's brackets print as text, not as rich markup
+
+
+def test_the_end_of_run_display_highlights_nothing_but_the_warnings_label():
+    console = Console(record=True, width=400, force_terminal=True, color_system="standard")
+    result = compared()
+    recipe = recipe_of(training={"learning_rate": 1e-3, "max_steps": 5})
+    general_check.report(console, result, recipe, 40)
+    first, label, warning = console.export_text(styles=True).partition("\x1b[1;33mwarning:\x1b[0m ")
+    assert first == general_check.describe(result) + "\n" and label  # no number coloured by rich's highlighter
+    assert warning == general_check.forgetting_warning(result, recipe, 40) + "\n"
 
 
 def test_the_end_of_run_display_is_one_line_within_the_limit():
