@@ -127,7 +127,7 @@ def test_no_check_when_the_recipe_turns_it_off_and_the_defaults_without_a_recipe
 ROWS = [
     CheckRow(chat("Capital of Russia?", "Moscow."), ("Moscow",)),
     CheckRow(chat("2 + 2?", "2 + 2 = 4."), ("4", "four")),
-    CheckRow([{"role": "system", "content": "Be brief."}, *chat("Bees make?", "Honey.")], ("honey",)),
+    CheckRow([{"role": "system", "content": "Be brief."}, *chat("Bees make?", "They make honey.")], ("honey",)),
     CheckRow(chat("Opposite of hot?", "Cold."), ("cold",)),
 ]
 
@@ -145,7 +145,7 @@ def faked(monkeypatch):
     def answer_batch(model, tokenizer, conversations, sampling, batch_size):
         calls["answers"] = dict(model=model, tokenizer=tokenizer, conversations=conversations, sampling=sampling,
                                 batch_size=batch_size, autocast=autocast_dtype())
-        return ["It is Moscow.", "four", "Honey.", "warm"][: len(conversations)]
+        return ["It is Moscow.", "four", "They make honey.", "warm"][: len(conversations)]
 
     monkeypatch.setattr(general_check, "assistant_loss", assistant_loss)
     monkeypatch.setattr(general_check, "answer_batch", answer_batch)
@@ -172,7 +172,8 @@ def test_the_loss_scores_every_rows_reference_in_batches_of_8_at_the_runs_precis
 
 def test_answers_are_greedy_replies_to_the_prompts_right_when_they_contain_an_accepted_answer(faked):
     check, calls = faked
-    assert check.answers(MODEL, "tok", "fp16") == (["It is Moscow.", "four", "Honey.", "warm"], [True, True, True, False])
+    assert check.answers(MODEL, "tok", "fp16") == (
+        ["It is Moscow.", "four", "They make honey.", "warm"], [True, True, True, False])
     asked = calls["answers"]
     assert asked["model"] is MODEL and asked["tokenizer"] == "tok" and asked["batch_size"] == 64
     assert asked["conversations"] == [r.prompt for r in ROWS] and asked["autocast"] == torch.float16
@@ -191,10 +192,11 @@ def test_a_score_gives_loss_right_and_exact_answers_and_its_seconds(faked, monke
     check, calls = faked
     clock = iter([100.0, 112.3456])
     monkeypatch.setattr(general_check, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
-    # exact: "four" is an accepted answer, "Honey." the reference (after a system turn); "It is Moscow." only contains one
+    # exact: "four" is an accepted answer, "They make honey." the reference (after a system turn);
+    # "It is Moscow." only contains one
     assert check.score(MODEL, "tok", "bf16") == {
         "loss": 1.2346, "accuracy": 0.75, "exact_match": 0.5, "right": 3, "rows": 4, "seconds": 12.35,
-        "answers": ["It is Moscow.", "four", "Honey.", "warm"], "right_answers": [True, True, True, False],
+        "answers": ["It is Moscow.", "four", "They make honey.", "warm"], "right_answers": [True, True, True, False],
     }
     assert calls["loss"]["autocast"] == torch.bfloat16 and calls["answers"]["autocast"] == torch.bfloat16
     assert calls["loss"]["tokenizer"] == "tok" and calls["answers"]["tokenizer"] == "tok"
