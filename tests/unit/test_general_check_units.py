@@ -48,7 +48,8 @@ def test_the_shipped_rows_skip_blank_lines_and_default_their_category(tmp_path, 
     )
     monkeypatch.setattr(general_check, "CHECK_SET", path)
     assert general_check.shipped_rows() == [
-        CheckRow(chat("2 + 2?", "4."), ("4", "four"), "arithmetic"), CheckRow(chat("Sky?", "Blue."), ("blue",), "general"),
+        CheckRow(chat("2 + 2?", "4."), ("4", "four"), "arithmetic"),
+        CheckRow(chat("Sky?", "Blue."), ("blue",), "general"),
     ]
 
 
