@@ -395,8 +395,9 @@ def run(monkeypatch, tmp_path):
     monkeypatch.setattr(peftsft.models, "pick_device", lambda wanted: log.append(("device", wanted)) or "cpu")
     monkeypatch.setattr(transformers, "set_seed", lambda seed: log.append(("seed", seed)))
     monkeypatch.setattr(skeleton, "process_state", lambda device: log.append(("state", device)) or state)
-    monkeypatch.setattr(skeleton, "gradient_accumulation", lambda training_, n: log.append(("accumulation", n)))
-    monkeypatch.setattr(skeleton, "console_for", lambda state_, console: quiet_console)
+    monkeypatch.setattr(skeleton, "gradient_accumulation", lambda training_, n: log.append(("accumulation", training_.seed, n)))
+    monkeypatch.setattr(skeleton, "console_for", lambda state_, console: state_ is state and console.quiet
+                        and quiet_console)
     monkeypatch.setattr(skeleton, "open_run_dir", open_run_dir)
     monkeypatch.setattr(skeleton, "decide_levers", lambda *args: log.append(("levers", *args)) or levers)
     monkeypatch.setattr(skeleton, "TokenRate", lambda: fakes.rate)
@@ -414,13 +415,13 @@ def run(monkeypatch, tmp_path):
     monkeypatch.setattr(skeleton, "after_training",
                         lambda *args: log.append(("after", *args)) or ({"measured": 1}, {"best": 2}))
     monkeypatch.setattr(skeleton, "release_training_memory", lambda *args: log.append(("release", *args)))
-    monkeypatch.setattr(skeleton, "is_sharded", lambda model: fakes.sharded)
+    monkeypatch.setattr(skeleton, "is_sharded", lambda model: fakes.sharded and isinstance(model, torch.nn.Linear))
     monkeypatch.setattr(skeleton, "gathered_state", lambda model: log.append(("gather", model)) or "gathered")
     monkeypatch.setattr(skeleton, "saving_from", saving_from)
     monkeypatch.setattr(skeleton, "on_main", lambda state_, fn: log.append(("on main", state_)) or fn())
     monkeypatch.setattr(skeleton, "plot_loss", lambda records, path: log.append(("plot", records, path)))
     monkeypatch.setattr(skeleton, "run_summary", lambda *args, **kwargs: {"args": args, "kwargs": kwargs})
-    monkeypatch.setattr(skeleton, "engine_summary", lambda trainer: "ddp")
+    monkeypatch.setattr(skeleton, "engine_summary", lambda trainer: trainer.args and "ddp")
 
     from peftsft.core.config import Recipe
 
@@ -445,7 +446,7 @@ def test_a_run_goes_through_every_step_in_order(run, tmp_path):
     session = skeleton.Session(recipe, fakes.console, "cpu", fakes.state, rundir, None)
     interrupt = next(entry for entry in log if entry[0] == "train")[2]
     callbacks = next(entry for entry in log if entry[0] == "trainer")[4]
-    assert log[:7] == [("device", "cpu"), ("state", "cpu"), ("accumulation", 2), ("on main", fakes.state),
+    assert log[:7] == [("device", "cpu"), ("state", "cpu"), ("accumulation", 1234, 2), ("on main", fakes.state),
                        ("open", recipe, rundir, fakes.console, True, None, True), "wait", ("seed", 1234)]
     assert log[7:] == [
         ("setup", session),
@@ -497,7 +498,7 @@ def test_a_resumed_run_keeps_its_metrics_until_the_checkpoints_step(run, tmp_pat
     call(FakeTask(log, eval_ds=None), resume=True)
     assert fakes.metrics.kwargs == {"keep_until_step": 40}
     trained = next(entry for entry in log if entry[0] == "train")
-    assert trained[3] == fakes.checkpoint
+    assert trained[3] == fakes.checkpoint and log[7][1].checkpoint == fakes.checkpoint  # the session's too
     assert ("after", fakes.recipe, None, trained[1], 12.5) in log  # no task evaluation: no callback
     assert not any(entry[0] == "bind" for entry in log if isinstance(entry, tuple))
     opened = next(entry for entry in log if entry[0] == "open")
@@ -523,3 +524,14 @@ def test_a_run_that_trusts_remote_code_warns(run):
     call(FakeTask(log), model={"trust_remote_code": True})
     assert fakes.console.export_text() == (
         "warning: trust_remote_code = true: code shipped with the model will run\nspeed: bf16, compiled\n")
+
+
+def test_training_memory_is_released_before_scoring():
+    model = torch.nn.Linear(2, 1)
+    model(torch.ones(1, 2)).sum().backward()
+    freed = []
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(free_memory=lambda: freed.append(True)), optimizer="adam",
+                              lr_scheduler="cosine")
+    skeleton.release_training_memory(trainer, model)
+    assert model.weight.grad is None and model.bias.grad is None and freed == [True]
+    assert trainer.optimizer is None and trainer.lr_scheduler is None
