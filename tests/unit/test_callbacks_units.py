@@ -184,7 +184,8 @@ def test_progress_off_a_terminal_prints_a_line_every_tenth_and_the_bar_at_the_en
     display.on_train_end(ARGS, state, None)
     assert display.progress is None
     lines = shown.getvalue().splitlines()
-    assert lines[:2] == ["step 1/20  loss 1.0000  lr 2.00e-04  50 tok/s", "step 3/20  loss 0.3333  lr 2.00e-04  50 tok/s"]
+    assert lines[:2] == ["step 1/20  loss 1.0000  lr 2.00e-04  50 tok/s",
+                         "step 3/20  loss 0.3333  lr 2.00e-04  50 tok/s"]
     assert [line.split()[1] for line in lines[:-1]] == [f"{s}/20" for s in range(1, 20, 2)]
     assert lines[-1].startswith("train ━") and lines[-1].endswith(" 20/20 loss 0.0500 lr 2.00e-04 50 tok/s 0:00:00")
 

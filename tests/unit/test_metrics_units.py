@@ -84,7 +84,7 @@ def test_tool_metrics_on_no_call_rows_only_and_rows_without_tools_or_a_reply_ski
     rows = [quiet_row(), quiet_row(), quiet_row(), TEXT, ToolChat([{"role": "user", "content": "q"}], TOOLS)]
     predictions = ["Hi!", '<tool_call>{"name": </tool_call>', call("get_weather", {}), call("x", {}), "y"]
     # an invalid block is an attempt at a call too: wrong on a no-call row
-    assert tool_metrics(predictions, rows) == {"tool_accuracy": 0.25 * 4 / 3 * 1, "no_call_accuracy": 1 / 3,
+    assert tool_metrics(predictions, rows) == {"tool_accuracy": 1 / 3, "no_call_accuracy": 1 / 3,
                                                "tool_call_rows": 0, "no_call_rows": 3}
 
 
@@ -218,11 +218,12 @@ def test_measure_scores_answers_and_the_general_checks_answers(monkeypatch):
 
 
 @pytest.mark.parametrize("task, early, sweep, names", [
-    ("chat", "loss", None, []), ("chat", None, "eval_loss", []), ("chat", "token_f1", None, ["token_f1"]),
-    ("classification", "accuracy", "macro_f1", []), ("chat", "general", None, ["general_loss"]), ("chat", None, None, []),
+    ("chat", "loss", None, []), ("chat", None, "loss", []), ("chat", "token_f1", None, ["token_f1"]),
+    ("classification", "accuracy", "macro_f1", []), ("chat", "general", None, ["general_loss"]),
+    ("chat", None, None, []),
 ])
 def test_metrics_this_run_measures_pass_the_check(task, early, sweep, names):
-    check_measurable(recipe_ns(task=task, early=early, sweep=sweep if sweep != "eval_loss" else "loss"), names)
+    check_measurable(recipe_ns(task=task, early=early, sweep=sweep), names)
 
 
 def test_a_metric_not_measured_fails_with_what_is_and_how_to_get_it():
