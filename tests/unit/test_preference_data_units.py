@@ -400,3 +400,9 @@ def test_the_preference_contract_runs_the_pair_or_kto_checks_and_the_sft_ones(mo
     result = pc.check_preference_contract("TOK", kto, kto, stats, SimpleNamespace(enforce_contract=True))
     assert result.checks[1].name == "desirable and undesirable answers" and result.enforced is True
     assert result.checks[0].detail.startswith("2 answers")
+
+
+def test_a_bad_turn_in_a_completion_list_names_the_mapped_column():
+    with pytest.raises(RowError, match=r"^answer\[0\] is not an object$"):
+        to_preference({"prompt": "Q?", "answer": ["A."], "label": True}, "unpaired_preference",
+                      Mapping(fields={"completion": "answer"}))
