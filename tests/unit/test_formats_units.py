@@ -563,3 +563,34 @@ def test_tool_rows_need_a_template_that_renders_tool_schemas(monkeypatch):
                                     "tool schemas: they would be dropped from every prompt")
     assert caught.value.hint == ('set [data] template = "hermes" (ChatML with <tool_call> blocks), or a .jinja file '
                                  "that uses `tools`")
+
+
+ALPACA = Mapping(fields={"instruction": "ask", "input": "ctx", "output": "out", "history": "past"})
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"ask": 1, "out": "o"}, "ask must be a string (got int)"),
+    ({"ask": "i", "ctx": 2, "out": "o"}, "ctx must be a string (got int)"),
+    ({"ask": "i", "out": None}, "out must be a string (got NoneType)"),
+    ({"ask": "i", "out": "o", "past": "nope"}, "'past' is a string that is not a JSON list"),
+    ({"ask": "i", "out": "o", "past": [[3, "a"]]}, "history[0][0] must be a string (got int)"),
+])
+def test_a_bad_mapped_alpaca_row_names_the_column(row, message):
+    with pytest.raises(RowError) as caught:
+        to_messages(row, "alpaca", ALPACA)
+    assert str(caught.value) == message
+
+
+def test_an_alpaca_row_keeps_every_history_pair_and_a_missing_input_adds_nothing():
+    row = {"ask": "Do", "out": "Done.", "past": [["H1", "A1"], ["H2", "A2"]]}
+    assert [m["content"] for m in to_messages(row, "alpaca", ALPACA)] == ["H1", "A1", "H2", "A2", "Do", "Done."]
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"ask": ["x"], "said": "A."}, "ask[0] is not an object"),
+    ({"ask": "Q?", "said": 5}, "said must be a string (got int)"),
+])
+def test_a_bad_mapped_prompt_completion_row_names_the_column(row, message):
+    with pytest.raises(RowError) as caught:
+        to_messages(row, "prompt_completion", Mapping(fields={"prompt": "ask", "completion": "said"}))
+    assert str(caught.value) == message
