@@ -340,6 +340,7 @@ def test_every_answer_must_have_scored_tokens_after_a_prompt():
     bad = Rows([*pairs, {"prompt_ids": [], "chosen_ids": [2], "rejected_ids": []}])
     assert _every_answer_scored([pairs, bad], paired=True).detail == "row 2: prompt_ids, rejected_ids empty"
     assert _every_answer_scored([bad], paired=True).status == "FAIL"
+    assert _every_answer_scored([bad], paired=True).name == name
     kto = Rows([{"prompt_ids": [1], "completion_ids": [2], "label": True}])
     assert _every_answer_scored([kto], paired=False).detail.startswith("1 answers; ")
     kto.append({"prompt_ids": [1], "completion_ids": [], "label": False})
@@ -354,7 +355,8 @@ def test_chosen_must_differ_from_rejected_in_every_pair():
     assert (check.name, check.status, check.detail) == ("chosen ≠ rejected", "ok", "every pair's answers differ")
     same = Rows([*pairs, {"chosen_ids": [6], "rejected_ids": [6]}])
     check = _chosen_differs([pairs, same])
-    assert (check.status, check.detail) == ("FAIL", "pair 2: the two answers are the same tokens")
+    assert (check.name, check.status, check.detail) == ("chosen ≠ rejected", "FAIL",
+                                                        "pair 2: the two answers are the same tokens")
 
 
 def test_kto_data_should_hold_both_kinds_of_answers():
@@ -375,7 +377,7 @@ def test_answers_merged_with_the_prompts_end_are_a_warning():
     assert (check.name, check.status, check.detail) == ("prompt ends between tokens", "ok",
                                                         "every answer starts on a token of its own")
     check = _prompt_ends_between_tokens(stats_of(merged=2))
-    assert (check.status, check.detail) == (
+    assert (check.name, check.status, check.detail) == ("prompt ends between tokens",
         "warn", "2 answer(s) begin with a token that also holds the prompt's last characters (a generation prompt "
         "ending in a space?): it is scored as answer")
 
