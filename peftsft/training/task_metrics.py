@@ -91,9 +91,10 @@ def check_measurable(recipe: Recipe, names: list[str]) -> None:
     for where, name in (("[training] early_stopping_metric", recipe.training.early_stopping_metric),
                         ("[sweep] metric", recipe.sweep.metric)):  # fmt: skip
         if name is not None and canonical(name) not in builtin + names:
+            what = METRICS[canonical(name)].what
             raise UserError(
                 f"{where}: {name!r} is not measured on this run's held-out rows",
-                hint=f"this run measures: {', '.join(builtin + names)}. {METRICS[canonical(name)].what.capitalize()} "
+                hint=f"this run measures: {', '.join(builtin + names)}. {what[:1].upper()}{what[1:]} "
                 "needs held-out rows of that kind ([data] eval_path or eval_fraction)",
             )
 

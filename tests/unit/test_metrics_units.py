@@ -235,8 +235,8 @@ def test_a_metric_not_measured_fails_with_what_is_and_how_to_get_it():
     with pytest.raises(UserError) as info:
         check_measurable(recipe_ns(task="classification", early="token_f1"), [])
     assert str(info.value).startswith("[training] early_stopping_metric: 'token_f1' is not measured")
-    # str.capitalize lowers the rest of the description too: "F1" shows as "f1" (today's wording)
-    assert info.value.hint.startswith("this run measures: loss, accuracy, macro_f1. Word-overlap f1 with the")
+    # only the first letter raised: "F1" stays "F1"
+    assert info.value.hint.startswith("this run measures: loss, accuracy, macro_f1. Word-overlap F1 with the")
     with pytest.raises(UserError, match="'accuracy' is not measured"):
         check_measurable(recipe_ns(early="accuracy"), ["token_f1"])
 
