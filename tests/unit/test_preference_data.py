@@ -261,9 +261,13 @@ def test_preference_builds_are_cached_and_pairs_apart_from_kto_answers(tmp_path,
 # ---------------------------------------------------------------------------------------------- preview and demo
 
 
-def preference_recipe(tmp_path, method="dpo") -> Path:
+def preference_recipe(tmp_path, model_dir: Path, method="dpo") -> Path:
+    """The demo's pairs on SmolLM2 as the session already converted it (this module's cache is a private one, where
+    the embedded default would be converted from its GGUF again)."""
     recipe = tmp_path / "pref.toml"
     recipe.write_text(f'''task = "preference"
+[model]
+source = "{model_dir}"
 [[data.datasets]]
 path = "{DATA / 'preference_train.jsonl'}"
 [data]
@@ -275,14 +279,14 @@ method = "{method}"
     return recipe
 
 
-def test_preview_shows_both_answers_with_their_scored_tokens_and_the_contract(tmp_path, capsys):
-    assert main(["data", "preview", str(preference_recipe(tmp_path)), "-n", "2"]) == 0
+def test_preview_shows_both_answers_with_their_scored_tokens_and_the_contract(tmp_path, capsys, smollm_dir):
+    assert main(["data", "preview", str(preference_recipe(tmp_path, smollm_dir)), "-n", "2"]) == 0
     out = capsys.readouterr().out
     assert "method = 'dpo', 240 pairs for training" in out
     assert out.count(": chosen (") == 2 and out.count(": rejected (") == 2
     assert "<|im_start|>assistant\n[[" in out and "<|im_end|>]]\n" in out and "preference (detected)" in out
     assert "pre-flight data contract" in out and "chosen ≠ rejected" in out and "FAIL" not in out
-    assert main(["data", "preview", str(preference_recipe(tmp_path, "kto")), "-n", "1"]) == 0
+    assert main(["data", "preview", str(preference_recipe(tmp_path, smollm_dir, "kto")), "-n", "1"]) == 0
     assert "240 desirable and 240 undesirable answers" in capsys.readouterr().out
 
 
