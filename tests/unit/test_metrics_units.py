@@ -23,6 +23,7 @@ from peftsft.training.held_out import EvalRow
 from peftsft.training.task_metrics import (ChatMetrics, EvaluateTask, after_training, best_summary, check_measurable,
                                            task_metrics_summary)
 from peftsft.training.tool_scoring import TOOL_METRICS, expected_calls, predicted_calls, tool_metrics
+from tests.unit.test_task_metrics import Clock, General as TaskMetricsGeneral
 
 TOOLS = normalize_tools([{"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
                          {"name": "set_timer", "parameters": {"type": "object", "properties": {}}}])
@@ -160,29 +161,11 @@ def test_chat_metrics_announce_the_metrics_their_rows_give(rows, general, during
     assert ChatMetrics([EvalRow(r) for r in rows], EvalSection(general_during_training=during), general).names == names
 
 
-class Clock:
-    """time.perf_counter for task_metrics: each reading 1.5 s after the last (from 100)."""
-
-    def __init__(self):
-        self.now = 98.5
-
-    def perf_counter(self):
-        self.now += 1.5
-        return self.now
-
-
-class General:
-    """A general check that records how it was called."""
-
-    def __init__(self):
-        self.calls = []
-
-    def loss(self, model, tokenizer, precision):
-        self.calls.append(("loss", model, tokenizer, precision))
-        return 1.25
+class General(TaskMetricsGeneral):
+    """test_task_metrics' recording general check, answering three rows: right, wrong, wrong."""
 
     def answers(self, model, tokenizer, precision, rows):
-        self.calls.append(("answers", model, tokenizer, precision, rows))
+        super().answers(model, tokenizer, precision, rows)
         return None, [True, False, False]
 
 
