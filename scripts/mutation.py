@@ -25,7 +25,6 @@ import tomllib
 from pathlib import Path
 
 MUTMUT_VERSION = "3.8.1"
-RUN_RECORD = "mutants/mutation-run.json"  # what the last run checked and how long it took
 
 
 def generate() -> dict[str, list[str]]:
@@ -97,10 +96,12 @@ def main() -> None:
         env = {**os.environ, "MUTATION_TEST_BUDGET": str(args.test_budget), "OMP_NUM_THREADS": "1"}
         code = subprocess.call(command, env=env)
     # the whole run's wall time, mutmut's set-up included: the report shows it beside the scores
-    Path(RUN_RECORD).write_text(json.dumps({"seed": args.seed, "all": args.all, "recheck": args.recheck,
-                                            "checked": len(todo), "children": args.children,
-                                            "test_budget": args.test_budget, "cpus": os.cpu_count(),
-                                            "seconds": round(time.monotonic() - started)}) + "\n")
+    from mutation_report import RUN_RECORD  # scripts/ is on the path of a script run from it
+
+    RUN_RECORD.write_text(json.dumps({"seed": args.seed, "all": args.all, "recheck": args.recheck,
+                                      "checked": len(todo), "children": args.children,
+                                      "test_budget": args.test_budget, "cpus": os.cpu_count(),
+                                      "seconds": round(time.monotonic() - started)}) + "\n")
     sys.exit(code)
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 KILLED = ("killed", "timeout", "caught by type check")  # as mutmut's own score counts them
+RUN_RECORD = Path("mutants") / "mutation-run.json"  # scripts/mutation.py's record of its last run
 
 
 def results(root: Path) -> dict[str, dict[str, str]]:
@@ -78,7 +79,7 @@ def report(root: Path, survivors: bool, files: bool = False) -> list[str]:
 
 def last_run(root: Path) -> str | None:
     """One line on the last `scripts/mutation.py` run: what it checked, how, and its wall time."""
-    record = root / "mutants" / "mutation-run.json"
+    record = root / RUN_RECORD
     if not record.is_file():
         return None
     run = json.loads(record.read_text())

@@ -23,7 +23,7 @@ from peftsft.training.held_out import EvalRow
 from peftsft.training.task_metrics import (ChatMetrics, EvaluateTask, after_training, best_summary, check_measurable,
                                            task_metrics_summary)
 from peftsft.training.tool_scoring import TOOL_METRICS, expected_calls, predicted_calls, tool_metrics
-from tests.unit.test_task_metrics import Clock, General as TaskMetricsGeneral
+from tests.unit.test_task_metrics import Clock, General, fakes, scored_rows  # noqa: F401 (fakes: a fixture)
 
 TOOLS = normalize_tools([{"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
                          {"name": "set_timer", "parameters": {"type": "object", "properties": {}}}])
@@ -161,38 +161,16 @@ def test_chat_metrics_announce_the_metrics_their_rows_give(rows, general, during
     assert ChatMetrics([EvalRow(r) for r in rows], EvalSection(general_during_training=during), general).names == names
 
 
-class General(TaskMetricsGeneral):
-    """test_task_metrics' recording general check, answering three rows: right, wrong, wrong."""
-
-    def answers(self, model, tokenizer, precision, rows):
-        super().answers(model, tokenizer, precision, rows)
-        return None, [True, False, False]
-
-
-def test_measure_scores_answers_and_the_general_checks_answers(monkeypatch):
-    seen = {}
-
-    def answer_batch(model, tokenizer, prompts, sampling, batch_size):
-        seen["prompts"], seen["batch"] = prompts, (model, tokenizer, sampling.max_new_tokens, batch_size)
-        return ["Paris.", call("get_weather", {})]
-
-    @contextlib.contextmanager
-    def autocast(model, precision):
-        seen["autocast"] = (model, precision)
-        yield
-
-    monkeypatch.setattr(task_metrics, "answer_batch", answer_batch)
-    monkeypatch.setattr(task_metrics, "autocast", autocast)
-    monkeypatch.setattr(task_metrics, "time", Clock())
-    rows = [EvalRow(TEXT), EvalRow(call_row(("get_weather", {})))]
+def test_measure_scores_answers_and_the_general_checks_answers(fakes):
+    rows = scored_rows()  # answered "Paris." (right), "Hi" (wrong), a get_weather call (right)
     settings = EvalSection(general_during_training="answers", general_rows=3, task_max_new_tokens=9, task_batch_size=4)
-    general = General()
+    general = General()  # its answers: right, wrong, right, right
     out = ChatMetrics(rows, settings, general).measure("M", "T", "bf16")
-    assert seen == {"prompts": [r.prompt for r in rows], "batch": ("M", "T", 9, 4), "autocast": ("M", "bf16")}
+    assert fakes == {"answer_batch": ("M", "T", [r.prompt for r in rows], 9, 4), "autocast": ("M", "bf16")}
     assert general.calls == [("loss", "M", "T", "bf16"), ("answers", "M", "T", "bf16", 3)]
-    assert out["exact_match"] == 1.0 and out["tool_accuracy"] == 1.0
+    assert out["exact_match"] == 0.5 and out["tool_accuracy"] == 1.0
     assert (out["task_seconds"], out["general_seconds"], out["general_loss"]) == (1.5, 1.5, 1.25)
-    assert out["general_accuracy"] == pytest.approx(1 / 3)
+    assert out["general_accuracy"] == 0.75
     assert set(out) == {*ChatMetrics(rows, settings, General()).names, "task_seconds", "general_seconds"}
     assert ChatMetrics([], settings, None).measure("M", "T", "bf16") == {}
 

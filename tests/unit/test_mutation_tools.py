@@ -128,6 +128,7 @@ def test_a_run_records_what_it_checked_for_the_report(tmp_path, monkeypatch):
     (tmp_path / "mutants").mkdir()
     calls = []
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
     monkeypatch.setattr(MUTATION, "generate", lambda: NAMES)
     monkeypatch.setattr(MUTATION.subprocess, "call", lambda command, env: calls.append(command) or 0)
     monkeypatch.setattr("sys.argv", ["mutation.py", "--size", "100", "--min-per-entry", "30", "--seed", "3"])
