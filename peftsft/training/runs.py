@@ -106,7 +106,8 @@ def _name_local_base(model) -> None:
     if not local or not (Path(local) / "config.json").is_file():
         return
     for config in getattr(model, "peft_config", {}).values():
-        if not (Path(str(config.base_model_name_or_path or "")) / "config.json").is_file():
+        named = config.base_model_name_or_path
+        if not named or not (Path(named) / "config.json").is_file():
             config.base_model_name_or_path = local
 
 

@@ -309,6 +309,18 @@ def test_an_adapter_loaded_from_a_run_names_its_local_base_while_saving(tmp_path
     assert [c.base_model_name_or_path for c in configs.values()] == [str(local), str(local), str(here)]
 
 
+def test_an_unnamed_base_is_named_even_where_the_working_folder_holds_a_model(tmp_path, monkeypatch):
+    local = tmp_path / "base"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text("{}")  # "" + config.json is this file
+    configs = {"none": SimpleNamespace(base_model_name_or_path=None),
+               "empty": SimpleNamespace(base_model_name_or_path="")}
+    runs._name_local_base(SimpleNamespace(config=SimpleNamespace(name_or_path=str(local)), peft_config=configs))
+    assert [c.base_model_name_or_path for c in configs.values()] == [str(local), str(local)]
+
+
 @pytest.mark.parametrize("local", ["", "missing", None])
 def test_a_base_not_on_disk_is_left_as_named(tmp_path, local):
     configs = {"a": SimpleNamespace(base_model_name_or_path="org/base")}
