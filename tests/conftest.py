@@ -35,6 +35,25 @@ DURATIONS = Path("mutation-test-durations.json")  # written by mutmut's stats ru
 _PREBUILT: dict = {}  # built once before forking: what no mutant can change
 
 
+def pytest_sessionstart(session):
+    if UNDER_MUTMUT:
+        release_inherited_signals()
+
+
+def release_inherited_signals() -> None:
+    """Give SIGTERM and SIGCHLD back their default actions in a mutant's test process.
+
+    mutmut 3.8's fork server forks each mutant's test process after installing its own handlers, and the process keeps
+    them: on SIGTERM the server's handler SIGKILLs every test process the server had running. The data build's worker
+    processes (forked from a test) inherit it too, so stopping one (run_sharded terminates the shards after an error, and
+    any still alive at its end) killed the mutant checked beside it, which mutmut then filed as "segfault".
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def pytest_collection_finish(session):
     if UNDER_MUTMUT and session.config.option.collectonly and not _PREBUILT:
         import tempfile

@@ -139,3 +139,70 @@ def test_a_run_records_what_it_checked_for_the_report(tmp_path, monkeypatch):
     assert {k: run[k] for k in ("seed", "all", "recheck", "checked", "children", "test_budget")} == {
         "seed": 3, "all": False, "recheck": False, "checked": 130, "children": 2, "test_budget": 30.0}
     assert REPORT.last_run(tmp_path).startswith("last run: 130 mutants checked (sample of seed 3), 2 at once")
+
+
+def _sibling_survives_a_failed_build(release: bool) -> bool:
+    """mutmut's fork server, as in mutmut/workers/isolation.py: its SIGTERM handler SIGKILLs the test processes it runs.
+    One mutant's test process (forked after the handler) runs a sharded build whose first shard fails, so the build
+    terminates the other shards; the other test process is a `sleep`."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    sibling = subprocess.Popen(["sleep", "30"])
+    server = os.fork()
+    if server == 0:
+        def terminate(signum, frame):
+            os.kill(sibling.pid, signal.SIGKILL)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, terminate)
+        test_process = os.fork()
+        if test_process == 0:
+            if release:
+                conftest.release_inherited_signals()
+            from peftsft.data import parallel
+
+            def work(shard, start, end, advance):
+                if shard == 0:
+                    raise ValueError("bad row")
+                time.sleep(5)
+
+            meter = SimpleNamespace(advance=lambda n: None, update=lambda n: None)
+            with pytest.raises(ValueError):
+                parallel.run_sharded(work, 30, 3, meter)
+            os._exit(0)
+        os.waitpid(test_process, 0)
+        os._exit(0)
+    os.waitpid(server, 0)
+    try:
+        return sibling.wait(timeout=0.5) is None
+    except subprocess.TimeoutExpired:
+        return True
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
+def test_a_mutants_data_workers_do_not_kill_the_mutant_checked_beside_it():
+    assert _sibling_survives_a_failed_build(release=True)
+    assert not _sibling_survives_a_failed_build(release=False)  # the bug the release mends, still in mutmut
+
+
+def test_each_mutants_test_session_releases_the_fork_servers_signals(monkeypatch):
+    import signal
+
+    def handler(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        monkeypatch.setattr(conftest, "UNDER_MUTMUT", False)
+        conftest.pytest_sessionstart(None)
+        assert signal.getsignal(signal.SIGTERM) is handler  # a plain test run keeps what it has
+        monkeypatch.setattr(conftest, "UNDER_MUTMUT", True)
+        conftest.pytest_sessionstart(None)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
