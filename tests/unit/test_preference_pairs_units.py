@@ -1,0 +1,305 @@
+"""Unit tests of the preference build on tiny files: the Arrow files and columns it writes for pairs and KTO
+answers, the stats it reports, how the encoder counts what it keeps and drops, and the rows' reading rules."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from peftsft.core.config import DataSection, DatasetSpec
+from peftsft.core.errors import UserError
+from peftsft.data import preference_build as pb
+from peftsft.data.items import Item
+from peftsft.data.masking import IGNORE, Encoded
+from peftsft.data.preference import Pair, Unpaired
+from peftsft.data.preference_encode import Answer
+
+USER = {"role": "user", "content": "Q?"}
+
+
+def reply(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def write_rows(path, rows) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def arrow_rows(path) -> list[dict]:
+    return pa.ipc.open_stream(str(path)).read_all().to_pylist()
+
+
+def section(tmp_path, rows, eval_rows=None, **settings) -> DataSection:
+    eval_path = write_rows(tmp_path / "e.jsonl", eval_rows) if eval_rows is not None else None
+    return DataSection(datasets=[DatasetSpec(path=write_rows(tmp_path / "p.jsonl", rows))], eval_path=eval_path,
+                       num_proc=1, **settings)
+
+
+PAIRS = [{"prompt": f"Q{i}?", "chosen": f"Yes {i}.", "rejected": "No."} for i in range(3)]
+HELD_OUT = [{"prompt": "E?", "chosen": "Good.", "rejected": "Bad."}]
+
+
+# ---------------------------------------------------------------------------------------------- whole builds
+
+
+def test_preference_builds_are_cached_apart_as_pairs_or_kto_answers(monkeypatch):
+    seen = []
+    monkeypatch.setattr(pb, "cached_build", lambda *args: seen.append(args) or "built")
+    assert pb.build_preference_datasets("TOK", "DATA", 7, paired=True, console="CON") == "built"
+    assert pb.build_preference_datasets("TOK", "DATA", 7, paired=False) == "built"
+    (tok, data, seed, build, kind, console), unpaired = seen
+    assert (tok, data, seed, kind, console) == ("TOK", "DATA", 7, "preference-pairs", "CON")
+    assert isinstance(build, functools.partial) and build.func is pb._build and build.keywords == {"paired": True}
+    assert unpaired[4:] == ("preference-unpaired", None) and unpaired[3].keywords == {"paired": False}
+
+
+def test_a_pair_build_writes_dpo_columns_for_train_and_eval_and_reports_them(tokenizer, tmp_path):
+    files, stats = pb._build(tokenizer, section(tmp_path, PAIRS, HELD_OUT), 0, tmp_path, None, paired=True)
+    assert files == {"train": ["train-00000.arrow"], "eval": ["eval-00000.arrow"]}
+    table = pa.ipc.open_stream(str(tmp_path / "train-00000.arrow")).read_all()
+    assert table.schema == pb.PAIRS
+    train = table.to_pylist()
+    assert [tokenizer.decode(row["chosen_ids"]) for row in train] == [f"Yes {i}.<|im_end|>" for i in range(3)]
+    assert [tokenizer.decode(row["rejected_ids"]) for row in train] == ["No.<|im_end|>"] * 3
+    assert tokenizer.decode(train[1]["prompt_ids"]).endswith("<|im_start|>user\nQ1?<|im_end|>\n<|im_start|>assistant\n")
+    (held_out,) = arrow_rows(tmp_path / "eval-00000.arrow")
+    assert tokenizer.decode(held_out["chosen_ids"]) == "Good.<|im_end|>"
+    assert (stats.train_rows, stats.eval_rows, stats.bad_total, stats.rows, stats.kept) == (3, 1, 0, 4, 4)
+    assert {k: stats.checks[k] for k in ("samples", "replies", "closed", "pairs", "desirable", "undesirable",
+                                         "identical_after_cut", "merged")} == {
+        "samples": 8, "replies": 8, "closed": 8, "pairs": 4, "desirable": 0, "undesirable": 0,
+        "identical_after_cut": 0, "merged": 0}
+    lengths = sorted(len(row["prompt_ids"]) + len(row[key]) for row in train for key in ("chosen_ids", "rejected_ids"))
+    assert (stats.lengths["min"], stats.lengths["max"], stats.lengths["mean"]) == (
+        lengths[0], lengths[-1], round(sum(lengths) / 6, 1))
+    assert sum(stats.lengths["histogram"]) == 6  # the training answers only, not the held-out ones
+
+
+def test_a_kto_build_spreads_the_training_answers_by_the_seed_and_keeps_eval_in_order(tokenizer, tmp_path):
+    data = section(tmp_path, PAIRS, HELD_OUT)
+    files, stats = pb._build(tokenizer, data, 0, tmp_path, None, paired=False)
+    table = pa.ipc.open_stream(str(tmp_path / files["train"][0])).read_all()
+    assert table.schema == pb.UNPAIRED
+    said = [(tokenizer.decode(row["prompt_ids"]).rsplit("user\n", 1)[1].split("<|im_end|>")[0],
+             tokenizer.decode(row["completion_ids"]), row["label"]) for row in table.to_pylist()]
+    assert said == [("Q2?", "Yes 2.<|im_end|>", True), ("Q1?", "Yes 1.<|im_end|>", True),
+                    ("Q0?", "No.<|im_end|>", False), ("Q0?", "Yes 0.<|im_end|>", True),
+                    ("Q2?", "No.<|im_end|>", False), ("Q1?", "No.<|im_end|>", False)]
+    held_out = arrow_rows(tmp_path / files["eval"][0])
+    assert [(tokenizer.decode(r["completion_ids"]), r["label"]) for r in held_out] == [
+        ("Good.<|im_end|>", True), ("Bad.<|im_end|>", False)]
+    assert (stats.train_rows, stats.eval_rows, stats.checks["desirable"], stats.checks["undesirable"]) == (6, 2, 4, 4)
+    assert stats.checks["pairs"] == 0 and sum(stats.lengths["histogram"]) == 6
+    other = pb._build(tokenizer, data, 1, tmp_path, None, paired=False)[0]
+    assert [r["label"] for r in arrow_rows(tmp_path / other["train"][0])] != [s[2] for s in said]
+
+
+def test_a_pair_build_refuses_an_unpaired_row_even_in_the_held_out_file(tokenizer, tmp_path):
+    kto = [{"prompt": "E?", "completion": "Good.", "label": True}]
+    with pytest.raises(UserError) as caught:
+        pb._build(tokenizer, section(tmp_path, PAIRS, kto), 0, tmp_path, None, paired=True)
+    assert caught.value.message.endswith("e.jsonl:1: an unpaired row (prompt + completion + label) in pair data")
+    files, stats = pb._build(tokenizer, section(tmp_path, PAIRS, kto), 0, tmp_path, None, paired=False)
+    assert (stats.train_rows, stats.eval_rows) == (6, 1)
+
+
+def test_a_build_whose_answers_all_drop_says_the_training_set_is_empty(tokenizer, tmp_path):
+    with pytest.raises(UserError) as caught:
+        pb._build(tokenizer, section(tmp_path, PAIRS, max_length=8), 0, tmp_path, None, paired=True)
+    assert caught.value.message == "the training dataset is empty after filtering"
+    assert caught.value.hint.startswith("3 rows read, 0 bad, 6 with nothing to learn")
+
+
+def test_a_build_without_a_held_out_file_has_no_eval_rows_and_counts_its_bad_rows(tokenizer, tmp_path, monkeypatch):
+    def refuse_second(tokenizer, pair, max_length, real=pb.encode_pair):
+        if pair.chosen["content"] == "Yes 1.":
+            from jinja2 import TemplateError
+
+            raise TemplateError("no")
+        return real(tokenizer, pair, max_length)
+
+    monkeypatch.setattr(pb, "encode_pair", refuse_second)
+    files, stats = pb._build(tokenizer, section(tmp_path, PAIRS, on_bad_row="skip"), 0, tmp_path, None, paired=True)
+    assert files == {"train": ["train-00000.arrow"], "eval": []}
+    assert (stats.train_rows, stats.eval_rows, stats.bad_total) == (2, 0, 1)
+    assert list(stats.bad_rows) == [f"{tmp_path / 'p.jsonl'}:2: the chat template cannot render it: no"]
+
+
+# ---------------------------------------------------------------------------------------------- _encode
+
+
+class Recorded:
+    """A Meter that records its label, total and the rows advanced."""
+
+    made: list = []
+
+    def __init__(self, console, label, total):
+        self.console, self.label, self.total, self.done = console, label, total, 0
+        Recorded.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return None
+
+    def advance(self, rows):
+        self.done += rows
+
+
+def items_of(*contents):
+    return [Item(content, f"p.jsonl:{i + 1}", 0) for i, content in enumerate(contents)]
+
+
+def pairs(n):
+    return items_of(*(Pair([USER], reply(f"Yes {i}."), reply("No.")) for i in range(n)))
+
+
+def test_encoding_writes_record_batches_of_at_most_write_rows(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(pb, "WRITE_ROWS", 2)
+    monkeypatch.setattr(pb, "Meter", Recorded)
+    Recorded.made = []
+    items = pairs(3)
+    names, found = pb._encode(tokenizer, items, [(0, -1), (1, -1), (2, -1)], "train", DataSection(num_proc=1),
+                              tmp_path, "CON", paired=True)
+    assert names == ["train-00000.arrow"]
+    batches = list(pa.ipc.open_stream(str(tmp_path / "train-00000.arrow")))
+    assert [b.num_rows for b in batches] == [2, 1]
+    (meter,) = Recorded.made
+    assert (meter.console, meter.total, meter.done) == ("CON", 3, 3)
+    assert meter.label == "train: templating, tokenizing, masking answers (1 process)"
+    rows = [row for b in batches for row in b.to_pylist()]
+    assert found.kept == 3 and found.counts["pairs"] == 3
+    assert found.lengths[0].dtype == np.int32
+    assert found.lengths[0].tolist() == [len(r["prompt_ids"]) + len(r[k]) for r in rows
+                                         for k in ("chosen_ids", "rejected_ids")]
+
+
+def test_encoding_shards_write_a_file_each_and_their_finds_add_up(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(pb, "Meter", Recorded)
+    monkeypatch.setattr(pb, "processes_for", lambda setting, rows: 2 if (setting, rows) == ("auto", 3) else 0)
+    monkeypatch.setattr(pb, "run_sharded", lambda work, rows, processes, meter: [
+        work(0, 0, 2, meter.advance), work(1, 2, rows, meter.advance)] if processes == 2 else [])
+    Recorded.made = []
+    items = [*items_of(Unpaired([USER], reply("A."), True)), *pairs(1)]
+    names, found = pb._encode(tokenizer, items, [(0, -1), (1, 0), (1, 1)], "eval", DataSection(), tmp_path, None,
+                              paired=False)
+    assert names == ["eval-00000.arrow", "eval-00001.arrow"]
+    assert Recorded.made[0].label == "eval: templating, tokenizing, masking answers (2 processes)"
+    assert [r["label"] for r in arrow_rows(tmp_path / names[0])] == [True, True]
+    assert [r["label"] for r in arrow_rows(tmp_path / names[1])] == [False]
+    assert (found.kept, found.counts["desirable"], found.counts["undesirable"]) == (3, 2, 1)
+    assert [len(part) for part in found.lengths] == [2, 1]
+
+
+def test_encoding_nothing_writes_no_file(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(pb, "Meter", Recorded)
+    Recorded.made = []
+    names, found = pb._encode(tokenizer, [], [], "eval", DataSection(), tmp_path, None, paired=True)
+    assert names == [] and found == pb.Tally() and not list(tmp_path.iterdir())
+    assert Recorded.made[0].label == "eval: templating, tokenizing, masking answers (1 process)"
+    assert Recorded.made[0].total == 0
+
+
+# ---------------------------------------------------------------------------------------------- the encoder
+
+
+def answer(prompt_ids, answer_ids, merged=False, truncated=False) -> Answer:
+    ids = prompt_ids + answer_ids
+    scored = Encoded(ids, [IGNORE] * len(prompt_ids) + answer_ids, truncated, "t", [(0, 0)] * len(ids))
+    return Answer(prompt_ids, answer_ids, scored, merged)
+
+
+class Checks:
+    """ReplyChecks that record what they are shown."""
+
+    def __init__(self):
+        self.seen = []
+
+    def observe(self, *args):
+        self.seen.append(args)
+
+
+def encoder(tokenizer, **settings):
+    enc = pb.Encoder(tokenizer, DataSection(**settings), pb.Tally())
+    enc.found.checks = Checks()
+    return enc
+
+
+def test_the_encoder_knows_the_templates_end_of_turn_eos_and_reply_header(tokenizer):
+    assert pb.Encoder(tokenizer, DataSection(), pb.Tally()).markers == {
+        "eot": "<|im_end|>", "eos": tokenizer.eos_token, "header": "<|im_start|>assistant\n"}
+
+
+def test_a_pair_is_checked_and_counted_answer_by_answer(tokenizer, monkeypatch):
+    chosen, rejected = answer([1, 2], [3, 4, 5], merged=True, truncated=True), answer([1, 2], [6])
+    seen = []
+    monkeypatch.setattr(pb, "encode_pair", lambda tok, pair, max_length: seen.append((tok, max_length)) or (
+        chosen, rejected))
+    enc = encoder(tokenizer, max_length=77)
+    pair = Pair([USER], reply("A"), reply("B"))
+    assert enc.pair(items_of(pair)[0]) == {"prompt_ids": [1, 2], "chosen_ids": [3, 4, 5], "rejected_ids": [6]}
+    assert seen == [(tokenizer, 77)]
+    first, second = enc.found.checks.seen
+    assert first == (tokenizer, [USER, reply("A")], chosen.scored, "last_turn", enc.markers, "p.jsonl:1 (chosen)")
+    assert second == (tokenizer, [USER, reply("B")], rejected.scored, "last_turn", enc.markers, "p.jsonl:1 (rejected)")
+    found = enc.found
+    assert (found.tokens, found.supervised_tokens, found.max_tokens, found.truncated) == (8, 4, 5, 1)
+    assert (found.kept, found.counts["pairs"], found.counts["merged"], found.dropped_unsupervised) == (1, 1, 1, 0)
+
+
+@pytest.mark.parametrize(("chosen", "rejected"), [
+    (answer([1], [], truncated=True), answer([1], [2], truncated=True)),
+    (answer([1], [2], truncated=True), answer([1], [], truncated=True)),
+])
+def test_a_pair_with_one_answer_cut_away_is_dropped_with_both_answers_counted(tokenizer, monkeypatch, chosen, rejected):
+    monkeypatch.setattr(pb, "encode_pair", lambda *args: (chosen, rejected))
+    enc = encoder(tokenizer)
+    assert enc.pair(items_of(Pair([USER], reply("A"), reply("B")))[0]) is None
+    assert (enc.found.truncated, enc.found.dropped_unsupervised, enc.found.kept) == (2, 1, 0)
+    assert enc.found.checks.seen == [] and enc.found.counts["pairs"] == 0
+
+
+def test_a_pair_whose_answers_the_cut_makes_equal_is_dropped_and_counted(tokenizer, monkeypatch):
+    monkeypatch.setattr(pb, "encode_pair", lambda *args: (answer([1], [2, 3]), answer([1], [2, 3])))
+    enc = encoder(tokenizer)
+    assert enc.pair(items_of(Pair([USER], reply("A"), reply("B")))[0]) is None
+    assert enc.found.counts == {"pairs": 0, "desirable": 0, "undesirable": 0, "identical_after_cut": 1, "merged": 0}
+    assert enc.found.kept == 0 and enc.found.checks.seen == []
+
+
+def test_a_kto_answer_is_checked_under_its_label_and_counted(tokenizer, monkeypatch):
+    seen = []
+    monkeypatch.setattr(pb, "encode_unpaired", lambda tok, row, max_length: seen.append((row, max_length)) or (
+        answer([1, 2, 3], [4, 5], merged=True)))
+    enc = encoder(tokenizer, max_length=33)
+    row = Unpaired([USER], reply("A"), False)
+    assert enc.unpaired(items_of(row)[0], row) == {"prompt_ids": [1, 2, 3], "completion_ids": [4, 5], "label": False}
+    assert seen == [(row, 33)]
+    assert enc.found.checks.seen == [(tokenizer, [USER, reply("A")], answer([1, 2, 3], [4, 5]).scored, "last_turn",
+                                      enc.markers, "p.jsonl:1 (undesirable)")]
+    good = Unpaired([USER], reply("B"), True)
+    assert enc.unpaired(items_of(good)[0], good)["label"] is True
+    assert enc.found.checks.seen[-1][-1] == "p.jsonl:1 (desirable)"
+    found = enc.found
+    assert (found.kept, found.counts["desirable"], found.counts["undesirable"], found.counts["merged"]) == (2, 1, 1, 2)
+    assert (found.tokens, found.supervised_tokens, found.max_tokens) == (10, 4, 5)
+
+
+def test_a_kto_answer_the_cut_empties_or_the_template_refuses_is_dropped(tokenizer, monkeypatch):
+    monkeypatch.setattr(pb, "encode_unpaired", lambda *args: answer([1, 2], [], truncated=True))
+    enc = encoder(tokenizer)
+    row = Unpaired([USER], reply("A"), True)
+    assert enc.unpaired(items_of(row)[0], row) is None
+    assert (enc.found.truncated, enc.found.dropped_unsupervised, enc.found.kept) == (1, 1, 0)
+    from peftsft.data.formats import RowError
+
+    monkeypatch.setattr(pb, "encode_unpaired", lambda *args: (_ for _ in ()).throw(RowError("bad label")))
+    enc = encoder(tokenizer, on_bad_row="skip")
+    assert enc.unpaired(items_of(row)[0], row) is None
+    assert list(enc.found.bad_rows) == ["p.jsonl:1: bad label"] and enc.found.checks.seen == []
