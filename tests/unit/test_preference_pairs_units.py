@@ -303,3 +303,240 @@ def test_a_kto_answer_the_cut_empties_or_the_template_refuses_is_dropped(tokeniz
     enc = encoder(tokenizer, on_bad_row="skip")
     assert enc.unpaired(items_of(row)[0], row) is None
     assert list(enc.found.bad_rows) == ["p.jsonl:1: bad label"] and enc.found.checks.seen == []
+
+
+# ---------------------------------------------------------------------------------------------- answers' token ids
+
+SPACED = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}assistant: {% endif %}")  # a generation prompt ending in a space
+
+
+def tokens(tokenizer, ids):
+    return tokenizer.convert_ids_to_tokens(ids)
+
+
+def test_an_answer_is_the_reply_through_its_end_of_turn_after_the_whole_prompt(tokenizer):
+    from peftsft.data.preference_encode import encode_answer
+
+    got = encode_answer(tokenizer, [USER], reply("A."), 64)
+    assert tokens(tokenizer, got.answer_ids) == ["A", ".", "<|im_end|>"] and got.merged is False and got.kept
+    assert tokenizer.decode(got.prompt_ids).endswith("<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n")
+    n = len(got.prompt_ids)
+    assert got.scored.input_ids == got.prompt_ids + got.answer_ids
+    assert got.scored.labels == [IGNORE] * n + got.answer_ids and got.scored.truncated is False
+    assert len(got.scored.offsets) == n + 3 and got.scored.text.endswith("assistant\nA.<|im_end|>\n")
+
+
+def test_an_answer_cut_by_max_length_keeps_what_fits_or_nothing(tokenizer):
+    from peftsft.data.preference_encode import encode_answer
+
+    n = len(encode_answer(tokenizer, [USER], reply("A."), 64).prompt_ids)
+    cut = encode_answer(tokenizer, [USER], reply("One two three four."), n + 2)
+    assert tokens(tokenizer, cut.answer_ids) == ["One", "Ġtwo"] and cut.scored.truncated is True
+    assert len(cut.prompt_ids) == n and len(cut.scored.offsets) == n + 2
+    empty = encode_answer(tokenizer, [USER], reply("A."), 10)
+    assert (len(empty.prompt_ids), empty.answer_ids, empty.kept, empty.merged) == (10, [], False, False)
+    assert empty.scored.truncated is True and empty.scored.labels == [IGNORE] * 10
+
+
+def test_a_token_spanning_the_prompts_end_joins_the_answer_and_is_marked_merged(tokenizer, monkeypatch):
+    from peftsft.data.preference_encode import encode_answer
+
+    monkeypatch.setattr(tokenizer, "chat_template", SPACED)
+    merged = encode_answer(tokenizer, [USER], reply("Pip."), 64)
+    assert tokens(tokenizer, merged.prompt_ids)[-3:] == ["ass", "istant", ":"]
+    assert tokens(tokenizer, merged.answer_ids) == ["ĠPip", ".", "<|im_end|>"] and merged.merged is True
+    assert merged.scored.labels == [IGNORE] * len(merged.prompt_ids) + merged.answer_ids
+    apart = encode_answer(tokenizer, [USER], reply("\nPip."), 64)  # the space is a token of its own
+    assert tokens(tokenizer, apart.prompt_ids)[-2:] == [":", "Ġ"] and apart.merged is False
+    assert tokens(tokenizer, apart.answer_ids) == ["Ċ", "Pip", ".", "<|im_end|>"]
+
+
+def test_both_answers_of_a_pair_follow_the_prompt_ids_they_share(tokenizer, monkeypatch):
+    from peftsft.data.preference_encode import encode_pair
+
+    monkeypatch.setattr(tokenizer, "chat_template", SPACED)
+    chosen, rejected = encode_pair(tokenizer, Pair([USER], reply("Pip."), reply("\nPip.")), 64)
+    assert chosen.prompt_ids == rejected.prompt_ids and tokens(tokenizer, chosen.prompt_ids)[-1] == ":"
+    assert tokens(tokenizer, rejected.answer_ids) == ["Ġ", "Ċ", "Pip", ".", "<|im_end|>"] and rejected.merged is True
+    assert tokens(tokenizer, chosen.answer_ids) == ["ĠPip", ".", "<|im_end|>"] and chosen.merged is True
+    n = len(chosen.prompt_ids)
+    cut_chosen, cut_rejected = encode_pair(tokenizer, Pair([USER], reply("Pip."), reply("\nPip.")), n + 1)
+    assert cut_chosen.answer_ids == cut_rejected.answer_ids == []  # answers cut away: their prompts are not split
+    assert tokens(tokenizer, cut_chosen.prompt_ids)[-1] == "ĠPip" and tokens(tokenizer, cut_rejected.prompt_ids)[-1] == "Ġ"
+
+
+def test_a_pair_whose_prompts_agree_is_left_as_encoded(tokenizer):
+    from peftsft.data.preference_encode import encode_answer, encode_pair, encode_unpaired
+
+    chosen, rejected = encode_pair(tokenizer, Pair([USER], reply("Yes."), reply("No.")), 64)
+    alone = encode_answer(tokenizer, [USER], reply("No."), 64)
+    assert (rejected.prompt_ids, rejected.answer_ids, rejected.merged) == (alone.prompt_ids, alone.answer_ids, False)
+    assert tokens(tokenizer, chosen.answer_ids) == ["Yes", ".", "<|im_end|>"] and chosen.merged is False
+    kto = encode_unpaired(tokenizer, Unpaired([USER], reply("No."), False), 64)
+    assert (kto.prompt_ids, kto.answer_ids) == (alone.prompt_ids, alone.answer_ids)
+    assert encode_unpaired(tokenizer, Unpaired([USER], reply("No."), False), 10).answer_ids == []
+
+
+def test_an_answers_sequence_is_cut_only_when_it_reaches_the_cut_end():
+    from peftsft.data.preference_encode import _answer
+
+    enc = Encoded([1, 2, 3, 4], [IGNORE, IGNORE, 3, 4], True, "text", [(0, 1), (1, 2), (2, 3), (3, 4)])
+    whole = _answer(enc.input_ids, 2, 4, enc, True)
+    assert (whole.prompt_ids, whole.answer_ids, whole.merged) == ([1, 2], [3, 4], True)
+    assert whole.scored == Encoded([1, 2, 3, 4], [IGNORE, IGNORE, 3, 4], True, "text", enc.offsets)
+    short = _answer(enc.input_ids, 1, 3, enc, False)
+    assert short.scored == Encoded([1, 2, 3], [IGNORE, 2, 3], False, "text", enc.offsets[:3])
+    assert _answer(enc.input_ids, 2, 4, Encoded([1, 2, 3, 4], [0] * 4, False, "", enc.offsets), False).scored.truncated is False
+
+
+def test_built_rows_take_trls_columns_and_name_their_answers():
+    from peftsft.data.preference_encode import answer_sides, pair_row, scored_sequence, unpaired_row
+
+    row = pair_row(answer([1, 2], [3]), answer([9, 9], [4, 5]))
+    assert row == {"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5]}
+    assert answer_sides(row) == [("chosen", [3]), ("rejected", [4, 5])]
+    kto = unpaired_row(answer([1], [6]), True)
+    assert kto == {"prompt_ids": [1], "completion_ids": [6], "label": True}
+    assert answer_sides(kto) == [("desirable", [6])]
+    assert answer_sides(unpaired_row(answer([1], [7]), False)) == [("undesirable", [7])]
+    assert scored_sequence([1, 2], [3, 4]) == {"input_ids": [1, 2, 3, 4], "labels": [IGNORE, IGNORE, 3, 4]}
+
+
+# ---------------------------------------------------------------------------------------------- reading rows
+
+from peftsft.data.formats import Mapping, RowError  # noqa: E402
+from peftsft.data.preference import detect_preference_format, to_preference, unpair  # noqa: E402
+
+MAPPED = Mapping(fields={"prompt": "q", "chosen": "good", "rejected": "bad", "system": "sys", "score_chosen": "sc",
+                         "score_rejected": "sr", "completion": "answer", "label": "ok"})
+SYSTEM = {"role": "system", "content": "Be brief."}
+
+
+def refused(row, fmt="preference", mapping=MAPPED) -> str:
+    with pytest.raises(RowError) as caught:
+        to_preference(row, fmt, mapping)
+    return str(caught.value)
+
+
+def test_formats_are_told_only_by_the_mapped_columns():
+    assert detect_preference_format({"good": 1, "bad": 2}, MAPPED) == "preference"
+    assert detect_preference_format({"q": 1, "answer": 2, "ok": 3}, MAPPED) == "unpaired_preference"
+    for row in ({"chosen": 1, "rejected": 2}, {"good": 1}, {"bad": 1, "q": 2, "answer": 3}, {"q": 1, "answer": 2}):
+        with pytest.raises(RowError, match="^cannot tell the preference format of a row with keys "):
+            detect_preference_format(row, MAPPED)
+
+
+def test_a_mapped_flat_pair_takes_its_system_prompt_and_scores_from_the_mapped_columns():
+    row = {"q": "Q?", "good": "A", "bad": "B", "sys": "Be brief.", "sc": "2", "sr": 1}
+    assert to_preference(row, "auto", MAPPED) == Pair([SYSTEM, USER], reply("A"), reply("B"))
+    assert to_preference(row, "preference", MAPPED) == Pair([SYSTEM, USER], reply("A"), reply("B"))
+    assert refused(row | {"sc": 1, "sr": 2}) == (
+        "score_chosen (1) is below score_rejected (2): chosen and rejected look swapped")
+    assert refused(row | {"sc": 2.5, "sr": 2.5}) == "chosen and rejected both score 2.5: a tie prefers nothing"
+    assert refused(row | {"sc": [1], "sr": 2}) == "scores must be numbers (got [1] and 2)"
+    assert refused(row | {"sc": 1, "sr": "low"}) == "scores must be numbers (got 1 and 'low')"
+    assert to_preference(row | {"sc": 1, "sr": None}, "preference", MAPPED).chosen == reply("A")
+    assert to_preference(row | {"sc": "", "sr": 5}, "preference", MAPPED).chosen == reply("A")
+    assert to_preference({"q": "Q?", "good": "A", "bad": "B", "score_chosen": 1, "score_rejected": 2}, "preference",
+                         MAPPED).rejected == reply("B")  # unmapped score columns are not the row's scores
+
+
+def test_a_mapped_pair_names_its_mapped_columns_when_wrong():
+    assert refused({"q": "Q?", "good": "A"}) == "missing column 'bad' (preference format); the row has ['good', 'q']"
+    assert refused({"q": "Q?", "bad": "A"}) == "missing column 'good' (preference format); the row has ['bad', 'q']"
+    assert refused({"good": "A", "bad": "B", "prompt": "Q?"}).startswith("missing column 'q': chosen and rejected")
+    assert refused({"q": "Q?", "good": [7], "bad": "B"}) == "good[0] is not an object"
+    assert refused({"q": "Q?", "good": "A", "bad": [7]}) == "bad[0] is not an object"
+    assert refused({"q": [7], "good": "A", "bad": "B"}) == "q[0] is not an object"
+    assert refused({"q": 5, "good": "A", "bad": "B"}) == "q must be a string (got int)"
+    assert refused({"good": [USER, USER], "bad": [USER, reply("B")]}) == (
+        "'good' must end in one assistant reply (got user + user)")
+    assert refused({"good": [USER, reply("A")], "bad": [USER, USER]}) == (
+        "'bad' must end in one assistant reply (got user + user)")
+    assert refused({"q": "Q?", "good": "A", "bad": [reply("x"), reply("B")]}) == (
+        "'bad' must end in one assistant reply (got assistant + assistant)")
+
+
+def test_whole_conversations_take_every_turn_before_the_reply_as_their_prompt():
+    history = [USER, reply("first"), {"role": "user", "content": "Again?"}]
+    row = {"good": [*history, reply("A")], "bad": [*history, reply("B")]}
+    assert to_preference(row, "preference", MAPPED) == Pair(history, reply("A"), reply("B"))
+    assert to_preference(row | {"q": " Again? "}, "preference", MAPPED).prompt == history
+    assert to_preference(row | {"q": None}, "preference", MAPPED).prompt == history
+    assert to_preference(row | {"q": history}, "preference", MAPPED).prompt == history
+    assert refused(row | {"q": "Q?"}) == "'q' is not the prompt the chosen and rejected conversations answer (user: 'Again?')"
+    assert refused(row | {"q": history[:1]}).startswith("'q' is not the prompt the chosen and rejected")
+    assert to_preference(row | {"prompt": "Else?"}, "preference", MAPPED).prompt == history  # not the mapped column
+    other = {"good": [*history, reply("A")], "bad": [USER, reply("other"), history[2], reply("B")]}
+    assert refused(other) == "'good' and 'bad' answer different prompts: turn 1 differs (assistant: 'first' vs assistant: 'other')"
+    assert refused({"good": [USER, reply("A")], "bad": [reply("B")]}) == (
+        "'good' and 'bad' answer different prompts: 2 vs 1 turns")
+
+
+def test_a_prompt_column_beside_conversations_without_a_user_turn_shows_an_empty_question():
+    row = {"good": [SYSTEM, reply("A")], "bad": [SYSTEM, reply("B")], "q": "Q?"}
+    assert refused(row) == "'q' is not the prompt the chosen and rejected conversations answer (user: '')"
+
+
+def test_the_same_answer_twice_is_refused_unless_its_tool_calls_differ():
+    call = [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    same = {"prompt": "Q?", "chosen": [reply("A") | {"tool_calls": call}], "rejected": [reply(" A\n")]}
+    assert to_preference(same, "preference").chosen["tool_calls"][0]["function"]["name"] == "f"
+    assert refused({"prompt": "Q?", "chosen": "A\n", "rejected": " A"}, mapping=Mapping()) == (
+        "chosen and rejected are the same answer: the pair prefers nothing")
+    both = {"prompt": "Q?", "chosen": [reply("A") | {"tool_calls": call}], "rejected": [reply("A") | {"tool_calls": call}]}
+    assert refused(both, mapping=Mapping()) == "chosen and rejected are the same answer: the pair prefers nothing"
+
+
+def test_a_system_column_leads_a_prompt_without_one():
+    row = {"q": "Q?", "good": "A", "bad": "B"}
+    assert to_preference(row | {"sys": "  "}, "preference", MAPPED).prompt == [USER]
+    assert to_preference(row | {"sys": 5}, "preference", MAPPED).prompt == [USER]
+    assert to_preference(row | {"system": "S"}, "preference", MAPPED).prompt == [USER]
+    own = {"role": "system", "content": "Own."}
+    assert to_preference(row | {"q": [own, USER], "sys": "S"}, "preference", MAPPED).prompt == [own, USER]
+    tool = {"role": "tool", "content": "42"}
+    assert to_preference(row | {"q": [USER, reply("calling"), tool]}, "preference", MAPPED).prompt[-1] == tool
+
+
+@pytest.mark.parametrize(("prompt", "roles"), [
+    ([{"role": "tool", "content": "42"}], "tool"),
+    ([USER, reply("x")], "user + assistant"),
+])
+def test_a_prompt_must_hold_a_user_turn_and_end_in_one_a_reply_answers(prompt, roles):
+    assert refused({"q": prompt, "good": "A", "bad": "B", "sys": "S" if prompt else ""}) == (
+        "the prompt must end in a user (or tool) turn for the answers to reply to "
+        f"(got {'system + ' if prompt else ''}{roles})")
+
+
+def test_an_empty_prompt_is_named_as_nothing():
+    from peftsft.data.preference import _with_system
+
+    with pytest.raises(RowError, match=r"to reply to \(got nothing\)$"):
+        _with_system([], {"system": "S"}, Mapping())
+
+
+def test_a_mapped_unpaired_row_reads_its_mapped_columns():
+    row = {"q": "Q?", "answer": "A.", "ok": "yes", "sys": "Be brief."}
+    assert to_preference(row, "auto", MAPPED) == Unpaired([SYSTEM, USER], reply("A."), True)
+    assert to_preference(row | {"answer": [reply("A.")], "ok": 0}, "unpaired_preference", MAPPED) == Unpaired(
+        [SYSTEM, USER], reply("A."), False)
+    assert refused({"q": "Q?", "answer": "A."}, "unpaired_preference") == (
+        "missing column 'ok' (unpaired_preference format); the row has ['answer', 'q']")
+    assert refused({"answer": "A.", "ok": 1}, "unpaired_preference").startswith("missing column 'q' (unpaired")
+    assert refused(row | {"answer": [USER, reply("A.")]}, "unpaired_preference") == (
+        "'answer' must be one assistant reply (got user + assistant)")
+    assert refused(row | {"answer": [7]}, "unpaired_preference") == "answer[0] is not an object"
+    assert refused(row | {"answer": 7}, "unpaired_preference") == "answer must be a string (got int)"
+    assert refused(row | {"ok": "sure"}, "unpaired_preference") == (
+        "label must be true (desirable) or false (undesirable), got 'sure'")
+    assert refused(row | {"q": [SYSTEM]}, "unpaired_preference") == (
+        "the prompt must end in a user (or tool) turn for the answers to reply to (got system)")
+
+
+def test_a_pair_unpairs_into_its_desirable_chosen_and_undesirable_rejected_answers():
+    assert unpair(Pair([USER], reply("A"), reply("B"))) == [Unpaired([USER], reply("A"), True),
+                                                          Unpaired([USER], reply("B"), False)]
+    assert to_preference({"chosen": "A", "rejected": "B", "prompt": "Q?"}, "preference") == Pair(
+        [USER], reply("A"), reply("B"))
