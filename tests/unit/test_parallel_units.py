@@ -137,6 +137,14 @@ def test_a_step_of_exactly_one_second_says_so_in_its_unit(clock):
     assert console.file.getvalue() == "tokenizing: 1,234 samples in 1.0s (1,234 samples/s)\n"
 
 
+def test_the_closing_line_is_printed_as_it_is_neither_markup_nor_highlighted(clock):
+    console = Console(file=io.StringIO(), force_terminal=False, color_system="standard", width=200)
+    with Meter(console, "reading [b]data[/b].jsonl", None) as meter:
+        meter.advance(3000)
+        clock.now = 102.0
+    assert console.file.getvalue() == "reading [b]data[/b].jsonl: 3,000 rows in 2.0s (1,500 rows/s)\n"
+
+
 def test_a_short_step_a_failed_step_and_no_console_print_nothing(clock):
     console = plain_console()
     with Meter(console, "quick", 10) as meter:
@@ -237,6 +245,35 @@ def test_an_error_in_a_shard_stops_the_shards_after_it_and_is_raised(monkeypatch
     with pytest.raises(ValueError, match="^bad row 4$"):
         run_sharded(work, 9, 3, Updates())
     assert time.perf_counter() - began < 10
+
+
+def test_an_error_is_raised_in_row_order_not_in_arrival_order():
+    def work(shard, start, end, advance):
+        if shard == 0:
+            time.sleep(0.12)
+            raise ValueError("first in row order")
+        if shard == 1:
+            time.sleep(0.06)
+            raise RuntimeError("first to arrive")
+        return shard  # answers before the error after it: nothing left to stop
+
+    with pytest.raises(ValueError, match="^first in row order$"):
+        run_sharded(work, 6, 3, Updates())
+
+
+def test_progress_is_refreshed_every_fifth_of_a_second_while_shards_run(monkeypatch):
+    from multiprocessing import connection
+
+    timeouts = []
+    real = connection.wait
+
+    def wait(objects, timeout=None):
+        timeouts.append(timeout)
+        return real(objects, timeout=timeout)
+
+    monkeypatch.setattr(connection, "wait", wait)
+    assert run_sharded(lambda shard, start, end, advance: shard, 4, 2, Updates()) == [0, 1]
+    assert timeouts and set(timeouts) == {0.2}
 
 
 def test_a_worker_killed_before_it_answers_is_reported_with_its_exit_code():
