@@ -99,6 +99,22 @@ def test_a_kto_build_spreads_the_training_answers_by_the_seed_and_keeps_eval_in_
     assert [r["label"] for r in arrow_rows(tmp_path / other["train"][0])] != [s[2] for s in said]
 
 
+def test_a_pair_build_splits_off_a_seeded_eval_fraction_and_draws_a_datasets_samples(tokenizer, tmp_path):
+    rows = [{"prompt": f"Q{i}?", "chosen": f"Yes {i}.", "rejected": "No."} for i in range(8)]
+    data = DataSection(datasets=[DatasetSpec(path=write_rows(tmp_path / "p.jsonl", rows), samples=3)],
+                       eval_fraction=0.25, num_proc=1)
+
+    def said(files, name):
+        return [tokenizer.decode(r["chosen_ids"]) for r in arrow_rows(tmp_path / files[name][0])]
+
+    files, stats = pb._build(tokenizer, data, 3, tmp_path, None, paired=True)
+    assert said(files, "train") == ["Yes 2.<|im_end|>", "Yes 4.<|im_end|>", "Yes 3.<|im_end|>"]
+    assert said(files, "eval") == ["Yes 0.<|im_end|>", "Yes 5.<|im_end|>"]
+    assert (stats.sources[0]["rows"], stats.sources[0]["train"], stats.train_rows, stats.eval_rows) == (8, 3, 3, 2)
+    files = pb._build(tokenizer, data, 4, tmp_path, None, paired=True)[0]
+    assert said(files, "eval") == ["Yes 1.<|im_end|>", "Yes 6.<|im_end|>"]
+
+
 def test_a_pair_build_refuses_an_unpaired_row_even_in_the_held_out_file(tokenizer, tmp_path):
     kto = [{"prompt": "E?", "completion": "Good.", "label": True}]
     with pytest.raises(UserError) as caught:
@@ -540,3 +556,38 @@ def test_a_pair_unpairs_into_its_desirable_chosen_and_undesirable_rejected_answe
                                                           Unpaired([USER], reply("B"), False)]
     assert to_preference({"chosen": "A", "rejected": "B", "prompt": "Q?"}, "preference") == Pair(
         [USER], reply("A"), reply("B"))
+
+
+@pytest.mark.parametrize("kept_side", ["chosen", "rejected"])
+def test_a_pair_with_an_answer_cut_away_keeps_each_answers_own_prompt(monkeypatch, kept_side):
+    from peftsft.data import preference_encode as pe
+
+    made = {"chosen": answer([1, 2, 3], [4] if kept_side == "chosen" else []),
+            "rejected": answer([1, 2, 5], [6] if kept_side == "rejected" else [])}
+    monkeypatch.setattr(pe, "encode_answer", lambda tok, prompt, reply, max_length: made[reply["content"]])
+    chosen, rejected = pe.encode_pair("TOK", Pair([USER], reply("chosen"), reply("rejected")), 9)
+    assert (chosen, rejected) == (made["chosen"], made["rejected"])
+
+
+def test_a_pair_splits_both_prompts_where_they_first_differ(monkeypatch):
+    from peftsft.data import preference_encode as pe
+
+    made = {"chosen": answer([1, 2, 3], [4]), "rejected": answer([1, 2, 5, 7], [6])}
+    seen = []
+    monkeypatch.setattr(pe, "encode_answer", lambda tok, prompt, reply, max_length: seen.append(
+        (tok, prompt, max_length)) or made[reply["content"]])
+    chosen, rejected = pe.encode_pair("TOK", Pair([USER], reply("chosen"), reply("rejected")), 9)
+    assert seen == [("TOK", [USER], 9)] * 2
+    assert (chosen.prompt_ids, chosen.answer_ids, rejected.prompt_ids, rejected.answer_ids) == (
+        [1, 2], [3, 4], [1, 2], [5, 7, 6])
+    assert chosen.merged and rejected.merged
+
+
+def test_a_template_error_stops_the_build_when_bad_rows_fail(tokenizer):
+    from jinja2 import TemplateError
+
+    enc = pb.Encoder(tokenizer, DataSection(on_bad_row="fail"), pb.Tally())
+    with pytest.raises(UserError) as caught:
+        enc._guarded(lambda: (_ for _ in ()).throw(TemplateError("no system")), items_of(USER)[0])
+    assert caught.value.message == "p.jsonl:1: the chat template cannot render it: no system"
+    assert enc._guarded(lambda: "encoded", items_of(USER)[0]) == "encoded" and enc.found.bad_rows.total == 0

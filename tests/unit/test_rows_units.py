@@ -183,6 +183,12 @@ def test_csv_rows_are_named_by_the_line_they_start_on(tmp_path):
     assert read(path) == [({"q": "two\nlines", "a": "x"}, f"{path}:2"), ({"q": "three", "a": "y"}, f"{path}:4")]
 
 
+def test_a_quoted_csv_field_keeps_its_own_line_breaks(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'q,a\r\n"one\r\ntwo",x\r\n')
+    assert read(path) == [({"q": "one\r\ntwo", "a": "x"}, f"{path}:2")]
+
+
 def test_a_malformed_csv_row_names_its_line(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text('q\n"two\nlines"\n' + "x" * 200_000 + "\n")  # past csv's field limit, after a row of 2 lines
@@ -267,7 +273,7 @@ def test_the_replay_count_rounds_the_share_of_all_rows():
 def test_draws_are_seeded_subsets_after_whole_passes_over_the_pool():
     pool = list(range(5))
     assert replay.draw_replay([], 3, 0) == [] and replay.draw_replay(pool, 0, 0) == []
-    assert replay.draw_replay(pool, -1, 0) == []
+    assert replay.draw_replay(pool, -1, 0) == [] and len(replay.draw_replay(pool, 1, 0)) == 1
     three = replay.draw_replay(pool, 3, 1)
     assert len(three) == 3 == len(set(three)) and three == replay.draw_replay(pool, 3, 1)
     twelve = replay.draw_replay(pool, 12, 1)
