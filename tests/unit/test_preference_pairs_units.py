@@ -591,3 +591,12 @@ def test_a_template_error_stops_the_build_when_bad_rows_fail(tokenizer):
         enc._guarded(lambda: (_ for _ in ()).throw(TemplateError("no system")), items_of(USER)[0])
     assert caught.value.message == "p.jsonl:1: the chat template cannot render it: no system"
     assert enc._guarded(lambda: "encoded", items_of(USER)[0]) == "encoded" and enc.found.bad_rows.total == 0
+
+
+def test_a_prompt_column_beside_conversations_is_their_last_user_turn_of_several():
+    asks = [{"role": "user", "content": q} for q in ("One?", "Two?", "Three?")]
+    history = [asks[0], reply("1"), asks[1], reply("2"), asks[2]]
+    row = {"good": [*history, reply("A")], "bad": [*history, reply("B")]}
+    assert to_preference(row | {"q": "Three?"}, "preference", MAPPED).prompt == history
+    assert refused(row | {"q": "Two?"}) == (
+        "'q' is not the prompt the chosen and rejected conversations answer (user: 'Three?')")
