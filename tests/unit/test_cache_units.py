@@ -261,6 +261,22 @@ def test_only_the_most_recently_used_entries_are_kept(tmp_path):
         [f"e{n}" for n in range(3, 23)] + [".build-1-x", "a-file"])
 
 
+def test_an_entry_another_process_removed_while_pruning_is_no_error(tmp_path, monkeypatch):
+    import shutil
+
+    for n in range(22):
+        (tmp_path / f"e{n}").mkdir()
+
+    def mtime(path):  # another process prunes the oldest meanwhile
+        if path.name == "e0":
+            shutil.rmtree(path)
+        return float(path.name[1:])
+
+    monkeypatch.setattr(cache, "_mtime", mtime)
+    cache._prune(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"e{n}" for n in range(2, 22))
+
+
 def test_an_entry_gone_meanwhile_counts_as_oldest(tmp_path):
     assert cache._mtime(tmp_path / "gone") == 0.0
     os.utime(tmp_path, (1234.5, 1234.5))
@@ -278,6 +294,20 @@ def test_only_build_folders_of_dead_processes_are_removed(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [".build-222-abc", f".build-{os.getpid()}-abc", ".build-x1-abc", ".build-333", "entry"])
     assert sorted(asked) == [111, 222, 444]
+
+
+def test_a_build_folder_another_process_removed_meanwhile_is_no_error(tmp_path, monkeypatch):
+    import shutil
+
+    (tmp_path / ".build-111-abc").mkdir()
+
+    def dead(pid):  # and another process cleans up its folder meanwhile
+        shutil.rmtree(tmp_path / ".build-111-abc")
+        return False
+
+    monkeypatch.setattr(cache, "_alive", dead)
+    cache._remove_abandoned(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_liveness_is_asked_with_signal_zero_and_a_missing_process_is_dead(monkeypatch):
