@@ -173,6 +173,14 @@ def test_other_files_rows_come_pickled(tmp_path):
     assert raw[2][1] is None
 
 
+def test_a_local_directory_named_like_a_hub_id_gives_its_jsonl_lines(tmp_path, monkeypatch, hub):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "a.jsonl", [{"text": "x"}])
+    assert list(iter_raw_rows(DatasetSpec(path="data"))) == [('{"text": "x"}\n', None, "data/a.jsonl:1")]
+    assert hub == []
+
+
 def test_hub_rows_come_pickled_with_their_index(hub):
     raw = list(iter_raw_rows(DatasetSpec(path="owner/name")))
     assert [(line, pickle.loads(data), where) for line, data, where in raw] == [

@@ -124,6 +124,14 @@ def test_the_picked_template_is_set_on_the_tokenizer_with_its_fingerprint_and_en
     assert info.as_dict() == {"name": "chatml", "sha256": info.sha256, "end_of_turn": "<|im_end|>"}
 
 
+def test_auto_sets_the_tokenizers_own_template_back_on_it(no_eot_cache):
+    own = "{% for m in messages %}{{ m['content'] }}<end>{% endfor %}"
+    tokenizer = JinjaTokenizer(own)
+    assert apply_template(tokenizer, SimpleNamespace(template="auto")) == TemplateInfo("tokenizer", template_sha(own),
+                                                                                         "<end>")
+    assert tokenizer.chat_template == own
+
+
 def test_a_template_that_cannot_render_a_conversation_is_one_clear_error(tmp_path, no_eot_cache):
     path = tmp_path / "broken.jinja"
     path.write_text("{{ messages[0]['content'] | no_such_filter }}", encoding="utf-8")
@@ -324,3 +332,9 @@ def test_a_message_with_extra_keys_is_reduced_to_role_and_content():
 def test_empty_tool_calls_add_nothing_to_the_text():
     messages = [{"role": "assistant", "content": "done", "tool_calls": None, "x": 1}]
     assert fit_messages(SimpleNamespace(chat_template=None), messages) == [{"role": "assistant", "content": "done"}]
+
+
+def test_a_replys_text_comes_first_then_each_call_on_its_own_line():
+    messages = [{"role": "assistant", "content": "Checking.", "tool_calls": [CALL]}]
+    assert fit_messages(SimpleNamespace(chat_template=None), messages) == [
+        {"role": "assistant", "content": "Checking.\n" + call_text(CALL["function"])}]
