@@ -195,9 +195,18 @@ def fake_cache(monkeypatch, tmp_path):
     """peftsft.data.cache with its key, entries and work dirs in memory; calls are recorded."""
     from peftsft.data import cache
 
-    calls = SimpleNamespace(kept=[], entries={}, work=tmp_path / "work")
-    monkeypatch.setattr(build, "apply_template", lambda tokenizer, section: SimpleNamespace(as_dict=lambda: {"n": 1}))
-    monkeypatch.setattr(cache, "fingerprint", lambda tokenizer, section, seed: f"key-{seed}")
+    calls = SimpleNamespace(kept=[], entries={}, work=tmp_path / "work", templates=[], keyed=[])
+
+    def apply_template(tokenizer, section):
+        calls.templates.append((tokenizer, section))
+        return SimpleNamespace(as_dict=lambda: {"n": 1})
+
+    def fingerprint(tokenizer, section, seed):
+        calls.keyed.append((tokenizer, section))
+        return f"key-{seed}"
+
+    monkeypatch.setattr(build, "apply_template", apply_template)
+    monkeypatch.setattr(cache, "fingerprint", fingerprint)
     monkeypatch.setattr(cache, "load", lambda key: calls.entries.get(key))
 
     def work_dir():
@@ -217,12 +226,14 @@ def test_a_build_is_stored_under_its_key_and_a_kind_gets_a_key_of_its_own(fake_c
     seen = []
 
     def fake_build(tokenizer, section, seed, work, console):
-        seen.append((tokenizer, seed, work, console))
+        seen.append((tokenizer, section, seed, work, console))
         return {"train": ["t"]}, DataStats(rows=2)
 
-    train, evals, stats = build.cached_build("TOK", DataSection(), 3, fake_build, console="OUT")
+    section = DataSection()
+    train, evals, stats = build.cached_build("TOK", section, 3, fake_build, console="OUT")
     assert (train, evals, stats.rows, stats.cache, stats.template) == ("TRAIN", "EVAL", 2, "miss", {"n": 1})
-    assert seen == [("TOK", 3, fake_cache.work, "OUT")]
+    assert seen == [("TOK", section, 3, fake_cache.work, "OUT")]
+    assert fake_cache.templates == [("TOK", section)] and fake_cache.keyed == [("TOK", section)]
     key, work, files, stored = fake_cache.kept[0]
     assert (key, work, files) == ("key-3", fake_cache.work, {"train": ["t"]})
     assert stored["rows"] == 2 and stored["template"] == {"n": 1} and stored["cache"] == "off"
@@ -231,7 +242,7 @@ def test_a_build_is_stored_under_its_key_and_a_kind_gets_a_key_of_its_own(fake_c
     assert fake_cache.kept[1][0] == hashlib.sha256(b"key-3:pairs").hexdigest()[:24]
     from peftsft.core.console import err_console
 
-    assert seen[1][3] is err_console
+    assert seen[1][4] is err_console
 
 
 def test_without_the_cache_a_build_has_no_key_and_says_off(fake_cache):
@@ -245,6 +256,15 @@ def test_a_cached_build_is_loaded_not_built(fake_cache):
     assert (train, evals, stats.rows, stats.bad_rows.total, list(stats.bad_rows), stats.cache) == ("T", "E", 4, 9,
                                                                                                     ["x"], "hit")
     assert fake_cache.kept == [] and not fake_cache.work.exists()
+
+
+def test_a_build_that_fails_after_removing_its_own_work_dir_raises_its_own_error(fake_cache):
+    def failing(tokenizer, section, seed, work, console):
+        work.rmdir()
+        raise ValueError("bad row")
+
+    with pytest.raises(ValueError, match="bad row"):
+        build.cached_build("TOK", DataSection(), 3, failing)
 
 
 def test_a_failed_build_removes_its_work_dir_and_raises(fake_cache):
@@ -272,13 +292,16 @@ def test_stats_absorb_a_runs_counts_bad_rows_and_reply_checks():
 
 def test_conversations_of_an_eval_file_are_read_like_the_first_dataset(tmp_path):
     first = write_jsonl(tmp_path / "a.jsonl", [{"q": "Q1?", "a": "A1."}])
-    other = write_jsonl(tmp_path / "b.jsonl", [{"q": "Q2?", "a": "A2."}])
-    section = DataSection(datasets=[DatasetSpec(path=str(first), format="prompt_completion",
-                                                fields={"prompt": "q", "completion": "a"})])
+    second = write_jsonl(tmp_path / "b.jsonl", [{"ask": "Q3?", "say": "A3."}])
+    other = write_jsonl(tmp_path / "c.jsonl", [{"q": "Q2?", "a": "A2."}])
+    section = DataSection(datasets=[
+        DatasetSpec(path=str(first), format="prompt_completion", fields={"prompt": "q", "completion": "a"}),
+        DatasetSpec(path=str(second), format="prompt_completion", fields={"prompt": "ask", "completion": "say"}),
+    ])
     stats = DataStats()
-    conversations = build.load_conversations([str(other), str(first)], section, stats)
-    assert [[m["content"] for m in c] for c in conversations] == [["Q2?", "A2."], ["Q1?", "A1."]]
-    assert stats.rows == 2
+    conversations = build.load_conversations([str(other), str(second), str(first)], section, stats)
+    assert [[m["content"] for m in c] for c in conversations] == [["Q2?", "A2."], ["Q3?", "A3."], ["Q1?", "A1."]]
+    assert stats.rows == 3 and stats.sources == []  # read, not counted as training datasets
 
 
 def test_build_datasets_is_the_chat_build_through_the_cache(monkeypatch):
@@ -287,3 +310,18 @@ def test_build_datasets_is_the_chat_build_through_the_cache(monkeypatch):
     assert build.build_datasets("TOK", section, 4, console="OUT") == (("TOK", section, 4, build._build),
                                                                       {"console": "OUT"})
     assert build.build_datasets("TOK", section, 4)[1] == {"console": None}
+
+
+# ---------------------------------------------------------------------------------------------- length summary
+
+
+def test_a_length_summary_reads_its_percentiles_from_the_sorted_lengths():
+    summary = build.length_summary(np.array([21, 3, 9, 5], dtype=np.int32))
+    assert summary == {"min": 3, "p50": 9, "p90": 21, "max": 21, "mean": 9.5,
+                       "histogram": [1, 1, 0, 1, 0, 0, 0, 0, 0, 1]}
+    assert build.length_summary([1, 2, 2])["mean"] == 1.7  # one decimal
+
+
+def test_a_histogram_narrower_than_its_bins_spreads_the_values_over_them():
+    assert build.histogram(np.array([0, 1, 2]), bins=4) == [1, 0, 1, 1]  # bins half a token wide
+    assert build.histogram(np.array([1, 3, 5, 9])) == [1, 0, 1, 0, 0, 1, 0, 0, 0, 1]
