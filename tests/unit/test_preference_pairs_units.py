@@ -286,6 +286,8 @@ def test_a_pair_whose_answers_the_cut_makes_equal_is_dropped_and_counted(tokeniz
     enc = encoder(tokenizer)
     assert enc.pair(items_of(Pair([USER], reply("A"), reply("B")))[0]) is None
     assert enc.found.counts == {"pairs": 0, "desirable": 0, "undesirable": 0, "identical_after_cut": 1, "merged": 0}
+    assert enc.pair(items_of(Pair([USER], reply("C"), reply("D")))[0]) is None
+    assert enc.found.counts["identical_after_cut"] == 2
     assert enc.found.kept == 0 and enc.found.checks.seen == []
 
 
