@@ -325,3 +325,27 @@ def test_a_length_summary_reads_its_percentiles_from_the_sorted_lengths():
 def test_a_histogram_narrower_than_its_bins_spreads_the_values_over_them():
     assert build.histogram(np.array([0, 1, 2]), bins=4) == [1, 0, 1, 1]  # bins half a token wide
     assert build.histogram(np.array([1, 3, 5, 9])) == [1, 0, 1, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_an_eval_fraction_of_no_training_rows_is_no_rows():
+    items = SimpleNamespace(source=np.array([-1, -1]))
+    train, evals = build.split(items, DataSection(eval_fraction=0.5), 0)
+    assert train.tolist() == [] and evals.tolist() == []
+
+
+def test_a_build_refuses_tool_rows_its_template_cannot_render(tmp_path, tokenizer, meters, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    schema = {"type": "function", "function": {"name": "clock", "description": "the time", "parameters": {}}}
+    rows = [chat("Plain?"), {**chat("Time?"), "tools": [schema]}]
+    section = data(tmp_path, rows)
+    monkeypatch.setattr(build, "supports_tool_schemas", lambda tok: tok is tokenizer)
+    _, stats = build._build(tokenizer, section, 0, work, None)  # a template that renders tools: built
+    assert stats.train_rows == 2
+    monkeypatch.setattr(build, "supports_tool_schemas", lambda tok: False)
+    work2 = tmp_path / "work2"
+    work2.mkdir()
+    with pytest.raises(UserError) as caught:
+        build._build(tokenizer, section, 0, work2, None)
+    assert caught.value.message.startswith(f"{tmp_path / 'a.jsonl'}:2: 1 row(s) offer tools, but the chat template "
+                                           "(auto) does not render tool schemas")
