@@ -1,5 +1,6 @@
 """Unit tests of tool calling's data pieces: a conversation carrying its tools, schemas and calls normalised to
-OpenAI's shapes, calls parsed back out of a reply's Hermes blocks, and a call written as such a block."""
+OpenAI's shapes, calls parsed back out of a reply's Hermes blocks, a call written as such a block; and rows read as
+turns (formats.py): tool messages, call turns, the keys a turn list is read by."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import pytest
 
+from peftsft.data.formats import Mapping, RowError, detect_format, row_tools, to_messages
 from peftsft.data.tools import (
     ParsedReply, ToolChat, ToolsError, call_text, function_call_turn, normalize_tool_calls, normalize_tools,
     parse_tool_calls, template_renders_tools, tool_names, tools_of, with_tools,
@@ -191,3 +193,88 @@ def test_a_call_as_text_is_a_hermes_block_of_its_name_and_arguments_only():
 ])
 def test_a_template_renders_tools_when_it_names_the_tools_variable(template, renders):
     assert template_renders_tools(template) is renders
+
+
+# ---------------------------------------------------------------------------------------------- rows read as turns
+# (formats.py: the turns and tool messages a row gives)
+
+USER, REPLY = {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}
+
+
+def test_a_tool_turn_keeps_its_string_name_and_call_id_and_other_turns_keep_neither():
+    row = {"messages": [{"role": "user", "content": "Q?", "name": "bob", "tool_call_id": "x"},
+                        {"role": "assistant", "content": "", "tool_calls": [{"name": "f"}]},
+                        {"role": "tool", "content": "out", "name": "f", "tool_call_id": "call_0"}, REPLY]}
+    chat = to_messages(row, "messages")
+    assert chat[0] == USER
+    assert chat[2] == {"role": "tool", "content": "out", "name": "f", "tool_call_id": "call_0"}
+
+
+def test_a_reply_with_calls_keeps_its_text():
+    row = {"messages": [USER, {"role": "assistant", "content": "Let me look.", "tool_calls": [{"name": "f"}]}]}
+    assert to_messages(row, "messages")[1] == {
+        "role": "assistant", "content": "Let me look.",
+        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]}
+
+
+def test_only_a_function_call_turn_is_read_as_a_call_and_json_text_elsewhere_stays_text():
+    call = '{"name": "f", "arguments": {}}'
+    row = {"conversations": [{"from": "human", "value": call}, {"from": "gpt", "value": call}]}
+    assert to_messages(row, "sharegpt") == [{"role": "user", "content": call}, {"role": "assistant", "content": call}]
+
+
+def test_sharegpt_keys_are_read_under_a_messages_column_and_openai_keys_under_conversations():
+    row = {"messages": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}
+    assert to_messages(row, "messages") == [USER, REPLY]
+    assert to_messages({"conversations": [USER, REPLY]}, "sharegpt") == [USER, REPLY]
+    row = {"messages": [{"role": "user", "content": "Q?", "value": "other"}, REPLY]}
+    assert to_messages(row, "messages") == [USER, REPLY]
+
+
+@pytest.mark.parametrize(("row", "fmt", "message"), [
+    ({"conversations": [{"content": "Q?"}]}, "sharegpt", "conversations[0].from: unknown role None"),
+    ({"messages": [{"value": "Q?"}]}, "messages", "messages[0].role: unknown role None"),
+    ({"conversations": [5, REPLY]}, "sharegpt", "conversations[0] is not an object"),
+    ({"messages": {"role": "user"}}, "messages", "'messages' must be a non-empty list"),
+])
+def test_turns_without_known_keys_are_refused_naming_the_key_the_column_implies(row, fmt, message):
+    with pytest.raises(RowError) as caught:
+        to_messages(row, fmt)
+    assert str(caught.value).split(";")[0] == message
+
+
+def test_a_recipes_roles_override_the_known_ones():
+    row = {"conversations": [{"from": "gpt", "value": "Q?"}, {"from": "narrator", "value": "A."}]}
+    assert to_messages(row, "sharegpt", Mapping(roles={"gpt": "user", "narrator": "assistant"})) == [USER, REPLY]
+    with pytest.raises(RowError, match=r"^conversations\[0\]\.from: unknown role 5; expected one of system, user, "):
+        to_messages({"conversations": [{"from": 5, "value": "Q?"}]}, "sharegpt")
+
+
+def test_content_parts_must_all_be_text_and_a_part_without_text_adds_nothing():
+    parts = [{"type": "text", "text": "Q"}, {"type": "text"}, {"type": "text", "text": "?"}]
+    assert to_messages({"messages": [{"role": "user", "content": parts}, REPLY]}, "messages")[0] == USER
+    with pytest.raises(RowError, match=r"^messages\[0\]\.content must be a string \(got list\)$"):
+        to_messages({"messages": [{"role": "user", "content": [*parts, {"type": "image_url"}]}, REPLY]}, "messages")
+
+
+def test_the_format_of_a_row_ignores_a_label_unless_it_is_prompt_completion_data():
+    assert detect_format({"instruction": "i", "output": "o", "label": True}) == "alpaca"
+    assert detect_format({"conversations": ["role"]}) == "sharegpt"
+    assert detect_format({"messages": [{"role": "user", "value": "Q?"}]}) == "messages"
+    with pytest.raises(RowError, match=r"^cannot tell the format of a row with keys \['rejected'\]; "):
+        detect_format({"rejected": "b"})
+
+
+def test_a_mapped_tools_column_that_is_missing_means_no_tools_even_with_a_functions_column():
+    assert row_tools({"functions": [{"name": "f"}]}, Mapping(fields={"tools": "fns"})) == []
+    assert row_tools({"tools": None, "functions": [{"name": "f"}]}) == [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def test_an_alpaca_row_with_a_null_input_and_tuple_history():
+    row = {"instruction": "Do", "input": None, "output": "Done.", "history": [("Hi", "Hello")]}
+    assert to_messages(row, "alpaca") == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                          {"role": "user", "content": "Do"}, {"role": "assistant", "content": "Done."}]
+    for pair in (["a", "b", "c"], "ab"):
+        with pytest.raises(RowError, match=r"^history\[0\] must be a \[instruction, output\] pair$"):
+            to_messages({"instruction": "Do", "output": "Done.", "history": [pair]}, "alpaca")
