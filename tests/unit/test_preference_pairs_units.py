@@ -200,7 +200,7 @@ def test_encoding_shards_write_a_file_each_and_their_finds_add_up(tokenizer, tmp
     monkeypatch.setattr(pb, "Meter", Recorded)
     monkeypatch.setattr(pb, "processes_for", lambda setting, rows: 2 if (setting, rows) == ("auto", 3) else 0)
     monkeypatch.setattr(pb, "run_sharded", lambda work, rows, processes, meter: [
-        work(0, 0, 2, meter.advance), work(1, 2, rows, meter.advance)] if processes == 2 else [])
+        work(0, 0, 2, meter.advance), work(1, 2, rows, meter.advance)] if (rows, processes) == (3, 2) else [])
     Recorded.made = []
     items = [*items_of(Unpaired([USER], reply("A."), True)), *pairs(1)]
     names, found = pb._encode(tokenizer, items, [(0, -1), (1, 0), (1, 1)], "eval", DataSection(), tmp_path, None,
@@ -602,3 +602,12 @@ def test_a_prompt_column_beside_conversations_is_their_last_user_turn_of_several
     assert to_preference(row | {"q": "Three?"}, "preference", MAPPED).prompt == history
     assert refused(row | {"q": "Two?"}) == (
         "'q' is not the prompt the chosen and rejected conversations answer (user: 'Three?')")
+
+
+def test_only_the_last_reply_of_a_conversation_is_the_answer(tokenizer):
+    from peftsft.data.preference_encode import encode_answer
+
+    prompt = [USER, reply("Earlier."), {"role": "user", "content": "And now?"}]
+    got = encode_answer(tokenizer, prompt, reply("Now."), 64)
+    assert tokens(tokenizer, got.answer_ids) == ["Now", ".", "<|im_end|>"]
+    assert "Earlier.<|im_end|>" in tokenizer.decode(got.prompt_ids) and got.merged is False
