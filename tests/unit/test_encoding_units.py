@@ -118,7 +118,7 @@ def test_rows_the_template_or_the_rows_check_refuse_are_bad_rows(tokenizer, monk
 
 def test_a_run_writes_its_samples_in_batches_and_reports_its_progress(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(encoding, "ENCODE_ROWS", 2)
-    monkeypatch.setattr(encoding, "WRITE_ROWS", 3)
+    monkeypatch.setattr(encoding, "WRITE_ROWS", 4)  # written once 4 rows wait
     items = items_of([turns(f"Q{i}?") for i in range(7)])
     advanced = []
     found = encoding.encode_run(tokenizer, items, np.array([6, 5, 4, 3, 2, 1, 0]), tmp_path / "s.arrow",
@@ -225,3 +225,13 @@ def test_packing_statistics_pack_each_block_of_samples_on_its_own(monkeypatch):
     assert meter.done == [16, 4]
     assert packing.packing_stats(dataset.select(range(3)), 8) == {"rows": 3, "efficiency": round(14 / 24, 4)}
     assert packing.packing_stats(dataset.select([]), 8) == {"rows": 0, "efficiency": 0.0}
+
+
+def test_the_reply_checks_follow_the_masking(tokenizer):
+    two = json.dumps([{"role": "user", "content": "A?"}, {"role": "assistant", "content": "One."},
+                      {"role": "user", "content": "B?"}, {"role": "assistant", "content": "Two."}])
+    batch = pa.table({"content": [two], "tools": [None], "where": ["f:1"]})
+    for masking, replies in (("assistant", 2), ("last_turn", 1)):
+        found = Found()
+        encoding.encode_batch(tokenizer, batch, DataSection(masking=masking), markers(tokenizer), found, [], [])
+        assert (found.checks.replies, found.checks.closed) == (replies, replies)
