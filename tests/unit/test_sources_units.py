@@ -223,7 +223,9 @@ def test_a_directorys_fingerprint_covers_each_files_name_and_content(tmp_path):
 
 
 def test_a_hub_datasets_fingerprint_is_its_datasets_fingerprint(hub):
-    assert fingerprint(DatasetSpec(path="owner/name")) == sha(b"hub-fp")
+    spec = DatasetSpec(path="owner/name", subset="cfg", split="test")
+    assert fingerprint(spec) == sha(b"hub-fp")
+    assert hub == [spec]
 
 
 def test_a_missing_path_has_the_fingerprint_of_nothing(tmp_path, hub):
