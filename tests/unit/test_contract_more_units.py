@@ -403,12 +403,13 @@ def test_kto_data_without_any_answer_warns_with_zero_counts():
 def test_the_preference_contract_checks_the_eval_set_too_and_keeps_the_enforcement(monkeypatch):
     from peftsft.data import preference_contract as pc
 
-    monkeypatch.setattr(pc, "template_saved_identically", lambda tok, stats: Check("t", "ok", ""))
+    seen = []
+    monkeypatch.setattr(pc, "template_saved_identically", lambda *args: seen.append(args) or Check("t", "ok", ""))
     stats = stats_of({"unclosed": 0, "replies": 1, "closed": 1, "merged": 1})
     train = Rows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}])
     same = Rows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [2]}])
     result = pc.check_preference_contract("TOK", train, same, stats, SimpleNamespace(enforce_contract=True))
-    assert result.enforced is True
+    assert result.enforced is True and seen == [("TOK", stats)]
     assert [(c.name, c.status) for c in result.checks] == [
         ("every answer has scored tokens after a prompt", "ok"), ("chosen ≠ rejected", "FAIL"),
         ("prompt ends between tokens", "warn"), ("end-of-turn token is supervised", "ok"),

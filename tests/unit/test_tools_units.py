@@ -158,6 +158,11 @@ def test_a_block_that_is_no_call_is_counted_invalid_and_left_out(body):
     assert reply.attempted == 2
 
 
+def test_every_block_that_is_no_call_is_counted():
+    reply = parse_tool_calls("<tool_call>{</tool_call> and <tool_call>[]</tool_call> and <tool_call>x</tool_call>")
+    assert reply == ParsedReply("and  and", [], 3) and reply.attempted == 3
+
+
 def test_a_reply_without_blocks_is_its_stripped_text():
     assert parse_tool_calls("  just words \n") == ParsedReply("just words", [], 0)
     assert parse_tool_calls("").attempted == 0
