@@ -39,6 +39,7 @@ class Meters:
 
     def __call__(self, console, label, total, unit="rows"):
         record = [label, total, unit, 0]
+        self.consoles = [*getattr(self, "consoles", []), console]
         self.made.append(record)
         meters = self
 
@@ -247,7 +248,7 @@ def test_write_items_reads_each_dataset_into_files_with_its_index_tools_and_stat
                              {"path": str(b), "format": "alpaca", "rows": 1, "bad": 1}]  # not the eval file
     assert sorted(p.name for p in work.iterdir()) == [f"train-{n}-00000.arrow" for n in range(3)] + [
         f"train-raw-{n}.arrow" for n in range(3)]
-    assert meters.console == "CONSOLE"
+    assert meters.consoles == ["CONSOLE"] * 6
     assert meters.made == [[f"reading {a}", None, "rows", 3], [f"normalising {a} (1 process)", 3, "rows", 3],
                            [f"reading {b}", None, "rows", 2], [f"normalising {b} (1 process)", 2, "rows", 2],
                            [f"reading {held}", None, "rows", 1], [f"normalising {held} (1 process)", 1, "rows", 1]]
@@ -300,3 +301,43 @@ def test_rows_of_a_dataset_read_in_memory_carry_where_and_source(tmp_path):
     # the format judged on the first row is held: a stray row is an error in it, not a new format
     assert list(stats.bad_rows) == [f"{a}:2: missing column 'messages' (messages format); the row has ['x']"]
     assert stats.sources == [{"path": str(a), "format": "messages (detected)", "rows": 3, "bad": 1}]
+
+
+def test_rows_before_the_judged_one_must_show_a_format_and_those_after_are_read_in_it(tmp_path):
+    labelled = {"prompt": "p", "completion": "c", "label": True}  # shows no chat format (preference data)
+    raw, path = raw_of(tmp_path, [labelled, labelled, {"prompt": "p", "completion": "c"}, labelled])
+    assert items._detect(raw, "auto", NO_MAPPING) == ("prompt_completion", 2)
+    done = items._normalise(raw, range(0, 4), "prompt_completion", 2, NO_MAPPING, DataSection(on_bad_row="skip"),
+                            tmp_path / "i.arrow", Counter().advance)
+    # today's rule: the row after the judged one is read as prompt_completion, its label ignored
+    assert (done.rows, done.items) == (4, 2)
+    assert [line.split(": ")[0] for line in done.bad_rows] == [f"{path}:1", f"{path}:2"]
+    assert open_files([tmp_path / "i.arrow"])["where"] == [f"{path}:3", f"{path}:4"]
+
+
+def test_rows_of_read_through_the_datasets_mapping_and_a_tasks_reader(tmp_path):
+    from peftsft.data.items import Reader
+
+    a = write_jsonl(tmp_path / "a.jsonl", [{"dialog": [{"from": "human", "value": "Q"}, {"from": "bot", "value": "A"}]}])
+    spec = DatasetSpec(path=str(a), fields={"conversations": "dialog"}, roles={"human": "user", "bot": "assistant"})
+    got = items.load_items(spec, 0, DataSection(), DataStats())
+    assert [list(i.content) for i in got] == [turns("Q", "A")]
+    seen = []
+    reader = Reader(lambda row, mapping: seen.append(mapping) or "mine",
+                    lambda row, fmt, mapping: (fmt, mapping.col("conversations")))
+    assert [(i.content, i.source) for i in items.load_items(spec, 0, DataSection(), DataStats(), reader)] == [
+        (("mine", "dialog"), 0)]
+    assert seen[0].col("conversations") == "dialog"
+
+
+def test_rows_of_count_bad_rows_of_this_dataset_only_and_fail_by_default(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [chat("Q0"), "{broken", {"messages": turns("Q")[1:]}])
+    stats = DataStats(bad_rows=BadRows(["earlier"], total=5))
+    got = items.load_items(DatasetSpec(path=str(a)), 0, DataSection(on_bad_row="skip"), stats)
+    assert len(got) == 1 and stats.bad_rows.total == 7
+    assert stats.sources == [{"path": str(a), "format": "messages (detected)", "rows": 2, "bad": 2}]
+    with pytest.raises(UserError, match=rf"^{a}:2: malformed JSON"):
+        items.load_items(DatasetSpec(path=str(a)), 0, DataSection(), DataStats())
+    b = write_jsonl(tmp_path / "b.jsonl", [{"messages": turns("Q")[1:]}])
+    with pytest.raises(UserError, match=rf"^{b}:1: the conversation starts with an assistant reply"):
+        items.load_items(DatasetSpec(path=str(b)), 0, DataSection(), DataStats())
