@@ -283,3 +283,14 @@ def test_an_alpaca_row_with_a_null_input_and_tuple_history():
     for pair in (["a", "b", "c"], "ab"):
         with pytest.raises(RowError, match=r"^history\[0\] must be a \[instruction, output\] pair$"):
             to_messages({"instruction": "Do", "output": "Done.", "history": [pair]}, "alpaca")
+
+
+def test_turns_stored_as_a_numpy_array_are_read_as_a_list():
+    import numpy as np
+
+    assert to_messages({"messages": np.array([USER, REPLY])}, "messages") == [USER, REPLY]
+
+
+def test_text_that_is_not_a_string_names_its_column():
+    with pytest.raises(RowError, match=r"^text must be a string \(got int\)$"):
+        to_messages({"text": 5}, "text")
