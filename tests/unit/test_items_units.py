@@ -318,15 +318,15 @@ def test_rows_before_the_judged_one_must_show_a_format_and_those_after_are_read_
 def test_rows_of_read_through_the_datasets_mapping_and_a_tasks_reader(tmp_path):
     from peftsft.data.items import Reader
 
-    a = write_jsonl(tmp_path / "a.jsonl", [{"dialog": [{"from": "human", "value": "Q"}, {"from": "bot", "value": "A"}]}])
-    spec = DatasetSpec(path=str(a), fields={"conversations": "dialog"}, roles={"human": "user", "bot": "assistant"})
+    a = write_jsonl(tmp_path / "a.jsonl", [{"dialog": [{"from": "human", "value": "Q"}, {"from": "robot", "value": "A"}]}])
+    spec = DatasetSpec(path=str(a), fields={"conversations": "dialog"}, roles={"human": "user", "robot": "assistant"})
     got = items.load_items(spec, 0, DataSection(), DataStats())
     assert [list(i.content) for i in got] == [turns("Q", "A")]
     seen = []
     reader = Reader(lambda row, mapping: seen.append(mapping) or "mine",
-                    lambda row, fmt, mapping: (fmt, mapping.col("conversations")))
+                    lambda row, fmt, mapping: (fmt, mapping.col("conversations"), mapping.role("robot")))
     assert [(i.content, i.source) for i in items.load_items(spec, 0, DataSection(), DataStats(), reader)] == [
-        (("mine", "dialog"), 0)]
+        (("mine", "dialog", "assistant"), 0)]
     assert seen[0].col("conversations") == "dialog"
 
 
@@ -341,3 +341,13 @@ def test_rows_of_count_bad_rows_of_this_dataset_only_and_fail_by_default(tmp_pat
     b = write_jsonl(tmp_path / "b.jsonl", [{"messages": turns("Q")[1:]}])
     with pytest.raises(UserError, match=rf"^{b}:1: the conversation starts with an assistant reply"):
         items.load_items(DatasetSpec(path=str(b)), 0, DataSection(), DataStats())
+
+
+def test_write_items_reads_rows_after_the_judged_one_in_its_format(tmp_path, meters):
+    labelled = {"prompt": "p", "completion": "c", "label": True}
+    a = write_jsonl(tmp_path / "a.jsonl", [labelled, {"prompt": "q", "completion": "c"}, labelled])
+    stats = DataStats()
+    data = DataSection(datasets=[DatasetSpec(path=str(a))], on_bad_row="skip", num_proc=1)
+    got = items.write_items([(data.datasets[0], 0)], data, stats, tmp_path, "train", None)
+    assert got.dataset["where"] == [f"{a}:2", f"{a}:3"]  # today's rule: the label after the judged row is not read
+    assert stats.sources == [{"path": str(a), "format": "prompt_completion (detected)", "rows": 3, "bad": 1}]
