@@ -153,3 +153,12 @@ def test_a_packing_line_without_enabled_is_off_and_efficiency_has_one_decimal():
     assert _packing_line({"enabled": True, "rows": 1, "efficiency": 1}) == (
         "on: 1 rows, 100.0% efficiency (non-pad share of max_length rows)")
     assert _packing_line({}) == "n/a"
+
+
+def test_skipped_rows_are_flagged_in_yellow_and_shown_without_highlighting():
+    from tests.unit.test_formats_units import preview_console
+
+    console = preview_console()
+    print_stats(console, stats_for_preview())
+    ansi = console.export_text(styles=True, clear=False).splitlines()
+    assert ansi[-5:] == [f"\x1b[33mskipped\x1b[0m f.jsonl:{i}: bad [x]" for i in range(5)]
