@@ -5,7 +5,6 @@ wrapper's hit, miss and failure paths."""
 from __future__ import annotations
 
 import hashlib
-import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,7 +56,8 @@ CONSOLE = SimpleNamespace(is_terminal=False, print=lambda *args, **kwargs: None)
 def data(tmp_path, rows, **settings) -> DataSection:
     settings.setdefault("num_proc", 1)
     settings.setdefault("template", "auto")
-    return DataSection(datasets=[DatasetSpec(path=str(write_jsonl(tmp_path / "a.jsonl", rows)))], cache=False, **settings)
+    spec = DatasetSpec(path=str(write_jsonl(tmp_path / "a.jsonl", rows)))
+    return DataSection(datasets=[spec], cache=False, **settings)
 
 
 def ids_of(work: Path, names: list[str]) -> list[list[int]]:

@@ -31,7 +31,8 @@ def items_of(contents: list[str], tools: list | None = None):
     from datasets import Dataset
 
     tools = tools or [None] * len(contents)
-    return Dataset.from_dict({"content": contents, "tools": tools, "where": [f"f:{i + 1}" for i in range(len(contents))]})
+    where = [f"f:{i + 1}" for i in range(len(contents))]
+    return Dataset.from_dict({"content": contents, "tools": tools, "where": where})
 
 
 def markers(tokenizer) -> dict:
