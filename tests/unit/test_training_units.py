@@ -137,6 +137,37 @@ def test_fsdp_refuses_other_tasks_loraplus_and_two_kinds_of_recomputation():
         assert fsdp_problems(recipe_of(training={"activation_checkpointing": setting}), "cpu", recomputing) == []
 
 
+def test_a_launch_is_checked_by_its_engine_on_the_recipes_device(monkeypatch):
+    from peftsft.training import launch as checks
+
+    seen = []
+    monkeypatch.setattr(checks, "fsdp_problems",
+                        lambda recipe, device, how: seen.append(("fsdp", recipe, device, how)) or ["f"])
+    monkeypatch.setattr(checks, "deepspeed_problems",
+                        lambda recipe, device, how: seen.append(("deepspeed", recipe, device, how)) or ["d"])
+    picked = []
+    monkeypatch.setattr("peftsft.models.pick_device", lambda asked: picked.append(asked) or {"auto": "cuda"}[asked])
+    recipe = recipe_of()
+    assert checks.launch_problems(recipe, Launch("single", 1)) == []
+    assert picked == []  # one process as asked: nothing to check, no device probed
+    fsdp, deepspeed = Launch("fsdp", 2, 2), Launch("deepspeed", 2)
+    assert checks.launch_problems(recipe, fsdp) == ["f"]
+    assert checks.launch_problems(recipe, deepspeed, device="cpu") == ["d"]
+    assert seen == [("fsdp", recipe, "cuda", fsdp), ("deepspeed", recipe, "cpu", deepspeed)]
+    assert checks.launch_problems(recipe, Launch("ddp", 2)) == []
+    assert len(seen) == 2
+
+
+def test_a_process_accelerate_started_alone_is_refused_with_the_way_out():
+    from peftsft.training.launch import launch_problems
+
+    assert launch_problems(recipe_of(), Launch("single", 1, started_alone=True), device="cpu") == [
+        "accelerate launch started this process alone although it was asked for several: with --cpu (or "
+        "distributed_type MULTI_CPU without mpirun) accelerate runs ONE process and the config's FSDP/DeepSpeed/"
+        "num_processes are ignored — drop --cpu and pick a config that says use_cpu: true itself "
+        "(recipes/accelerate/ddp-cpu.yaml or fsdp-cpu.yaml), or launch with torchrun --nproc_per_node N"]
+
+
 def test_several_fsdp_problems_are_all_listed():
     from peftsft.training.launch import QUANTIZED_ON_CPU, fsdp_problems
 
