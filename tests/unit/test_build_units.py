@@ -20,34 +20,18 @@ from peftsft.data.contract import ReplyChecks
 from peftsft.data.encoding import Found
 from peftsft.data.rows import BadRows
 from tests.conftest import write_jsonl
+from tests.fakes import RecordedMeter
 
 
 def chat(question: str, answer: str = "Sure.") -> dict:
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
-class FakeMeter:
-    log: list = []
-
-    def __init__(self, console, label, total, unit="rows"):
-        self.console, self.label, self.total, self.done = console, label, total, 0
-        FakeMeter.log.append(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_):
-        return None
-
-    def advance(self, rows):
-        self.done += rows
-
-
 @pytest.fixture
 def meters(monkeypatch):
-    FakeMeter.log = []
-    monkeypatch.setattr(build, "Meter", FakeMeter)
-    return FakeMeter.log
+    RecordedMeter.made = []
+    monkeypatch.setattr(build, "Meter", RecordedMeter)
+    return RecordedMeter.made
 
 
 CONSOLE = SimpleNamespace(is_terminal=False, print=lambda *args, **kwargs: None)  # off a terminal: no bar
@@ -125,7 +109,7 @@ def test_replay_rows_are_mixed_into_the_training_file_and_counted(tmp_path, toke
     section = data(tmp_path, rows, replay=0.25, replay_path=str(pool), on_bad_row="skip")
     from peftsft.data import parallel
 
-    monkeypatch.setattr(parallel, "Meter", FakeMeter)  # the one write_items imports
+    monkeypatch.setattr(parallel, "Meter", RecordedMeter)  # the one write_items imports
     files, stats = build._build(tokenizer, section, 0, work, CONSOLE)
     assert [m.console for m in meters if m.label == f"reading {pool}"] == [CONSOLE]
     assert files == {"train": ["train-mixed.arrow"], "eval": []}

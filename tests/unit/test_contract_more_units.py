@@ -13,6 +13,7 @@ from peftsft.data import contract
 from peftsft.data.contract import Check, Contract, ReplyChecks, Run
 from peftsft.data.masking import IGNORE, Encoded
 from peftsft.data.tools import with_tools
+from tests.fakes import DatasetRows
 
 MARKERS = {"eot": "<E>", "eos": "</s>", "header": "<A>"}
 NO_TOOLS = SimpleNamespace(chat_template="")  # fit_messages keeps plain messages as they are
@@ -353,40 +354,29 @@ def test_the_contract_table_has_a_title_and_no_header_or_box():
 # ---------------------------------------------------------------------------------------------- preference contract
 
 
-class Rows(list):
-    """A list of row dicts with the two Dataset views the preference checks use."""
-
-    @property
-    def column_names(self):
-        return list(self[0])
-
-    def __getitem__(self, key):
-        return [row[key] for row in self] if isinstance(key, str) else super().__getitem__(key)
-
-
 def test_every_answer_scored_counts_rows_of_every_dataset_and_names_the_first_empty_row():
     from peftsft.data.preference_contract import _every_answer_scored
 
-    pairs = Rows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 3)
+    pairs = DatasetRows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 3)
     assert _every_answer_scored([pairs, pairs], paired=True).detail == (
         "6 pairs (both answers); prompt tokens are never scored (they are apart from the answers)")
-    bad = Rows([*pairs[:1], {"prompt_ids": [1], "chosen_ids": [], "rejected_ids": [3]},
+    bad = DatasetRows([*pairs[:1], {"prompt_ids": [1], "chosen_ids": [], "rejected_ids": [3]},
                 {"prompt_ids": [], "chosen_ids": [2], "rejected_ids": [3]}])
     assert _every_answer_scored([bad], paired=True) == Check(
         "every answer has scored tokens after a prompt", "FAIL", "row 1: chosen_ids empty")
-    kto = Rows([{"prompt_ids": [1], "completion_ids": [2]}] * 2)
+    kto = DatasetRows([{"prompt_ids": [1], "completion_ids": [2]}] * 2)
     assert _every_answer_scored([kto], paired=False) == Check(
         "every answer has scored tokens after a prompt", "ok",
         "2 answers; prompt tokens are never scored (they are apart from the answers)")
-    kto_bad = Rows([{"prompt_ids": [], "completion_ids": []}])
+    kto_bad = DatasetRows([{"prompt_ids": [], "completion_ids": []}])
     assert _every_answer_scored([kto_bad], paired=False).detail == "row 0: prompt_ids, completion_ids empty"
 
 
 def test_identical_answers_are_named_by_their_pair_in_their_dataset():
     from peftsft.data.preference_contract import _chosen_differs
 
-    first = Rows([{"chosen_ids": [1], "rejected_ids": [2]}])
-    second = Rows([{"chosen_ids": [1], "rejected_ids": [2]}, {"chosen_ids": [3, 4], "rejected_ids": [3, 4]}])
+    first = DatasetRows([{"chosen_ids": [1], "rejected_ids": [2]}])
+    second = DatasetRows([{"chosen_ids": [1], "rejected_ids": [2]}, {"chosen_ids": [3, 4], "rejected_ids": [3, 4]}])
     assert _chosen_differs([first, second]) == Check("chosen ≠ rejected", "FAIL",
                                                      "pair 1: the two answers are the same tokens")
     assert _chosen_differs([first]) == Check("chosen ≠ rejected", "ok", "every pair's answers differ")
@@ -406,8 +396,8 @@ def test_the_preference_contract_checks_the_eval_set_too_and_keeps_the_enforceme
     seen = []
     monkeypatch.setattr(pc, "template_saved_identically", lambda *args: seen.append(args) or Check("t", "ok", ""))
     stats = stats_of({"unclosed": 0, "replies": 1, "closed": 1, "merged": 1})
-    train = Rows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}])
-    same = Rows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [2]}])
+    train = DatasetRows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}])
+    same = DatasetRows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [2]}])
     result = pc.check_preference_contract("TOK", train, same, stats, SimpleNamespace(enforce_contract=True))
     assert result.enforced is True and seen == [("TOK", stats)]
     assert [(c.name, c.status) for c in result.checks] == [
@@ -415,7 +405,7 @@ def test_the_preference_contract_checks_the_eval_set_too_and_keeps_the_enforceme
         ("prompt ends between tokens", "warn"), ("end-of-turn token is supervised", "ok"),
         ("no supervised token in a prompt", "ok"), ("t", "ok")]
     assert result.checks[0].detail.startswith("2 pairs") and result.checks[1].detail.startswith("pair 0:")
-    kto = Rows([{"prompt_ids": [1], "completion_ids": [2]}])
+    kto = DatasetRows([{"prompt_ids": [1], "completion_ids": [2]}])
     result = pc.check_preference_contract("TOK", kto, None, stats_of({"desirable": 1, "unclosed": 0, "replies": 1, "closed": 1}),
                                           SimpleNamespace(enforce_contract=False))
     assert result.enforced is False

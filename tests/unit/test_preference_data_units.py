@@ -9,6 +9,7 @@ from peftsft.data.formats import Mapping, RowError
 from peftsft.data.masking import IGNORE, Encoded
 from peftsft.data.preference import Pair, Unpaired, _short, detect_preference_format, parse_label, to_preference
 from peftsft.data.preference_encode import Answer
+from tests.fakes import DatasetRows
 
 USER = {"role": "user", "content": "Q?"}
 
@@ -312,17 +313,6 @@ def test_a_row_the_template_refuses_is_a_bad_row_or_stops_the_build(tokenizer):
 # ---------------------------------------------------------------------------------------------- contract
 
 
-class Rows(list):
-    """Dataset rows (dicts), with the column access and names of a `datasets.Dataset`."""
-
-    @property
-    def column_names(self):
-        return list(self[0])
-
-    def __getitem__(self, key):
-        return [row[key] for row in self] if isinstance(key, str) else super().__getitem__(key)
-
-
 def stats_of(**checks):
     from types import SimpleNamespace
 
@@ -333,15 +323,15 @@ def test_every_answer_must_have_scored_tokens_after_a_prompt():
     from peftsft.data.preference_contract import _every_answer_scored
 
     name = "every answer has scored tokens after a prompt"
-    pairs = Rows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 2)
+    pairs = DatasetRows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 2)
     check = _every_answer_scored([pairs, pairs[:1]], paired=True)
     assert (check.name, check.status, check.detail) == (
         name, "ok", "3 pairs (both answers); prompt tokens are never scored (they are apart from the answers)")
-    bad = Rows([*pairs, {"prompt_ids": [], "chosen_ids": [2], "rejected_ids": []}])
+    bad = DatasetRows([*pairs, {"prompt_ids": [], "chosen_ids": [2], "rejected_ids": []}])
     assert _every_answer_scored([pairs, bad], paired=True).detail == "row 2: prompt_ids, rejected_ids empty"
     assert _every_answer_scored([bad], paired=True).status == "FAIL"
     assert _every_answer_scored([bad], paired=True).name == name
-    kto = Rows([{"prompt_ids": [1], "completion_ids": [2], "label": True}])
+    kto = DatasetRows([{"prompt_ids": [1], "completion_ids": [2], "label": True}])
     assert _every_answer_scored([kto], paired=False).detail.startswith("1 answers; ")
     kto.append({"prompt_ids": [1], "completion_ids": [], "label": False})
     assert _every_answer_scored([kto], paired=False).detail == "row 1: completion_ids empty"
@@ -350,10 +340,10 @@ def test_every_answer_must_have_scored_tokens_after_a_prompt():
 def test_chosen_must_differ_from_rejected_in_every_pair():
     from peftsft.data.preference_contract import _chosen_differs
 
-    pairs = Rows([{"chosen_ids": [2], "rejected_ids": [3]}, {"chosen_ids": [4], "rejected_ids": [5]}])
+    pairs = DatasetRows([{"chosen_ids": [2], "rejected_ids": [3]}, {"chosen_ids": [4], "rejected_ids": [5]}])
     check = _chosen_differs([pairs])
     assert (check.name, check.status, check.detail) == ("chosen ≠ rejected", "ok", "every pair's answers differ")
-    same = Rows([*pairs, {"chosen_ids": [6], "rejected_ids": [6]}])
+    same = DatasetRows([*pairs, {"chosen_ids": [6], "rejected_ids": [6]}])
     check = _chosen_differs([pairs, same])
     assert (check.name, check.status, check.detail) == ("chosen ≠ rejected", "FAIL",
                                                         "pair 2: the two answers are the same tokens")
@@ -391,14 +381,14 @@ def test_the_preference_contract_runs_the_pair_or_kto_checks_and_the_sft_ones(mo
     seen = []
     monkeypatch.setattr(pc, "template_saved_identically", lambda tok, stats: seen.append(tok) or Check("t", "ok", ""))
     stats, data = stats_of(unclosed=0, replies=2, closed=2, desirable=1), SimpleNamespace(enforce_contract=False)
-    pairs = Rows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}])
+    pairs = DatasetRows([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}])
     result = pc.check_preference_contract("TOK", pairs, None, stats, data)
     assert [c.name for c in result.checks] == [
         "every answer has scored tokens after a prompt", "chosen ≠ rejected", "prompt ends between tokens",
         "end-of-turn token is supervised", "no supervised token in a prompt", "t"]
     assert result.enforced is False and seen == ["TOK"] and not result.failures
     assert result.checks[4].detail == "every supervised span is reply text (answer masking)"
-    kto = Rows([{"prompt_ids": [1], "completion_ids": [2], "label": True}])
+    kto = DatasetRows([{"prompt_ids": [1], "completion_ids": [2], "label": True}])
     result = pc.check_preference_contract("TOK", kto, kto, stats, SimpleNamespace(enforce_contract=True))
     assert result.checks[1].name == "desirable and undesirable answers" and result.enforced is True
     assert result.checks[0].detail.startswith("2 answers")

@@ -17,6 +17,7 @@ from peftsft.data.items import Item
 from peftsft.data.masking import IGNORE, Encoded
 from peftsft.data.preference import Pair, Unpaired
 from peftsft.data.preference_encode import Answer
+from tests.fakes import RecordedMeter
 
 USER = {"role": "user", "content": "Q?"}
 
@@ -149,25 +150,6 @@ def test_a_build_without_a_held_out_file_has_no_eval_rows_and_counts_its_bad_row
 # ---------------------------------------------------------------------------------------------- _encode
 
 
-class Recorded:
-    """A Meter that records its label, total and the rows advanced."""
-
-    made: list = []
-
-    def __init__(self, console, label, total):
-        self.console, self.label, self.total, self.done = console, label, total, 0
-        Recorded.made.append(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_):
-        return None
-
-    def advance(self, rows):
-        self.done += rows
-
-
 def items_of(*contents):
     return [Item(content, f"p.jsonl:{i + 1}", 0) for i, content in enumerate(contents)]
 
@@ -178,15 +160,15 @@ def pairs(n):
 
 def test_encoding_writes_record_batches_of_at_most_write_rows(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(pb, "WRITE_ROWS", 2)
-    monkeypatch.setattr(pb, "Meter", Recorded)
-    Recorded.made = []
+    monkeypatch.setattr(pb, "Meter", RecordedMeter)
+    RecordedMeter.made = []
     items = pairs(3)
     names, found = pb._encode(tokenizer, items, [(0, -1), (1, -1), (2, -1)], "train", DataSection(num_proc=1),
                               tmp_path, "CON", paired=True)
     assert names == ["train-00000.arrow"]
     batches = list(pa.ipc.open_stream(str(tmp_path / "train-00000.arrow")))
     assert [b.num_rows for b in batches] == [2, 1]
-    (meter,) = Recorded.made
+    (meter,) = RecordedMeter.made
     assert (meter.console, meter.total, meter.done) == ("CON", 3, 3)
     assert meter.label == "train: templating, tokenizing, masking answers (1 process)"
     rows = [row for b in batches for row in b.to_pylist()]
@@ -197,16 +179,16 @@ def test_encoding_writes_record_batches_of_at_most_write_rows(tokenizer, tmp_pat
 
 
 def test_encoding_shards_write_a_file_each_and_their_finds_add_up(tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setattr(pb, "Meter", Recorded)
+    monkeypatch.setattr(pb, "Meter", RecordedMeter)
     monkeypatch.setattr(pb, "processes_for", lambda setting, rows: 2 if (setting, rows) == ("auto", 3) else 0)
     monkeypatch.setattr(pb, "run_sharded", lambda work, rows, processes, meter: [
         work(0, 0, 2, meter.advance), work(1, 2, rows, meter.advance)] if (rows, processes) == (3, 2) else [])
-    Recorded.made = []
+    RecordedMeter.made = []
     items = [*items_of(Unpaired([USER], reply("A."), True)), *pairs(1)]
     names, found = pb._encode(tokenizer, items, [(0, -1), (1, 0), (1, 1)], "eval", DataSection(), tmp_path, None,
                               paired=False)
     assert names == ["eval-00000.arrow", "eval-00001.arrow"]
-    assert Recorded.made[0].label == "eval: templating, tokenizing, masking answers (2 processes)"
+    assert RecordedMeter.made[0].label == "eval: templating, tokenizing, masking answers (2 processes)"
     assert [r["label"] for r in arrow_rows(tmp_path / names[0])] == [True, True]
     assert [r["label"] for r in arrow_rows(tmp_path / names[1])] == [False]
     assert (found.kept, found.counts["desirable"], found.counts["undesirable"]) == (3, 2, 1)
@@ -214,12 +196,12 @@ def test_encoding_shards_write_a_file_each_and_their_finds_add_up(tokenizer, tmp
 
 
 def test_encoding_nothing_writes_no_file(tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setattr(pb, "Meter", Recorded)
-    Recorded.made = []
+    monkeypatch.setattr(pb, "Meter", RecordedMeter)
+    RecordedMeter.made = []
     names, found = pb._encode(tokenizer, [], [], "eval", DataSection(), tmp_path, None, paired=True)
     assert names == [] and found == pb.Tally() and not list(tmp_path.iterdir())
-    assert Recorded.made[0].label == "eval: templating, tokenizing, masking answers (1 process)"
-    assert Recorded.made[0].total == 0
+    assert RecordedMeter.made[0].label == "eval: templating, tokenizing, masking answers (1 process)"
+    assert RecordedMeter.made[0].total == 0
 
 
 # ---------------------------------------------------------------------------------------------- the encoder
