@@ -85,8 +85,8 @@ def detect_format(row: dict[str, Any], mapping: Mapping = NO_MAPPING) -> str:
         if all(mapping.col(name) in row for name in REQUIRED[fmt]):
             if fmt in ("messages", "sharegpt"):
                 return _list_format(row[mapping.col(REQUIRED[fmt][0])], fmt, mapping)
-            if fmt == "prompt_completion" and isinstance(row.get("label"), bool):  # SFT would learn the bad answers
-                raise RowError(_PREFERENCE_DATA.format("prompt + completion + a true/false label (unpaired_preference)"))
+            if fmt == "prompt_completion":
+                _refuse_unpaired_preference(row)
             return fmt
     if "chosen" in row and "rejected" in row:
         raise RowError(_PREFERENCE_DATA.format("chosen + rejected answers (preference)"))
@@ -95,6 +95,13 @@ def detect_format(row: dict[str, Any], mapping: Mapping = NO_MAPPING) -> str:
         "'conversations' (ShareGPT), 'instruction' + 'output' (Alpaca), 'prompt' + 'completion', or 'text' "
         "— or set format and fields for this dataset in the recipe"
     )
+
+
+def _refuse_unpaired_preference(row: dict[str, Any]) -> None:
+    """A prompt + completion row with a true/false label is unpaired preference data: SFT would learn its bad answers.
+    Checked where the format is judged and on every row read as prompt + completion (a file's later rows too)."""
+    if isinstance(row.get("label"), bool):
+        raise RowError(_PREFERENCE_DATA.format("prompt + completion + a true/false label (unpaired_preference)"))
 
 
 def _list_format(messages: Any, default: str, mapping: Mapping) -> str:
@@ -222,6 +229,7 @@ def _alpaca_row(row: dict[str, Any], mapping: Mapping) -> list[dict]:
 
 def _prompt_completion_row(row: dict[str, Any], mapping: Mapping) -> list[dict]:
     """A prompt (text or messages) answered by a completion (text or assistant messages)."""
+    _refuse_unpaired_preference(row)
     prompt, completion = row.get(mapping.col("prompt")), row.get(mapping.col("completion"))
     head = (
         _turn_list(prompt, mapping.col("prompt"), mapping)

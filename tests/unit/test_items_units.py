@@ -180,14 +180,18 @@ def test_rows_before_the_one_the_format_was_judged_on_must_show_one(tmp_path):
     assert items._normalise_row(json.dumps(labelled), None, "a:1", "prompt_completion", 1, 0, NO_MAPPING, data,
                                 done) is None
     assert done.rows == 1 and done.bad_rows[0].startswith("a:1: a row of prompt + completion + a true/false label")
+    plain = {"prompt": "p", "completion": "c"}
     for detected_at, position in ((1, 1), (1, 2)):  # the judged row and those after it are read in that format
-        assert items._normalise_row(json.dumps(labelled), None, "a:2", "prompt_completion", detected_at, position,
+        assert items._normalise_row(json.dumps(plain), None, "a:2", "prompt_completion", detected_at, position,
                                     NO_MAPPING, data, done) == [{"role": "user", "content": "p"},
                                                                 {"role": "assistant", "content": "c"}]
     assert done.rows == 3 and done.bad_rows.total == 1
     assert items._normalise_row(json.dumps(labelled), None, "a:4", "prompt_completion", None, 5, NO_MAPPING, data,
                                 done) is None  # a given format: every row must show one
     assert done.rows == 4 and done.bad_rows.total == 2
+    assert items._normalise_row(json.dumps(labelled), None, "a:5", "prompt_completion", 1, 6, NO_MAPPING, data,
+                                done) is None  # read in the judged format, still preference data
+    assert done.bad_rows[-1].startswith("a:5: a row of prompt + completion + a true/false label")
 
 
 def test_a_pickled_row_is_normalised_and_a_malformed_line_is_not_a_row(tmp_path):
@@ -303,16 +307,16 @@ def test_rows_of_a_dataset_read_in_memory_carry_where_and_source(tmp_path):
     assert stats.sources == [{"path": str(a), "format": "messages (detected)", "rows": 3, "bad": 1}]
 
 
-def test_rows_before_the_judged_one_must_show_a_format_and_those_after_are_read_in_it(tmp_path):
+def test_rows_before_the_judged_one_must_show_a_format_and_those_after_are_read_in_it_labels_refused(tmp_path):
     labelled = {"prompt": "p", "completion": "c", "label": True}  # shows no chat format (preference data)
     raw, path = raw_of(tmp_path, [labelled, labelled, {"prompt": "p", "completion": "c"}, labelled])
     assert items._detect(raw, "auto", NO_MAPPING) == ("prompt_completion", 2)
     done = items._normalise(raw, range(0, 4), "prompt_completion", 2, NO_MAPPING, DataSection(on_bad_row="skip"),
                             tmp_path / "i.arrow", Counter().advance)
-    # today's rule: the row after the judged one is read as prompt_completion, its label ignored
-    assert (done.rows, done.items) == (4, 2)
-    assert [line.split(": ")[0] for line in done.bad_rows] == [f"{path}:1", f"{path}:2"]
-    assert open_files([tmp_path / "i.arrow"])["where"] == [f"{path}:3", f"{path}:4"]
+    # a labelled row after the judged one is preference data too: refused, never trained on as an answer
+    assert (done.rows, done.items) == (4, 1)
+    assert [line.split(": ")[0] for line in done.bad_rows] == [f"{path}:1", f"{path}:2", f"{path}:4"]
+    assert open_files([tmp_path / "i.arrow"])["where"] == [f"{path}:3"]
 
 
 def test_rows_of_read_through_the_datasets_mapping_and_a_tasks_reader(tmp_path):
@@ -343,11 +347,11 @@ def test_rows_of_count_bad_rows_of_this_dataset_only_and_fail_by_default(tmp_pat
         items.load_items(DatasetSpec(path=str(b)), 0, DataSection(), DataStats())
 
 
-def test_write_items_reads_rows_after_the_judged_one_in_its_format(tmp_path, meters):
+def test_write_items_refuses_labelled_rows_before_and_after_the_judged_one(tmp_path, meters):
     labelled = {"prompt": "p", "completion": "c", "label": True}
     a = write_jsonl(tmp_path / "a.jsonl", [labelled, {"prompt": "q", "completion": "c"}, labelled])
     stats = DataStats()
     data = DataSection(datasets=[DatasetSpec(path=str(a))], on_bad_row="skip", num_proc=1)
     got = items.write_items([(data.datasets[0], 0)], data, stats, tmp_path, "train", None)
-    assert got.dataset["where"] == [f"{a}:2", f"{a}:3"]  # today's rule: the label after the judged row is not read
-    assert stats.sources == [{"path": str(a), "format": "prompt_completion (detected)", "rows": 3, "bad": 1}]
+    assert got.dataset["where"] == [f"{a}:2"]  # the labelled rows before and after the judged one: both refused
+    assert stats.sources == [{"path": str(a), "format": "prompt_completion (detected)", "rows": 3, "bad": 2}]
