@@ -119,6 +119,8 @@ def run_sharded(work: Callable[[int, int, int, Callable[[int], None]], T], rows:
         while pending:
             for pipe in wait(list(pending.values()), timeout=0.2):
                 index = pipes.index(pipe)
+                if index not in pending:  # stopped by an earlier shard's error answered in this same batch
+                    continue
                 results[index] = _receive(pipe, children[index])
                 del pending[index]
                 if isinstance(results[index], _Failed):

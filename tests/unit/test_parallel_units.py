@@ -261,6 +261,29 @@ def test_an_error_is_raised_in_row_order_not_in_arrival_order():
         run_sharded(work, 6, 3, Updates())
 
 
+def test_answers_that_arrive_together_after_an_error_are_not_read_twice(monkeypatch):
+    """Every shard has answered before the main process looks: the first shard's error stops the later shards, whose
+    answers came in the same batch — they are left unread, and the first error in row order is raised."""
+    from multiprocessing import connection
+
+    real = connection.wait
+
+    def all_at_once(objects, timeout=None):
+        while len(real(objects, timeout=5)) < len(objects):
+            time.sleep(0.01)
+        return list(objects)  # in shard order, as one batch
+
+    monkeypatch.setattr(connection, "wait", all_at_once)
+
+    def work(shard, start, end, advance):
+        if shard < 2:
+            raise ValueError(f"shard {shard}")
+        return shard
+
+    with pytest.raises(ValueError, match="^shard 0$"):
+        run_sharded(work, 6, 3, Updates())
+
+
 def test_progress_is_refreshed_every_fifth_of_a_second_while_shards_run(monkeypatch):
     from multiprocessing import connection
 
