@@ -17,7 +17,7 @@ from jinja2 import TemplateError
 from peftsft.data.arrow import SAMPLES, scan, token_lists, writing
 from peftsft.data.contract import ReplyChecks
 from peftsft.data.formats import Content, RowError
-from peftsft.data.masking import IGNORE, encode_rendered, rendered
+from peftsft.data.masking import IGNORE, encode_rendered, rendered_rows
 from peftsft.data.rows import BadRows, report_bad_row
 from peftsft.data.tools import ToolChat
 
@@ -81,15 +81,16 @@ def encode_batch(tokenizer, batch: pa.Table, data, markers: dict, found: Found, 
     A row the template refuses is a bad row; a sample left with nothing supervised (after truncation) is dropped and
     counted; every kept sample's replies are checked (contract.ReplyChecks).
     """
+    read = [(content_of(content, tools), where)
+            for content, tools, where in zip(*(batch.column(c).to_pylist() for c in ("content", "tools", "where")))]
     rows = []
-    for content, tools, where in zip(*(batch.column(c).to_pylist() for c in ("content", "tools", "where"))):
-        content = content_of(content, tools)
-        try:
-            rows.append((content, where, rendered(tokenizer, content, data.masking)))
-        except RowError as exc:
-            report_bad_row(where, str(exc), data.on_bad_row, found.bad_rows)
-        except TemplateError as exc:  # the template itself refused the row (raise_exception, a role it lacks)
-            report_bad_row(where, f"the chat template cannot render it: {exc}", data.on_bad_row, found.bad_rows)
+    for (content, where), row in zip(read, rendered_rows(tokenizer, [content for content, _ in read], data.masking)):
+        if isinstance(row, RowError):
+            report_bad_row(where, str(row), data.on_bad_row, found.bad_rows)
+        elif isinstance(row, TemplateError):  # the template itself refused the row (raise_exception, a role it lacks)
+            report_bad_row(where, f"the chat template cannot render it: {row}", data.on_bad_row, found.bad_rows)
+        else:
+            rows.append((content, where, row))
     encoded = encode_rendered(tokenizer, [row[2] for row in rows], data.masking, data.max_length)
     lengths = []
     for (content, where, _), sample in zip(rows, encoded):

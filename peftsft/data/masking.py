@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from jinja2 import TemplateError
 
 from peftsft.data.formats import Content, RowError
 from peftsft.data.templates import end_of_turn, fit_messages, render
@@ -22,7 +23,7 @@ from peftsft.data.tools import tools_of
 IGNORE = -100
 
 __all__ = ["IGNORE", "Encoded", "Rendered", "assistant_spans", "encode", "encode_rendered", "end_of_turn", "render",
-           "rendered"]
+           "rendered", "rendered_rows"]
 
 
 @dataclass
@@ -46,20 +47,37 @@ def assistant_spans(tokenizer, messages: list[dict[str, Any]]) -> tuple[str, lis
     """The rendered text and the character spans of every assistant reply (through its end-of-turn token)."""
     tools = tools_of(messages)  # the schemas are in every prefix too (they sit in the system turn)
     text = render(tokenizer, messages, tools=tools)
-    eot = end_of_turn(tokenizer)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
-        # the conversation up to the last message is the whole conversation: rendered once already
-        upto = text if i == len(messages) - 1 else render(tokenizer, messages[: i + 1], tools=tools)
+    prompts = [render(tokenizer, part, add_generation_prompt=True, tools=tools) for part in _prompts(messages)]
+    uptos = [render(tokenizer, part, tools=tools) for part in _uptos(messages)]
+    return text, _spans(text, messages, prompts, uptos, end_of_turn(tokenizer))
+
+
+def _replies(messages: list[dict[str, Any]]) -> list[int]:
+    return [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+
+
+def _prompts(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The conversation before each reply (none before a reply that opens it: its prompt is empty)."""
+    return [messages[:i] for i in _replies(messages) if i]
+
+
+def _uptos(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The conversation through each reply but the last message (through that, it is the whole conversation)."""
+    return [messages[: i + 1] for i in _replies(messages) if i < len(messages) - 1]
+
+
+def _spans(text: str, messages, prompts: list[str], uptos: list[str], eot: str | None) -> list[tuple[int, int]]:
+    """Each reply's span from the renders of `_prompts` and `_uptos`; a template that is not prefix-stable refuses."""
+    prompts, uptos, spans = iter(prompts), iter(uptos), []
+    for i in _replies(messages):
+        prompt = next(prompts) if i else ""
+        upto = text if i == len(messages) - 1 else next(uptos)
         if not (text.startswith(upto) and upto.startswith(prompt)):
             raise RowError("the chat template does not render this conversation prefix-stably; cannot mask it")
         start, end = len(prompt), len(upto)
         cut = text.rfind(eot, start, end) if eot else -1
         spans.append((start, cut + len(eot) if cut >= 0 else end))
-    return text, spans
+    return spans
 
 
 def rendered(tokenizer, content: Content, masking: str) -> Rendered:
@@ -67,7 +85,65 @@ def rendered(tokenizer, content: Content, masking: str) -> Rendered:
     if isinstance(content, str):
         return Rendered(content, None)
     text, spans = assistant_spans(tokenizer, fit_messages(tokenizer, content))
-    return Rendered(text, spans[-1:] if masking == "last_turn" else spans)
+    return Rendered(text, _learned(spans, masking))
+
+
+def _learned(spans: list[tuple[int, int]], masking: str) -> list[tuple[int, int]]:
+    return spans[-1:] if masking == "last_turn" else spans
+
+
+def rendered_rows(tokenizer, contents: list[Content], masking: str) -> list[Rendered | RowError | TemplateError]:
+    """`rendered` for many rows: each row's Rendered, or the error that refused it.
+
+    The conversations without tool schemas (a call takes one `tools`) render in one `apply_chat_template` call for
+    their whole texts and one for the prompts before their replies (and one for earlier turns'): the same texts as
+    row by row, without the per-call work that is about a quarter of a render. When a batched call raises, its rows
+    are rendered one by one, so that each error names its own row.
+    """
+    out: list[Rendered | RowError | TemplateError | None] = [None] * len(contents)
+    batched: dict[int, list[dict[str, Any]]] = {}
+    for k, content in enumerate(contents):
+        messages = None if isinstance(content, str) else fit_messages(tokenizer, content)
+        if messages and not tools_of(messages):
+            batched[k] = list(messages)
+        else:
+            out[k] = _rendered_or_error(tokenizer, content, masking)
+    if batched:
+        try:
+            _render_batched(tokenizer, batched, masking, out)
+        except Exception:  # noqa: BLE001 - whatever the template raised, row by row says which row and why
+            for k in batched:
+                out[k] = _rendered_or_error(tokenizer, contents[k], masking)
+    return out
+
+
+def _render_batched(tokenizer, batched: dict[int, list[dict[str, Any]]], masking: str, out: list) -> None:
+    rows = list(batched.values())
+    texts = _render_many(tokenizer, rows, add_generation_prompt=False)
+    prompts = iter(_render_many(tokenizer, [p for m in rows for p in _prompts(m)], add_generation_prompt=True))
+    uptos = iter(_render_many(tokenizer, [u for m in rows for u in _uptos(m)], add_generation_prompt=False))
+    eot = end_of_turn(tokenizer)
+    for (k, messages), text in zip(batched.items(), texts):
+        mine = [next(prompts) for _ in _prompts(messages)], [next(uptos) for _ in _uptos(messages)]
+        try:
+            out[k] = Rendered(text, _learned(_spans(text, messages, *mine, eot), masking))
+        except RowError as exc:
+            out[k] = exc
+
+
+def _render_many(tokenizer, conversations: list[list[dict[str, Any]]], add_generation_prompt: bool) -> list[str]:
+    """Many conversations rendered in one call (transformers renders a list of conversations one by one)."""
+    if not conversations:
+        return []
+    return tokenizer.apply_chat_template(conversations, tools=None, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def _rendered_or_error(tokenizer, content: Content, masking: str) -> Rendered | RowError | TemplateError:
+    try:
+        return rendered(tokenizer, content, masking)
+    except (RowError, TemplateError) as exc:  # the template itself refused the row (raise_exception, a role it lacks)
+        return exc
 
 
 def encode_rendered(tokenizer, rows: list[Rendered], masking: str, max_length: int) -> list[Encoded]:

@@ -9,18 +9,17 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow as pa
 import pytest
-from jinja2 import TemplateError
 
 from peftsft.core.config import DataSection
 from peftsft.core.errors import UserError
 from peftsft.data import arrow, encoding, packing
 from peftsft.data.contract import ReplyChecks
 from peftsft.data.encoding import Found, add_counts, content_of
-from peftsft.data.formats import RowError
 from peftsft.data.masking import IGNORE
 from peftsft.data.rows import BadRows
 from peftsft.data.templates import end_of_turn, generation_header
 from peftsft.data.tools import ToolChat
+from tests.unit.test_data import tok  # noqa: F401 - fixture: the template put back
 
 
 def turns(question: str, answer: str = "Sure.") -> str:
@@ -95,26 +94,21 @@ def test_a_batch_keeps_supervised_samples_and_counts_cut_and_dropped_ones(tokeni
     assert found.kept == 4 and found.all_lengths().tolist() == [36, 40, len(ids[2]), 36]
 
 
-def test_rows_the_template_or_the_rows_check_refuse_are_bad_rows(tokenizer, monkeypatch):
-    real = encoding.rendered
-
-    def refusing(tok, content, masking):
-        if content[0]["content"] == "row?":
-            raise RowError("a turn has no content")
-        if content[0]["content"] == "template?":
-            raise TemplateError("roles must alternate")
-        return real(tok, content, masking)
-
-    monkeypatch.setattr(encoding, "rendered", refusing)
+def test_rows_the_template_or_the_rows_check_refuse_are_bad_rows(tok):
+    # SmolLM2's template, refusing one row outright and rendering another one not prefix-stably
+    tok.chat_template = ("{% if messages[0]['content'] == 'template?' %}{{ raise_exception('roles must alternate') }}"
+                         "{% endif %}{% if messages[0]['content'] == 'row?' %}{{ messages | length }}{% endif %}"
+                         + tok.chat_template)
     batch = pa.table({"content": [turns("row?"), turns("ok?"), turns("template?")], "tools": [None] * 3,
                       "where": ["f:1", "f:2", "f:3"]})
     found, ids, labels = Found(), [], []
-    encoding.encode_batch(tokenizer, batch, DataSection(on_bad_row="skip"), markers(tokenizer), found, ids, labels)
-    assert list(found.bad_rows) == ["f:1: a turn has no content",
-                                    "f:3: the chat template cannot render it: roles must alternate"]
+    encoding.encode_batch(tok, batch, DataSection(on_bad_row="skip"), markers(tok), found, ids, labels)
+    assert list(found.bad_rows) == [
+        "f:1: the chat template does not render this conversation prefix-stably; cannot mask it",
+        "f:3: the chat template cannot render it: roles must alternate"]
     assert found.kept == 1 and len(ids) == 1
     with pytest.raises(UserError, match=r"^f:3: the chat template cannot render it: roles must alternate"):
-        encoding.encode_batch(tokenizer, batch.slice(2), DataSection(), markers(tokenizer), Found(), [], [])
+        encoding.encode_batch(tok, batch.slice(2), DataSection(), markers(tok), Found(), [], [])
 
 
 def test_a_run_writes_its_samples_in_batches_and_reports_its_progress(tokenizer, tmp_path, monkeypatch):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from jinja2 import TemplateError
 
+from peftsft.data import masking
 from peftsft.data.formats import RowError
 from peftsft.data.masking import (
     IGNORE,
@@ -17,6 +19,7 @@ from peftsft.data.masking import (
     encode,
     encode_rendered,
     rendered,
+    rendered_rows,
 )
 from peftsft.data.templates import BUILTINS
 from peftsft.data.tools import ToolChat, call_text
@@ -124,6 +127,44 @@ def test_tool_calls_are_written_into_the_reply_for_a_template_without_tools(chat
     messages = [{"role": "user", "content": "Oslo?"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
     row = rendered(chatml, messages, "assistant")
     assert [row.text[a:b] for a, b in row.spans] == [call_text(call["function"]) + "<|im_end|>"]
+
+
+def test_many_rows_render_as_each_alone_in_one_call_per_kind_of_render(chatml, monkeypatch):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    rows = [TWO_TURNS, "plain text", [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "x"}],
+            TWO_TURNS[:2], ToolChat(TWO_TURNS, tools), TWO_TURNS + TWO_TURNS]
+    alone = [rendered(chatml, row, "assistant") for row in rows]
+    calls = []
+    real = type(chatml).apply_chat_template
+
+    def counting(self, conversation, **kwargs):
+        batched = isinstance(conversation[0], list)
+        calls.append((len(conversation) if batched else 1, kwargs.get("add_generation_prompt")))
+        return real(self, conversation, **kwargs)
+
+    monkeypatch.setattr(type(chatml), "apply_chat_template", counting)
+    for masking in ("assistant", "last_turn"):
+        assert rendered_rows(chatml, rows, masking) == [rendered(chatml, row, masking) for row in rows]
+    calls.clear()
+    assert rendered_rows(chatml, rows, "assistant") == alone
+    # the row with tools renders alone, first (its text, 2 prompts, 1 turn through a reply not last); then the 4 plain
+    # conversations: their texts, the prompts before the 7 replies not opening one, the turns through the 5 not last
+    assert calls == [(1, False), (1, True), (1, True), (1, False), (4, False), (7, True), (5, False)]
+
+
+def test_a_row_the_template_refuses_comes_back_as_its_error_and_the_others_render(tok, monkeypatch):
+    tok.chat_template = ("{% if messages[0]['content'] == 'bad' %}{{ raise_exception('no bad rows') }}{% endif %}"
+                         "{% if messages[0]['content'] == 'unstable' %}{{ messages | length }}{% endif %}"
+                         + BUILTINS["chatml"].read_text(encoding="utf-8"))
+    bad, unstable = ([{"role": "user", "content": text}, {"role": "assistant", "content": "A"}]
+                     for text in ("bad", "unstable"))
+    out = rendered_rows(tok, [TWO_TURNS, bad, unstable, TWO_TURNS], "assistant")
+    assert isinstance(out[1], TemplateError) and str(out[1]) == "no bad rows"
+    assert isinstance(out[2], RowError) and "prefix-stably" in str(out[2])
+    assert out[0] == out[3] == rendered(tok, TWO_TURNS, "assistant")
+    monkeypatch.setattr(masking, "_rendered_or_error", None)  # a row that renders is not rendered again alone
+    out = rendered_rows(tok, [unstable, TWO_TURNS], "assistant")
+    assert isinstance(out[0], RowError) and out[1] == rendered(tok, TWO_TURNS, "assistant")
 
 
 # ---------------------------------------------------------------------------------------------- ids and labels
