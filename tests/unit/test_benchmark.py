@@ -193,3 +193,30 @@ def test_scale_job_runs_both_arms_per_length(tmp_path):
         assert all(step["tokens"] == int(tokens) for step in trl["steps"] + ours["steps"])  # the same rows
         assert ours["ratios"]["tokens_per_s"] == pytest.approx(ours["tokens_per_s"] / trl["tokens_per_s"], rel=1e-2)
     assert (out / "results.png").stat().st_size > 0 and "| 96 |" in (out / "results.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks/run_peak.py
+
+
+@pytest.mark.slow
+def test_run_peak_runs_the_whole_run_and_training_alone(tmp_path):
+    out = tmp_path / "peak"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run_peak.py"), "--shape", "tiny", "--length", "48", "--steps", "2",
+         "--out", str(out), "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    whole, alone = report["records"]
+    assert (whole["arm"], alone["arm"]) == ("defaults", "training only") and whole["ok"] and alone["ok"]
+    assert whole["steps"] == alone["steps"] == 2 and whole["last_loss"] == alone["last_loss"]  # the same training
+    samples = {arm: (out / "arms" / arm / "runs" / "run" / "samples.md").read_text() for arm in ("defaults",
+                                                                                                "training-only")}
+    assert "# General check" in samples["defaults"] and "## What is the capital of France?" in samples["defaults"]
+    assert "# General check" not in samples["training-only"] and "France" not in samples["training-only"]
+    # the process's own peak, at least what the run's summary saw of itself
+    assert whole["peak_bytes"] >= whole["summary_peak_bytes"] > 0 and alone["peak_bytes"] >= alone["summary_peak_bytes"]
+    ratio = whole["peak_bytes"] / alone["peak_bytes"]
+    assert f"| defaults | " in (out / "results.md").read_text() and f"{ratio:.2f}×" in (out / "results.md").read_text()
+    assert report["plan"]["peak_bytes"] >= report["plan"]["training_peak_bytes"] > 0
