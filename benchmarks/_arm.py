@@ -147,6 +147,7 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     """The path `peftsft run` takes, minus sampling before/after and saving."""
     from transformers import set_seed
 
+    from peftsft.core.machine import memory_available
     from peftsft.training.recipe import load_recipe
     from peftsft.data import build_datasets
     from peftsft.data.build import apply_template
@@ -159,6 +160,7 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
 
     recipe = load_recipe(spec["recipe"])
     set_seed(recipe.training.seed)
+    available = memory_available(spec["device"])  # before the weights load, as `peftsft run` measures it
     model, tokenizer, _ = load_model(recipe.model, recipe.quantization, spec["device"])
     apply_template(tokenizer, recipe.data)
     train_ds, _, stats = build_datasets(tokenizer, recipe.data, recipe.training.seed)
@@ -166,7 +168,7 @@ def peftsft_trainer(spec: dict, meter: StepMeter):
     params = validate_params(strategy, recipe.strategy.params)
     model = strategy.apply(model, params, StrategyContext(quantized=recipe.quantization.bits is not None))
     # the recipe's own levers, as `peftsft run` uses them (length-grouped batches of the job's rows included)
-    levers = decide_levers(recipe, spec["device"], model, stats.max_tokens)
+    levers = decide_levers(recipe, spec["device"], model, stats.max_tokens, available)
     trainer = with_levers(levers, model, lambda: sft_trainer(recipe, model, tokenizer, train_ds, None, spec["device"],
                                                               [meter], levers))  # fmt: skip
     trainer.peftsft_levers = applied(levers, model)  # as `peftsft run` applies them, while training

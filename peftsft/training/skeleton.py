@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from peftsft.core.config import Recipe, gradient_accumulation
+from peftsft.core.machine import memory_available
 from peftsft.core.rundir import RunDir, checkpoint_step, is_main_process, write_dir
 from peftsft.levers import Levers, decide_levers, training
 from peftsft.training.callbacks import MetricsLog, NonFiniteGuard, RichProgress, SealCheckpoints, StopOnInterrupt
@@ -104,8 +105,11 @@ def train(task: Task, recipe: Recipe, console: Console, overwrite: bool = False,
         console.print("[bold yellow]warning:[/] trust_remote_code = true: code shipped with the model will run")
     session = Session(recipe, console, device, state, rundir, checkpoint)
 
+    # the memory plan counts the weights: automatic checkpointing weighs it against the memory available before they
+    # load, as `peftsft plan` does (after loading, the weights would count twice)
+    available = memory_available(device)
     prepared = task.setup(session)
-    levers = decide_levers(recipe, device, prepared.model, prepared.longest_sample)
+    levers = decide_levers(recipe, device, prepared.model, prepared.longest_sample, available)
     console.print(f"speed: {levers.describe()}")
     task.before_training(session, prepared, levers)
 

@@ -400,6 +400,7 @@ def run(monkeypatch, tmp_path):
                         and quiet_console)
     monkeypatch.setattr(skeleton, "open_run_dir", open_run_dir)
     monkeypatch.setattr(skeleton, "decide_levers", lambda *args: log.append(("levers", *args)) or levers)
+    monkeypatch.setattr(skeleton, "memory_available", lambda device: log.append(("available", device)) or 2**34)
     monkeypatch.setattr(skeleton, "TokenRate", lambda: fakes.rate)
     monkeypatch.setattr(skeleton, "MetricsLog", metrics_log)
     monkeypatch.setattr(skeleton, "StopOnInterrupt", lambda: Named("interrupt"))
@@ -449,8 +450,9 @@ def test_a_run_goes_through_every_step_in_order(run, tmp_path):
     assert log[:7] == [("device", "cpu"), ("state", "cpu"), ("accumulation", 1234, 2), ("on main", fakes.state),
                        ("open", recipe, rundir, fakes.console, True, None, True), "wait", ("seed", 1234)]
     assert log[7:] == [
+        ("available", "cpu"),  # before the model loads, as `peftsft plan` sees it
         ("setup", session),
-        ("levers", recipe, "cpu", task.model, 77),
+        ("levers", recipe, "cpu", task.model, 77, 2**34),
         ("before", session, prepared, fakes.levers),
         ("task evaluation", recipe, prepared, fakes.levers, fakes.state),
         ("tracking", recipe, rundir, True),
@@ -498,7 +500,7 @@ def test_a_resumed_run_keeps_its_metrics_until_the_checkpoints_step(run, tmp_pat
     call(FakeTask(log, eval_ds=None), resume=True)
     assert fakes.metrics.kwargs == {"keep_until_step": 40}
     trained = next(entry for entry in log if entry[0] == "train")
-    assert trained[3] == fakes.checkpoint and log[7][1].checkpoint == fakes.checkpoint  # the session's too
+    assert trained[3] == fakes.checkpoint and log[8][1].checkpoint == fakes.checkpoint  # the session's too
     assert ("after", fakes.recipe, None, trained[1], 12.5) in log  # no task evaluation: no callback
     assert not any(entry[0] == "bind" for entry in log if isinstance(entry, tuple))
     opened = next(entry for entry in log if entry[0] == "open")
