@@ -157,19 +157,33 @@ def encode_rendered(tokenizer, rows: list[Rendered], masking: str, max_length: i
         picked = [i for i, row in enumerate(rows) if (row.spans is None) == plain]
         if not picked:
             continue
-        # no attention masks (all ones) and, for conversations, no offset lists: a token's offsets are read from
-        # its encoding when needed, for the few tokens at the edges of a reply — converting every token's
-        # (start, end) to Python costs as much as the masking itself
-        batch = tokenizer([rows[i].text for i in picked], add_special_tokens=plain, return_offsets_mapping=plain,
-                          return_attention_mask=False, return_token_type_ids=False)
+        texts = [rows[i].text for i in picked]
+        if not plain:
+            for i, encoding in zip(picked, _encodings(tokenizer, texts)):
+                ids = np.asarray(encoding.ids, dtype=np.int32)
+                out[i] = _label_chat(rows[i], ids, TokenOffsets(encoding, len(ids)), masking, max_length)
+            continue
+        batch = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True, return_attention_mask=False,
+                          return_token_type_ids=False)
         for k, (i, ids) in enumerate(zip(picked, batch["input_ids"])):
-            ids = np.asarray(ids, dtype=np.int32)
-            if plain:
-                offsets = np.asarray(batch["offset_mapping"][k], dtype=np.int64).reshape(-1, 2)
-                out[i] = _label_text(tokenizer, rows[i], ids, offsets, max_length)
-            else:
-                out[i] = _label_chat(rows[i], ids, TokenOffsets(batch.encodings[k], len(ids)), masking, max_length)
+            offsets = np.asarray(batch["offset_mapping"][k], dtype=np.int64).reshape(-1, 2)
+            out[i] = _label_text(tokenizer, rows[i], np.asarray(ids, dtype=np.int32), offsets, max_length)
     return out
+
+
+def _encodings(tokenizer, texts: list[str]) -> list:
+    """The conversations' encodings (ids; offsets read from them when needed, for the few tokens at the edges of a
+    reply), without special tokens: the template wrote them.
+
+    Straight from the fast tokenizer's backend (`tokenizers`) when it is set up as a plain call leaves it (no
+    truncation or padding, special tokens split as the tokenizer says): the same encodings, without the call's
+    conversion of every one into Python lists and dicts; otherwise through the call."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    plain_call = (backend is not None and backend.truncation is None and backend.padding is None
+                  and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False)))
+    if plain_call:
+        return backend.encode_batch(texts, add_special_tokens=False)
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False).encodings
 
 
 def encode(tokenizer, content: Content, masking: str, max_length: int) -> Encoded:

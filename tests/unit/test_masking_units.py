@@ -57,6 +57,19 @@ class Recording:
         return self.tokenizer(texts, **kwargs)
 
 
+class RecordingBackend:
+    """A tokenizer's `tokenizers` backend, its encode_batch calls recorded."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+        self.truncation, self.padding = backend.truncation, backend.padding
+        self.encode_special_tokens = backend.encode_special_tokens
+
+    def encode_batch(self, texts, **kwargs):
+        self.calls.append((list(texts), kwargs))
+        return self.backend.encode_batch(texts, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------- reply spans
 
 
@@ -209,8 +222,7 @@ def test_rows_of_a_batch_come_back_in_order_as_int32_arrays(chatml):
     assert out[0].labels.tolist() == out[0].input_ids.tolist() and not out[0].truncated
     # one call per kind: conversations without special tokens (the template wrote them), plain text with its own
     assert recording.calls == [
-        ([CHATML_TEXT], {"add_special_tokens": False, "return_offsets_mapping": False,
-                         "return_attention_mask": False, "return_token_type_ids": False}),
+        ([CHATML_TEXT], {"add_special_tokens": False, "return_attention_mask": False, "return_token_type_ids": False}),
         (["plain one", "two"], {"add_special_tokens": True, "return_offsets_mapping": True,
                                 "return_attention_mask": False, "return_token_type_ids": False}),
     ]
@@ -313,3 +325,26 @@ def test_spans_that_cover_no_token_start_learn_nothing():
 def test_encoded_defaults_to_no_text_and_no_offsets():
     sample = Encoded([1], [1], False)
     assert sample.text == "" and sample.offsets == [] and Encoded([1], [1], False).offsets is not sample.offsets
+
+
+def test_conversations_encode_alike_from_the_tokenizers_backend_and_through_its_call(chatml):
+    rows = [rendered(chatml, TWO_TURNS, "assistant"), rendered(chatml, TWO_TURNS[:2], "last_turn")]
+    through_call = encode_rendered(Recording(chatml), rows, "assistant", 64)  # the fake has no backend
+    backend = RecordingBackend(chatml.backend_tokenizer)
+    recording = Recording(chatml, backend_tokenizer=backend, split_special_tokens=False)
+    direct = encode_rendered(recording, rows, "assistant", 64)
+    assert recording.calls == []  # straight from the backend, without the special tokens the template wrote
+    assert backend.calls == [([row.text for row in rows], {"add_special_tokens": False})]
+    assert [(o.input_ids.tolist(), o.labels.tolist()) for o in direct] == [
+        (o.input_ids.tolist(), o.labels.tolist()) for o in through_call]
+    assert direct[0].input_ids.tolist() == IDS and direct[0].offsets.tolist() == through_call[0].offsets.tolist()
+    chatml.backend_tokenizer.enable_truncation(5)  # a backend some other call left truncating: the call resets it
+    try:
+        assert encode_rendered(chatml, rows, "assistant", 64)[0].input_ids.tolist() == IDS
+    finally:
+        chatml.backend_tokenizer.no_truncation()
+    chatml.backend_tokenizer.encode_special_tokens = True  # left splitting "<|im_start|>" into text: reset too
+    try:
+        assert encode_rendered(chatml, rows, "assistant", 64)[0].input_ids.tolist() == IDS
+    finally:
+        chatml.backend_tokenizer.encode_special_tokens = False
