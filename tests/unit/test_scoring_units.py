@@ -325,3 +325,31 @@ def test_the_rows_go_to_the_models_device(encoded):
     got = scoring.assistant_loss(model, SimpleNamespace(pad_token_id=0), [0, 1, 2], 99, batch_size=8)
     assert model.devices == [("meta", "meta")]
     assert got["eval_loss"] == pytest.approx(math.log(7)) and got["eval_tokens"] == 6
+
+
+# ---------------------------------------------------------------------------------------------- the head's inputs
+
+
+def test_in_inference_mode_the_output_head_gets_contiguous_hidden_states():
+    """`logits_to_keep` hands the head a slice of the hidden states; with a frozen weight, torch multiplies a sliced
+    batch by a copy of the weight per row, so in inference mode the slice is made contiguous first."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from peftsft.generation import inference_mode
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    model.requires_grad_(False).train()
+    seen = []
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, 64, (3, 5))
+    with torch.no_grad():
+        expected = model(input_ids=ids, logits_to_keep=2).logits
+    with inference_mode(model) as same:
+        assert same is model and not model.training
+        got = model(input_ids=ids, logits_to_keep=2).logits
+    assert model.training and torch.equal(got, expected)
+    with torch.no_grad():
+        model(input_ids=ids, logits_to_keep=2)  # the hook is gone again
+    assert seen == [False, True, False]
