@@ -85,8 +85,8 @@ def _contiguous_head_inputs(model):
     Scoring and generation ask for the logits of the last positions only (`logits_to_keep`), so the head gets a slice
     of the hidden states, which is not contiguous. torch's matmul folds a batched input into one product only when
     that needs no copy of the input or when the weight requires grad; for a frozen weight (the base under adapters)
-    it takes a batched product that copies the weight once per row: 8 rows × the vocabulary matrix, measured at
-    +1.3 GiB on SmolLM2 and at several GiB on a 152k vocabulary. A contiguous slice costs a copy of a few rows."""
+    it takes a batched product that copies the weight once per row: a batch of answers held that many copies of the
+    vocabulary matrix at once (docs/memory-plan.md, "The whole run"). A contiguous slice costs a copy of a few rows."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         return None

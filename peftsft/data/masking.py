@@ -97,8 +97,8 @@ def rendered_rows(tokenizer, contents: list[Content], masking: str) -> list[Rend
 
     The conversations without tool schemas (a call takes one `tools`) render in one `apply_chat_template` call for
     their whole texts and one for the prompts before their replies (and one for earlier turns'): the same texts as
-    row by row, without the per-call work that is about a quarter of a render. When a batched call raises, its rows
-    are rendered one by one, so that each error names its own row.
+    row by row, without apply_chat_template's work per call. When a batched call raises, its rows are rendered one
+    by one, so that each error names its own row.
     """
     out: list[Rendered | RowError | TemplateError | None] = [None] * len(contents)
     batched: dict[int, list[dict[str, Any]]] = {}
