@@ -218,5 +218,5 @@ def test_run_peak_runs_the_whole_run_and_training_alone(tmp_path):
     # the process's own peak, at least what the run's summary saw of itself
     assert whole["peak_bytes"] >= whole["summary_peak_bytes"] > 0 and alone["peak_bytes"] >= alone["summary_peak_bytes"]
     ratio = whole["peak_bytes"] / alone["peak_bytes"]
-    assert f"| defaults | " in (out / "results.md").read_text() and f"{ratio:.2f}×" in (out / "results.md").read_text()
+    assert "| defaults | " in (out / "results.md").read_text() and f"{ratio:.2f}×" in (out / "results.md").read_text()
     assert report["plan"]["peak_bytes"] >= report["plan"]["training_peak_bytes"] > 0
