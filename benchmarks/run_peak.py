@@ -137,7 +137,7 @@ def markdown(report: dict) -> str:
               "Arms: `defaults` = the recipe as written plus two sample prompts (the general check before and after "
               "training, the prompts asked before and after); `training only` = `[eval] general_check = false`, no "
               "sample prompts. Peak: the `peftsft run` process's maximum resident set (rusage via wait4).", ""]
-    return "\n".join(lines + [f"{note}" for note in report["notes"]]) + "\n"
+    return "\n".join(lines + report["notes"]) + "\n"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

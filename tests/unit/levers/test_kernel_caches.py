@@ -15,8 +15,8 @@ from peftsft.levers.kernel_caches import prepare_process as bound_kernel_caches
 def cached_kernel_bytes(environ):
     return memory_bytes("cpu", "bf16", environ)
 
-# bf16 products of 1,600 token counts; prints the RSS growth (MiB) over the last 400, after the caches are full: bounded
-# ones level off after ~450 shapes on a Zen 4 and after ~1,000 on a Xeon with AMX (several token counts share a kernel)
+# bf16 products of 1,600 token counts; prints the RSS growth (MiB) over the last 400, after the caches are full (bounded
+# ones fill later on an AMX CPU, where several token counts share a kernel: docs/memory-plan.md)
 GROWTH = """
 import sys, torch
 if sys.argv[1] == "bounded":
@@ -65,8 +65,7 @@ def test_the_cli_bounds_them_before_a_command_runs(monkeypatch):
 def test_bounded_caches_stop_growing_with_new_shapes():
     """Measured in fresh processes (the variables are read at the first kernel): past the capacity, new shapes
     evict old kernels instead of adding ~0.5 MiB each (measured: the default caches +100 MiB for every 150 new
-    shapes up to ~1,000; bounded ones level off at ~290 MiB, after ~450 shapes on a Zen 4, ~1,000 on a Xeon with
-    AMX)."""
+    shapes up to ~1,000; bounded ones level off at ~290 MiB)."""
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
     growth = {}
     for mode in ("default", "bounded"):
